@@ -1,0 +1,1 @@
+"""Audio: endpoints, PCM conversions, tones, DTMF, jitter buffers, bridge."""

@@ -1,0 +1,1 @@
+"""Speech: prompt texts, TTS rendering (Piper, espeak-ng fallback), telephone conditioning."""

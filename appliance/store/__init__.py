@@ -1,0 +1,1 @@
+"""Store: the SQLite index, the crash-safe recorder, the audit chain."""
