@@ -1,0 +1,168 @@
+"""Handset audio endpoints, chosen by URL: ``sim://`` or ``alsa:<device>``.
+
+Contract shared by every backend (8 kHz mono int16, 20 ms frames):
+
+* ``await start(on_capture)`` opens the device; from then on ``on_capture(frame)`` is called
+  on the event loop with each captured frame (what the shop says into the mouthpiece);
+* ``play(frame)`` queues a frame for the earpiece without blocking (bounded buffer: a late
+  consumer drops the oldest audio rather than growing latency);
+* ``await stop()`` closes; ``stats`` counts underruns/overruns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+import numpy as np
+
+from appliance.audio.buffers import FrameSource, JitterBuffer, SampleRing, silence
+from appliance.audio.pcm import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
+from appliance.errors import AudioError
+
+_LOGGER = logging.getLogger(__name__)
+
+FRAME_S: Final = FRAME_MS / 1000
+#: Playback ring for the real device: 200 ms is ample and bounds the added latency.
+PLAYBACK_RING_SAMPLES: Final = SAMPLE_RATE_HZ // 5
+
+CaptureCallback = Callable[[np.ndarray], None]
+
+
+class HandsetAudio(Protocol):
+    """The shop handset's audio path (see module docstring for the contract)."""
+
+    stats: dict[str, int]
+
+    async def start(self, on_capture: CaptureCallback) -> None: ...
+
+    def play(self, frame: np.ndarray) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class SimHandsetAudio:
+    """``sim://``: an in-memory handset on its own 20 ms clock.
+
+    The simulated shop assistant plugs in with :meth:`connect_user`: its *mouth* is a frame
+    source read once per tick, its *ear* receives each frame played to the earpiece.
+    """
+
+    def __init__(self) -> None:
+        self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "frames": 0}
+        self._playback = JitterBuffer()
+        self._mouth: FrameSource | None = None
+        self._ear: Callable[[np.ndarray], None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._on_capture: CaptureCallback | None = None
+
+    def connect_user(
+        self, mouth: FrameSource | None, ear: Callable[[np.ndarray], None] | None
+    ) -> None:
+        self._mouth = mouth
+        self._ear = ear
+
+    async def start(self, on_capture: CaptureCallback) -> None:
+        self._on_capture = on_capture
+        self._task = asyncio.create_task(self._run_clock(), name="sim-handset-clock")
+
+    def play(self, frame: np.ndarray) -> None:
+        self._playback.push(frame)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run_clock(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while True:
+            # Schedule on absolute times so the simulated clock does not drift with load.
+            next_tick += FRAME_S
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            out = self._playback.read(FRAME_SAMPLES)
+            if self._ear is not None:
+                self._ear(out)
+            frame = self._mouth.read(FRAME_SAMPLES) if self._mouth is not None else silence()
+            self.stats["frames"] += 1
+            self.stats["underruns"] = self._playback.underruns
+            self.stats["overruns"] = self._playback.overruns
+            if self._on_capture is not None:
+                self._on_capture(frame)
+
+
+class SoundDeviceHandsetAudio:
+    """``alsa:<device>``: the USB sound card wired to the SLIC, through PortAudio/ALSA.
+
+    The PortAudio callback touches only the preallocated :class:`SampleRing` for playback
+    and posts a copy of each captured block to the loop (sounddevice's callback contract).
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "frames": 0, "status": 0}
+        self._ring = SampleRing(PLAYBACK_RING_SAMPLES)
+        self._stream: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_capture: CaptureCallback | None = None
+
+    async def start(self, on_capture: CaptureCallback) -> None:
+        try:
+            import sounddevice as sd  # imported late: PortAudio reads ALSA config at import
+        except OSError as exc:  # libportaudio2 missing
+            raise AudioError(f"PortAudio is not available: {exc}") from exc
+        self._loop = asyncio.get_running_loop()
+        self._on_capture = on_capture
+        try:
+            sd.check_input_settings(device=self.device, samplerate=SAMPLE_RATE_HZ, channels=1,
+                                    dtype="int16")
+            sd.check_output_settings(device=self.device, samplerate=SAMPLE_RATE_HZ, channels=1,
+                                     dtype="int16")
+            self._stream = sd.Stream(
+                device=self.device,
+                samplerate=SAMPLE_RATE_HZ,
+                channels=1,
+                dtype="int16",
+                blocksize=FRAME_SAMPLES,
+                callback=self._callback,
+            )
+            self._stream.start()
+        except Exception as exc:  # sounddevice raises PortAudioError/ValueError
+            raise AudioError(f"cannot open handset audio {self.device!r}: {exc}") from exc
+        _LOGGER.info("handset audio open on %s", self.device)
+
+    def _callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time: Any,
+                  status: Any) -> None:
+        # Real-time thread: no logging, no allocation beyond the capture copy handed over.
+        if status:
+            self.stats["status"] += 1
+        self._ring.read_into(outdata[:, 0])
+        self.stats["frames"] += 1
+        loop = self._loop
+        if loop is not None and self._on_capture is not None:
+            loop.call_soon_threadsafe(self._on_capture, indata[:, 0].copy())
+
+    def play(self, frame: np.ndarray) -> None:
+        self._ring.write(frame)
+        self.stats["underruns"] = self._ring.underruns
+        self.stats["overruns"] = self._ring.overruns
+
+    async def stop(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await asyncio.to_thread(stream.close)
+
+
+def open_handset_audio(url: str) -> HandsetAudio:
+    """Build the backend named by ``url`` (``sim://`` or ``alsa:<device>``)."""
+    if url == "sim://":
+        return SimHandsetAudio()
+    if url.startswith("alsa:") and len(url) > len("alsa:"):
+        return SoundDeviceHandsetAudio(url[len("alsa:") :])
+    raise AudioError(f"unknown handset audio URL {url!r} (expected sim:// or alsa:<device>)")

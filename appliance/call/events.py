@@ -1,0 +1,51 @@
+"""Events the call flow reacts to, in the call's own words.
+
+The daemon translates hardware events (modem ``<DLE>`` codes, SHK edges, in-band DTMF) into
+these, so ``call/`` never imports ``line/``, ``handset/`` or ``audio/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPressed:
+    """The caller pressed a DTMF key (``source``: ``modem`` report or ``inband`` detector)."""
+
+    digit: str
+    source: str = "modem"
+
+
+@dataclass(frozen=True, slots=True)
+class CallerHungUp:
+    """The far end went away (busy/dial tone, loop break, silence, NO CARRIER)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LineLost:
+    """The modem link failed (USB pulled, port gone): the call cannot continue."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOffHook:
+    """The shop lifted the handset."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOnHook:
+    """The shop put the handset down (SHK on-hook longer than 500 ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackDone:
+    """A prompt queued with ``token`` has been played out completely."""
+
+    token: str
+
+
+CallEvent = KeyPressed | CallerHungUp | LineLost | AgentOffHook | AgentOnHook | PlaybackDone

@@ -1,0 +1,578 @@
+"""The inbound call state machine (DESIGN.md §3).
+
+One :class:`InboundCall` per answered call. It owns no hardware: it talks to *ports* (the
+Protocols below) that the daemon implements, and reacts to :mod:`appliance.call.events`
+posted into its queue. Every transition goes through :meth:`InboundCall._transition`, which
+checks it against :data:`TRANSITIONS`, logs it with the call reference and stores it as a
+call event.
+
+Invariants the flow guarantees (and the tests check):
+
+* the call row is durable before the line goes off-hook (so before the reference is spoken);
+* recording starts only after the notice (notice + reference) has been played out completely,
+  and never when the caller refused (opt-out key) or hung up during the notice;
+* whatever ends the call (caller, shop, line loss, max length, an exception), the row is
+  finalized with an outcome and the recording (if any) is closed, hashed and indexed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import numpy as np
+
+from appliance.call.events import (
+    AgentOffHook,
+    AgentOnHook,
+    CallerHungUp,
+    CallEvent,
+    KeyPressed,
+    LineLost,
+    PlaybackDone,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+#: How long the goodbye prompt may take before the line is dropped anyway.
+GOODBYE_TIMEOUT_S: Final = 10.0
+
+
+class CallState(enum.Enum):
+    RINGING = "ringing"
+    ANSWERING = "answering"
+    NOTICE = "notice"
+    RINGING_AGENT = "ringing-agent"
+    BRIDGED = "bridged"
+    VOICEMAIL = "voicemail"
+    FINALIZING = "finalizing"
+    ENDED = "ended"
+
+
+TRANSITIONS: Final[Mapping[CallState, frozenset[CallState]]] = {
+    CallState.RINGING: frozenset({CallState.ANSWERING, CallState.FINALIZING}),
+    CallState.ANSWERING: frozenset({CallState.NOTICE, CallState.FINALIZING}),
+    CallState.NOTICE: frozenset(
+        {CallState.RINGING_AGENT, CallState.BRIDGED, CallState.VOICEMAIL, CallState.FINALIZING}
+    ),
+    CallState.RINGING_AGENT: frozenset(
+        {CallState.BRIDGED, CallState.VOICEMAIL, CallState.FINALIZING}
+    ),
+    CallState.BRIDGED: frozenset({CallState.FINALIZING}),
+    CallState.VOICEMAIL: frozenset({CallState.FINALIZING}),
+    CallState.FINALIZING: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A transition not in :data:`TRANSITIONS` was attempted (a bug, never a caller's fault)."""
+
+
+# --- ports ---------------------------------------------------------------------------------
+
+
+class LinePort(Protocol):
+    async def answer(self) -> None:
+        """Take the line off-hook and start full-duplex audio."""
+
+    async def hang_up(self) -> None:
+        """Stop audio and put the line on-hook; must not raise if the modem is gone."""
+
+
+class HandsetPort(Protocol):
+    @property
+    def off_hook(self) -> bool: ...
+
+    def start_ringing(self) -> None: ...
+
+    async def stop_ringing(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingInfo:
+    path: str
+    sha256: str
+    bytes: int
+    duration_s: float
+
+
+class MediaPort(Protocol):
+    """Audio routing for one call, clocked by the line (see ``daemon/media.py``)."""
+
+    def play_to_line(self, token: str, *clips: np.ndarray) -> None:
+        """Replace what the caller hears; post ``PlaybackDone(token)`` when played out."""
+
+    def append_to_line(self, clip: np.ndarray) -> None: ...
+
+    def line_tone(self, kind: str) -> None:
+        """``ringback`` or ``silence`` to the caller."""
+
+    def play_to_handset(self, token: str, *clips: np.ndarray) -> None: ...
+
+    def handset_tone(self, kind: str) -> None:
+        """``busy`` or ``silence`` in the shop's earpiece."""
+
+    def bridge(self) -> None: ...
+
+    def unbridge(self) -> None: ...
+
+    async def start_recording(self) -> None: ...
+
+    @property
+    def recording(self) -> bool: ...
+
+    async def finish_recording(self) -> RecordingInfo | None: ...
+
+    async def discard_recording(self) -> None: ...
+
+
+class StorePort(Protocol):
+    async def create_call(self, reference: str, **fields: Any) -> int: ...
+
+    async def update_call(self, reference: str, **fields: Any) -> None: ...
+
+    async def add_event(
+        self, reference: str, state: str, detail: str = "", t: float | None = None
+    ) -> None: ...
+
+    async def append_audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        reference: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> str: ...
+
+
+class PromptPort(Protocol):
+    @property
+    def notice(self) -> np.ndarray: ...
+
+    @property
+    def notice_version(self) -> str: ...
+
+    def clip(self, name: str) -> np.ndarray: ...
+
+    def reference_audio(self, reference: str) -> np.ndarray: ...
+
+
+class PanelPort(Protocol):
+    def show(self, state: str) -> None: ...
+
+    def set_recording(self, on: bool) -> None: ...
+
+
+@dataclass(slots=True)
+class CallPorts:
+    line: LinePort
+    handset: HandsetPort
+    media: MediaPort
+    store: StorePort
+    prompts: PromptPort
+    panel: PanelPort
+
+
+# --- the call ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallPolicy:
+    """The parts of the configuration the flow obeys."""
+
+    ring_during_notice: bool = True
+    optout_key: str = "9"
+    repeat_key: str = "*"
+    agent_timeout_s: float = 30.0
+    voicemail: bool = True
+    voicemail_max_s: float = 120.0
+    max_call_s: float = 3600.0
+    whisper_reference: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallerInfo:
+    """What the exchange told us before we answered."""
+
+    line: str
+    number: str | None = None
+    name: str | None = None
+    withheld: bool = False
+    cid_date: str | None = None
+    cid_time: str | None = None
+    ring_at: float = field(default_factory=time.time)
+    clock_synced: bool | None = None
+    language: str = "hu"
+
+
+@dataclass(slots=True)
+class CallResult:
+    reference: str
+    outcome: str
+    recording_decision: str
+    notice_completed: bool
+    recording: RecordingInfo | None
+    duration_s: float
+
+
+class _CallOver(Exception):  # noqa: N818 - control flow, not an error
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(outcome, reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+class InboundCall:
+    """One answered inbound call, from the allocation of its reference to its index row.
+
+    All methods run on the event loop. ``events`` is fed by the daemon; ``observer`` (if
+    given) is called with ``(reference, state, detail)`` on every stored event, for the
+    demo's timeline and ``appliance status``.
+    """
+
+    def __init__(
+        self,
+        reference: str,
+        caller: CallerInfo,
+        ports: CallPorts,
+        policy: CallPolicy,
+        events: asyncio.Queue[CallEvent],
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.reference = reference
+        self.caller = caller
+        self.ports = ports
+        self.policy = policy
+        self.events = events
+        self.state = CallState.RINGING
+        self._clock = clock
+        self._observer = observer
+        self._declined = False
+        self._notice_completed = False
+        self._agent_lifted = False
+        self._ringing = False
+        self._answer_at: float | None = None
+        self._deadline: float | None = None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _event(self, state: str, detail: str = "") -> None:
+        _LOGGER.info("call %s: %s %s", self.reference, state, detail)
+        if self._observer is not None:
+            self._observer(self.reference, state, detail)
+        await self.ports.store.add_event(self.reference, state, detail, self._clock())
+
+    async def _transition(self, new: CallState, reason: str) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.state.value} → {new.value} ({reason})")
+        _LOGGER.info("call %s: %s → %s (%s)", self.reference, self.state.value, new.value, reason)
+        self.state = new
+        if self._observer is not None:
+            self._observer(self.reference, new.value, reason)
+        await self.ports.store.add_event(self.reference, new.value, reason, self._clock())
+        self.ports.panel.show(new.value)
+
+    async def _next(self, timeout_s: float | None = None) -> CallEvent | None:
+        """The next event, or None when ``timeout_s`` passes; enforces ``max_call_s``."""
+        loop = asyncio.get_running_loop()
+        if self._deadline is not None:
+            left = self._deadline - loop.time()
+            if left <= 0:
+                raise _CallOver(self._outcome_now(), "maximum call length reached")
+            timeout_s = left if timeout_s is None else min(timeout_s, left)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.events.get()
+        except TimeoutError:
+            if self._deadline is not None and loop.time() >= self._deadline:
+                raise _CallOver(self._outcome_now(), "maximum call length reached") from None
+            return None
+
+    def _outcome_now(self) -> str:
+        return {
+            CallState.BRIDGED: "bridged",
+            CallState.VOICEMAIL: "voicemail",
+            CallState.RINGING_AGENT: "missed",
+        }.get(self.state, "abandoned")
+
+    async def _ring_agent(self) -> None:
+        if not self._ringing and not self.ports.handset.off_hook:
+            self.ports.handset.start_ringing()
+            self._ringing = True
+            await self._event("handset-ringing")
+
+    async def _stop_ringing(self) -> None:
+        if self._ringing:
+            self._ringing = False
+            await self.ports.handset.stop_ringing()
+
+    async def _common(self, event: CallEvent) -> bool:
+        """Handle events that mean the same in every phase; True if consumed."""
+        if isinstance(event, LineLost):
+            await self._event("line-lost", event.reason)
+            raise _CallOver(self._outcome_now() if self.state is not CallState.NOTICE
+                            else "abandoned", f"line lost: {event.reason}")
+        if isinstance(event, CallerHungUp):
+            raise _CallOver(self._outcome_now(), f"caller hung up ({event.reason})")
+        return False
+
+    # -- the flow -------------------------------------------------------------------------
+
+    async def run(self) -> CallResult:
+        """Run the call to its end; never raises for anything a caller or line can do."""
+        outcome, reason = "error", "internal error"
+        try:
+            await self._answer()
+            await self._notice()
+            await self._after_notice()
+        except _CallOver as over:
+            outcome, reason = over.outcome, over.reason
+        except asyncio.CancelledError:
+            outcome, reason = self._outcome_now(), "daemon stopping"
+            with contextlib.suppress(asyncio.CancelledError):
+                return await asyncio.shield(self._finalize(outcome, reason))
+            raise
+        except Exception:
+            _LOGGER.exception("call %s: unexpected error", self.reference)
+            outcome, reason = "error", "internal error (see log)"
+        return await self._finalize(outcome, reason)
+
+    async def _answer(self) -> None:
+        c = self.caller
+        # The row is durable before we go off-hook: nothing about an answered call is lost.
+        await self.ports.store.create_call(
+            self.reference,
+            line=c.line,
+            direction="in",
+            caller_number=c.number,
+            caller_name=c.name,
+            caller_withheld=int(c.withheld),
+            cid_date=c.cid_date,
+            cid_time=c.cid_time,
+            clock_synced=None if c.clock_synced is None else int(c.clock_synced),
+            ring_at=c.ring_at,
+            notice_version=self.ports.prompts.notice_version,
+            notice_completed=0,
+            recording_decision="pending",
+            outcome="in_progress",
+            language=c.language,
+            created_at=self._clock(),
+        )
+        await self._transition(CallState.ANSWERING, f"caller {c.number or 'unknown'}")
+        await self.ports.line.answer()
+        self._answer_at = self._clock()
+        self._deadline = asyncio.get_running_loop().time() + self.policy.max_call_s
+        await self.ports.store.update_call(self.reference, answer_at=self._answer_at)
+
+    async def _notice(self) -> None:
+        ports, policy = self.ports, self.policy
+        await self._transition(CallState.NOTICE, "line off-hook")
+        await ports.store.update_call(self.reference, notice_start_at=self._clock())
+        reference_audio = ports.prompts.reference_audio(self.reference)
+        ports.media.play_to_line("notice", ports.prompts.notice, reference_audio)
+        if policy.ring_during_notice:
+            await self._ring_agent()
+        while True:
+            event = await self._next()
+            if event is None or await self._common(event):
+                continue
+            if isinstance(event, PlaybackDone) and event.token == "notice":
+                break
+            if isinstance(event, KeyPressed):
+                await self._event("dtmf", f"{event.digit} ({event.source})")
+                if event.digit == policy.optout_key and not self._declined:
+                    self._declined = True
+                    await self._event("recording-declined", "opt-out key during the notice")
+                    # Stop the notice; still give the reference (§17/A: a unique ID for
+                    # complaints), after confirming that nothing will be recorded.
+                    ports.media.play_to_line(
+                        "notice", ports.prompts.clip("optout_confirm"), reference_audio
+                    )
+                elif event.digit == policy.repeat_key:
+                    ports.media.append_to_line(reference_audio)
+            elif isinstance(event, AgentOffHook):
+                await self._agent_lifted_early()
+            elif isinstance(event, AgentOnHook):
+                self._agent_lifted = False
+                await self._event("agent-on-hook", "put down during the notice")
+                if policy.ring_during_notice:
+                    await self._ring_agent()
+        self._notice_completed = True
+        await ports.store.update_call(
+            self.reference, notice_end_at=self._clock(), notice_completed=1
+        )
+        await self._event("notice-finished", "declined" if self._declined else "")
+
+    async def _agent_lifted_early(self) -> None:
+        self._agent_lifted = True
+        self._ringing = False
+        await self.ports.handset.stop_ringing()
+        await self.ports.store.update_call(self.reference, agent_answer_at=self._clock())
+        await self._event("agent-off-hook", "caller is still hearing the notice")
+        self.ports.media.play_to_handset("whisper", self.ports.prompts.clip("whisper_notice"))
+
+    async def _start_recording(self) -> None:
+        await self.ports.media.start_recording()
+        self.ports.panel.set_recording(True)
+        await self.ports.store.update_call(
+            self.reference, recording_decision="recorded", record_start_at=self._clock()
+        )
+        await self._event("recording-started")
+
+    async def _after_notice(self) -> None:
+        if self._declined:
+            await self.ports.store.update_call(self.reference, recording_decision="declined")
+        else:
+            await self._start_recording()
+        if self._agent_lifted and self.ports.handset.off_hook:
+            await self._bridged("shop already on the line")
+            return
+        await self._transition(CallState.RINGING_AGENT, "waiting for the shop")
+        self.ports.media.line_tone("ringback")
+        await self._ring_agent()
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.policy.agent_timeout_s
+        while True:
+            event = await self._next(max(0.0, give_up_at - loop.time()))
+            if event is None:
+                await self._voicemail()
+                return
+            if await self._common(event):
+                continue
+            if isinstance(event, AgentOffHook):
+                await self.ports.store.update_call(self.reference, agent_answer_at=self._clock())
+                await self._bridged("shop lifted the handset")
+                return
+            if isinstance(event, KeyPressed):
+                await self._event("dtmf", f"{event.digit} ({event.source})")
+                if event.digit == self.policy.optout_key and not self._declined:
+                    self._declined = True
+                    await self.ports.media.discard_recording()
+                    self.ports.panel.set_recording(False)
+                    await self.ports.store.update_call(
+                        self.reference, recording_decision="declined"
+                    )
+                    await self._event("recording-declined", "opt-out key before the shop answered")
+
+    async def _bridged(self, reason: str) -> None:
+        await self._stop_ringing()
+        await self._transition(CallState.BRIDGED, reason)
+        media = self.ports.media
+        if self.policy.whisper_reference:
+            media.play_to_handset(
+                "whisper-reference",
+                self.ports.prompts.clip("whisper_reference"),
+                self.ports.prompts.reference_audio(self.reference),
+            )
+        media.bridge()
+        while True:
+            event = await self._next()
+            if event is None or await self._common(event):
+                continue
+            if isinstance(event, AgentOnHook):
+                raise _CallOver("bridged", "shop hung up")
+            if isinstance(event, KeyPressed):
+                # Keys during the conversation are for the humans, not for the box.
+                await self._event("dtmf", f"{event.digit} ({event.source}, ignored while bridged)")
+
+    async def _say_goodbye(self) -> None:
+        self.ports.media.play_to_line("goodbye", self.ports.prompts.clip("goodbye"))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + GOODBYE_TIMEOUT_S
+        while True:
+            event = await self._next(max(0.0, until - loop.time()))
+            if event is None or (isinstance(event, PlaybackDone) and event.token == "goodbye"):
+                return
+            await self._common(event)
+
+    async def _voicemail(self) -> None:
+        await self._stop_ringing()
+        if not self.policy.voicemail or self._declined:
+            # A caller who refused recording is not recorded as voicemail either.
+            await self._event("no-answer", "nobody lifted the handset")
+            await self._say_goodbye()
+            raise _CallOver("missed", "nobody answered")
+        await self._transition(CallState.VOICEMAIL, "nobody answered")
+        self.ports.media.play_to_line("voicemail", self.ports.prompts.clip("voicemail"),
+                                      self.ports.prompts.clip("beep"))
+        while True:
+            event = await self._next()
+            if event is None or await self._common(event):
+                continue
+            if isinstance(event, PlaybackDone) and event.token == "voicemail":
+                break
+        await self._event("voicemail-recording", f"up to {self.policy.voicemail_max_s:.0f} s")
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.policy.voicemail_max_s
+        while True:
+            event = await self._next(max(0.0, until - loop.time()))
+            if event is None:
+                break
+            await self._common(event)
+        await self._say_goodbye()
+        raise _CallOver("voicemail", "message length limit reached")
+
+    async def _finalize(self, outcome: str, reason: str) -> CallResult:
+        ports = self.ports
+        if self.state is not CallState.FINALIZING:
+            with contextlib.suppress(IllegalTransition):
+                await self._transition(CallState.FINALIZING, reason)
+        recording: RecordingInfo | None = None
+        try:
+            with contextlib.suppress(Exception):
+                await self._stop_ringing()
+            ports.media.unbridge()
+            ports.panel.set_recording(False)
+            try:
+                await ports.line.hang_up()
+            except Exception:
+                _LOGGER.exception("call %s: hang-up failed", self.reference)
+            if ports.media.recording:
+                recording = await ports.media.finish_recording()
+        finally:
+            end_at = self._clock()
+            decision = "declined" if self._declined else ("recorded" if recording else "none")
+            if not self._declined and not recording and self._notice_completed:
+                decision = "failed"
+            duration = end_at - self._answer_at if self._answer_at is not None else 0.0
+            fields: dict[str, Any] = {
+                "end_at": end_at,
+                "outcome": outcome,
+                "recording_decision": decision,
+                "notice_completed": int(self._notice_completed),
+                "duration_s": round(duration, 3),
+            }
+            if recording is not None:
+                fields.update(
+                    recording_path=recording.path,
+                    recording_sha256=recording.sha256,
+                    recording_bytes=recording.bytes,
+                )
+            await ports.store.update_call(self.reference, **fields)
+            await ports.store.append_audit(
+                "call-finalized",
+                actor="appliance",
+                reference=self.reference,
+                details={"outcome": outcome, "recording_decision": decision,
+                         "sha256": recording.sha256 if recording else None},
+            )
+            with contextlib.suppress(IllegalTransition):
+                await self._transition(CallState.ENDED, f"{outcome}: {reason}")
+            ports.panel.show("idle")
+        return CallResult(
+            reference=self.reference,
+            outcome=outcome,
+            recording_decision=decision,
+            notice_completed=self._notice_completed,
+            recording=recording,
+            duration_s=round(duration, 3),
+        )

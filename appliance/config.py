@@ -1,0 +1,363 @@
+"""Configuration: TOML over packaged defaults, loaded into frozen dataclasses.
+
+Contract: :func:`load_config` either returns a fully validated :class:`Config` or raises
+:class:`~appliance.errors.ConfigError` naming the key's dotted path, what was expected and what
+was found. Unknown keys are errors (a typo must never silently fall back to a default). The CLI
+turns a ConfigError into exit code 78 (``EX_CONFIG`` from sysexits.h, which systemd knows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from appliance.errors import ConfigError
+
+#: sysexits.h EX_CONFIG: "something was found in an unconfigured or misconfigured state".
+EXIT_CONFIG: Final = 78
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/appliance/config.toml")
+ENV_CONFIG: Final = "APPLIANCE_CONFIG"
+ENV_STATE_DIR: Final = "APPLIANCE_STATE_DIR"
+
+LANGUAGES: Final = ("hu", "en")
+CODECS: Final = ("flac", "opus", "wav")
+DTMF_KEYS: Final = tuple("0123456789*#")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    state_dir: Path
+    """Where the index, recordings and prompt cache live."""
+    company: str
+    """The shop's name as the notice speaks it."""
+    language: str
+    """Prompt language (``hu`` or ``en``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeConfig:
+    purpose: str
+    legal_basis: str
+    full_notice_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfig:
+    answer_after_rings: int
+    ring_during_notice: bool
+    optout_key: str
+    repeat_key: str
+    agent_timeout_s: float
+    voicemail: bool
+    voicemail_max_s: float
+    max_call_s: float
+    whisper_reference: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    codec: str
+    fsync_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    recordings_days: int
+    voicemail_days: int
+    metadata_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class LineConfig:
+    name: str
+    """Shown in the index and in ``appliance status``."""
+    device: str
+    """Serial path of the modem, a pty, or ``sim://`` for the built-in emulator."""
+    country_code: str
+    """T.35 country code for ``AT+GCI`` in hex (Hungary: 51)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandsetConfig:
+    audio: str
+    ring_hz: float
+    ring_on_s: float
+    ring_off_s: float
+    rm_pin: int
+    fr_pin: int
+    shk_pin: int
+
+
+@dataclass(frozen=True, slots=True)
+class PanelConfig:
+    ready_pin: int
+    line_pin: int
+    recording_pin: int
+    fault_pin: int
+    button_pin: int
+    bypass_relay_pin: int
+    long_press_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpioConfig:
+    pin_factory: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechConfig:
+    voice: str
+    texts: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TonesConfig:
+    zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole effective configuration."""
+
+    device: DeviceConfig
+    notice: NoticeConfig
+    call: CallConfig
+    recording: RecordingConfig
+    retention: RetentionConfig
+    lines: tuple[LineConfig, ...]
+    handset: HandsetConfig
+    panel: PanelConfig
+    gpio: GpioConfig
+    speech: SpeechConfig
+    tones: TonesConfig
+    logging: LoggingConfig
+
+    @property
+    def db_path(self) -> Path:
+        return self.device.state_dir / "appliance.db"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.device.state_dir / "recordings"
+
+    @property
+    def prompt_cache_dir(self) -> Path:
+        return self.device.state_dir / "prompt-cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain TOML-able dict (paths as strings) for ``appliance config show``."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def packaged_defaults() -> dict[str, Any]:
+    """The defaults shipped inside the package (``appliance/defaults.toml``)."""
+    text = resources.files("appliance").joinpath("defaults.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Lay ``over`` on ``base`` table by table; lists (``[[lines]]``) replace whole."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key != "texts":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    state_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load the effective configuration.
+
+    Args:
+        path: a TOML file laid over the defaults. ``None`` means ``$APPLIANCE_CONFIG``, else
+            ``/etc/appliance/config.toml`` if it exists, else defaults only.
+        state_dir: overrides ``device.state_dir`` (``--state-dir`` / ``$APPLIANCE_STATE_DIR``).
+        overrides: a nested dict laid over everything (used by ``appliance demo`` and tests).
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error, unknown key or bad value.
+    """
+    data = packaged_defaults()
+    if path is None and os.environ.get(ENV_CONFIG):
+        path = Path(os.environ[ENV_CONFIG])
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        try:
+            user = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", "an existing TOML file", str(path)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), "valid TOML", str(exc)) from None
+        except OSError as exc:
+            raise ConfigError(str(path), "a readable file", exc.strerror) from None
+        data = merge(data, user)
+    if overrides:
+        data = merge(data, overrides)
+    if state_dir is None and os.environ.get(ENV_STATE_DIR):
+        state_dir = Path(os.environ[ENV_STATE_DIR])
+    if state_dir is not None:
+        data = merge(data, {"device": {"state_dir": str(state_dir)}})
+    config = _build(Config, data, "")
+    _validate(config)
+    return config
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is Path:
+        return "a path (string)"
+    if origin is tuple:
+        return "a list of tables"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return "a table of strings"
+
+
+def _build(tp: Any, value: Any, path: str) -> Any:
+    """Convert TOML data into the annotated type, naming ``path`` in every error."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(path or "<root>", _describe(tp), value)
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        for key in value:
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                raise ConfigError(_join(path, key), f"one of the known keys ({known})", key)
+        kwargs = {}
+        for name, f in fields.items():
+            if name not in value:
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                    continue
+                raise ConfigError(_join(path, name), "a value (the key is missing)", None)
+            kwargs[name] = _build(hints[name], value[name], _join(path, name))
+        return tp(**kwargs)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list) or not value:
+            raise ConfigError(path, "a non-empty list of tables ([[...]])", value)
+        return tuple(_build(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or isinstance(tp, types.GenericAlias):
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(path, "a table of strings", value)
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, "true or false", value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, "an integer", value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, "a number", value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, "a string", value)
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(path, "a path (string)", value)
+        return Path(value).expanduser()
+    raise ConfigError(path, _describe(tp), value)  # pragma: no cover - schema bug
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check(ok: bool, key: str, expected: str, found: object) -> None:
+    if not ok:
+        raise ConfigError(key, expected, found)
+
+
+def _validate(c: Config) -> None:
+    """Value checks beyond types; each names its key."""
+    _check(c.device.language in LANGUAGES, "device.language", f"one of {LANGUAGES}",
+           c.device.language)
+    _check(bool(c.device.company.strip()), "device.company", "a non-empty name", c.device.company)
+    _check(1 <= c.call.answer_after_rings <= 20, "call.answer_after_rings", "1..20",
+           c.call.answer_after_rings)
+    _check(c.call.optout_key in DTMF_KEYS, "call.optout_key", "one DTMF key 0-9 * #",
+           c.call.optout_key)
+    _check(c.call.repeat_key in DTMF_KEYS and c.call.repeat_key != c.call.optout_key,
+           "call.repeat_key", "one DTMF key other than call.optout_key", c.call.repeat_key)
+    for key in ("agent_timeout_s", "voicemail_max_s", "max_call_s"):
+        value = getattr(c.call, key)
+        _check(value > 0, f"call.{key}", "a positive number of seconds", value)
+    _check(c.recording.codec in CODECS, "recording.codec", f"one of {CODECS}", c.recording.codec)
+    _check(0.1 <= c.recording.fsync_interval_s <= 1.0, "recording.fsync_interval_s",
+           "0.1..1.0 (the promise is at most 1 s of audio lost)", c.recording.fsync_interval_s)
+    for key in ("recordings_days", "voicemail_days", "metadata_days"):
+        value = getattr(c.retention, key)
+        _check(value >= 1, f"retention.{key}", "at least 1 day", value)
+    names = [line.name for line in c.lines]
+    for i, line in enumerate(c.lines):
+        _check(bool(line.name) and names.count(line.name) == 1, f"lines[{i}].name",
+               "a unique non-empty name", line.name)
+        _check(bool(line.device), f"lines[{i}].device", "a serial path or sim://", line.device)
+        _check(len(line.country_code) == 2 and all(ch in "0123456789ABCDEFabcdef"
+                                                   for ch in line.country_code),
+               f"lines[{i}].country_code", "two hex digits (T.35, Hungary = 51)",
+               line.country_code)
+    h = c.handset
+    _check(h.audio == "sim://" or h.audio.startswith("alsa:"), "handset.audio",
+           '"sim://" or "alsa:<device>"', h.audio)
+    _check(20.0 <= h.ring_hz <= 25.0, "handset.ring_hz", "20..25 Hz (AG1171 ring window)",
+           h.ring_hz)
+    duty = h.ring_on_s / (h.ring_on_s + h.ring_off_s) if h.ring_on_s > 0 else 1.0
+    _check(h.ring_on_s > 0 and duty <= 0.33, "handset.ring_on_s",
+           "a ring burst with ≤ 33 % duty (AG1171 absolute maximum)", h.ring_on_s)
+    _check(c.gpio.pin_factory in ("", "mock", "lgpio", "rpigpio", "pigpio", "native"),
+           "gpio.pin_factory", '"", "mock", "lgpio", "rpigpio", "pigpio" or "native"',
+           c.gpio.pin_factory)
+    _check(c.tones.zone in ("hu", "eu", "us"), "tones.zone", '"hu", "eu" or "us"', c.tones.zone)
+    _check(c.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "logging.level",
+           "DEBUG, INFO, WARNING or ERROR", c.logging.level)

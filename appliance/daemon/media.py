@@ -1,0 +1,189 @@
+"""Per-call audio routing, clocked by the line.
+
+The modem's codec clock is the master clock of a call: every 20 ms frame received from the
+line (``on_line_audio``) moves exactly one frame everywhere else — one frame to the line
+(prompt, ringback or the shop's voice), one to the earpiece (whisper, tone or the caller's
+voice) and one stereo frame to the recorder. Clocking transmit from receive keeps the modem's
+buffer level constant for hours (a host-clock sender drifts by the two crystals' difference,
+≈ 180 ms/h at 50 ppm) and keeps the two recorded channels sample-aligned by construction. The
+handset runs on its own clock; its capture meets the line clock in a small jitter buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from appliance.audio.buffers import ClipPlayer, FrameSource, JitterBuffer, Silence
+from appliance.audio.dtmf import DtmfDetector
+from appliance.audio.pcm import FRAME_SAMPLES
+from appliance.audio.tones import ToneGenerator, ToneZone
+from appliance.call.events import CallEvent, KeyPressed, PlaybackDone
+from appliance.call.flow import RecordingInfo
+from appliance.store.recorder import Recorder
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Frames sent ahead when duplex audio starts, so the modem never starves (3 × 20 ms).
+TX_LEAD_FRAMES: Final = 3
+#: The same digit from the modem's report and the in-band detector within this window is one key.
+DTMF_DEDUP_S: Final = 0.6
+
+
+class _ToneSource:
+    def __init__(self, generator: ToneGenerator) -> None:
+        self._gen = generator
+
+    def read(self, n: int) -> np.ndarray:
+        return self._gen.next_frame(n)
+
+
+class CallMedia:
+    """Audio routing for one call (implements :class:`appliance.call.flow.MediaPort`).
+
+    All methods run on the event loop. ``send_to_line`` is the modem's ``send_audio``;
+    ``play_to_earpiece`` the handset backend's ``play``.
+    """
+
+    def __init__(
+        self,
+        reference: str,
+        *,
+        send_to_line: Callable[[np.ndarray], None],
+        play_to_earpiece: Callable[[np.ndarray], None],
+        events: asyncio.Queue[CallEvent],
+        tone_zone: ToneZone,
+        recordings_dir: Path,
+        codec: str = "flac",
+        fsync_interval_s: float = 1.0,
+    ) -> None:
+        self.reference = reference
+        self._send = send_to_line
+        self._earpiece = play_to_earpiece
+        self._events = events
+        self._zone = tone_zone
+        self._recordings_dir = recordings_dir
+        self._codec = codec
+        self._fsync_interval_s = fsync_interval_s
+        self._line_source: FrameSource = Silence()
+        self._handset_source: FrameSource = Silence()
+        self._capture = JitterBuffer()
+        self._bridged = False
+        self._recorder: Recorder | None = None
+        self._dtmf = DtmfDetector()
+        self._last_key: tuple[str, float] = ("", 0.0)
+        self._primed = False
+        self.stats: dict[str, int] = {"rx_frames": 0, "tx_frames": 0, "recorded_frames": 0}
+
+    # -- clocked by the line ----------------------------------------------------------------
+
+    def prime(self) -> None:
+        """Send the lead frames right after duplex starts (first notice byte without delay)."""
+        if not self._primed:
+            self._primed = True
+            for _ in range(TX_LEAD_FRAMES):
+                self._send(self._line_source.read(FRAME_SAMPLES))
+                self.stats["tx_frames"] += 1
+
+    def on_line_audio(self, frame: np.ndarray) -> None:
+        """One 20 ms frame from the caller: move one frame along every path."""
+        self.stats["rx_frames"] += 1
+        for digit in self._dtmf.feed(frame):
+            self.key_reported(digit, "inband")
+        shop = self._capture.read(FRAME_SAMPLES)
+        tx = shop if self._bridged else self._line_source.read(FRAME_SAMPLES)
+        self._send(tx)
+        self.stats["tx_frames"] += 1
+        self._earpiece(frame if self._bridged else self._handset_source.read(FRAME_SAMPLES))
+        if self._recorder is not None:
+            self._recorder.write(np.column_stack((frame, shop)))
+            self.stats["recorded_frames"] += 1
+
+    def on_handset_capture(self, frame: np.ndarray) -> None:
+        self._capture.push(frame)
+
+    def key_reported(self, digit: str, source: str) -> None:
+        """A DTMF key from the modem or the in-band detector; duplicates are merged."""
+        now = time.monotonic()
+        last_digit, last_t = self._last_key
+        self._last_key = (digit, now)
+        if digit == last_digit and now - last_t < DTMF_DEDUP_S:
+            return
+        self._events.put_nowait(KeyPressed(digit, source))
+
+    @property
+    def capture_stats(self) -> dict[str, int]:
+        return {"underruns": self._capture.underruns, "overruns": self._capture.overruns}
+
+    # -- MediaPort --------------------------------------------------------------------------
+
+    def _done(self, token: str) -> Callable[[], None]:
+        return lambda: self._events.put_nowait(PlaybackDone(token))
+
+    def play_to_line(self, token: str, *clips: np.ndarray) -> None:
+        self._line_source = ClipPlayer(*clips, on_done=self._done(token))
+
+    def append_to_line(self, clip: np.ndarray) -> None:
+        if isinstance(self._line_source, ClipPlayer):
+            self._line_source.append(clip)
+        else:
+            self._line_source = ClipPlayer(clip)
+
+    def line_tone(self, kind: str) -> None:
+        if kind == "silence":
+            self._line_source = Silence()
+        else:
+            self._line_source = _ToneSource(ToneGenerator(getattr(self._zone, kind)))
+
+    def play_to_handset(self, token: str, *clips: np.ndarray) -> None:
+        self._handset_source = ClipPlayer(*clips, on_done=self._done(token))
+
+    def handset_tone(self, kind: str) -> None:
+        if kind == "silence":
+            self._handset_source = Silence()
+        else:
+            self._handset_source = _ToneSource(ToneGenerator(getattr(self._zone, kind)))
+
+    def bridge(self) -> None:
+        self._capture.clear()
+        self._bridged = True
+
+    def unbridge(self) -> None:
+        self._bridged = False
+
+    async def start_recording(self) -> None:
+        from datetime import datetime
+
+        self._recorder = Recorder(
+            self._recordings_dir,
+            self.reference,
+            now=datetime.now().astimezone(),
+            fsync_interval_s=self._fsync_interval_s,
+        )
+
+    @property
+    def recording(self) -> bool:
+        return self._recorder is not None
+
+    async def finish_recording(self) -> RecordingInfo | None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return None
+        result = await recorder.finalize(self._codec)
+        return RecordingInfo(
+            path=str(result.path),
+            sha256=result.sha256,
+            bytes=result.bytes,
+            duration_s=result.duration_s,
+        )
+
+    async def discard_recording(self) -> None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            await recorder.abort()
