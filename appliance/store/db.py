@@ -1,0 +1,584 @@
+"""The call index: SQLite (via sqlite-utils) with numbered migrations, one writer thread.
+
+DESIGN.md §5 and reference/house-style.md §1.1/§2.4 rule 4 (zigpy ``appdb.py``): WAL, ordered
+``PRAGMA user_version`` migrations, an integrity check at open, and every write through ONE
+worker. Here the worker is a single-thread executor: the event loop awaits each write via
+``loop.run_in_executor``, and the write is committed before the await returns, so a returned
+``create_call`` means a durable row (``synchronous=FULL``: call rows are few and precious).
+
+Reads (the CLI, ``appliance show``/``verify``) go through a second connection guarded by a
+lock; in WAL mode readers never block the writer and always see the last committed write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import sqlite_utils
+
+from appliance.errors import StoreError
+
+_LOGGER = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: Mode of the database file (and, by SQLite's rule, of its -wal/-shm files): DESIGN.md §5.
+DB_FILE_MODE: Final = 0o640
+#: Mode of a state directory the store creates: DESIGN.md §5.
+DB_DIR_MODE: Final = 0o750
+#: How long a writer waits for another process's write lock (the CLI appending an audit row
+#: while the daemon writes) before SQLITE_BUSY.
+BUSY_TIMEOUT_MS: Final = 5000
+#: prev_hash of the first audit row (DESIGN.md §5: hash-chained audit).
+GENESIS_HASH: Final = "0" * 64
+#: meta key of the per-device call counter (DESIGN.md §7: input of the reference permutation).
+COUNTER_KEY: Final = "call_counter"
+
+#: Values the CHECK constraints of schema v1 allow (DESIGN.md §5; the brief adds
+#: 'pending'/'in_progress' for a call still running and 'interrupted' for crash recovery).
+DIRECTIONS: Final = ("in", "out")
+RECORDING_DECISIONS: Final = ("recorded", "declined", "failed", "none", "pending")
+OUTCOMES: Final = (
+    "bridged",
+    "voicemail",
+    "abandoned",
+    "missed",
+    "error",
+    "interrupted",
+    "in_progress",
+)
+
+#: Columns of ``calls`` a caller may set (everything but the primary key).
+CALL_COLUMNS: Final = frozenset(
+    {
+        "reference",
+        "line",
+        "direction",
+        "caller_number",
+        "caller_name",
+        "caller_withheld",
+        "cid_date",
+        "cid_time",
+        "clock_synced",
+        "ring_at",
+        "answer_at",
+        "notice_start_at",
+        "notice_end_at",
+        "notice_version",
+        "notice_completed",
+        "record_start_at",
+        "agent_answer_at",
+        "end_at",
+        "recording_decision",
+        "outcome",
+        "recording_path",
+        "recording_sha256",
+        "recording_bytes",
+        "duration_s",
+        "language",
+        "created_at",
+    }
+)
+
+
+def _sql_in(values: tuple[str, ...]) -> str:
+    """Render a constant tuple as an SQL ``IN`` list (constants only, never user input)."""
+    return "(" + ", ".join("'" + v + "'" for v in values) + ")"
+
+
+# Schema v1 as DDL. sqlite-utils' create() cannot express CHECK constraints, so the schema is
+# written out, as zigpy keeps appdb_schemas/schema_vN.sql.
+_SCHEMA_V1: Final = (
+    f"""
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY,
+        reference TEXT UNIQUE NOT NULL,
+        line TEXT,
+        direction TEXT CHECK (direction IS NULL OR direction IN {_sql_in(DIRECTIONS)}),
+        caller_number TEXT,
+        caller_name TEXT,
+        caller_withheld INTEGER,
+        cid_date TEXT,
+        cid_time TEXT,
+        clock_synced INTEGER,
+        ring_at REAL,
+        answer_at REAL,
+        notice_start_at REAL,
+        notice_end_at REAL,
+        notice_version TEXT,
+        notice_completed INTEGER,
+        record_start_at REAL,
+        agent_answer_at REAL,
+        end_at REAL,
+        recording_decision TEXT NOT NULL DEFAULT 'pending'
+            CHECK (recording_decision IN {_sql_in(RECORDING_DECISIONS)}),
+        outcome TEXT NOT NULL DEFAULT 'in_progress' CHECK (outcome IN {_sql_in(OUTCOMES)}),
+        recording_path TEXT,
+        recording_sha256 TEXT,
+        recording_bytes INTEGER,
+        duration_s REAL,
+        language TEXT,
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX idx_calls_caller_number ON calls (caller_number)",
+    "CREATE INDEX idx_calls_ring_at ON calls (ring_at)",
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
+        t REAL NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    )
+    """,
+    "CREATE INDEX idx_events_call_id ON events (call_id, t)",
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        action TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reference TEXT,
+        details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )
+    """,
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+)
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> None:
+    """Create schema v1 (calls, events, audit, meta) in an empty database."""
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+
+
+#: Ordered migrations: ``_MIGRATIONS[n]`` takes the schema from version n to n + 1.
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_migrate_to_1,)
+#: The schema version this code writes.
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+
+def canonical_json(value: object) -> str:
+    """Serialise ``value`` deterministically (sorted keys, no spaces, no NaN) for hashing."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def audit_hash(prev_hash: str, t: float, action: str, actor: str, reference: str | None,
+               details: Mapping[str, Any]) -> str:
+    """Return the chain hash of one audit row: sha256(prev_hash ‖ canonical JSON of its content).
+
+    Args:
+        prev_hash: hex hash of the previous row, or :data:`GENESIS_HASH` for the first.
+        t: epoch seconds of the entry (stored as REAL, which round-trips a Python float exactly).
+        action: what happened (``call_finalized``, ``exported``, ``erased`` …).
+        actor: who did it (``daemon``, ``cli:<user>``).
+        reference: the call concerned, if any.
+        details: JSON-serialisable mapping.
+    """
+    content = canonical_json(
+        {"t": t, "action": action, "actor": actor, "reference": reference,
+         "details": dict(details)}
+    )
+    return hashlib.sha256((prev_hash + content).encode("utf-8")).hexdigest()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open one connection with the pragmas every connection needs."""
+    # isolation_level=None: the driver never opens implicit transactions; writes use explicit
+    # BEGIN IMMEDIATE (our own) or sqlite-utils' atomic() (which nests as a savepoint).
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class Store:
+    """The SQLite call index.
+
+    Contract: async write methods are called from the event loop; each runs on the store's
+    single writer thread and is committed when the await returns. Sync read methods may be
+    called from any thread (they use a separate, lock-guarded read connection).
+    ``append_audit_sync`` is for the CLI only (it blocks until the writer thread committed).
+    Create with :meth:`open`, end with :meth:`close`.
+    """
+
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+        """Use :meth:`open`; this only wires already-opened connections."""
+        self.path = path
+        self._wconn = writer
+        self._wdb = sqlite_utils.Database(writer)
+        self._rconn = reader
+        self._rdb = sqlite_utils.Database(reader)
+        self._rlock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._closed = False
+
+    # ------------------------------------------------------------------ open / close
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating if needed) the index at ``path``, check it and migrate it.
+
+        Creates the parent directory (0750) if missing; the database file is 0640. Runs
+        ``PRAGMA quick_check`` and every pending migration.
+
+        Raises:
+            StoreError: the file is not a database, is damaged, or has a newer schema than
+                this code knows.
+        """
+        path = Path(path)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=DB_DIR_MODE)
+            os.chmod(path.parent, DB_DIR_MODE)  # mkdir's mode is masked by the umask
+        if not path.exists():
+            # Create the file ourselves so it is 0640 from the first byte; SQLite gives the
+            # -wal and -shm files the database file's mode.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, DB_FILE_MODE))
+        os.chmod(path, DB_FILE_MODE)
+        writer: sqlite3.Connection | None = None
+        reader: sqlite3.Connection | None = None
+        try:
+            writer = _connect(path)
+            problems = [row[0] for row in writer.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise StoreError(f"{path}: quick_check failed: {'; '.join(problems[:5])}")
+            mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{path}: cannot enable WAL (journal_mode={mode})")
+            # DESIGN.md §5: synchronous=FULL — a committed call row survives a power cut.
+            writer.execute("PRAGMA synchronous=FULL")
+            _migrate(writer, path)
+            reader = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            for conn in (writer, reader):
+                if conn is not None:
+                    conn.close()
+            raise StoreError(f"{path}: {exc}") from exc
+        except BaseException:
+            for conn in (writer, reader):
+                if conn is not None:
+                    conn.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        """Drain pending writes, checkpoint the WAL into the main file, close both connections.
+
+        Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._close_writer)
+        finally:
+            # The executor is empty now; shutting it down does not block the loop.
+            self._executor.shutdown(wait=True)
+            with self._rlock:
+                self._rconn.close()
+
+    def close_sync(self) -> None:
+        """Blocking :meth:`close` for the CLI (never call from the event loop)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._executor.submit(self._close_writer).result()
+        finally:
+            self._executor.shutdown(wait=True)
+            with self._rlock:
+                self._rconn.close()
+
+    def _close_writer(self) -> None:
+        try:
+            # zigpy appdb: checkpoint at shutdown so the main file is self-contained.
+            self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._wconn.close()
+
+    # ------------------------------------------------------------------ writer plumbing
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on the writer thread and await its result."""
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    @contextlib.contextmanager
+    def _write_txn(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction on the writer connection (writer thread only).
+
+        IMMEDIATE takes the write lock up front, so a read-then-write (audit chain, counter)
+        cannot be interleaved by another process (the CLI) between its read and its write.
+        """
+        conn = self._wconn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot start a write: {exc}") from exc
+        try:
+            yield conn
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(str(exc)) from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ async writes
+
+    async def create_call(self, reference: str, **fields: Any) -> int:
+        """Insert a call row; return its id. Durable when this returns.
+
+        Args:
+            reference: the call reference (unique).
+            **fields: any other ``calls`` column; ``created_at`` defaults to now.
+
+        Raises:
+            StoreError: unknown column, duplicate reference or a CHECK violation.
+        """
+        return await self._run(self._create_call, reference, fields)
+
+    def _create_call(self, reference: str, fields: dict[str, Any]) -> int:
+        _check_columns(fields)
+        record = {**fields, "reference": reference}
+        record.setdefault("created_at", time.time())
+        with self._write_txn():
+            table = self._wdb.table("calls")
+            table.insert(record)
+            return int(table.last_rowid)  # type: ignore[arg-type]
+
+    async def update_call(self, reference: str, **fields: Any) -> None:
+        """Set columns of the call ``reference``. Durable when this returns.
+
+        Raises:
+            StoreError: unknown reference or column, or a CHECK violation.
+        """
+        await self._run(self._update_call, reference, fields)
+
+    def _update_call(self, reference: str, fields: dict[str, Any]) -> None:
+        _check_columns(fields)
+        if "reference" in fields:
+            raise StoreError("a call's reference cannot change")
+        if not fields:
+            return
+        with self._write_txn() as conn:
+            call_id = self._call_id(conn, reference)
+            self._wdb.table("calls").update(call_id, fields)
+
+    async def add_event(self, reference: str, state: str, detail: str = "",
+                        t: float | None = None) -> None:
+        """Append a timeline event to the call ``reference`` (``t`` defaults to now).
+
+        Raises:
+            StoreError: unknown reference.
+        """
+        await self._run(self._add_event, reference, state, detail,
+                        time.time() if t is None else t)
+
+    def _add_event(self, reference: str, state: str, detail: str, t: float) -> None:
+        with self._write_txn() as conn:
+            call_id = self._call_id(conn, reference)
+            self._wdb.table("events").insert(
+                {"call_id": call_id, "t": t, "state": state, "detail": detail}
+            )
+
+    async def next_counter(self) -> int:
+        """Atomically increment the per-device call counter and return it (first value 1).
+
+        Survives reopen and is safe against other processes writing the same file.
+        """
+        return await self._run(self._next_counter)
+
+    def _next_counter(self) -> int:
+        with self._write_txn() as conn:
+            row = conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, '1') "
+                "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 "
+                "RETURNING value",
+                (COUNTER_KEY,),
+            ).fetchone()
+        return int(row[0])
+
+    async def append_audit(self, action: str, *, actor: str, reference: str | None = None,
+                           details: Mapping[str, Any] | None = None) -> str:
+        """Append a hash-chained audit row; return its hash. Durable when this returns.
+
+        Raises:
+            StoreError: ``details`` is not JSON-serialisable.
+        """
+        return await self._run(self._append_audit, action, actor, reference, details)
+
+    def append_audit_sync(self, action: str, *, actor: str, reference: str | None = None,
+                          details: Mapping[str, Any] | None = None) -> str:
+        """Blocking :meth:`append_audit` for the CLI (never call from the event loop)."""
+        if self._closed:
+            raise StoreError("store is closed")
+        return self._executor.submit(
+            self._append_audit, action, actor, reference, details
+        ).result()
+
+    def _append_audit(self, action: str, actor: str, reference: str | None,
+                      details: Mapping[str, Any] | None) -> str:
+        details = dict(details or {})
+        t = time.time()
+        try:
+            details_json = canonical_json(details)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"audit details not serialisable: {exc}") from exc
+        with self._write_txn() as conn:
+            last = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+            prev_hash = last[0] if last else GENESIS_HASH
+            digest = audit_hash(prev_hash, t, action, actor, reference, details)
+            conn.execute(
+                "INSERT INTO audit (t, action, actor, reference, details, prev_hash, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (t, action, actor, reference, details_json, prev_hash, digest),
+            )
+        return digest
+
+    @staticmethod
+    def _call_id(conn: sqlite3.Connection, reference: str) -> int:
+        row = conn.execute("SELECT id FROM calls WHERE reference = ?", (reference,)).fetchone()
+        if row is None:
+            raise StoreError(f"no call with reference {reference!r}")
+        return int(row[0])
+
+    # ------------------------------------------------------------------ sync reads
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._rlock:
+            try:
+                return list(self._rdb.query(sql, params))
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
+
+    def get_call(self, reference: str) -> dict[str, Any] | None:
+        """Return the call row ``reference`` as a dict, or None."""
+        rows = self._query("SELECT * FROM calls WHERE reference = ?", (reference,))
+        return rows[0] if rows else None
+
+    def list_calls(self, limit: int = 50, *, number: str | None = None,
+                   line: str | None = None) -> list[dict[str, Any]]:
+        """Return up to ``limit`` calls, newest first, optionally filtered by number or line.
+
+        "Newest" is by ring time (creation time for rows without one), then insertion order.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if number is not None:
+            where.append("caller_number = ?")
+            params.append(number)
+        if line is not None:
+            where.append("line = ?")
+            params.append(line)
+        sql = "SELECT * FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY COALESCE(ring_at, created_at) DESC, id DESC LIMIT ?"
+        params.append(int(limit))
+        return self._query(sql, tuple(params))
+
+    def last_call(self) -> dict[str, Any] | None:
+        """Return the newest call, or None if there is none."""
+        rows = self.list_calls(1)
+        return rows[0] if rows else None
+
+    def events(self, reference: str) -> list[dict[str, Any]]:
+        """Return the call's events in time order (``id``, ``call_id``, ``t``, ``state``,
+        ``detail``); empty for an unknown reference."""
+        return self._query(
+            "SELECT e.* FROM events e JOIN calls c ON c.id = e.call_id "
+            "WHERE c.reference = ? ORDER BY e.t, e.id",
+            (reference,),
+        )
+
+    def audit_entries(self) -> list[dict[str, Any]]:
+        """Return every audit row in chain order; ``details`` decoded from JSON."""
+        rows = self._query("SELECT * FROM audit ORDER BY id")
+        for row in rows:
+            # Left as stored if unreadable; verify_audit_chain reports it.
+            with contextlib.suppress(TypeError, ValueError):
+                row["details"] = json.loads(row["details"])
+        return rows
+
+    def verify_audit_chain(self) -> list[str]:
+        """Recompute the audit hash chain; return the problems found (empty list = intact).
+
+        Detects an altered row (its hash no longer matches its content), a deleted or
+        inserted row (the next row's prev_hash no longer matches), and a broken genesis.
+        """
+        problems: list[str] = []
+        prev_hash = GENESIS_HASH
+        prev_id: int | None = None
+        for row in self._query("SELECT * FROM audit ORDER BY id"):
+            rid = row["id"]
+            if row["prev_hash"] != prev_hash:
+                after = "genesis" if prev_id is None else f"row {prev_id}"
+                problems.append(f"audit row {rid}: prev_hash does not match {after} "
+                                "(row deleted, inserted or reordered)")
+            try:
+                details = json.loads(row["details"])
+                expected = audit_hash(row["prev_hash"], row["t"], row["action"], row["actor"],
+                                      row["reference"], details)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"audit row {rid}: unreadable content ({exc})")
+            else:
+                if expected != row["hash"]:
+                    problems.append(f"audit row {rid}: hash does not match content "
+                                    "(row altered)")
+            prev_hash = row["hash"]
+            prev_id = rid
+        return problems
+
+
+def _check_columns(fields: Mapping[str, Any]) -> None:
+    """Reject column names outside the schema (they become SQL identifiers)."""
+    unknown = set(fields) - CALL_COLUMNS
+    if unknown:
+        raise StoreError(f"unknown calls column(s): {', '.join(sorted(unknown))}")
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, one committed step per migration."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {version} is newer than this software ({SCHEMA_VERSION})"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        _LOGGER.info("Migrating %s to schema version %d", path, target)
+        # DDL is transactional in SQLite: a crash mid-migration leaves the old version.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _MIGRATIONS[target - 1](conn)
+            conn.execute(f"PRAGMA user_version={target}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
