@@ -179,8 +179,6 @@ class Recorder:
             if ok != 1:
                 _LOGGER.warning("%s: libsndfile refused SFC_SET_UPDATE_HEADER_AUTO",
                                 self.partial_path)
-            os.fsync(self._fd)
-            _fsync_dir(self.directory)
         except (OSError, sf.LibsndfileError) as exc:
             os.close(self._fd)
             with contextlib.suppress(OSError):
@@ -219,6 +217,10 @@ class Recorder:
         last_sync = time.monotonic()
         dirty = False
         try:
+            # Make the new file's directory entry durable here, not on the caller's thread
+            # (an fsync on an SD card can take tens of ms).
+            os.fsync(self._fd)
+            _fsync_dir(self.directory)
             while True:
                 timeout = max(0.0, last_sync + self._fsync_interval_s - time.monotonic())
                 try:
