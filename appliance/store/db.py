@@ -338,17 +338,17 @@ class Store:
             raise StoreError(f"cannot start a write: {exc}") from exc
         try:
             yield conn
-        except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
-            raise StoreError(str(exc)) from exc
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+            # Also a failed COMMIT (disk full, I/O error): never leave the writer connection
+            # inside a transaction, or every later write would fail.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise StoreError(str(exc)) from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        else:
-            conn.execute("COMMIT")
 
     # ------------------------------------------------------------------ async writes
 

@@ -273,3 +273,22 @@ async def test_close_drains_and_checkpoints(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 20
     with pytest.raises(StoreError, match="closed"):
         await store.create_call("late")
+
+
+async def test_two_writers_on_one_file_keep_one_chain(tmp_path: Path) -> None:
+    """The daemon and the CLI (each with its own Store) append to the same chain."""
+    path = tmp_path / "appliance.db"
+    daemon = Store.open(path)
+    cli = Store.open(path)
+    try:
+        for i in range(5):
+            await daemon.append_audit("call_finalized", actor="daemon", details={"i": i})
+            await asyncio.to_thread(cli.append_audit_sync, "exported", actor="cli",
+                                    details={"i": i})
+        assert len(daemon.audit_entries()) == 10
+        assert daemon.verify_audit_chain() == []
+        assert await cli.next_counter() == 1
+        assert await daemon.next_counter() == 2
+    finally:
+        await daemon.close()
+        await asyncio.to_thread(cli.close_sync)
