@@ -1,0 +1,401 @@
+"""The prompt library: every prompt pre-rendered to 8 kHz telephone audio, cached on disk.
+
+``appliance sounds build`` calls :meth:`PromptLibrary.build` with an engine; the daemon calls
+:meth:`PromptLibrary.load`, which needs no engine and no model (DESIGN.md §6). Call references
+are assembled from pre-rendered digit clips at call time: pure array concatenation, no synthesis.
+
+Cache layout (``cache_dir``):
+
+* ``<sha256>.wav`` — one clip, 8 kHz mono PCM_16; the name is the SHA-256 of the text, the
+  voice id, the engine settings and :data:`~appliance.speech.condition.CONDITIONING_VERSION`,
+  so any change to what would be heard gives a new file and an unchanged clip is reused.
+* ``library.<lang>.json`` — manifest of the last build: clip name → file, voice, notice version.
+
+Every file is written to a temporary name, fsync'ed and renamed (atomic on POSIX), so a power
+cut leaves either the old file or the new one. A cached clip that does not read back as a
+well-formed 8 kHz mono PCM_16 WAV is rendered again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import string
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Final
+
+import numpy as np
+import numpy.typing as npt
+import soundfile
+
+from appliance.errors import ReferenceFormatError, SpeechError
+from appliance.speech.condition import CONDITIONING_VERSION, PHONE_RATE_HZ, condition_for_phone
+from appliance.speech.prompts import digit_word
+from appliance.speech.tts import TtsEngine
+
+_LOGGER = logging.getLogger(__name__)
+
+#: DESIGN.md §7: references are 8 digits, spoken in groups of 3-3-2.
+REFERENCE_DIGITS: Final[int] = 8
+REFERENCE_GROUPS: Final[tuple[int, ...]] = (3, 3, 2)
+#: Pause between digits of one group.
+DIGIT_GAP_S: Final[float] = 0.150
+#: Pause between groups ("4 2 7 — 1 9 3 — 5 8").
+GROUP_GAP_S: Final[float] = 0.450
+#: Pause after "A hívás azonosítója:" / "Ismétlem:" before the first digit.
+INTRO_GAP_S: Final[float] = 0.300
+#: Pause between the first reading and "Ismétlem:" (a sentence break).
+REPEAT_GAP_S: Final[float] = 0.700
+#: Clip names of the digit words.
+DIGIT_CLIPS: Final[tuple[str, ...]] = tuple("0123456789")
+NOTICE_CLIP: Final[str] = "notice"
+MANIFEST_VERSION: Final[int] = 1
+_WAV_HEADER_MIN_BYTES: Final[int] = 44
+
+#: ``progress(clip_name, reused)`` — called once per clip during a build.
+ProgressCallback = Callable[[str, bool], None]
+
+
+def _silence(seconds: float) -> npt.NDArray[np.int16]:
+    return np.zeros(round(seconds * PHONE_RATE_HZ), dtype=np.int16)
+
+
+def _sha256_hex(*parts: str) -> str:
+    # JSON-encode the parts so no two different tuples can concatenate to the same string.
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _settings_json(settings: Mapping[str, object]) -> str:
+    return json.dumps(dict(settings), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def clip_file_name(text: str, voice_id: str, settings: Mapping[str, object]) -> str:
+    """Return the cache file name of a clip: SHA-256 of everything that shapes its sound."""
+    return _sha256_hex(text, voice_id, _settings_json(settings), CONDITIONING_VERSION) + ".wav"
+
+
+def notice_version(notice_text: str, voice_id: str, settings: Mapping[str, object]) -> str:
+    """Return the notice version stored per call: SHA-256 of text + voice + settings."""
+    return _sha256_hex(notice_text, voice_id, _settings_json(settings))
+
+
+def is_template(text: str) -> bool:
+    """Return whether ``text`` still has ``{placeholders}`` (it can't be pre-rendered)."""
+    return any(field is not None for _, field, _, _ in string.Formatter().parse(text))
+
+
+def normalize_reference(reference: str) -> str:
+    """Return the 8 digits of a reference typed as ``42719038``, ``427-193-58`` or ``427 193 58``.
+
+    Only the shape is checked here; the check digit belongs to the reference module.
+
+    Raises:
+        ReferenceFormatError: not 8 digits after removing spaces and hyphens.
+    """
+    digits = reference.replace(" ", "").replace("-", "")
+    if len(digits) != REFERENCE_DIGITS or not (digits.isascii() and digits.isdigit()):
+        raise ReferenceFormatError(reference, f"expected {REFERENCE_DIGITS} digits")
+    return digits
+
+
+@contextmanager
+def _atomic_open(path: Path) -> Iterator[IO[bytes]]:
+    """Open a temporary file next to ``path``; on success fsync and rename it to ``path``."""
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    # The rename is durable only once the directory entry is on disk.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def write_clip(path: Path, audio: npt.NDArray[np.int16]) -> None:
+    """Atomically write ``audio`` as an 8 kHz mono PCM_16 WAV."""
+    with _atomic_open(path) as file:
+        soundfile.write(file, audio, PHONE_RATE_HZ, subtype="PCM_16", format="WAV")
+
+
+def read_clip(path: Path) -> npt.NDArray[np.int16] | None:
+    """Read a cached clip, or return None if it is missing or not well-formed.
+
+    Well-formed: RIFF size field matches the file length (a truncated file fails this even
+    though libsndfile would read what is there, audio-speech.md §5.3), 8 kHz, mono,
+    PCM_16, at least one frame.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(raw) < _WAV_HEADER_MIN_BYTES or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return None
+    if int.from_bytes(raw[4:8], "little") != len(raw) - 8:
+        return None
+    try:
+        with soundfile.SoundFile(path) as wav:
+            if (wav.samplerate, wav.channels, wav.subtype) != (PHONE_RATE_HZ, 1, "PCM_16"):
+                return None
+            audio = wav.read(dtype="int16")
+    except (soundfile.LibsndfileError, RuntimeError):
+        return None
+    return audio if audio.ndim == 1 and audio.size > 0 else None
+
+
+class PromptLibrary:
+    """Pre-rendered prompt clips (8 kHz mono int16) for one language and voice.
+
+    Immutable after construction; safe to share between tasks and threads. Every method
+    except :meth:`render_text` is allocation-only (no I/O, no synthesis).
+    """
+
+    def __init__(
+        self,
+        *,
+        lang: str,
+        voice_id: str,
+        notice_version: str,
+        clips: Mapping[str, npt.NDArray[np.int16]],
+        engine: TtsEngine | None = None,
+    ) -> None:
+        """Wrap already-rendered clips; use :meth:`build` or :meth:`load` instead.
+
+        Raises:
+            SpeechError: the notice, the reference connectives or a digit clip is missing.
+        """
+        required = {NOTICE_CLIP, "reference_intro", "reference_again", *DIGIT_CLIPS}
+        missing = required - clips.keys()
+        if missing:
+            raise SpeechError("prompt library lacks clips: " + ", ".join(sorted(missing)))
+        self.lang = lang
+        self._voice_id = voice_id
+        self._notice_version = notice_version
+        self._clips = dict(clips)
+        for clip in self._clips.values():
+            clip.setflags(write=False)  # shared by every call: nobody may edit it in place
+        self._engine = engine
+        self._digit_gap = _silence(DIGIT_GAP_S)
+        self._group_gap = _silence(GROUP_GAP_S)
+        self._intro_gap = _silence(INTRO_GAP_S)
+        self._repeat_gap = _silence(REPEAT_GAP_S)
+
+    # --- construction ------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        cache_dir: Path,
+        *,
+        lang: str,
+        engine: TtsEngine,
+        texts: Mapping[str, str],
+        notice_text: str,
+        progress: ProgressCallback | None = None,
+    ) -> PromptLibrary:
+        """Render (or reuse) every clip into ``cache_dir`` and write the manifest.
+
+        Rendered: every text of ``texts`` without placeholders, the notice (already filled,
+        see :func:`~appliance.speech.prompts.render_notice_text`) and the digit words 0–9 of
+        ``lang``. Templates with placeholders (``last_call``, ``health_fault``) are skipped:
+        the CLI fills and renders them with :meth:`render_text`.
+
+        Args:
+            cache_dir: created if missing.
+            lang: language of ``texts``; selects the digit words.
+            engine: the speech engine.
+            texts: prompt templates from ``load_prompt_texts``.
+            notice_text: the filled notice.
+            progress: called as ``progress(name, reused)`` once per clip.
+
+        Raises:
+            SpeechError: the engine failed or produced silence.
+        """
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        voice_id = engine.voice_id
+        settings = dict(engine.settings)
+        sources: dict[str, str] = {
+            name: text
+            for name, text in texts.items()
+            if name != NOTICE_CLIP and not is_template(text)
+        }
+        sources[NOTICE_CLIP] = notice_text
+        for digit in DIGIT_CLIPS:
+            sources[digit] = digit_word(lang, digit)
+        clips: dict[str, npt.NDArray[np.int16]] = {}
+        files: dict[str, str] = {}
+        for name, text in sources.items():
+            file_name = clip_file_name(text, voice_id, settings)
+            path = cache_dir / file_name
+            audio = read_clip(path)
+            reused = audio is not None
+            if audio is None:
+                if path.exists():
+                    _LOGGER.warning("Cached clip %s (%s) is corrupt; rendering again", name, path)
+                samples, rate = engine.synthesize(text)
+                audio = condition_for_phone(samples, rate)
+                write_clip(path, audio)
+            _LOGGER.debug("Clip %s: %s (%s)", name, file_name, "reused" if reused else "rendered")
+            if progress is not None:
+                progress(name, reused)
+            clips[name] = audio
+            files[name] = file_name
+        version = notice_version(notice_text, voice_id, settings)
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "lang": lang,
+            "voice_id": voice_id,
+            "settings": json.loads(_settings_json(settings)),
+            "conditioning": CONDITIONING_VERSION,
+            "notice_version": version,
+            "notice_text": notice_text,
+            "clips": files,
+        }
+        with _atomic_open(cls.manifest_path(cache_dir, lang)) as file:
+            file.write(json.dumps(manifest, ensure_ascii=False, indent=2).encode("utf-8"))
+        return cls(lang=lang, voice_id=voice_id, notice_version=version, clips=clips, engine=engine)
+
+    @classmethod
+    def load(cls, cache_dir: Path, *, lang: str, notice_text: str | None = None) -> PromptLibrary:
+        """Load the last build for ``lang`` without any speech engine (the daemon's path).
+
+        Args:
+            cache_dir: the directory :meth:`build` wrote.
+            lang: language to load.
+            notice_text: the notice the current configuration would speak; if given and it
+                differs from the built one, loading fails so a stale notice is never played.
+
+        Raises:
+            SpeechError: no build, a stale notice, or a missing/corrupt clip (run
+                ``appliance sounds build``).
+        """
+        path = cls.manifest_path(cache_dir, lang)
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SpeechError(f"no prompt build for {lang!r} in {cache_dir}: {exc}") from exc
+        if manifest.get("manifest_version") != MANIFEST_VERSION:
+            raise SpeechError(f"{path}: unsupported manifest version; rebuild the prompts")
+        if notice_text is not None and manifest.get("notice_text") != notice_text:
+            raise SpeechError(
+                f"{path}: the rendered notice differs from the configured one; "
+                "run `appliance sounds build`"
+            )
+        clips: dict[str, npt.NDArray[np.int16]] = {}
+        for name, file_name in manifest["clips"].items():
+            audio = read_clip(cache_dir / file_name)
+            if audio is None:
+                raise SpeechError(f"prompt clip {name!r} ({file_name}) is missing or corrupt")
+            clips[name] = audio
+        return cls(
+            lang=lang,
+            voice_id=manifest["voice_id"],
+            notice_version=manifest["notice_version"],
+            clips=clips,
+        )
+
+    @staticmethod
+    def manifest_path(cache_dir: Path, lang: str) -> Path:
+        """Return where the manifest of ``lang`` lives in ``cache_dir``."""
+        return cache_dir / f"library.{lang}.json"
+
+    # --- use ---------------------------------------------------------------------------
+
+    @property
+    def voice_id(self) -> str:
+        """The voice the clips were rendered with."""
+        return self._voice_id
+
+    @property
+    def notice(self) -> npt.NDArray[np.int16]:
+        """The rendered notice (read-only array)."""
+        return self._clips[NOTICE_CLIP]
+
+    @property
+    def notice_version(self) -> str:
+        """SHA-256 hex of notice text + voice id + settings; stored with each call."""
+        return self._notice_version
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every clip name in the library."""
+        return frozenset(self._clips)
+
+    def clip(self, name: str) -> npt.NDArray[np.int16]:
+        """Return the clip ``name`` (a prompt name, "notice" or a digit "0".."9"; read-only).
+
+        Raises:
+            KeyError: no such clip (templates like ``last_call`` are never pre-rendered).
+        """
+        try:
+            return self._clips[name]
+        except KeyError:
+            raise KeyError(f"no prompt clip {name!r}") from None
+
+    def reference_audio(self, reference: str) -> npt.NDArray[np.int16]:
+        """Assemble "<intro> 4 2 7 — 1 9 3 — 5 8. <again> 4 2 7 — 1 9 3 — 5 8."
+
+        150 ms between digits, 450 ms between groups (3-3-2), no synthesis: a concatenation
+        of cached arrays (≈50 µs on the x86 dev VM).
+
+        Args:
+            reference: 8 digits, optionally grouped with spaces or hyphens.
+
+        Raises:
+            ReferenceFormatError: not 8 digits.
+        """
+        digits = normalize_reference(reference)
+        reading = self._digits_parts(digits)
+        parts = [
+            self._clips["reference_intro"],
+            self._intro_gap,
+            *reading,
+            self._repeat_gap,
+            self._clips["reference_again"],
+            self._intro_gap,
+            *reading,
+        ]
+        return np.concatenate(parts)
+
+    def _digits_parts(self, digits: str) -> list[npt.NDArray[np.int16]]:
+        parts: list[npt.NDArray[np.int16]] = []
+        start = 0
+        for group_index, size in enumerate(REFERENCE_GROUPS):
+            if group_index:
+                parts.append(self._group_gap)
+            for offset, digit in enumerate(digits[start : start + size]):
+                if offset:
+                    parts.append(self._digit_gap)
+                parts.append(self._clips[digit])
+            start += size
+        return parts
+
+    def render_text(self, text: str) -> npt.NDArray[np.int16]:
+        """Render arbitrary text now (CLI only: needs the engine the library was built with).
+
+        Raises:
+            SpeechError: the library was loaded without an engine, or synthesis failed.
+        """
+        if self._engine is None:
+            raise SpeechError("this prompt library has no speech engine (loaded, not built)")
+        samples, rate = self._engine.synthesize(text)
+        return condition_for_phone(samples, rate)
+
+    def __repr__(self) -> str:
+        return (
+            f"PromptLibrary(lang={self.lang!r}, voice_id={self._voice_id!r}, "
+            f"clips={len(self._clips)})"
+        )
