@@ -270,7 +270,9 @@ def _build(tp: Any, value: Any, path: str) -> Any:
         kwargs = {}
         for name, f in fields.items():
             if name not in value:
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                has_default = (f.default is not dataclasses.MISSING
+                               or f.default_factory is not dataclasses.MISSING)
+                if has_default:
                     continue
                 raise ConfigError(_join(path, name), "a value (the key is missing)", None)
             kwargs[name] = _build(hints[name], value[name], _join(path, name))

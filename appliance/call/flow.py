@@ -222,7 +222,7 @@ class CallResult:
     duration_s: float
 
 
-class _CallOver(Exception):  # noqa: N818 - control flow, not an error
+class _CallOver(Exception):
     def __init__(self, outcome: str, reason: str) -> None:
         super().__init__(outcome, reason)
         self.outcome = outcome

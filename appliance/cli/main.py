@@ -1,0 +1,324 @@
+"""The ``appliance`` command: the daemon, the demo, and the technician's tools.
+
+Exit codes: 0 ok, 1 a check failed / not found, 2 usage, 78 configuration error (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance import __version__
+from appliance.config import EXIT_CONFIG, Config, load_config
+from appliance.errors import ConfigError, ReferenceFormatError
+from appliance.logs import setup_logging
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Ctx:
+    def __init__(self, config_path: Path | None, state_dir: Path | None) -> None:
+        self.config_path = config_path
+        self.state_dir = state_dir
+
+    def config(self) -> Config:
+        try:
+            return load_config(self.config_path, state_dir=self.state_dir)
+        except ConfigError as exc:
+            click.echo(f"appliance: configuration error: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="appliance")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="APPLIANCE_CONFIG",
+              help="TOML file laid over the defaults [env APPLIANCE_CONFIG; default "
+                   "/etc/appliance/config.toml].")
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="APPLIANCE_STATE_DIR",
+              help="Index, recordings and caches [env APPLIANCE_STATE_DIR; default "
+                   "/var/lib/appliance].")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None) -> None:
+    """Call-recording telephone appliance: answers, tells the caller, records, indexes.
+
+    \b
+    Quick start:   appliance demo                 a whole simulated call
+    Technician:    appliance calls | last | show REF | config show
+    Service:       appliance run                  (systemd starts this)
+    """
+    ctx.obj = _Ctx(config_path, state_dir)
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.pass_obj
+def run(obj: _Ctx) -> None:
+    """Run the daemon in the foreground (what the systemd service starts)."""
+    config = obj.config()
+    setup_logging(config.logging.level)
+
+    async def _main() -> None:
+        from appliance.daemon.app import Application
+
+        app = Application(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await app.start()
+            await stop.wait()
+        finally:
+            await app.stop()
+
+    asyncio.run(_main())
+
+
+# --- the demo --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--scenario", type=click.Choice(["answered", "declined", "abandoned", "voicemail"]),
+              default="answered", show_default=True,
+              help="answered: the shop talks to the caller; declined: the caller presses 9 "
+                   "during the notice; abandoned: hangs up during the notice; voicemail: "
+                   "nobody lifts, the caller leaves a message.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--profile", type=click.Choice(["conexant", "usr", "v253"]), default="conexant",
+              show_default=True, help="Which real modem the emulator imitates.")
+@click.option("--verbose", "-v", is_flag=True, help="Show the daemon's log on stderr.")
+@click.pass_obj
+def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool) -> None:
+    """Run one whole simulated call through the real daemon.
+
+    The line is the V.253 modem emulator on a real pty opened by pyserial; the handset is the
+    SLIC driver on simulated GPIO pins with a simulated shop assistant. The result is a real
+    SQLite row and a real recording under --state-dir (a temporary directory by default).
+    """
+    setup_logging("INFO" if verbose else "WARNING")
+    state_dir = obj.state_dir or Path(tempfile.mkdtemp(prefix="appliance-demo-"))
+    from appliance.sim.demo import run_demo
+
+    def on_entry(t: float, actor: str, what: str, detail: str) -> None:
+        if not as_json:
+            click.echo(f"{t:7.2f}s  {actor:<9} {what:<22} {detail}")
+
+    if not as_json:
+        click.echo(f"appliance demo — scenario {scenario!r}, state dir {state_dir}")
+        click.echo(f"{'offset':>8}  {'who':<9} {'what':<22} detail")
+    try:
+        result = asyncio.run(run_demo(scenario, state_dir, on_entry=on_entry, profile=profile))
+    except ConfigError as exc:
+        click.echo(f"appliance: configuration error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    s = result.summary
+    if as_json:
+        click.echo(json.dumps(s, ensure_ascii=False, indent=2))
+        return
+    click.echo("")
+    click.echo("Summary")
+    rows = [
+        ("reference", s["reference"]),
+        ("caller", f"{s['caller_number']} ({s['caller_name'] or 'no name'})"),
+        ("outcome", s["outcome"]),
+        ("recording", s["recording_decision"]),
+        ("notice completed", "yes" if s["notice_completed"] else "no"),
+        ("recording file", s["recording_path"] or "—"),
+        ("sha-256", s["recording_sha256"] or "—"),
+        ("call duration", f"{s['duration_s']:.1f} s"),
+        ("index", s["db_path"]),
+    ]
+    if s.get("speech_warning"):
+        rows.append(("speech", s["speech_warning"]))
+    for key, value in rows:
+        click.echo(f"  {key:<17} {value}")
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML-like text.")
+@click.pass_obj
+def config_show(obj: _Ctx, as_json: bool) -> None:
+    """Print the effective configuration (defaults + file + overrides)."""
+    data = obj.config().to_dict()
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    click.echo(_to_toml(data))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    out: list[str] = []
+    for section, table in data.items():
+        if isinstance(table, list):
+            for item in table:
+                out.append(f"[[{section}]]")
+                out.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
+                out.append("")
+            continue
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --- reading the index -----------------------------------------------------------------------
+
+
+def _open_store(obj: _Ctx) -> Any:
+    from appliance.store.db import Store
+
+    config = obj.config()
+    if not config.db_path.exists():
+        click.echo(f"appliance: no index at {config.db_path} (no call yet, or wrong "
+                   "--state-dir)", err=True)
+        sys.exit(1)
+    return Store.open(config.db_path)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "—"
+
+
+def _row_view(row: dict[str, Any]) -> dict[str, Any]:
+    from appliance.call.reference import format_reference
+
+    view = dict(row)
+    view["reference"] = format_reference(row["reference"])
+    return view
+
+
+@cli.command()
+@click.option("--limit", default=50, show_default=True, help="Newest calls first.")
+@click.option("--number", help="Only calls from this caller number.")
+@click.option("--line", "line_name", help="Only calls on this line.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.pass_obj
+def calls(obj: _Ctx, limit: int, number: str | None, line_name: str | None,
+          as_json: bool) -> None:
+    """List calls from the index, newest first."""
+    store = _open_store(obj)
+    rows = [_row_view(r) for r in store.list_calls(limit, number=number, line=line_name)]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("no calls")
+        return
+    click.echo(f"{'reference':<11} {'when':<19} {'line':<6} {'caller':<16} {'outcome':<11} "
+               f"{'recording':<9} {'dur':>6}")
+    for r in rows:
+        click.echo(f"{r['reference']:<11} {_when(r['ring_at']):<19} {r['line'] or '':<6} "
+                   f"{(r['caller_number'] or 'unknown'):<16} {r['outcome'] or '':<11} "
+                   f"{r['recording_decision'] or '':<9} {(r['duration_s'] or 0):6.1f}")
+
+
+def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
+    events = store.events(row["reference"])
+    if as_json:
+        view = _row_view(row)
+        view["events"] = events
+        click.echo(json.dumps(view, ensure_ascii=False, indent=2))
+        return
+    view = _row_view(row)
+    for key in ("reference", "line", "direction", "caller_number", "caller_name", "outcome",
+                "recording_decision", "notice_completed", "notice_version", "recording_path",
+                "recording_sha256", "recording_bytes", "duration_s"):
+        click.echo(f"{key:<19} {view.get(key)}")
+    for key in ("ring_at", "answer_at", "notice_start_at", "notice_end_at", "record_start_at",
+                "agent_answer_at", "end_at"):
+        click.echo(f"{key:<19} {_when(row.get(key))}")
+    click.echo("events:")
+    t0 = events[0]["t"] if events else 0.0
+    for e in events:
+        click.echo(f"  +{e['t'] - t0:7.2f}s  {e['state']:<20} {e['detail']}")
+
+
+@cli.command()
+@click.argument("reference")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with its events.")
+@click.pass_obj
+def show(obj: _Ctx, reference: str, as_json: bool) -> None:
+    """Show one call by REFERENCE (427-193-53, 42719353 and "427 193 53" all work)."""
+    from appliance.call.reference import parse_reference
+
+    store = _open_store(obj)
+    try:
+        ref = parse_reference(reference)
+    except ReferenceFormatError as exc:
+        known = [c for c in exc.candidates if store.get_call(c.replace("-", ""))]
+        hint = f" — did you mean {', '.join(known)}?" if known else ""
+        click.echo(f"appliance: {exc.text!r}: {exc.reason}{hint}", err=True)
+        sys.exit(1)
+    row = store.get_call(ref)
+    if row is None:
+        click.echo(f"appliance: no call with reference {reference}", err=True)
+        sys.exit(1)
+    _print_call(store, row, as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with its events.")
+@click.pass_obj
+def last(obj: _Ctx, as_json: bool) -> None:
+    """Show the most recent call."""
+    store = _open_store(obj)
+    row = store.last_call()
+    if row is None:
+        click.echo("no calls yet")
+        sys.exit(1)
+    _print_call(store, row, as_json)
+
+
+# --- the modem emulator ----------------------------------------------------------------------
+
+
+@cli.command("sim-modem")
+@click.option("--profile", type=click.Choice(["conexant", "usr", "v253"]), default="conexant",
+              show_default=True)
+@click.option("--link", type=click.Path(path_type=Path),
+              help="Also create this symlink to the pty (e.g. /tmp/modem).")
+def sim_modem(profile: str, link: Path | None) -> None:
+    """Serve the emulated V.253 voice modem on a pty until interrupted.
+
+    Point any modem software (or `appliance run` with lines[0].device set to the printed
+    path) at it.
+    """
+    setup_logging("INFO")
+    from appliance.line.sim import serve_forever
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(profile, link, on_ready=lambda p: click.echo(p)))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="appliance")

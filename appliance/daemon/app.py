@@ -1,0 +1,525 @@
+"""The application: wires the rooms together, starts them in order, stops them in reverse.
+
+Start order: state dir → store (+ start-up recovery) → prompts → panel → handset (SLIC +
+audio) → lines. Stop in reverse, in ``finally``. Each line has a supervisor loop that reopens
+its modem with back-off when the link fails (USB modems disappear), and dispatches the modem's
+events to the call in progress. Hardware is chosen by URL in the configuration and can be
+injected (``pin_factory``, ``handset_audio``) by the demo and the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from appliance.audio.backend import HandsetAudio, open_handset_audio
+from appliance.audio.tones import ToneZone, one_shot, tone_zone
+from appliance.call.events import (
+    AgentOffHook,
+    AgentOnHook,
+    CallerHungUp,
+    CallEvent,
+    LineLost,
+)
+from appliance.call.flow import CallerInfo, CallPolicy, CallPorts, CallResult, InboundCall
+from appliance.call.reference import COUNTER_SPACE, make_reference
+from appliance.config import Config, LineConfig
+from appliance.daemon.media import CallMedia
+from appliance.daemon.notify import sd_notify
+from appliance.errors import ApplianceError, ModemError, StoreError
+from appliance.handset.slic import RingCadence, Slic, SlicPins
+from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
+from appliance.panel.panel import Panel, PanelPins, PanelState
+from appliance.speech.library import PromptLibrary
+from appliance.speech.prompts import load_prompt_texts, render_notice_text
+from appliance.speech.tts import select_engine
+from appliance.store.db import Store
+from appliance.store.recorder import recover_leftovers
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Back-off between attempts to reopen a failed modem (USB modems come back).
+REOPEN_BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: Seconds after the last RING before a ringing-but-unanswered call counts as gone.
+RING_GONE_S: Final = 8.0
+REFERENCE_KEY_FILE: Final = "reference.key"
+
+CallObserver = Callable[[str, str, str], None]
+
+
+def load_or_create_key(state_dir: Path) -> bytes:
+    """The per-device reference key (32 random bytes, 0600), created at first start."""
+    path = state_dir / REFERENCE_KEY_FILE
+    try:
+        key = path.read_bytes()
+        if len(key) >= 16:
+            return key
+        raise StoreError(f"{path} is damaged ({len(key)} bytes); restore it from a backup")
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return key
+
+
+class Prompts:
+    """The call flow's view of the prompt library, plus the tones it needs as clips."""
+
+    def __init__(self, library: PromptLibrary, zone: ToneZone) -> None:
+        self._library = library
+        self._beep = one_shot(zone.beep, 400)
+
+    @property
+    def notice(self) -> np.ndarray:
+        return self._library.notice
+
+    @property
+    def notice_version(self) -> str:
+        return self._library.notice_version
+
+    def clip(self, name: str) -> np.ndarray:
+        if name == "beep":
+            return self._beep
+        return self._library.clip(name)
+
+    def reference_audio(self, reference: str) -> np.ndarray:
+        return self._library.reference_audio(reference)
+
+
+class _PanelPort:
+    _STATES: Final = {
+        "idle": PanelState.IDLE,
+        "ringing": PanelState.RINGING,
+        "ended": PanelState.IDLE,
+        "answering": PanelState.NOTICE,
+        "notice": PanelState.NOTICE,
+        "ringing-agent": PanelState.WAITING_AGENT,
+        "bridged": PanelState.IN_CALL,
+        "voicemail": PanelState.VOICEMAIL,
+        "finalizing": PanelState.IN_CALL,
+    }
+
+    def __init__(self, panel: Panel) -> None:
+        self._panel = panel
+
+    def show(self, state: str) -> None:
+        self._panel.show(self._STATES.get(state, PanelState.IN_CALL))
+
+    def set_recording(self, on: bool) -> None:
+        self._panel.set_recording(on)
+
+
+class _HandsetPort:
+    def __init__(self, slic: Slic, cadence: RingCadence) -> None:
+        self._slic = slic
+        self._cadence = cadence
+
+    @property
+    def off_hook(self) -> bool:
+        return self._slic.off_hook
+
+    def start_ringing(self) -> None:
+        self._slic.start_ringing(self._cadence)
+
+    async def stop_ringing(self) -> None:
+        await self._slic.stop_ringing()
+
+
+class _LinePort:
+    def __init__(self, modem: Modem, media: CallMedia) -> None:
+        self._modem = modem
+        self._media = media
+
+    async def answer(self) -> None:
+        await self._modem.answer()
+        await self._modem.start_duplex(self._media.on_line_audio)
+        self._media.prime()
+
+    async def hang_up(self) -> None:
+        with contextlib.suppress(ModemError, OSError):
+            await self._modem.stop_duplex()
+        await self._modem.hang_up()
+
+
+@dataclass(slots=True)
+class _ActiveCall:
+    call: InboundCall
+    media: CallMedia
+    task: asyncio.Task[CallResult]
+
+
+class LineSession:
+    """One line: supervises its modem and runs its calls (one at a time)."""
+
+    def __init__(self, app: Application, line: LineConfig) -> None:
+        self.app = app
+        self.line = line
+        self.modem: Modem | None = None
+        self.active: _ActiveCall | None = None
+        self.state = "starting"
+        self.fault: str | None = None
+        self._caller: Any = None
+        self._rings = 0
+        self._last_ring_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run_supervisor(), name=f"line-{self.line.name}")
+
+    async def stop(self) -> None:
+        if self.active is not None:
+            self.active.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.active.task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.modem is not None:
+            with contextlib.suppress(Exception):
+                await self.modem.close()
+
+    async def _run_supervisor(self) -> None:
+        attempt = 0
+        while True:
+            modem = Modem(self.line.device, country_code=self.line.country_code)
+            try:
+                await modem.open()
+            except (ApplianceError, OSError) as exc:
+                delay = REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]
+                attempt += 1
+                self._set_fault(f"modem on {self.line.device} not ready: {exc}")
+                _LOGGER.warning("line %s: cannot open modem %s (%s); retry in %.0f s",
+                                self.line.name, self.line.device, exc, delay)
+                with contextlib.suppress(Exception):
+                    await modem.close()
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self.modem = modem
+            self._set_fault(None)
+            self.state = "idle"
+            _LOGGER.info("line %s: modem ready on %s (%s, %s)", self.line.name,
+                         self.line.device, modem.chipset, modem.voice_format)
+            self.app.line_ready(self)
+            try:
+                await self._dispatch(modem)
+            except Exception:
+                _LOGGER.exception("line %s: dispatcher failed; reopening", self.line.name)
+            finally:
+                self.modem = None
+                with contextlib.suppress(Exception):
+                    await modem.close()
+            self._set_fault("modem link lost")
+            await asyncio.sleep(REOPEN_BACKOFF_S[0])
+
+    def _set_fault(self, fault: str | None) -> None:
+        self.fault = fault
+        self.app.update_faults()
+
+    async def _dispatch(self, modem: Modem) -> None:
+        while True:
+            event = await modem.events.get()
+            active = self.active
+            if isinstance(event, LinkDown):
+                _LOGGER.error("line %s: link down (%s)", self.line.name, event.reason)
+                if active is not None:
+                    active.call.events.put_nowait(LineLost(event.reason))
+                return
+            if active is not None:
+                if isinstance(event, Dtmf):
+                    active.media.key_reported(event.digit, "modem")
+                elif isinstance(event, RemoteHangup):
+                    active.call.events.put_nowait(CallerHungUp(event.reason))
+                continue
+            if isinstance(event, CallerIdReceived):
+                self._caller = event.caller
+            elif isinstance(event, Ring):
+                now = time.monotonic()
+                if now - self._last_ring_at > RING_GONE_S:
+                    self._rings = 0
+                    self._first_ring_at = time.time()
+                self._last_ring_at = now
+                self._rings += 1
+                if event.caller is not None:
+                    self._caller = event.caller
+                _LOGGER.info("line %s: RING %d (caller %s)", self.line.name, self._rings,
+                             getattr(self._caller, "number", None))
+                self.app.panel_port.show("ringing")
+                if self._rings >= self.app.config.call.answer_after_rings:
+                    await self._start_call(modem)
+
+    async def _start_call(self, modem: Modem) -> None:
+        app = self.app
+        caller = self._caller
+        self._caller = None
+        self._rings = 0
+        reference = await app.allocate_reference()
+        events: asyncio.Queue[CallEvent] = asyncio.Queue()
+        media = CallMedia(
+            reference,
+            send_to_line=modem.send_audio,
+            play_to_earpiece=app.handset_audio.play,
+            events=events,
+            tone_zone=app.tone_zone,
+            recordings_dir=app.config.recordings_dir,
+            codec=app.config.recording.codec,
+            fsync_interval_s=app.config.recording.fsync_interval_s,
+        )
+        info = CallerInfo(
+            line=self.line.name,
+            number=getattr(caller, "number", None),
+            name=getattr(caller, "name", None),
+            withheld=bool(getattr(caller, "withheld", False)),
+            cid_date=getattr(caller, "date", None),
+            cid_time=getattr(caller, "time", None),
+            ring_at=getattr(self, "_first_ring_at", time.time()),
+            clock_synced=app.clock_synced(),
+            language=app.config.device.language,
+        )
+        ports = CallPorts(
+            line=_LinePort(modem, media),
+            handset=app.handset_port,
+            media=media,
+            store=app.store,
+            prompts=app.prompts,
+            panel=app.panel_port,
+        )
+        call = InboundCall(reference, info, ports, app.policy, events, observer=app.observe)
+        task = asyncio.create_task(call.run(), name=f"call-{reference}")
+        self.active = _ActiveCall(call, media, task)
+        app.active_media = media
+        self.state = "in-call"
+        task.add_done_callback(lambda t: self._call_done(t))
+
+    def _call_done(self, task: asyncio.Task[CallResult]) -> None:
+        self.active = None
+        self.app.active_media = None
+        self.state = "idle"
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            _LOGGER.error("line %s: call task failed: %r", self.line.name, exc)
+            return
+        result = task.result()
+        self.app.last_result = result
+        self.app.completed.put_nowait(result)
+
+
+class Application:
+    """The whole daemon. All methods run on the event loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        pin_factory: Any = None,
+        handset_audio: HandsetAudio | None = None,
+        slic_timings: dict[str, float] | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = CallPolicy(
+            ring_during_notice=config.call.ring_during_notice,
+            optout_key=config.call.optout_key,
+            repeat_key=config.call.repeat_key,
+            agent_timeout_s=config.call.agent_timeout_s,
+            voicemail=config.call.voicemail,
+            voicemail_max_s=config.call.voicemail_max_s,
+            max_call_s=config.call.max_call_s,
+            whisper_reference=config.call.whisper_reference,
+        )
+        self.tone_zone = tone_zone(config.tones.zone)
+        self.pin_factory = pin_factory
+        self.handset_audio: HandsetAudio = handset_audio or open_handset_audio(
+            config.handset.audio)
+        self._slic_timings = slic_timings or {}
+        self.observers: list[CallObserver] = []
+        self.completed: asyncio.Queue[CallResult] = asyncio.Queue()
+        self.last_result: CallResult | None = None
+        self.active_media: CallMedia | None = None
+        self.lines: list[LineSession] = []
+        self.speech_warning: str | None = None
+        self.recovered: list[str] = []
+        self._ready = asyncio.Event()
+        self._started = False
+
+    # -- start / stop -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.device.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.store = Store.open(cfg.db_path)
+        self._key = load_or_create_key(cfg.device.state_dir)
+        await self._recover()
+        self.prompts = Prompts(await asyncio.to_thread(self._build_prompts), self.tone_zone)
+        self.panel = Panel(
+            PanelPins(ready=cfg.panel.ready_pin, line=cfg.panel.line_pin,
+                      recording=cfg.panel.recording_pin, fault=cfg.panel.fault_pin,
+                      button=cfg.panel.button_pin),
+            pin_factory=self.pin_factory,
+            long_press_s=cfg.panel.long_press_s,
+        )
+        await self.panel.start()
+        self.panel_port = _PanelPort(self.panel)
+        self.slic = Slic(
+            SlicPins(rm=cfg.handset.rm_pin, fr=cfg.handset.fr_pin, shk=cfg.handset.shk_pin),
+            pin_factory=self.pin_factory,
+            ring_hz=cfg.handset.ring_hz,
+            **self._slic_timings,
+        )
+        await self.slic.start()
+        self.handset_port = _HandsetPort(
+            self.slic, RingCadence(on_s=cfg.handset.ring_on_s, off_s=cfg.handset.ring_off_s))
+        await self.handset_audio.start(self._on_handset_capture)
+        self._hook_task = asyncio.create_task(self._run_hook_events(), name="hook-events")
+        for line in cfg.lines:
+            session = LineSession(self, line)
+            self.lines.append(session)
+            session.start()
+        self._started = True
+        self.update_faults()
+
+    async def stop(self) -> None:
+        """Stop in reverse order; a call in progress is finalized first."""
+        for session in reversed(self.lines):
+            await session.stop()
+        if hasattr(self, "_hook_task"):
+            self._hook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._hook_task
+        with contextlib.suppress(Exception):
+            await self.handset_audio.stop()
+        if hasattr(self, "slic"):
+            await self.slic.close()
+        if hasattr(self, "panel"):
+            await self.panel.close()
+        if hasattr(self, "store"):
+            await self.store.close()
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Wait until every line's modem is initialized."""
+        async with asyncio.timeout(timeout_s):
+            await self._ready.wait()
+
+    def line_ready(self, session: LineSession) -> None:
+        if all(s.modem is not None for s in self.lines):
+            if not self._ready.is_set():
+                sd_notify("READY=1", f"STATUS={self.status_line()}")
+            self._ready.set()
+
+    def status_line(self) -> str:
+        faults = [s.fault for s in self.lines if s.fault]
+        if faults:
+            return "fault — " + "; ".join(faults)
+        last = self.store.last_call() if hasattr(self, "store") else None
+        if last:
+            from appliance.call.reference import format_reference
+
+            when = time.strftime("%H:%M", time.localtime(last["ring_at"] or 0))
+            return f"ready — last call {format_reference(last['reference'])} at {when}"
+        return "ready — no calls yet"
+
+    def update_faults(self) -> None:
+        if not self._started:
+            return
+        fault = next((s.fault for s in self.lines if s.fault), None)
+        self.panel.set_fault("modem-missing" if fault else None)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _build_prompts(self) -> PromptLibrary:
+        cfg = self.config
+        lang = cfg.device.language
+        texts = load_prompt_texts(lang, cfg.speech.texts)
+        notice_text = render_notice_text(
+            texts,
+            lang=lang,
+            company=cfg.device.company,
+            purpose=cfg.notice.purpose,
+            retention_days=cfg.retention.recordings_days,
+            optout_key=cfg.call.optout_key,
+        )
+        engine, warning = select_engine(lang, cfg.speech.voice)
+        self.speech_warning = warning
+        return PromptLibrary.build(
+            cfg.prompt_cache_dir, lang=lang, engine=engine, texts=texts, notice_text=notice_text
+        )
+
+    async def _recover(self) -> None:
+        """Finalize recordings a crash left behind; mark unfinished calls interrupted."""
+        results = await asyncio.to_thread(
+            recover_leftovers, self.config.recordings_dir, self.config.recording.codec)
+        for result in results:
+            ref = result.reference
+            self.recovered.append(ref)
+            _LOGGER.warning("call %s: recovered an interrupted recording (%.1f s)", ref,
+                            result.duration_s)
+            await self.store.update_call(
+                ref, outcome="interrupted", recording_decision="recorded",
+                recording_path=str(result.path), recording_sha256=result.sha256,
+                recording_bytes=result.bytes, duration_s=result.duration_s)
+            await self.store.append_audit("call-finalized", actor="appliance", reference=ref,
+                                          details={"outcome": "interrupted",
+                                                   "sha256": result.sha256, "recovered": True})
+        for row in self.store.list_calls(limit=1000):
+            if row["outcome"] == "in_progress":
+                ref = row["reference"]
+                decision = row["recording_decision"]
+                await self.store.update_call(
+                    ref, outcome="interrupted",
+                    recording_decision="none" if decision == "pending" else decision)
+                await self.store.add_event(ref, "interrupted", "daemon stopped mid-call")
+                _LOGGER.warning("call %s: marked interrupted (daemon stopped mid-call)", ref)
+
+    async def allocate_reference(self) -> str:
+        counter = await self.store.next_counter()
+        if counter >= COUNTER_SPACE:
+            raise StoreError("call reference space exhausted (10^7 calls)")
+        return make_reference(counter, self._key)
+
+    def clock_synced(self) -> bool | None:
+        """Whether the system clock is NTP-synchronised (None when unknown)."""
+        # systemd-timesyncd touches this file on every successful sync.
+        marker = Path("/run/systemd/timesync/synchronized")
+        if marker.parent.exists():
+            return marker.exists()
+        return None
+
+    def observe(self, reference: str, state: str, detail: str) -> None:
+        for observer in list(self.observers):
+            observer(reference, state, detail)
+
+    def _on_handset_capture(self, frame: np.ndarray) -> None:
+        media = self.active_media
+        if media is not None:
+            media.on_handset_capture(frame)
+
+    async def _run_hook_events(self) -> None:
+        while True:
+            event = await self.slic.events.get()
+            call = next((s.active for s in self.lines if s.active is not None), None)
+            if call is None:
+                _LOGGER.info("handset %s while idle", event.kind)
+                continue
+            if event.kind == "off_hook":
+                call.call.events.put_nowait(AgentOffHook())
+            elif event.kind == "on_hook":
+                call.call.events.put_nowait(AgentOnHook())

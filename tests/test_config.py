@@ -1,0 +1,97 @@
+"""Configuration: defaults load, overrides apply, every bad input names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from appliance.cli.main import cli
+from appliance.config import EXIT_CONFIG, load_config
+from appliance.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_hungarian_one_line_sim(tmp_path: Path) -> None:
+    config = load_config(Path("/dev/null"), state_dir=tmp_path)
+    assert config.device.language == "hu"
+    assert config.device.state_dir == tmp_path
+    assert [line.name for line in config.lines] == ["main"]
+    assert config.lines[0].country_code == "51"
+    assert config.db_path == tmp_path / "appliance.db"
+    assert config.handset.ring_on_s == 1.25 and config.handset.ring_off_s == 3.75
+
+
+def test_file_overrides_defaults_and_lines_replace_whole(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[device]
+company = "Kovács Vas"
+[[lines]]
+name = "front"
+device = "/dev/ttyACM0"
+country_code = "51"
+[[lines]]
+name = "back"
+device = "/dev/ttyACM1"
+country_code = "51"
+""")
+    config = load_config(path, state_dir=tmp_path)
+    assert config.device.company == "Kovács Vas"
+    assert config.device.language == "hu"  # untouched default survives
+    assert [line.name for line in config.lines] == ["front", "back"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "found"),
+    [
+        ("[device]\ncompnay = 'x'\n", "device.compnay", "compnay"),
+        ("[call]\nanswer_after_rings = 'two'\n", "call.answer_after_rings", "two"),
+        ("[call]\nanswer_after_rings = 0\n", "call.answer_after_rings", 0),
+        ("[call]\noptout_key = 'x'\n", "call.optout_key", "x"),
+        ("[recording]\ncodec = 'mp3'\n", "recording.codec", "mp3"),
+        ("[handset]\nring_on_s = 3.0\n", "handset.ring_on_s", 3.0),
+        ("[handset]\nring_hz = 50\n", "handset.ring_hz", 50.0),
+        ("[[lines]]\nname = 'a'\ndevice = 'sim://'\n", "lines[0].country_code", None),
+        ("[[lines]]\nname = 'a'\ndevice = 'sim://'\ncountry_code = '51'\nspeed = 1\n",
+         "lines[0].speed", "speed"),
+        ("[speech]\ntexts = { notice = 5 }\n", "speech.texts", {"notice": 5}),
+        ("[gpio]\npin_factory = true\n", "gpio.pin_factory", True),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str, found: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), state_dir=tmp_path)
+    assert info.value.key == key
+    assert info.value.found == found
+    assert key in str(info.value)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[device\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, state_dir=tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_cli_exits_78_naming_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[call]\nagent_timeout_s = -1\n")
+    result = CliRunner().invoke(cli, ["--config", str(path), "--state-dir", str(tmp_path),
+                                      "config", "show"])
+    assert result.exit_code == EXIT_CONFIG
+    assert "call.agent_timeout_s" in result.output
+
+
+def test_config_show_prints_effective_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "[device]\ncompany = 'Kovács Vas'\n")
+    result = CliRunner().invoke(cli, ["--config", str(path), "--state-dir", str(tmp_path),
+                                      "config", "show"])
+    assert result.exit_code == 0, result.output
+    assert 'company = "Kovács Vas"' in result.output
+    assert "[[lines]]" in result.output
+    assert f'state_dir = "{tmp_path}"' in result.output
