@@ -1,0 +1,183 @@
+"""Streaming DTMF detector (numpy, block DFT at the eight DTMF frequencies).
+
+Written by hand because no suitable library exists (reference/audio-speech.md §7.1):
+``dtmf`` 1.1.0 uses a wrong real-valued Goertzel, has no twist or duration checks, crashes
+on digital silence and produced false digits on speech; ``pydtmf`` is GPL-2.0-only, pure
+Python (0.8 s per 60 s of audio) and not streaming. The design follows §7.2 exactly:
+
+* blocks of N = 102 samples (12.75 ms at 8 kHz, as in Asterisk); the single-bin DFT at
+  697/770/852/941 and 1209/1336/1477/1633 Hz is computed for all complete blocks of a
+  chunk at once, as one matrix product with a precomputed N × 8 complex-exponential matrix
+  (equivalent to eight Goertzel filters);
+* per block: energy above −45 dBFS; strongest row ≥ 8 dB over the second row, likewise for
+  columns; twist: row ≤ +9 dB over column, column ≤ +6 dB over row; the two tones carry
+  ≥ 60 % of the block energy (talk-off guard);
+* a key is reported after ≥ 2 consecutive blocks with the same key (≥ 25.5 ms) and the
+  detector re-arms after ≥ 2 blocks without a valid tone, so ``5555`` with gaps is four
+  digits and a long press is one.
+
+Consequence of the energy-share check: a block passes only when the tone fills ≥ ~60 % of
+it, so tones under ~16 ms are never reported, 18–30 ms tones depend on block alignment, and
+≥ 40 ms (ITU-T Q.24 minimum) is always detected (measured in the tests).
+
+Measured here (2-vCPU x86_64 VM, numpy 2.4.6, best of 7): 60 s of audio takes ≈ 90 ms when
+fed in 20 ms frames (per-call numpy overhead dominates; ≈ 0.15 % of one core in real time)
+and ≈ 5–8 ms when fed as one chunk.
+
+Levels are dBFS relative to full scale 32767 / 1.0 (see :mod:`appliance.audio.pcm`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.audio.pcm import FULL_SCALE, SAMPLE_RATE_HZ
+from appliance.audio.tones import DTMF_COLS_HZ, DTMF_KEYPAD, DTMF_ROWS_HZ
+
+__all__ = ["BLOCK_SAMPLES", "DtmfDetector"]
+
+_LOGGER = logging.getLogger(__name__)
+
+BLOCK_SAMPLES: Final = 102
+"""Analysis block length at 8 kHz (audio-speech.md §7.2); scaled for other rates."""
+ENERGY_FLOOR_DBFS: Final = -45.0
+"""Blocks quieter than this (mean-square level) never hold a digit."""
+DOMINANCE_DB: Final = 8.0
+"""Strongest row (column) must exceed the second-strongest row (column) by this much."""
+MAX_ROW_OVER_COL_DB: Final = 9.0
+"""Largest allowed excess of the row (low group) over the column (high group) tone."""
+MAX_COL_OVER_ROW_DB: Final = 6.0
+"""Largest allowed excess of the column (high group) over the row (low group) tone."""
+MIN_TONE_FRACTION: Final = 0.6
+"""Share of the block energy the two tones must carry (rejects speech and noise)."""
+MIN_ON_BLOCKS: Final = 2
+"""Consecutive blocks with the same key before it is reported (2 × 12.75 ms)."""
+MIN_OFF_BLOCKS: Final = 2
+"""Blocks without a valid key before the next key can be reported."""
+
+_KEYS: Final = tuple(DTMF_KEYPAD[r][c] for r in range(4) for c in range(4))
+_NO_KEY: Final = -1
+
+
+def _db_to_power_ratio(db: float) -> float:
+    return float(10.0 ** (db / 10.0))
+
+
+class DtmfDetector:
+    """Detect DTMF symbols in a stream of mono samples fed in chunks of any size.
+
+    Samples that do not fill a whole block are kept for the next :meth:`feed`, so the
+    result does not depend on how the stream is chunked. Not thread-safe: own it from one
+    task (it is cheap; create one per call leg).
+    """
+
+    def __init__(self, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
+        """Prepare a detector for ``sample_rate_hz`` (8 kHz in the appliance).
+
+        Raises:
+            ValueError: the rate is too low to carry the 1633 Hz column tone.
+        """
+        if sample_rate_hz <= 2 * max(DTMF_COLS_HZ):
+            raise ValueError(f"sample rate {sample_rate_hz} Hz is too low for DTMF")
+        self._rate = sample_rate_hz
+        # Keep the block duration (12.75 ms) and thus the bin width at other rates.
+        self._n = round(BLOCK_SAMPLES * sample_rate_hz / SAMPLE_RATE_HZ)
+        freqs = np.array(DTMF_ROWS_HZ + DTMF_COLS_HZ)
+        n = np.arange(self._n)
+        # X_k = Σ x[n]·e^{-j2πf_k n/fs}: the DFT evaluated exactly at each DTMF frequency
+        # (not the nearest FFT bin), i.e. what a Goertzel filter computes.
+        self._basis: npt.NDArray[np.complex128] = np.exp(
+            -2j * np.pi * np.outer(n, freqs) / sample_rate_hz
+        )
+        self._floor = _db_to_power_ratio(ENERGY_FLOOR_DBFS)
+        self._dominance = _db_to_power_ratio(DOMINANCE_DB)
+        self._row_over_col = _db_to_power_ratio(MAX_ROW_OVER_COL_DB)
+        self._col_over_row = _db_to_power_ratio(MAX_COL_OVER_ROW_DB)
+        self._pending: npt.NDArray[np.float64] = np.zeros(0)
+        self._candidate = _NO_KEY
+        self._run = 0
+        self._off_run = MIN_OFF_BLOCKS
+        self._armed = True
+
+    def reset(self) -> None:
+        """Forget buffered samples and debounce state (e.g. at the start of a call)."""
+        self._pending = np.zeros(0)
+        self._candidate = _NO_KEY
+        self._run = 0
+        self._off_run = MIN_OFF_BLOCKS
+        self._armed = True
+
+    def feed(self, samples: npt.ArrayLike) -> list[str]:
+        """Consume the next chunk of the stream and return the symbols that completed in it.
+
+        Args:
+            samples: 1-D mono samples; integer input is int16 scale, float input ±1.0 scale.
+                Any length, including 0.
+
+        Returns:
+            The symbols (``"0"``–``"9"``, ``"*"``, ``"#"``, ``"A"``–``"D"``) reported in this
+            chunk, in order; usually empty.
+        """
+        arr = np.asarray(samples).reshape(-1)
+        # Same scale as pcm.int16_to_float (32767 → 1.0), computed in float64 directly.
+        scale = 1.0 / FULL_SCALE if np.issubdtype(arr.dtype, np.integer) else 1.0
+        x = arr.astype(np.float64) * scale
+        buf = np.concatenate((self._pending, x)) if self._pending.size else x
+        n_blocks = len(buf) // self._n
+        used = n_blocks * self._n
+        self._pending = buf[used:].copy()
+        if n_blocks == 0:
+            return []
+        found: list[str] = []
+        for key in self._classify(buf[:used].reshape(n_blocks, self._n)).tolist():
+            symbol = self._debounce(key)
+            if symbol is not None:
+                found.append(symbol)
+        if found:
+            _LOGGER.debug("DTMF detected: %s", "".join(found))
+        return found
+
+    def _classify(self, blocks: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+        """Return per block the key index 0–15 (row·4 + column) or -1 for "no valid tone"."""
+        spectrum = blocks @ self._basis
+        # Shape (blocks, group, 4): group 0 = rows (low), group 1 = columns (high).
+        power = (spectrum.real**2 + spectrum.imag**2).reshape(-1, 2, 4)
+        ranked = np.sort(power, axis=2)
+        best, second = ranked[:, :, -1], ranked[:, :, -2]
+        row_best, col_best = best[:, 0], best[:, 1]
+        energy = np.einsum("ij,ij->i", blocks, blocks)
+        ok = energy >= self._floor * self._n
+        ok &= np.all(best >= self._dominance * second, axis=1)
+        ok &= row_best <= self._row_over_col * col_best
+        ok &= col_best <= self._col_over_row * row_best
+        # A sine of amplitude A gives |X|² ≈ (A·N/2)² and Σx² ≈ A²·N/2, so its share of the
+        # block energy is 2·|X|²/N.
+        ok &= (2.0 / self._n) * (row_best + col_best) >= MIN_TONE_FRACTION * energy
+        idx = np.argmax(power, axis=2)
+        return np.where(ok, idx[:, 0] * 4 + idx[:, 1], _NO_KEY)
+
+    def _debounce(self, key: int) -> str | None:
+        """Advance the per-block state machine; return a symbol when one is confirmed."""
+        if key == _NO_KEY:
+            self._off_run += 1
+            self._candidate = _NO_KEY
+            self._run = 0
+            if self._off_run >= MIN_OFF_BLOCKS:
+                self._armed = True
+            return None
+        self._off_run = 0
+        if key == self._candidate:
+            self._run += 1
+        else:
+            self._candidate = key
+            self._run = 1
+        if self._armed and self._run >= MIN_ON_BLOCKS:
+            # One report per press: a key held on, or changing without a gap, stays silent
+            # until MIN_OFF_BLOCKS quiet blocks re-arm the detector.
+            self._armed = False
+            return _KEYS[key]
+        return None
