@@ -194,11 +194,12 @@ def decode_voice(data: bytes, fmt: str) -> npt.NDArray[np.int16]:
 def _as_int16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
     arr = np.asarray(samples)
     if arr.dtype == np.int16:
-        return arr.reshape(-1)
+        return np.asarray(arr.reshape(-1), dtype=np.int16)
     if not np.issubdtype(arr.dtype, np.integer):
         # Refuse floats: their scale (±1.0 or ±32767?) is ambiguous; see float_to_int16().
         raise TypeError(f"expected integer samples, got dtype {arr.dtype}; use float_to_int16()")
-    return np.clip(arr.reshape(-1), -32768, 32767).astype(np.int16)
+    clipped: npt.NDArray[np.int64] = np.clip(arr.reshape(-1).astype(np.int64), -32768, 32767)
+    return clipped.astype(np.int16)
 
 
 def encode_voice(samples: npt.ArrayLike, fmt: str) -> bytes:
@@ -222,7 +223,7 @@ def encode_voice(samples: npt.ArrayLike, fmt: str) -> bytes:
     x = _as_int16(samples)
     if fmt in ("u8", "s8"):
         # Round half up to the nearest multiple of 256, then clip: 32767 would round to 128.
-        s8 = np.clip((x.astype(np.int32) + 128) >> 8, -128, 127)
+        s8: npt.NDArray[np.int32] = np.clip((x.astype(np.int32) + 128) >> 8, -128, 127)
         if fmt == "u8":
             return (s8 + 128).astype(np.uint8).tobytes()
         return s8.astype(np.int8).tobytes()
