@@ -370,6 +370,17 @@ class PromptLibrary:
         ]
         return np.concatenate(parts)
 
+    def digits_audio(self, reference: str) -> npt.NDArray[np.int16]:
+        """Assemble one reading of the digits only, "4 2 7 — 1 9 3 — 5 8".
+
+        For the whisper to the shop (``whisper_reference`` clip, then this), where the
+        caller-facing intro and repetition would waste the agent's time.
+
+        Raises:
+            ReferenceFormatError: not 8 digits.
+        """
+        return np.concatenate(self._digits_parts(normalize_reference(reference)))
+
     def _digits_parts(self, digits: str) -> list[npt.NDArray[np.int16]]:
         parts: list[npt.NDArray[np.int16]] = []
         start = 0

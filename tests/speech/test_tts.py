@@ -68,6 +68,14 @@ def test_piper_joe_is_deterministic(piper_joe: PiperEngine) -> None:
     assert first.tobytes() == second.tobytes()
 
 
+def test_piper_reads_hungarian_with_espeak_override(joe_model: Path) -> None:
+    # audio-speech.md §1.5: CI runs the Hungarian text path with the English model.
+    engine = PiperEngine(joe_model, espeak_voice="hu")
+    samples, rate = engine.synthesize("A hívás azonosítója: négy, kettő, hét.")
+    assert len(samples) / rate > 1.0
+    assert engine.settings["espeak_voice"] == "hu"
+
+
 def test_piper_identity(piper_joe: PiperEngine) -> None:
     assert piper_joe.voice_id == "piper:en_US-joe-medium"
     # reference/audio-speech.md §1.2: the pinned hash of the packaged model.
