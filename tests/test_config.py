@@ -25,7 +25,8 @@ def test_defaults_are_hungarian_one_line_sim(tmp_path: Path) -> None:
     assert [line.name for line in config.lines] == ["main"]
     assert config.lines[0].country_code == "51"
     assert config.db_path == tmp_path / "appliance.db"
-    assert config.handset.ring_on_s == 1.25 and config.handset.ring_off_s == 3.75
+    assert config.handset.ring_on_s == 1.25
+    assert config.handset.ring_off_s == 3.75
 
 
 def test_file_overrides_defaults_and_lines_replace_whole(tmp_path: Path) -> None:

@@ -1,0 +1,325 @@
+"""The inbound call flow against in-memory ports: the ordering invariants of DESIGN.md §3.
+
+These are the flow's own unit tests (the ports are the flow's seams, not hardware); the whole
+daemon on the simulator is exercised in tests/system/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from appliance.call.events import (
+    AgentOffHook,
+    AgentOnHook,
+    CallerHungUp,
+    CallEvent,
+    KeyPressed,
+    LineLost,
+    PlaybackDone,
+)
+from appliance.call.flow import (
+    TRANSITIONS,
+    CallerInfo,
+    CallPolicy,
+    CallPorts,
+    CallResult,
+    CallState,
+    InboundCall,
+    RecordingInfo,
+)
+
+TIMEOUT_S = 5.0
+
+
+class Log:
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+
+    def add(self, entry: str) -> None:
+        self.entries.append(entry)
+
+    def index(self, entry: str) -> int:
+        return self.entries.index(entry)
+
+
+class FakeLine:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    async def answer(self) -> None:
+        self.log.add("line:answer")
+
+    async def hang_up(self) -> None:
+        self.log.add("line:hang_up")
+
+
+class FakeHandset:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.off_hook = False
+
+    def start_ringing(self) -> None:
+        self.log.add("handset:ring")
+
+    async def stop_ringing(self) -> None:
+        self.log.add("handset:stop")
+
+
+class FakeMedia:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.line_plays: list[str] = []
+        self._recording = False
+        self.bridged = False
+        self.appended = asyncio.Event()
+
+    def play_to_line(self, token: str, *clips: np.ndarray) -> None:
+        self.line_plays.append(token)
+        self.log.add(f"media:play:{token}")
+
+    def append_to_line(self, clip: np.ndarray) -> None:
+        self.log.add("media:append")
+        self.appended.set()
+
+    def line_tone(self, kind: str) -> None:
+        self.log.add(f"media:tone:{kind}")
+
+    def play_to_handset(self, token: str, *clips: np.ndarray) -> None:
+        self.log.add(f"media:handset:{token}")
+
+    def handset_tone(self, kind: str) -> None:
+        self.log.add(f"media:handset-tone:{kind}")
+
+    def bridge(self) -> None:
+        self.bridged = True
+        self.log.add("media:bridge")
+
+    def unbridge(self) -> None:
+        self.bridged = False
+
+    async def start_recording(self) -> None:
+        self._recording = True
+        self.log.add("media:record")
+
+    @property
+    def recording(self) -> bool:
+        return self._recording
+
+    async def finish_recording(self) -> RecordingInfo | None:
+        self._recording = False
+        self.log.add("media:finish")
+        return RecordingInfo(path="/x.flac", sha256="ab" * 32, bytes=10, duration_s=1.0)
+
+    async def discard_recording(self) -> None:
+        self._recording = False
+        self.log.add("media:discard")
+
+
+class FakeStore:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.events: list[tuple[str, str]] = []
+        self.audit: list[str] = []
+
+    async def create_call(self, reference: str, **fields: Any) -> int:
+        self.log.add("store:create")
+        self.rows[reference] = dict(fields)
+        return 1
+
+    async def update_call(self, reference: str, **fields: Any) -> None:
+        self.rows[reference].update(fields)
+
+    async def add_event(self, reference: str, state: str, detail: str = "",
+                        t: float | None = None) -> None:
+        self.events.append((state, detail))
+
+    async def append_audit(self, action: str, *, actor: str, reference: str | None = None,
+                           details: Mapping[str, Any] | None = None) -> str:
+        self.audit.append(action)
+        return "0" * 64
+
+
+class FakePrompts:
+    notice = np.zeros(80, dtype=np.int16)
+    notice_version = "v1"
+
+    def clip(self, name: str) -> np.ndarray:
+        return np.zeros(8, dtype=np.int16)
+
+    def reference_audio(self, reference: str) -> np.ndarray:
+        return np.zeros(16, dtype=np.int16)
+
+
+class FakePanel:
+    def __init__(self) -> None:
+        self.recording: list[bool] = []
+
+    def show(self, state: str) -> None:
+        pass
+
+    def set_recording(self, on: bool) -> None:
+        self.recording.append(on)
+
+
+class Harness:
+    def __init__(self, policy: CallPolicy | None = None) -> None:
+        self.log = Log()
+        self.events: asyncio.Queue[CallEvent] = asyncio.Queue()
+        self.handset = FakeHandset(self.log)
+        self.media = FakeMedia(self.log)
+        self.store = FakeStore(self.log)
+        self.panel = FakePanel()
+        self.states: list[str] = []
+        self._seen: dict[str, asyncio.Event] = {}
+        ports = CallPorts(line=FakeLine(self.log), handset=self.handset, media=self.media,
+                          store=self.store, prompts=FakePrompts(), panel=self.panel)
+        self.call = InboundCall(
+            "12345678", CallerInfo(line="main", number="+3612345"), ports,
+            policy or CallPolicy(agent_timeout_s=0.2, voicemail_max_s=0.2), self.events,
+            observer=self._observe,
+        )
+        self.task: asyncio.Task[CallResult] = asyncio.create_task(self.call.run())
+
+    def _observe(self, reference: str, state: str, detail: str) -> None:
+        self.states.append(state)
+        self._seen.setdefault(state, asyncio.Event()).set()
+
+    async def until_state(self, state: str) -> None:
+        await asyncio.wait_for(self._seen.setdefault(state, asyncio.Event()).wait(), TIMEOUT_S)
+
+    def post(self, event: CallEvent) -> None:
+        self.events.put_nowait(event)
+
+    async def result(self) -> CallResult:
+        return await asyncio.wait_for(self.task, TIMEOUT_S)
+
+
+def test_transition_table_is_closed() -> None:
+    for state, targets in TRANSITIONS.items():
+        assert state not in targets
+        if state is not CallState.ENDED:
+            assert CallState.FINALIZING in targets or state is CallState.FINALIZING
+
+
+async def test_answered_call_row_before_answer_record_after_notice() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    assert h.log.index("store:create") < h.log.index("line:answer")
+    assert "media:record" not in h.log.entries
+    h.post(PlaybackDone("notice"))
+    await h.until_state("ringing-agent")
+    assert h.log.index("media:record") > h.log.index("media:play:notice")
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(CallerHungUp("busy"))
+    result = await h.result()
+    assert result.outcome == "bridged"
+    assert result.recording_decision == "recorded"
+    assert result.notice_completed
+    row = h.store.rows["12345678"]
+    assert row["outcome"] == "bridged"
+    assert row["recording_sha256"] == "ab" * 32
+    assert h.store.audit == ["call-finalized"]
+    assert h.panel.recording[0] is True
+    assert h.panel.recording[-1] is False
+    assert h.states[-1] == "ended"
+
+
+async def test_optout_during_notice_never_records_but_speaks_reference() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(KeyPressed("9"))
+    await h.until_state("recording-declined")
+    assert h.media.line_plays == ["notice", "notice"]  # replaced: confirm + reference
+    h.post(PlaybackDone("notice"))
+    await h.until_state("ringing-agent")
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(AgentOnHook())
+    result = await h.result()
+    assert result.recording_decision == "declined"
+    assert "media:record" not in h.log.entries
+    assert result.recording is None
+
+
+async def test_hangup_during_notice_is_abandoned_unrecorded() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(CallerHungUp("busy"))
+    result = await h.result()
+    assert result.outcome == "abandoned"
+    assert not result.notice_completed
+    assert result.recording_decision == "none"
+    assert "media:record" not in h.log.entries
+    assert "line:hang_up" in h.log.entries
+
+
+async def test_agent_lifting_during_notice_hears_whisper_then_is_bridged() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("agent-off-hook")
+    assert "media:handset:whisper" in h.log.entries
+    assert not h.media.bridged
+    h.post(PlaybackDone("notice"))
+    await h.until_state("bridged")
+    assert h.log.index("media:record") < h.log.index("media:bridge")
+    h.post(AgentOnHook())
+    assert (await h.result()).outcome == "bridged"
+
+
+async def test_nobody_answers_voicemail_then_goodbye() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(PlaybackDone("notice"))
+    await h.until_state("voicemail")
+    h.post(PlaybackDone("voicemail"))
+    await h.until_state("voicemail-recording")
+    h.post(CallerHungUp("busy"))
+    result = await h.result()
+    assert result.outcome == "voicemail"
+    assert result.recording_decision == "recorded"
+
+
+async def test_line_lost_while_bridged_still_finalizes() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(PlaybackDone("notice"))
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(LineLost("port vanished"))
+    result = await h.result()
+    assert result.outcome == "bridged"
+    assert result.recording is not None
+    assert "media:finish" in h.log.entries
+
+
+async def test_max_call_length_ends_the_call() -> None:
+    h = Harness(CallPolicy(max_call_s=0.3, agent_timeout_s=10))
+    await h.until_state("notice")
+    h.post(PlaybackDone("notice"))
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    result = await h.result()
+    assert result.outcome == "bridged"
+    assert any("maximum call length" in detail for _, detail in h.store.events)
+
+
+@pytest.mark.parametrize("key", ["*"])
+async def test_repeat_key_appends_the_reference(key: str) -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(KeyPressed(key))
+    await asyncio.wait_for(h.media.appended.wait(), TIMEOUT_S)
+    h.post(CallerHungUp("busy"))
+    await h.result()
