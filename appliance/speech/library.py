@@ -54,6 +54,14 @@ REPEAT_GAP_S: Final[float] = 0.700
 #: Clip names of the digit words.
 DIGIT_CLIPS: Final[tuple[str, ...]] = tuple("0123456789")
 NOTICE_CLIP: Final[str] = "notice"
+#: The voicemail beep ("A sípszó után…"): generated, not synthesised, so always present.
+BEEP_CLIP: Final[str] = "beep"
+BEEP_FREQ_HZ: Final[float] = 1000.0
+BEEP_S: Final[float] = 0.400
+#: Below the speech peak (−3 dBFS): a pure tone at the same peak sounds much louder.
+BEEP_PEAK_DBFS: Final[float] = -9.0
+#: Raised-cosine ramps avoid clicks (spectral splatter) at the tone's edges.
+BEEP_RAMP_S: Final[float] = 0.010
 MANIFEST_VERSION: Final[int] = 1
 _WAV_HEADER_MIN_BYTES: Final[int] = 44
 
@@ -63,6 +71,19 @@ ProgressCallback = Callable[[str, bool], None]
 
 def _silence(seconds: float) -> npt.NDArray[np.int16]:
     return np.zeros(round(seconds * PHONE_RATE_HZ), dtype=np.int16)
+
+
+def beep() -> npt.NDArray[np.int16]:
+    """Return the voicemail beep: 1 kHz, 400 ms, −9 dBFS peak, 10 ms ramps, 8 kHz int16."""
+    t = np.arange(round(BEEP_S * PHONE_RATE_HZ)) / PHONE_RATE_HZ
+    tone = np.sin(2 * np.pi * BEEP_FREQ_HZ * t)
+    ramp = round(BEEP_RAMP_S * PHONE_RATE_HZ)
+    envelope = np.ones_like(tone)
+    envelope[:ramp] = 0.5 - 0.5 * np.cos(np.pi * np.arange(ramp) / ramp)
+    envelope[-ramp:] = envelope[:ramp][::-1]
+    peak = 10.0 ** (BEEP_PEAK_DBFS / 20.0) * 32767
+    samples: npt.NDArray[np.int16] = np.round(tone * envelope * peak).astype(np.int16)
+    return samples
 
 
 def _sha256_hex(*parts: str) -> str:
@@ -185,6 +206,7 @@ class PromptLibrary:
         self._voice_id = voice_id
         self._notice_version = notice_version
         self._clips = dict(clips)
+        self._clips.setdefault(BEEP_CLIP, beep())
         for clip in self._clips.values():
             clip.setflags(write=False)  # shared by every call: nobody may edit it in place
         self._engine = engine
@@ -335,7 +357,10 @@ class PromptLibrary:
         return frozenset(self._clips)
 
     def clip(self, name: str) -> npt.NDArray[np.int16]:
-        """Return the clip ``name`` (a prompt name, "notice" or a digit "0".."9"; read-only).
+        """Return the clip ``name`` (read-only).
+
+        Names: every prompt without placeholders, "notice", the digits "0".."9" and
+        "beep" (generated tone).
 
         Raises:
             KeyError: no such clip (templates like ``last_call`` are never pre-rendered).

@@ -220,6 +220,15 @@ def test_reference_audio_is_fast(hu_build: tuple[Path, PromptLibrary, list]) -> 
     assert elapsed < 0.050
 
 
+def test_beep_clip(hu_build: tuple[Path, PromptLibrary, list]) -> None:
+    _, library, _ = hu_build
+    tone = library.clip("beep").astype(np.float64)
+    assert len(tone) == _s(0.4)
+    spectrum = np.abs(np.fft.rfft(tone))
+    assert np.fft.rfftfreq(len(tone), 1 / PHONE_RATE_HZ)[np.argmax(spectrum)] == 1000
+    assert abs(tone[0]) < 100  # ramped in: no click
+
+
 def test_clips_are_read_only(hu_build: tuple[Path, PromptLibrary, list]) -> None:
     _, library, _ = hu_build
     with pytest.raises(ValueError, match="read-only"):
