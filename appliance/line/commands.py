@@ -1,0 +1,171 @@
+"""Declarative per-chipset command tables and the ``+VSM=?`` format chooser.
+
+Like bellows' ``ezsp/vN/commands.py``: data, not code paths. The modem layer probes the chipset
+(``ATI0``/``ATI3``) and picks a :class:`Chipset`; the voice format comes from the modem's own
+``+VSM=?`` list (reference/v253-modem.md §4.3: compression ids are vendor specific).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "CHIPSETS",
+    "DEFAULT_FORMAT_PREFERENCE",
+    "SAMPLE_RATE_HZ",
+    "Chipset",
+    "VsmEntry",
+    "choose_voice_format",
+    "detect_chipset",
+    "parse_vsm_list",
+]
+
+SAMPLE_RATE_HZ: Final = 8000
+"""The one voice sample rate the appliance uses (§8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chipset:
+    """What differs between modem families.
+
+    Attributes:
+        name: ``"conexant"``, ``"usr"`` or ``"generic"``.
+        vsm_suffix: appended after ``<cml>,8000`` (field practice: Conexant ``AT+VSM=1,8000,0,0``).
+        answer_commands: extra commands sent before ``AT+VLS=1`` (silence detection per §12 /
+            quirk #26: Conexant ``+VSD=0,0`` always, USR ``128,0`` while answering).
+        ignored_dle: ``<DLE>`` event codes to drop (quirk #23: USR ``<DLE>H`` right after
+            ``+VLS=1`` is a self-confirmation, not a hang-up; quirk #10: spurious ``i``).
+    """
+
+    name: str
+    vsm_suffix: str = ""
+    answer_commands: tuple[str, ...] = ()
+    ignored_dle: frozenset[str] = frozenset()
+
+
+CHIPSETS: Final[dict[str, Chipset]] = {
+    "conexant": Chipset(
+        name="conexant",
+        vsm_suffix=",0,0",
+        answer_commands=("AT+VSD=0,0",),  # quirk #3: silence detection does not work anyway
+    ),
+    "usr": Chipset(
+        name="usr",
+        answer_commands=("AT+VSD=128,0",),
+        ignored_dle=frozenset({"H", "i"}),
+    ),
+    "generic": Chipset(name="generic"),
+}
+
+# §2: ATI0 → 5601 on USR5637, 56000 on Conexant (Zoom 3095, Dell RD02-D400).
+_ATI0_CHIPSET: Final = {"56000": "conexant", "5601": "usr"}
+
+
+def detect_chipset(ati0: list[str], ati3: list[str]) -> str:
+    """Return the chipset name from the ``ATI0`` and ``ATI3`` answers (info lines)."""
+    for line in ati0:
+        name = _ATI0_CHIPSET.get(line.strip())
+        if name is not None:
+            return name
+    text = " ".join(ati3).upper()
+    if "ROBOTICS" in text or "USR" in text:
+        return "usr"
+    if "CONEXANT" in text or "CX93" in text:
+        return "conexant"
+    return "generic"
+
+
+@dataclass(frozen=True, slots=True)
+class VsmEntry:
+    """One line of ``AT+VSM=?``: ``<cml>,"<name>",<bits>,<tm>,(<rates>),…``."""
+
+    cml: int
+    name: str
+    bits: int
+    rates: tuple[int, ...]
+    fmt: str | None
+    """The appliance format (``u8``, ``s8``, ``ulaw``, ``alaw``, ``s16le``) or None if unusable."""
+
+
+_VSM_RE: Final = re.compile(
+    r'^\s*(?:\+VSM:\s*)?(\d+)\s*,\s*"([^"]*)"\s*,\s*(\d+)\s*,\s*[^,]*,\s*\(([^)]*)\)'
+)
+
+
+def _format_for(name: str, bits: int) -> str | None:
+    # Explicit table after vgetty's V253_querry_compressions (§4.3), case-insensitive because
+    # lower-case +VSM=? strings exist in the field (quirk #14).
+    upper = name.upper()
+    if bits == 8 and ("UNSIGNED PCM" in upper or "8-BIT LINEAR" in upper):
+        # Field practice (§4.3): USR5637 cml 128 "8-BIT LINEAR" carries unsigned samples.
+        return "u8"
+    if bits == 8 and "SIGNED PCM" in upper:
+        return "s8"
+    if "ULAW" in upper or "G.711U" in upper or "G711U" in upper or "MU-LAW" in upper:
+        return "ulaw"
+    if "ALAW" in upper or "G.711A" in upper or "G711A" in upper or "A-LAW" in upper:
+        return "alaw"
+    if bits == 16 and ("LINEAR" in upper or "SIGNED PCM" in upper):
+        return "s16le"
+    return None
+
+
+def _parse_rates(text: str) -> tuple[int, ...]:
+    rates: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, _, hi = part.partition("-")
+            if lo.strip().isdigit() and hi.strip().isdigit():
+                # A range such as (4800-11025): record its ends; 8000 inside counts.
+                lo_i, hi_i = int(lo), int(hi)
+                if lo_i <= SAMPLE_RATE_HZ <= hi_i:
+                    rates.append(SAMPLE_RATE_HZ)
+                rates += [lo_i, hi_i]
+        elif part.isdigit():
+            rates.append(int(part))
+    return tuple(rates)
+
+
+def parse_vsm_list(lines: list[str]) -> list[VsmEntry]:
+    """Parse the info lines of ``AT+VSM=?``; lines that do not parse are skipped."""
+    entries: list[VsmEntry] = []
+    for line in lines:
+        m = _VSM_RE.match(line)
+        if m is None:
+            continue
+        bits = int(m.group(3))
+        entries.append(
+            VsmEntry(
+                cml=int(m.group(1)),
+                name=m.group(2),
+                bits=bits,
+                rates=_parse_rates(m.group(4)),
+                fmt=_format_for(m.group(2), bits),
+            )
+        )
+    return entries
+
+
+DEFAULT_FORMAT_PREFERENCE: Final = ("u8", "ulaw", "alaw", "s16le", "s8")
+"""Field-proven 8-bit unsigned first (§4.3: both target modems are used that way)."""
+
+
+def choose_voice_format(
+    entries: list[VsmEntry], preferred: str | None = None
+) -> tuple[int, str] | None:
+    """Pick ``(cml, fmt)`` at 8000 Hz from the modem's list.
+
+    ``preferred`` (an appliance format name) wins if offered; otherwise
+    :data:`DEFAULT_FORMAT_PREFERENCE` order; among equal formats the first listed id wins
+    (unlike vgetty's last-match rule, quirk #7: V.253 cml 1 before vendor 130).
+    Returns None if nothing usable is offered.
+    """
+    order = ((preferred,) if preferred else ()) + DEFAULT_FORMAT_PREFERENCE
+    for fmt in order:
+        for entry in entries:
+            if entry.fmt == fmt and (not entry.rates or SAMPLE_RATE_HZ in entry.rates):
+                return entry.cml, fmt
+    return None

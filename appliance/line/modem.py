@@ -1,0 +1,425 @@
+"""Layer 3: voice-modem operations (open/init, answer, duplex audio, hang up) and line events.
+
+The rest of the appliance uses only :class:`Modem` and the :data:`LineEvent` types. Events flow up
+through ``Modem.events`` (an ``asyncio.Queue``, never awaited by the link: house style §2.1 #6);
+commands flow down as awaited methods. Sequences follow reference/v253-modem.md §12.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.errors import ModemCommandError, ModemError, ModemGone, ModemTimeout
+from appliance.line.at import AtProtocol, LinkState, Mode
+from appliance.line.codec import DLE_END_DUPLEX, DTMF_DIGITS, CallerId, CallerIdAccumulator
+from appliance.line.commands import (
+    CHIPSETS,
+    SAMPLE_RATE_HZ,
+    Chipset,
+    choose_voice_format,
+    detect_chipset,
+    parse_vsm_list,
+)
+from appliance.line.transport import open_transport
+
+if TYPE_CHECKING:
+    from appliance.line.sim import SimModem
+
+__all__ = [
+    "CallerIdReceived",
+    "Dtmf",
+    "LineEvent",
+    "LinkDown",
+    "Modem",
+    "RemoteHangup",
+    "Ring",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+INIT_TIMEOUT_S: Final = 5.0
+"""ATZ may take a moment on a real modem (reset)."""
+CID_SETTLE_S: Final = 0.3
+"""Caller-ID lines arrive in a burst; report them this long after the last one."""
+RING_GAP_RESET_S: Final = 12.0
+"""No RING for this long (> two Hungarian cadences) → the next RING starts a new call."""
+
+# §5.1 / §9.3: modem events that mean the far end has gone.
+_HANGUP_DLE: Final = {
+    "b": "busy",
+    "d": "dialtone",
+    "l": "loop",
+    "s": "silence",
+    "q": "silence",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """The line rings (one RING per cadence). ``count`` starts at 1 for each call."""
+
+    count: int
+    caller: CallerId | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerIdReceived:
+    """A caller-ID report arrived (before or after the first RING)."""
+
+    caller: CallerId
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """The caller pressed a key (from a ``<DLE>`` event)."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteHangup:
+    """The far end hung up: ``busy``, ``dialtone``, ``loop``, ``silence`` or ``no-carrier``."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The modem port vanished or the link FAILED; close and reopen the Modem."""
+
+    reason: str
+
+
+LineEvent = Ring | CallerIdReceived | Dtmf | RemoteHangup | LinkDown
+
+
+class Modem:
+    """One voice modem. Every method runs on the event loop. Events flow up through ``events``.
+
+    Lifecycle: ``open()`` → idle (``+FCLASS=0``, rings and caller ID become events) →
+    ``answer()`` → ``start_duplex(on_audio)`` / ``send_audio()`` → ``stop_duplex()`` →
+    ``hang_up()`` → idle … ``close()``. After :class:`LinkDown`, ``close()`` then ``open()``
+    again (the supervisor's job).
+
+    Args:
+        url: a tty path, ``socket://…`` or ``sim://[profile]``.
+        country_code: T.35 country for ``AT+GCI`` (Hungary = 51, §7.7).
+        command_timeout_s: per-command timeout.
+        voice_format: force an appliance format (``u8``, ``ulaw`` …) if the modem offers it.
+        sim: for ``sim://``, the emulator to use (default: a new one; see :attr:`sim`).
+        cid_settle_s: caller-ID burst settle time.
+        ring_gap_reset_s: silence after which the ring count restarts.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        country_code: str = "51",
+        command_timeout_s: float = 2.0,
+        voice_format: str | None = None,
+        sim: SimModem | None = None,
+        cid_settle_s: float = CID_SETTLE_S,
+        ring_gap_reset_s: float = RING_GAP_RESET_S,
+    ) -> None:
+        self.url = url
+        self.country_code = country_code
+        self.command_timeout_s = command_timeout_s
+        self.requested_format = voice_format
+        self.cid_settle_s = cid_settle_s
+        self.ring_gap_reset_s = ring_gap_reset_s
+        self.events: asyncio.Queue[LineEvent] = asyncio.Queue()
+        self.chipset = "generic"
+        self.voice_format = voice_format or "u8"
+        self.vsm_id = 1
+        self._stats: dict[str, int] = {
+            "rx_frames": 0,
+            "tx_bytes": 0,
+            "tx_dropped_bytes": 0,
+            "dle_events": 0,
+            "garbage_lines": 0,
+            "resyncs": 0,
+            "timeouts": 0,
+            "receive_errors": 0,
+            "tx_underruns": 0,
+            "unknown_dle": 0,
+        }
+        self.sim: SimModem | None = sim
+        self._protocol: AtProtocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._table: Chipset = CHIPSETS["generic"]
+        self._off_hook = False
+        self._on_audio: Callable[[npt.NDArray[np.int16]], None] | None = None
+        self._cid = CallerIdAccumulator()
+        self._cid_reported = 0
+        self._cid_timer: asyncio.TimerHandle | None = None
+        self._ring_count = 0
+        self._last_ring_at = 0.0
+        self._hangup_reported = False
+        self._link_down_reported = False
+
+    # --- lifecycle
+
+    async def open(self) -> None:
+        """Open the port and run the init script (§12); idle in ``+FCLASS=0`` afterwards.
+
+        Raises:
+            ModemGone: the port cannot be opened or the modem does not answer.
+            ModemCommandError: an essential command (``ATE0``, ``ATV1``) was refused.
+        """
+        self._link_down_reported = False
+        protocol = AtProtocol(command_timeout_s=self.command_timeout_s)
+        protocol.urc_received = self._urc_received
+        protocol.dle_event_received = self._dle_event_received
+        protocol.voice_received = self._voice_received
+        protocol.link_failed = self._link_failed
+        transport, _ = await open_transport(self.url, lambda: protocol, sim=self.sim)
+        self._transport, self._protocol = transport, protocol
+        sim = transport.get_extra_info("sim_modem")
+        if sim is not None:
+            self.sim = sim
+        try:
+            await self._init_script(protocol)
+        except ModemTimeout as exc:
+            raise ModemGone(f"modem at {self.url} does not answer: {exc}") from exc
+
+    async def _init_script(self, at: AtProtocol) -> None:
+        await at.command("ATZ", timeout_s=max(INIT_TIMEOUT_S, self.command_timeout_s))
+        await at.command("ATE0")  # echo off first: later lines need no echo filtering
+        await at.command("ATV1")
+        await self._optional(at, f"AT+GCI={self.country_code}")
+        # Quirk #4: +VCID=1 is lost at ATZ on some Conexant dongles: send it every init.
+        await self._optional(at, "AT+VCID=1")
+        ati0 = await self._optional(at, "ATI0")
+        ati3 = await self._optional(at, "ATI3")
+        self.chipset = detect_chipset(ati0, ati3)
+        self._table = CHIPSETS[self.chipset]
+        await at.command("AT+FCLASS=8")
+        entries = parse_vsm_list(await self._optional(at, "AT+VSM=?"))
+        chosen = choose_voice_format(entries, self.requested_format)
+        if chosen is None:
+            # §9.3 last resort (vgetty detect.c): V.253 unsigned PCM.
+            chosen = (1, "u8")
+            _LOGGER.warning("no usable +VSM=? list; assuming V.253 id 1 (unsigned PCM)")
+        self.vsm_id, self.voice_format = chosen
+        at.set_voice_format(self.voice_format)
+        # Quirk #27: idle in data class so rings arrive as text RING.
+        await at.command("AT+FCLASS=0")
+        _LOGGER.info(
+            "modem ready: chipset %s, voice format %s (+VSM=%d)",
+            self.chipset,
+            self.voice_format,
+            self.vsm_id,
+        )
+
+    async def _optional(self, at: AtProtocol, cmd: str) -> list[str]:
+        try:
+            return await at.command(cmd)
+        except ModemCommandError as exc:
+            _LOGGER.info("optional command refused: %s", exc)
+            return []
+
+    async def close(self) -> None:
+        """Close the port. Never raises."""
+        self._cancel_cid_timer()
+        protocol = self._protocol
+        self._protocol = None
+        self._off_hook = False
+        if protocol is not None:
+            protocol.link_failed = None  # a deliberate close is not a LinkDown
+            protocol.close()
+
+    # --- call operations
+
+    @property
+    def off_hook(self) -> bool:
+        """True between a successful ``answer()`` and ``hang_up()``."""
+        return self._off_hook
+
+    @property
+    def link_state(self) -> LinkState:
+        """The AT link's state (FAILED when closed)."""
+        return self._protocol.state if self._protocol is not None else LinkState.FAILED
+
+    async def answer(self) -> None:
+        """Take the line off-hook in voice mode: ``+FCLASS=8``, ``+VSM``, ``+VLS=1`` (§12).
+
+        Raises:
+            ModemError: a command failed (the line may still be on-hook).
+        """
+        at = self._at()
+        await at.command("AT+FCLASS=8")
+        await at.command(f"AT+VSM={self.vsm_id},{SAMPLE_RATE_HZ}{self._table.vsm_suffix}")
+        for cmd in self._table.answer_commands:
+            await self._optional(at, cmd)
+        self._hangup_reported = False
+        await at.command("AT+VLS=1", expect=("OK", "VCON"))  # §3: VCON on IS-101/USR
+        self._off_hook = True
+        self._reset_call()
+        _LOGGER.info("line off-hook")
+
+    async def start_duplex(self, on_audio: Callable[[npt.NDArray[np.int16]], None]) -> None:
+        """Start full-duplex voice (``AT+VTR`` → CONNECT).
+
+        ``on_audio(frame)`` is called with each received ``np.int16`` frame of 160 samples
+        (20 ms) from the protocol's receive path: it must be quick and must not raise. DTMF
+        and hang-up events go to :attr:`events`.
+        """
+        at = self._at()
+        self._on_audio = on_audio
+        await at.command("AT+VTR", expect=("CONNECT",))
+
+    def send_audio(self, samples: npt.NDArray[np.int16]) -> None:
+        """Queue ``samples`` (int16) to the line during duplex. Non-blocking; the caller paces
+        at 8000 samples/s with a small lead (§8). Audio outside duplex is dropped and counted."""
+        at = self._protocol
+        if at is None:
+            return
+        written = at.send_voice(samples)
+        if written:
+            self._stats["tx_bytes"] += written
+        else:
+            self._stats["tx_dropped_bytes"] += len(samples)
+
+    async def stop_duplex(self) -> None:
+        """Leave duplex: ``<DLE>^`` → ``<DLE><ETX>`` + ``OK`` (either alone accepted, §5.3)."""
+        self._on_audio = None
+        at = self._protocol
+        if at is None or at.mode is not Mode.VOICE:
+            return
+        await at.stop_voice(DLE_END_DUPLEX)
+
+    async def hang_up(self) -> None:
+        """Put the line on-hook: ``AT+VLS=0`` (``ATH0`` fallback), ``AT+FCLASS=0``.
+
+        Never raises: with the port gone or the modem wedged it logs and returns.
+        """
+        self._off_hook = False
+        self._reset_call()
+        at = self._protocol
+        if at is None or not at.connected:
+            _LOGGER.warning("hang up: modem link is down")
+            return
+        try:
+            if at.mode is Mode.VOICE:
+                await self.stop_duplex()
+            try:
+                await at.command("AT+VLS=0")
+            except ModemCommandError:
+                await at.command("ATH0")
+            await at.command("AT+FCLASS=0")
+        except ModemError as exc:
+            _LOGGER.warning("hang up incomplete: %s", exc)
+        _LOGGER.info("line on-hook")
+
+    # --- event plumbing
+
+    def _at(self) -> AtProtocol:
+        if self._protocol is None or not self._protocol.connected:
+            raise ModemGone("modem is not open")
+        return self._protocol
+
+    def _put(self, event: LineEvent) -> None:
+        _LOGGER.debug("line event %r", event)
+        self.events.put_nowait(event)
+
+    def _reset_call(self) -> None:
+        self._ring_count = 0
+        self._cid.reset()
+        self._cid_reported = 0
+        self._cancel_cid_timer()
+
+    def _cancel_cid_timer(self) -> None:
+        if self._cid_timer is not None:
+            self._cid_timer.cancel()
+            self._cid_timer = None
+
+    def _urc_received(self, line: str) -> None:
+        loop = asyncio.get_running_loop()
+        if line.startswith("RING"):
+            self._ring(loop.time())
+        elif self._cid.feed(line):
+            if self._off_hook:
+                # §7.6: a CID block while off-hook is call waiting; not a new call.
+                _LOGGER.info("call-waiting caller ID ignored: %s", line)
+                return
+            self._cancel_cid_timer()
+            self._cid_timer = loop.call_later(self.cid_settle_s, self._report_cid)
+        elif line == "NO CARRIER":
+            if self._off_hook:
+                self._remote_hangup("no-carrier")
+        else:
+            _LOGGER.debug("URC ignored: %s", line)
+
+    def _ring(self, now: float) -> None:
+        if self._off_hook:
+            return
+        if self._ring_count and now - self._last_ring_at > self.ring_gap_reset_s:
+            self._reset_call()  # a new call: forget the previous caller
+        self._last_ring_at = now
+        self._ring_count += 1
+        self._report_cid()
+        self._put(Ring(self._ring_count, self._cid.result()))
+
+    def _report_cid(self) -> None:
+        self._cancel_cid_timer()
+        caller = self._cid.result()
+        if caller is not None and len(caller.raw) != self._cid_reported:
+            self._cid_reported = len(caller.raw)
+            self._put(CallerIdReceived(caller))
+
+    def _dle_event_received(self, code: str) -> None:
+        self._stats["dle_events"] += 1
+        if code in self._table.ignored_dle:
+            return
+        if code in DTMF_DIGITS:
+            if self._off_hook:
+                self._put(Dtmf(code))
+            return
+        reason = _HANGUP_DLE.get(code)
+        if reason is not None:
+            if self._off_hook:
+                self._remote_hangup(reason)
+            return
+        if code == "R":
+            # Quirk #27: a ring reported as <DLE>R in voice class.
+            self._ring(asyncio.get_running_loop().time())
+        elif code == "u":
+            self._stats["tx_underruns"] += 1  # §8: a pacing bug on our side
+        else:
+            self._stats["unknown_dle"] += 1
+            _LOGGER.debug("DLE event %r ignored", code)
+
+    def _remote_hangup(self, reason: str) -> None:
+        if not self._hangup_reported:
+            self._hangup_reported = True
+            self._put(RemoteHangup(reason))
+
+    def _voice_received(self, frame: npt.NDArray[np.int16]) -> None:
+        self._stats["rx_frames"] += 1
+        if self._on_audio is not None:
+            self._on_audio(frame)
+
+    def _link_failed(self, reason: str) -> None:
+        self._off_hook = False
+        if not self._link_down_reported:
+            self._link_down_reported = True
+            self._put(LinkDown(reason))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: operations (rx_frames, tx_bytes, dle_events, tx_underruns…) merged with
+        the link's (garbage_lines, resyncs, timeouts, receive_errors). A fresh dict."""
+        merged = dict(self._stats)
+        if self._protocol is not None:
+            for key in ("garbage_lines", "resyncs", "timeouts", "receive_errors"):
+                merged[key] = self._protocol.stats[key]
+        return merged
+

@@ -1,0 +1,1125 @@
+"""The emulated voice modem: the DCE side of the same V.253 link (ships in the product).
+
+:class:`SimModem` speaks the dialects of the modems we target (reference/v253-modem.md §11
+checklist): E/V/Q flags and echo, ``+FCLASS``, ``+VLS``, ``+VSM`` (duplicates accepted, quirk #8),
+``+VCID``, ``+VTX``/``+VRX``/``+VTR`` with a STATEFUL host-DLE parser (quirk #1), ``+VTS`` answering
+``OK`` after the tone, ``+GCI``, ``+IFC``, ``ATZ``, ``ATI0/3``; unknown commands → ERROR; voice
+commands outside ``+FCLASS=8`` → ERROR. Its voice clock runs on ``loop.time()`` at exactly 8000
+samples/s both ways. The scripted caller drives it through the trigger methods (Mopidy
+``trigger_fake_*`` style); tests assert on :attr:`commands`, :attr:`played` and hook waits.
+
+:class:`PtyModemServer` serves it on a pseudo-terminal so the real serial path (pyserial on a tty)
+runs without hardware (§9.2), reading the master at the modem's playback rate so back-pressure
+reaches the host (§2 pty facts).
+
+Written by hand: no library emulates a V.253 modem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pty
+import re
+import tty
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ, bytes_per_sample, decode_voice
+from appliance.audio.pcm import encode_voice as _encode_voice
+from appliance.line.codec import CAN, DLE, ETX, VoiceEncoder, format_cid_lines
+from appliance.line.commands import parse_vsm_list
+
+__all__ = [
+    "PROFILES",
+    "PtyModemServer",
+    "SimModem",
+    "SimPort",
+    "SimProfile",
+    "serve_forever",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+TICK_S: Final = FRAME_SAMPLES / SAMPLE_RATE_HZ
+"""The voice clock: one 160-sample frame every 20 ms."""
+RING_PERIOD_S: Final = 5.0
+"""Hungarian ringing: 1.25 s on / 3.75 s off → one RING every 5 s (§7.5, hardware.md)."""
+CID_DELAY_S: Final = 1.75
+"""Caller ID after the first ring: the 1.25 s burst plus ≈0.5 s of silence (§7.3)."""
+DTMF_REPEAT_S: Final = 0.070
+"""Shielded DTMF: the digit is repeated every 70 ms while the tone lasts (§5.4)."""
+DTMF_LEVEL: Final = 0.25
+"""Each DTMF component at −12 dBFS peak."""
+BUSY_TONE_HZ: Final = 425.0
+BUSY_ON_S: Final = 0.300
+BUSY_OFF_S: Final = 0.300
+"""Hungarian busy tone 425 Hz 300/300 ms (§7.7, hardware.md)."""
+BUSY_LEVEL: Final = 0.3
+BUSY_REPORT_S: Final = 4.0
+"""``<DLE>b`` repeated every 4 s while busy is present (§5.1, Rockwell/ZyXEL)."""
+DIAL_TONE_AFTER_S: Final = 30.0
+"""After this long of busy the exchange returns dial tone: ``<DLE>d`` every 3 s [INF]."""
+DIAL_REPORT_S: Final = 3.0
+TX_BUFFER_MAX_S: Final = 1.0
+"""The modem stops reading host bytes when this much audio is queued (back-pressure)."""
+PTY_MAX_WRITE_BUFFER_BYTES: Final = 65536
+"""Bytes to the host kept while it is not reading; beyond this the modem overruns (drops)."""
+
+_DTMF_FREQS: Final = {
+    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
+    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
+    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
+    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
+}  # fmt: skip
+
+_HSF_VSM: Final = (
+    # §4.3 Conexant host-processed / USR softmodem list (the emulator default).
+    '1,"UNSIGNED PCM",8,0,(8000),(0),(0)',
+    '128,"8-BIT LINEAR",8,0,(8000),(0),(0)',
+    '129,"ADPCM",4,0,(8000),(0),(0)',
+    '130,"UNSIGNED PCM",8,0,(8000),(0),(0)',
+    '131,"ULAW",8,0,(8000),(0),(0)',
+    '132,"ALAW",8,0,(8000),(0),(0)',
+    '133,"LINEAR",16,0,(8000),(0),(0)',
+)
+_V253_VSM: Final = (
+    # ITU-T V.253 Table 17 ids.
+    '0,"SIGNED PCM",8,0,(8000),(0),(0)',
+    '1,"UNSIGNED PCM",8,0,(8000),(0),(0)',
+    '4,"G.711U",8,0,(8000),(0),(0)',
+    '5,"G.711A",8,0,(8000),(0),(0)',
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SimProfile:
+    """One modem dialect.
+
+    Attributes:
+        name: profile name.
+        ati0 / ati3 / gmi: identification answers (§2).
+        vsm_list: ``AT+VSM=?`` lines.
+        cid_spaced: ``DATE = 0321`` (Conexant) vs ``DATE=1203`` (USR), quirk #16.
+        dtmf_shielded: ``<DLE>/<DLE>5…<DLE>~`` with 70 ms repeats, or bare ``<DLE>5`` (§5.4).
+        dle_h_after_off_hook: USR sends ``<DLE>H`` right after ``AT+VLS=1`` (quirk #23).
+        info_prefix: information text as ``+VCID: 1`` instead of a bare ``1`` (§3).
+        vcid_lost_at_atz: ``+VCID`` resets to 0 at ``ATZ`` (quirk #4).
+        dle_ring_in_voice_class: on-hook rings as ``<DLE>R`` in ``+FCLASS=8`` (quirk #27).
+    """
+
+    name: str
+    ati0: str
+    ati3: str
+    gmi: str
+    vsm_list: tuple[str, ...]
+    cid_spaced: bool = True
+    dtmf_shielded: bool = True
+    dle_h_after_off_hook: bool = False
+    info_prefix: bool = False
+    vcid_lost_at_atz: bool = False
+    dle_ring_in_voice_class: bool = False
+
+
+PROFILES: Final[dict[str, SimProfile]] = {
+    "conexant": SimProfile(
+        name="conexant",
+        ati0="56000",
+        ati3="CX93001-EIS_V0.2002-V92",
+        gmi="CONEXANT",
+        vsm_list=_HSF_VSM,
+        vcid_lost_at_atz=True,
+        dle_ring_in_voice_class=True,
+    ),
+    "usr": SimProfile(
+        name="usr",
+        ati0="5601",
+        ati3="U.S. Robotics 56K FAX USB V1.2.23",
+        gmi="U.S. Robotics",
+        vsm_list=_HSF_VSM,
+        cid_spaced=False,
+        dle_h_after_off_hook=True,
+    ),
+    "v253": SimProfile(
+        name="v253",
+        ati0="V253",
+        ati3="Strict V.253 emulator",
+        gmi="APPLIANCE",
+        vsm_list=_V253_VSM,
+        info_prefix=True,
+    ),
+}
+_PROFILE_ALIASES: Final = {
+    "conexant-cx93010": "conexant",
+    "usr5637": "usr",
+    "strict-v253": "v253",
+}
+
+# §3 numeric result codes (V0).
+_NUMERIC: Final = {
+    "OK": "0", "CONNECT": "1", "RING": "2", "NO CARRIER": "3", "ERROR": "4",
+    "NO DIALTONE": "6", "BUSY": "7", "NO ANSWER": "8", "VCON": "0",
+}  # fmt: skip
+# §3: these answer ERROR unless +FCLASS=8.
+_VOICE_ONLY: Final = frozenset(
+    {"VLS", "VSM", "VTX", "VRX", "VTR", "VTS", "VTD", "VSD", "VGT", "VGR", "VIT", "VRA", "VRN",
+     "VDR", "VDT", "VNH", "VEM", "VIP", "VPR"}
+)  # fmt: skip
+# Stored-and-echoed extended parameters (value kept as text, default in brackets).
+_STORED: Final = {
+    "VSD": "128,0", "VGT": "128", "VGR": "128", "VIT": "0", "VRA": "50", "VRN": "10",
+    "VDR": "0,0", "VDT": "0,0", "VNH": "0", "VEM": "", "VPR": "0", "VTD": "100",
+    "IFC": "2,2", "GCI": "B5", "VCID": "0",
+}  # fmt: skip
+_BASIC_RE: Final = re.compile(r"(&?[A-Z])(\d*)")
+_VTS_DUR_RE: Final = re.compile(r"\[([^\]]*)\]|\{([^}]*)\}|([0-9*#A-D!])")
+
+
+class _Mode:
+    COMMAND: Final = "command"
+    VTX: Final = "vtx"
+    VTX_DRAIN: Final = "vtx-drain"  # <DLE><ETX> received: play out the buffer, then OK
+    VRX: Final = "vrx"
+    VTR: Final = "vtr"
+
+
+_DATA_MODES: Final = frozenset({_Mode.VTX, _Mode.VTX_DRAIN, _Mode.VRX, _Mode.VTR})
+_TX_MODES: Final = frozenset({_Mode.VTX, _Mode.VTX_DRAIN, _Mode.VTR})
+_RX_MODES: Final = frozenset({_Mode.VRX, _Mode.VTR})
+
+
+class SimPort(Protocol):
+    """What the emulator may ask of the port it is attached to."""
+
+    def pause_reading(self) -> None:
+        """Stop delivering host bytes (the modem's buffer is full)."""
+
+    def resume_reading(self) -> None:
+        """Deliver host bytes again."""
+
+    def unplug(self) -> None:
+        """Make the port vanish for the host."""
+
+
+@dataclass(slots=True)
+class _KeyPress:
+    digit: str
+    start: float
+    end: float
+    next_report: float
+    started: bool = False
+
+
+def _dtmf_tone(digit: str, start_index: int, n: int) -> npt.NDArray[np.float64]:
+    # Written here because appliance.audio has no DTMF generator yet: two sines, phase from
+    # the absolute sample index so consecutive frames join without clicks.
+    low, high = _DTMF_FREQS[digit]
+    t = np.arange(start_index, start_index + n, dtype=np.float64) / SAMPLE_RATE_HZ
+    return DTMF_LEVEL * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
+
+
+class SimModem:
+    """The DCE side of a V.253 voice modem.
+
+    Runs on the event loop; host bytes come in via :meth:`data_received`; bytes to the host
+    go through the writer set by :meth:`attach`. Triggers (:meth:`ring`, :meth:`press_key`,
+    :meth:`remote_hangup`, :meth:`stall`, :meth:`unplug` …) script the caller and faults;
+    observation attributes (:attr:`commands`, :attr:`played`, :attr:`off_hook`,
+    :attr:`first_tx_byte_at`) serve assertions.
+
+    Args:
+        profile: ``"conexant"`` (default), ``"usr"``, ``"v253"`` (or their long aliases).
+        ring_period_s: time between RINGs (shrink in tests).
+        cid_delay_s: caller ID this long after the first RING.
+    """
+
+    def __init__(
+        self,
+        profile: str = "conexant",
+        *,
+        ring_period_s: float = RING_PERIOD_S,
+        cid_delay_s: float = CID_DELAY_S,
+    ) -> None:
+        key = _PROFILE_ALIASES.get(profile, profile)
+        if key not in PROFILES:
+            raise ValueError(f"unknown modem profile {profile!r}; known: {sorted(PROFILES)}")
+        self.profile = PROFILES[key]
+        self.ring_period_s = ring_period_s
+        self.cid_delay_s = cid_delay_s
+        self.commands: list[str] = []
+        self.first_tx_byte_at: float | None = None
+        self.played_log: list[tuple[float, int]] = []
+        self.stats: dict[str, int] = {
+            "rx_bytes": 0, "tx_samples_played": 0, "underruns": 0,
+            "late_ticks": 0, "rings": 0, "host_dle_ignored": 0,
+        }  # fmt: skip
+        self._vsm = {int(e.cml): e for e in parse_vsm_list(list(self.profile.vsm_list))}
+        self._write: Callable[[bytes], None] | None = None
+        self._port: SimPort | None = None
+        self._tx_listeners: list[Callable[[npt.NDArray[np.int16], float], None]] = []
+        self._played: list[npt.NDArray[np.int16]] = []
+        self._source: Callable[[int], npt.NDArray[np.int16]] | None = None
+        self._off_hook_event = asyncio.Event()
+        self._on_hook_event = asyncio.Event()
+        self._on_hook_event.set()
+        self._ring_task: asyncio.Task[None] | None = None
+        self._clock_task: asyncio.Task[None] | None = None
+        self._vts_handle: asyncio.TimerHandle | None = None
+        self._cmd_buf = bytearray()
+        self._cmd_queue: deque[str] = deque()
+        self._busy = False  # a deferred final result (+VTS) is pending
+        self._stalled = False
+        self._reset_state()
+
+    # --- wiring
+
+    def attach(self, write: Callable[[bytes], None], *, port: SimPort | None = None) -> None:
+        """Connect to a host: ``write(bytes)`` sends to it; ``port`` gets read pausing/unplug."""
+        self._write = write
+        self._port = port
+        self._reading_paused = False
+
+    def detach(self) -> None:
+        """Disconnect from the host; timers stop; state is kept (like a powered modem)."""
+        self._write = None
+        self._port = None
+        self._cancel_tasks()
+
+    # --- state
+
+    def _reset_state(self) -> None:
+        # ATZ / power-on defaults (§11 states).
+        self.echo = True
+        self.verbose = True
+        self.quiet = False
+        self.fclass = 0
+        self.vls = 0
+        self.vsm: tuple[int, int] = (next(iter(self._vsm)), SAMPLE_RATE_HZ)
+        self.params: dict[str, str] = dict(_STORED)
+        self._mode = _Mode.COMMAND
+        self._host_after_dle = False
+        self._txbuf = bytearray()
+        self._tx_fed = False
+        self._reading_paused = False
+        self._key: _KeyPress | None = None
+        self._hung_up_at: float | None = None
+        self._next_busy_report = 0.0
+        self._next_dial_report = 0.0
+        self._rx_index = 0
+
+    @property
+    def off_hook(self) -> bool:
+        """True while the modem holds the line (``+VLS`` ≠ 0 or ``ATA``)."""
+        return self.vls != 0
+
+    @property
+    def ringing(self) -> bool:
+        """True while the ring generator runs."""
+        return self._ring_task is not None and not self._ring_task.done()
+
+    @property
+    def mode(self) -> str:
+        """``command``, ``vtx``, ``vtx-drain``, ``vrx`` or ``vtr``."""
+        return self._mode
+
+    @property
+    def voice_format(self) -> str:
+        """The format of the current ``+VSM`` id."""
+        entry = self._vsm.get(self.vsm[0])
+        return entry.fmt if entry is not None and entry.fmt else "u8"
+
+    @property
+    def played(self) -> npt.NDArray[np.int16]:
+        """Every sample the host played, as the modem played it out, concatenated."""
+        if not self._played:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(self._played)
+
+    def clear_played(self) -> None:
+        """Forget what was played (between test phases)."""
+        self._played.clear()
+        self.played_log.clear()
+
+    async def wait_off_hook(self, timeout: float) -> None:  # noqa: ASYNC109 (public API name)
+        """Wait until the host takes the line off-hook. Raises TimeoutError."""
+        async with asyncio.timeout(timeout):
+            await self._off_hook_event.wait()
+
+    async def wait_on_hook(self, timeout: float) -> None:  # noqa: ASYNC109 (public API name)
+        """Wait until the line is on-hook. Raises TimeoutError."""
+        async with asyncio.timeout(timeout):
+            await self._on_hook_event.wait()
+
+    def add_tx_listener(self, cb: Callable[[npt.NDArray[np.int16], float], None]) -> None:
+        """Call ``cb(samples, t_loop)`` for host audio as the modem plays it (8000/s)."""
+        self._tx_listeners.append(cb)
+
+    def remove_tx_listener(self, cb: Callable[[npt.NDArray[np.int16], float], None]) -> None:
+        """Undo :meth:`add_tx_listener`."""
+        with contextlib.suppress(ValueError):
+            self._tx_listeners.remove(cb)
+
+    # --- triggers
+
+    def ring(
+        self,
+        number: str | None = None,
+        name: str | None = None,
+        *,
+        withheld: bool = False,
+        max_rings: int = 10,
+        cid_before_first_ring: bool = False,
+        when: datetime | None = None,
+    ) -> None:
+        """Start an incoming call: RING every ``ring_period_s`` with formatted caller ID.
+
+        CID lines (if ``+VCID=1`` and a number, a name or ``withheld`` is given) come between the
+        first and second RING, or before the first with ``cid_before_first_ring`` (§7.1).
+        Stops when the host goes off-hook, after ``max_rings``, or on :meth:`stop_ringing` /
+        :meth:`remote_hangup`.
+        """
+        self.stop_ringing()
+        has_cid = number is not None or name is not None or withheld
+        lines = (
+            format_cid_lines(
+                number,
+                name,
+                withheld=withheld,
+                when=when or datetime.now(),
+                spaced=self.profile.cid_spaced,
+            )
+            if has_cid
+            else []
+        )
+        self._ring_task = asyncio.get_running_loop().create_task(
+            self._run_ringing(lines, max_rings, cid_before_first_ring), name="sim-modem-ringing"
+        )
+
+    def stop_ringing(self) -> None:
+        """Stop the ring generator (the caller gave up before an answer)."""
+        if self._ring_task is not None:
+            self._ring_task.cancel()
+            self._ring_task = None
+
+    def set_caller_audio(self, source: Callable[[int], npt.NDArray[np.int16]] | None) -> None:
+        """Use ``source(n) → int16[n]`` as the caller's voice (None → silence)."""
+        self._source = source
+
+    def press_key(self, digit: str, duration_ms: int = 120) -> None:
+        """The caller presses ``digit``: DLE framing in the RX stream plus the dual tone."""
+        if digit not in _DTMF_FREQS:
+            raise ValueError(f"not a DTMF digit: {digit!r}")
+        now = asyncio.get_running_loop().time()
+        self._key = _KeyPress(digit, now, now + duration_ms / 1000, now)
+        if not self.off_hook:
+            _LOGGER.debug("key %s pressed while on-hook: nothing to hear", digit)
+
+    def remote_hangup(self) -> None:
+        """The caller hangs up: busy tone in the RX audio, ``<DLE>b`` every 4 s (§5.3)."""
+        if not self.off_hook:
+            self.stop_ringing()
+            return
+        now = asyncio.get_running_loop().time()
+        self._hung_up_at = now
+        self._next_busy_report = now
+        self._next_dial_report = now + DIAL_TONE_AFTER_S
+
+    def stall(self) -> None:
+        """Stop answering commands (and stop the RX stream): a wedged modem."""
+        self._stalled = True
+
+    def unstall(self) -> None:
+        """Answer commands again (what arrived meanwhile was lost)."""
+        self._stalled = False
+        self._cmd_buf.clear()
+
+    def unplug(self) -> None:
+        """The port vanishes for the host."""
+        port = self._port
+        self.detach()
+        if port is not None:
+            port.unplug()
+
+    # --- host bytes in
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the host (DTE)."""
+        self.stats["rx_bytes"] += len(data)
+        i, n = 0, len(data)
+        while i < n:
+            if self._mode in _DATA_MODES:
+                i = self._data_bytes(data, i)
+            else:
+                i = self._command_bytes(data, i)
+
+    def _command_bytes(self, data: bytes, i: int) -> int:
+        n = len(data)
+        start = i
+        while i < n and self._mode not in _DATA_MODES:
+            b = data[i]
+            i += 1
+            if self._stalled:
+                continue
+            if b == 0x0D:
+                if self.echo:
+                    self._send(data[start:i])
+                start = i
+                line = self._cmd_buf.decode("ascii", errors="replace").strip()
+                self._cmd_buf.clear()
+                if line:
+                    self._cmd_queue.append(line)
+                    self._process_queue()
+            elif b in (0x0A, 0x00):
+                continue
+            elif b == 0x08 and self._cmd_buf:  # backspace (V.250 S5)
+                self._cmd_buf.pop()
+            elif len(self._cmd_buf) < 256:
+                self._cmd_buf.append(b)
+        if self.echo and not self._stalled and start < i:
+            self._send(data[start:i])
+        return i
+
+    def _data_bytes(self, data: bytes, i: int) -> int:
+        # Stateful host-DLE parser (quirk #1): an unpaired audio 0x10 swallows the next byte,
+        # so a terminator right after it is taken as data — as on a real Conexant.
+        n = len(data)
+        while i < n and self._mode in _DATA_MODES:
+            if self._host_after_dle:
+                self._host_after_dle = False
+                c = data[i]
+                i += 1
+                self._host_dle(c)
+                continue
+            j = data.find(DLE, i)
+            end = n if j < 0 else j
+            if end > i and self._mode in (_Mode.VTX, _Mode.VTR):
+                self._tx_audio(data[i:end])
+            if j < 0:
+                return n
+            self._host_after_dle = True
+            i = j + 1
+        return i
+
+    def _host_dle(self, c: int) -> None:
+        mode = self._mode
+        if c == DLE:
+            if mode in (_Mode.VTX, _Mode.VTR):
+                self._tx_audio(b"\x10")
+        elif c == ETX and mode == _Mode.VTX:
+            self._mode = _Mode.VTX_DRAIN  # §5.3: play out, then OK (from the clock)
+        elif c == CAN and mode in (_Mode.VTX, _Mode.VTR, _Mode.VTX_DRAIN):
+            self._txbuf.clear()
+        elif c == ord("!") and mode in (_Mode.VRX, _Mode.VTR):
+            self._end_data_mode()  # §5.3: <DLE>! → <DLE><ETX> then OK
+        elif c == ord("^") and mode == _Mode.VTR:
+            self._end_data_mode()  # §5.3: <DLE>^ → <DLE><ETX> then OK
+        else:
+            self.stats["host_dle_ignored"] += 1
+
+    def _end_data_mode(self) -> None:
+        self._txbuf.clear()
+        self._mode = _Mode.COMMAND
+        self._send(b"\x10\x03")
+        self._result("OK")
+        self._resume_reading()
+        self._process_queue()
+
+    def _tx_audio(self, chunk: bytes) -> None:
+        if self.first_tx_byte_at is None:
+            self.first_tx_byte_at = asyncio.get_running_loop().time()
+        self._txbuf += chunk
+        self._tx_fed = True
+        limit = int(TX_BUFFER_MAX_S * SAMPLE_RATE_HZ * bytes_per_sample(self.voice_format))
+        if len(self._txbuf) > limit and not self._reading_paused and self._port is not None:
+            self._reading_paused = True
+            self._port.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._port is not None:
+                self._port.resume_reading()
+
+    # --- commands
+
+    def _process_queue(self) -> None:
+        while self._cmd_queue and not self._busy and self._mode == _Mode.COMMAND:
+            if self._stalled:
+                self._cmd_queue.clear()
+                return
+            self._execute(self._cmd_queue.popleft())
+
+    def _execute(self, line: str) -> None:
+        self.commands.append(line)
+        if line.upper() == "A/":
+            return
+        if line[:2].upper() != "AT":
+            return  # V.250: lines not starting with AT are ignored
+        body = line[2:]
+        final: str | None = "OK"
+        pos = 0
+        while pos < len(body):
+            ch = body[pos]
+            if ch in " ;":
+                pos += 1
+                continue
+            if ch in "+#-!%":
+                end = body.find(";", pos)
+                end = len(body) if end < 0 else end
+                final = self._extended(body[pos:end])
+                pos = end
+            else:
+                m = _BASIC_RE.match(body.upper(), pos)
+                if m is None:
+                    final = "ERROR"
+                    break
+                final = self._basic(m.group(1), m.group(2))
+                pos = m.end()
+                if m.group(1) == "S":  # S-registers: Sn=v or Sn?
+                    rest = re.match(r"(=\d*|\?)", body[pos:])
+                    pos += rest.end() if rest else 0
+            if final != "OK":
+                break
+        if final is not None:
+            self._result(final)
+        if final == "CONNECT":
+            self._host_after_dle = False
+            self._tx_fed = False
+
+    def _basic(self, cmd: str, arg: str) -> str | None:
+        value = int(arg) if arg else 0
+        if cmd == "E":
+            self.echo = value == 1
+        elif cmd == "V":
+            self.verbose = value == 1
+        elif cmd == "Q":
+            self.quiet = value == 1
+        elif cmd == "Z":
+            was_vcid = self.params["VCID"]
+            self._hang_up()
+            self._reset_state()
+            if not self.profile.vcid_lost_at_atz:
+                self.params["VCID"] = was_vcid
+        elif cmd == "I":
+            answer = {0: self.profile.ati0, 3: self.profile.ati3}.get(value)
+            if answer is None:
+                return "OK"
+            self._info(answer)
+        elif cmd == "H":
+            self._hang_up()
+        elif cmd == "A":
+            if self.fclass == 8:
+                self._go_off_hook()
+                return "VCON" if self.profile.name == "usr" else "OK"
+            # Data class: no carrier on a voice call.
+            self.stop_ringing()
+            return "NO CARRIER"
+        elif cmd in ("M", "L", "X", "S", "&F", "&W", "&C", "&D", "&K"):
+            pass  # accepted, no effect here
+        else:
+            return "ERROR"
+        return "OK"
+
+    def _extended(self, text: str) -> str | None:
+        upper = text.upper()
+        m = re.match(r"^([+#\-!%][A-Z0-9]*)(=\?|\?|=(.*))?$", upper)
+        if m is None:
+            return "ERROR"
+        name, form, arg = m.group(1), m.group(2), m.group(3)
+        bare = name[1:]
+        if name.startswith("+") and bare in _VOICE_ONLY and self.fclass != 8:
+            return "ERROR"  # §3: voice-only commands need +FCLASS=8
+        if name in ("-STE", "!4886", "!4892", "-SCID"):
+            return "OK"  # Conexant vendor switches: accepted
+        if not name.startswith("+"):
+            return "ERROR"
+        handler = {
+            "FCLASS": self._cmd_fclass,
+            "VLS": self._cmd_vls,
+            "VSM": self._cmd_vsm,
+            "VTX": self._cmd_voice_data,
+            "VRX": self._cmd_voice_data,
+            "VTR": self._cmd_voice_data,
+            "VTS": self._cmd_vts,
+            "GMI": self._cmd_identity,
+            "GMM": self._cmd_identity,
+            "GMR": self._cmd_identity,
+            "VIP": self._cmd_vip,
+        }.get(bare)
+        if handler is not None:
+            return handler(bare, form, arg)
+        if bare.startswith(("VRX", "VTX")) and bare[3:].isdigit():
+            return self._cmd_voice_data(bare[:3], form, arg)  # CX-HSF +VRX<n>
+        if bare in _STORED:
+            return self._cmd_stored(bare, form, arg)
+        return "ERROR"
+
+    def _info(self, text: str) -> None:
+        self._send(b"\r\n" + text.encode("ascii", errors="replace") + b"\r\n")
+
+    def _query(self, name: str, value: str) -> None:
+        self._info(f"+{name}: {value}" if self.profile.info_prefix else value)
+
+    def _cmd_stored(self, name: str, form: str | None, arg: str | None) -> str:
+        if form == "?":
+            self._query(name, self.params[name])
+        elif form == "=?":
+            ranges = {"VCID": "(0-2)", "GCI": "(00,09,0A,16,20,31,3C,51,59,73,B5)"}
+            self._info(ranges.get(name, "(0-255)"))
+        elif arg is not None:
+            if name == "VCID" and arg not in ("0", "1", "2"):
+                return "ERROR"
+            if name == "VSD" and self.profile.name == "conexant":
+                return "OK"  # quirk #3: accepted but not applied
+            self.params[name] = arg
+        return "OK"
+
+    def _cmd_fclass(self, name: str, form: str | None, arg: str | None) -> str:
+        if form == "?":
+            self._info(str(self.fclass))  # §9.2: bare value even where others prefix
+        elif form == "=?":
+            self._info("0,1,8")
+        elif arg in ("0", "1", "8"):
+            self.fclass = int(arg)
+        else:
+            return "ERROR"
+        return "OK"
+
+    def _cmd_vls(self, name: str, form: str | None, arg: str | None) -> str:
+        if form == "?":
+            self._query(name, str(self.vls))
+        elif form == "=?":
+            self._info('0,"",B0804100,B0804100,B0804100')
+            self._info('1,"T",0B8433C1,0FE431C1,0B8431C1')
+        elif arg in ("0", "1", "5"):
+            if arg == "0":
+                self._hang_up()
+            else:
+                self._go_off_hook(int(arg))
+                if self.profile.dle_h_after_off_hook:
+                    # Quirk #23: USR confirms with <DLE>H right after the OK.
+                    asyncio.get_running_loop().call_soon(self._send, b"\x10H")
+        else:
+            return "ERROR"
+        return "OK"
+
+    def _cmd_vsm(self, name: str, form: str | None, arg: str | None) -> str:
+        if form == "?":
+            cml, rate = self.vsm
+            self._query(name, f"{cml},{rate},0,0")
+        elif form == "=?":
+            for line in self.profile.vsm_list:
+                self._info(line)
+        elif arg is not None:
+            parts = [p.strip() for p in arg.split(",")]
+            try:
+                cml = int(parts[0])
+                rate = int(parts[1]) if len(parts) > 1 and parts[1] else SAMPLE_RATE_HZ
+            except ValueError:
+                return "ERROR"
+            entry = self._vsm.get(cml)
+            if entry is None or entry.fmt is None or rate != SAMPLE_RATE_HZ:
+                return "ERROR"
+            self.vsm = (cml, rate)  # quirk #8: duplicates are fine
+        return "OK"
+
+    def _cmd_voice_data(self, name: str, form: str | None, arg: str | None) -> str:
+        if form is not None:
+            return "OK" if form == "=?" else "ERROR"
+        if not self.off_hook:
+            return "ERROR"
+        self._mode = {"VTX": _Mode.VTX, "VRX": _Mode.VRX, "VTR": _Mode.VTR}[name]
+        self._txbuf.clear()
+        return "CONNECT"
+
+    def _cmd_vts(self, name: str, form: str | None, arg: str | None) -> str | None:
+        if arg is None:
+            return "OK" if form == "=?" else "ERROR"
+        total_s = 0.0
+        default_s = int(self.params["VTD"] or "100") / 100
+        for m in _VTS_DUR_RE.finditer(arg or ""):
+            group = m.group(1) or m.group(2)
+            if group is not None:
+                fields = [f.strip() for f in group.split(",")]
+                dur = fields[-1] if len(fields) >= 2 else ""
+                total_s += int(dur) / 100 if dur.isdigit() else default_s
+            else:
+                total_s += default_s
+        # §11 timers: OK only after the tones have been played.
+        self._busy = True
+        self._vts_handle = asyncio.get_running_loop().call_later(total_s, self._vts_done)
+        return None
+
+    def _vts_done(self) -> None:
+        self._vts_handle = None
+        self._busy = False
+        self._result("OK")
+        self._process_queue()
+
+    def _cmd_identity(self, name: str, form: str | None, arg: str | None) -> str:
+        value = {"GMI": self.profile.gmi, "GMM": self.profile.ati3, "GMR": self.profile.ati3}
+        self._query(name, value[name])
+        return "OK"
+
+    def _cmd_vip(self, name: str, form: str | None, arg: str | None) -> str:
+        for key in ("VSD", "VGT", "VGR", "VIT", "VTD"):
+            self.params[key] = _STORED[key]
+        return "OK"
+
+    def _result(self, code: str) -> None:
+        if self.quiet:
+            return
+        if self.verbose:
+            self._send(b"\r\n" + code.encode() + b"\r\n")
+        else:
+            self._send(_NUMERIC.get(code, "4").encode() + b"\r")
+
+    # --- hook
+
+    def _go_off_hook(self, label: int = 1) -> None:
+        was = self.off_hook
+        self.vls = label
+        if was:
+            return
+        self.stop_ringing()
+        self.first_tx_byte_at = None
+        self._key = None
+        self._hung_up_at = None
+        self._on_hook_event.clear()
+        self._off_hook_event.set()
+        loop = asyncio.get_running_loop()
+        self._clock_task = loop.create_task(self._run_clock(), name="sim-modem-clock")
+
+    def _hang_up(self) -> None:
+        self._mode = _Mode.COMMAND
+        self._txbuf.clear()
+        self._resume_reading()
+        if not self.off_hook:
+            return
+        self.vls = 0
+        self._hung_up_at = None
+        self._key = None
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+            self._clock_task = None
+        self._off_hook_event.clear()
+        self._on_hook_event.set()
+
+    def _cancel_tasks(self) -> None:
+        self.stop_ringing()
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+            self._clock_task = None
+        if self._vts_handle is not None:
+            self._vts_handle.cancel()
+            self._vts_handle = None
+            self._busy = False
+
+    # --- ringing
+
+    async def _run_ringing(self, cid_lines: list[str], max_rings: int, cid_first: bool) -> None:
+        def send_cid() -> None:
+            if self.params["VCID"] == "1" and cid_lines:
+                self._send(b"".join(b"\r\n" + line.encode() + b"\r\n" for line in cid_lines))
+
+        if cid_first:
+            send_cid()
+        for count in range(max_rings):
+            if self.off_hook:
+                return
+            self.stats["rings"] += 1
+            if self.fclass == 8 and self.profile.dle_ring_in_voice_class:
+                self._send(b"\x10R")  # quirk #27: rings as <DLE>R in voice class
+            else:
+                self._result("RING")
+            if count == 0 and not cid_first:
+                await asyncio.sleep(self.cid_delay_s)
+                if self.off_hook:
+                    return
+                send_cid()
+                await asyncio.sleep(max(0.0, self.ring_period_s - self.cid_delay_s))
+            else:
+                await asyncio.sleep(self.ring_period_s)
+
+    # --- the voice clock
+
+    async def _run_clock(self) -> None:
+        # §8: the modem's codec clock defines real time. Ticks are scheduled on absolute
+        # loop.time() targets (t0 + k·20 ms), so lateness is caught up, never accumulated.
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        k = 0
+        while True:
+            k += 1
+            due = t0 + k * TICK_S
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -TICK_S:
+                self.stats["late_ticks"] += 1
+            try:
+                self._tick(due)
+            except Exception:
+                _LOGGER.exception("simulated modem tick failed")
+
+    def _due_events(self, now: float) -> list[str]:
+        events: list[str] = []
+        key = self._key
+        if key is not None and now >= key.start:
+            if self.profile.dtmf_shielded:
+                # §5.4: <DLE>/ <DLE>d (repeat every 70 ms while the tone lasts) <DLE>~
+                if not key.started:
+                    key.started = True
+                    events += ["/", key.digit]
+                    key.next_report = now + DTMF_REPEAT_S
+                elif now >= key.end:
+                    events.append("~")
+                    self._key = None
+                elif now >= key.next_report:
+                    events.append(key.digit)
+                    key.next_report += DTMF_REPEAT_S
+            else:
+                if not key.started:
+                    key.started = True
+                    events.append(key.digit)
+                if now >= key.end:
+                    self._key = None
+        if self._hung_up_at is not None:
+            if now >= self._next_busy_report:
+                events.append("b")
+                self._next_busy_report += BUSY_REPORT_S
+            if now >= self._next_dial_report:
+                events.append("d")
+                self._next_dial_report += DIAL_REPORT_S
+        return events
+
+    def _caller_frame(self, now: float) -> npt.NDArray[np.int16]:
+        n = FRAME_SAMPLES
+        if self._hung_up_at is not None:
+            # The caller is gone: the exchange plays busy tone 425 Hz 300/300 ms.
+            offsets = np.arange(n) / SAMPLE_RATE_HZ
+            since = (now - self._hung_up_at) + offsets
+            on = (since % (BUSY_ON_S + BUSY_OFF_S)) < BUSY_ON_S
+            phase = 2 * np.pi * BUSY_TONE_HZ * (self._rx_index / SAMPLE_RATE_HZ + offsets)
+            mix = BUSY_LEVEL * np.sin(phase) * on
+        else:
+            source = self._source
+            if source is None:
+                mix = np.zeros(n)
+            else:
+                mix = np.asarray(source(n), dtype=np.float64).reshape(-1)[:n] / 32767.0
+                if mix.size < n:
+                    mix = np.pad(mix, (0, n - mix.size))
+        key = self._key
+        if key is not None and key.start <= now < key.end:
+            mix = mix + _dtmf_tone(key.digit, self._rx_index, n)
+        self._rx_index += n
+        return np.clip(np.rint(mix * 32767.0), -32768, 32767).astype(np.int16)
+
+    def _tick(self, now: float) -> None:
+        if self._stalled:
+            return
+        out = bytearray()
+        fmt = self.voice_format
+        events = self._due_events(now)
+        if self._mode in _RX_MODES:
+            out += VoiceEncoder.encode(_encode_voice(self._caller_frame(now), fmt))
+        for code in events:
+            out += b"\x10" + code.encode("latin-1")
+        if self._mode in _TX_MODES:
+            frame_bytes = FRAME_SAMPLES * bytes_per_sample(fmt)
+            take = bytes(self._txbuf[:frame_bytes])
+            if bytes_per_sample(fmt) == 2 and len(take) % 2:
+                take = take[:-1]  # keep an odd byte for the next tick
+            del self._txbuf[: len(take)]
+            if take:
+                self._play(decode_voice(take, fmt), now)
+            if len(take) < frame_bytes and self._mode != _Mode.VTX_DRAIN and self._tx_fed:
+                # §6: buffer empty without <DLE><ETX> → <DLE>u, once per gap.
+                self._tx_fed = False
+                self.stats["underruns"] += 1
+                out += b"\x10u"
+            limit = int(TX_BUFFER_MAX_S * SAMPLE_RATE_HZ * bytes_per_sample(fmt))
+            if self._reading_paused and len(self._txbuf) <= limit // 2:
+                self._resume_reading()
+            if self._mode == _Mode.VTX_DRAIN and not self._txbuf:
+                self._mode = _Mode.COMMAND
+                if out:
+                    self._send(bytes(out))
+                    out.clear()
+                self._result("OK")
+                self._resume_reading()
+                self._process_queue()
+        if out:
+            self._send(bytes(out))
+
+    def _play(self, samples: npt.NDArray[np.int16], now: float) -> None:
+        self._played.append(samples)
+        self.played_log.append((now, len(samples)))
+        self.stats["tx_samples_played"] += len(samples)
+        for cb in list(self._tx_listeners):
+            try:
+                cb(samples, now)
+            except Exception:
+                _LOGGER.exception("tx listener failed")
+
+    def _send(self, data: bytes) -> None:
+        if self._write is not None and data:
+            self._write(data)
+
+
+class PtyModemServer:
+    """Serve a :class:`SimModem` on a pseudo-terminal; :attr:`path` opens like ``/dev/ttyACM0``.
+
+    The master fd is non-blocking and driven by ``loop.add_reader``/``add_writer``; the outgoing
+    buffer is bounded (:data:`PTY_MAX_WRITE_BUFFER_BYTES`, excess dropped like a modem overrun).
+    The emulator's read pausing removes the reader, so the pty fills (18 432 bytes, §2) and the
+    host's writes back up. The slave fd stays open here so the master never reads EIO when the
+    host closes the port (§9.2).
+
+    Args:
+        sim: the emulator to serve; default a new ``SimModem(profile)``.
+        profile: used when ``sim`` is None.
+    """
+
+    def __init__(self, sim: SimModem | None = None, *, profile: str = "conexant") -> None:
+        self.sim = sim if sim is not None else SimModem(profile)
+        self.path = ""
+        self.dropped_bytes = 0
+        self._master = -1
+        self._slave = -1
+        self._out = bytearray()
+        self._reading = False
+        self._writing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> str:
+        """Open the pty and start serving; return the slave path (e.g. ``/dev/pts/7``)."""
+        self._loop = asyncio.get_running_loop()
+        self._master, self._slave = pty.openpty()
+        tty.setraw(self._slave)  # no echo, no CR/LF translation: bytes as on a USB modem
+        os.set_blocking(self._master, False)
+        self.path = os.ttyname(self._slave)
+        self.sim.attach(self._write, port=self)
+        self.resume_reading()
+        _LOGGER.info("simulated modem (%s) on %s", self.sim.profile.name, self.path)
+        return self.path
+
+    async def stop(self) -> None:
+        """Stop serving and close the pty."""
+        self.sim.detach()
+        self._close_fds()
+
+    # --- SimPort ---------------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        """Leave host bytes in the pty (back-pressure)."""
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._master)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        """Read host bytes again."""
+        if not self._reading and self._loop is not None and self._master >= 0:
+            self._loop.add_reader(self._master, self._read_ready)
+            self._reading = True
+
+    def unplug(self) -> None:
+        """Close the pty: the host's next read fails as if the USB modem vanished."""
+        self.sim.detach()
+        self._close_fds()
+
+    # --- fd plumbing
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            _LOGGER.warning("pty read failed: %s", exc)
+            self.pause_reading()
+            return
+        if data:
+            self.sim.data_received(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._master < 0:
+            return
+        room = PTY_MAX_WRITE_BUFFER_BYTES - len(self._out)
+        if len(data) > room:
+            self.dropped_bytes += len(data) - max(room, 0)
+            data = data[: max(room, 0)]
+        self._out += data
+        if not self._writing:
+            self._write_ready()
+
+    def _write_ready(self) -> None:
+        while self._out:
+            try:
+                n = os.write(self._master, self._out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                _LOGGER.warning("pty write failed: %s", exc)
+                self._out.clear()
+                break
+            del self._out[:n]
+        loop = self._loop
+        if loop is None or self._master < 0:
+            return
+        if self._out and not self._writing:
+            loop.add_writer(self._master, self._write_ready)
+            self._writing = True
+        elif not self._out and self._writing:
+            loop.remove_writer(self._master)
+            self._writing = False
+
+    def _close_fds(self) -> None:
+        loop = self._loop
+        if self._master >= 0:
+            if loop is not None:
+                loop.remove_reader(self._master)
+                loop.remove_writer(self._master)
+            os.close(self._master)
+            self._master = -1
+        if self._slave >= 0:
+            os.close(self._slave)
+            self._slave = -1
+        self._reading = self._writing = False
+        self._out.clear()
+
+
+async def serve_forever(profile: str = "conexant", symlink: Path | None = None) -> None:
+    """Serve an emulated modem on a pty until cancelled (``appliance sim-modem``).
+
+    The path is logged (and linked from ``symlink`` if given); nothing is printed.
+    """
+    server = PtyModemServer(profile=profile)
+    path = await server.start()
+    try:
+        if symlink is not None:
+            _replace_symlink(symlink, path)
+            _LOGGER.info("simulated modem linked at %s", symlink)
+        await asyncio.Event().wait()
+    finally:
+        if symlink is not None:
+            _replace_symlink(symlink, None)
+        await server.stop()
+
+
+def _replace_symlink(link: Path, target: str | None) -> None:
+    # A stale link from a previous run must not block start-up.
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    if target is not None:
+        link.symlink_to(target)
