@@ -1,0 +1,171 @@
+"""One full-daemon call per demo scenario: the real daemon, the modem emulator on a real pty
+opened by pyserial, the SLIC driver on MockFactory pins with the simulated shop assistant.
+
+Each test ends with the DB row and its events, the recording file (channels, length, which
+channel carries sound when) and the pin history (ring cadence, LEDs). The notice text is
+shortened through the configuration (as a shop may do) so the suite stays quick; the demo
+itself speaks the full notice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+from appliance.call.reference import damm_valid
+from appliance.sim.demo import run_demo
+
+pytestmark = pytest.mark.timeout(150)
+
+SHORT_NOTICE = {
+    "speech": {"texts": {"notice": "Tájékoztatjuk, hogy a hívást rögzítjük. Ha nem járul "
+                                   "hozzá, nyomja meg {optout_key_phrase}."}},
+}
+
+FRAME = 160
+LOUD_DBFS = -40.0
+
+
+def frame_levels(channel: np.ndarray) -> np.ndarray:
+    n = len(channel) // FRAME
+    frames = channel[: n * FRAME].reshape(n, FRAME).astype(np.float64) / 32767.0
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    return 20 * np.log10(np.maximum(rms, 1e-6))
+
+
+async def scenario(name: str, tmp_path: Path) -> dict[str, Any]:
+    result = await run_demo(name, tmp_path / "state", config_extra=SHORT_NOTICE)
+    return result.summary
+
+
+def db_row(summary: dict[str, Any]) -> dict[str, Any]:
+    con = sqlite3.connect(summary["db_path"])
+    con.row_factory = sqlite3.Row
+    row = con.execute("SELECT * FROM calls WHERE reference = ?",
+                      (summary["reference_digits"],)).fetchone()
+    con.close()
+    assert row is not None
+    return dict(row)
+
+
+def states(summary: dict[str, Any]) -> list[str]:
+    return [e["state"] for e in summary["events"]]
+
+
+def high_periods(history: list[tuple[float, bool]]) -> list[tuple[float, float]]:
+    """(start, length) of each high period in a pin's state history."""
+    periods = []
+    start = None
+    for t, state in history:
+        if state and start is None:
+            start = t
+        elif not state and start is not None:
+            periods.append((start, t - start))
+            start = None
+    return periods
+
+
+def assert_common(summary: dict[str, Any]) -> dict[str, Any]:
+    assert damm_valid(summary["reference_digits"])
+    row = db_row(summary)
+    assert row["caller_number"] == "+36301234567"
+    assert row["line"] == "main"
+    assert row["end_at"] is not None
+    assert row["notice_version"]
+    s = states(summary)
+    assert s[0] == "answering"
+    assert s[-1] == "ended"
+    return row
+
+
+async def test_answered(tmp_path: Path) -> None:
+    summary = await scenario("answered", tmp_path)
+    row = assert_common(summary)
+    assert summary["outcome"] == "bridged"
+    assert summary["recording_decision"] == "recorded"
+    assert row["notice_completed"] == 1
+    # Nothing recorded before the notice had finished.
+    s = states(summary)
+    assert s.index("notice-finished") < s.index("recording-started") < s.index("bridged")
+    assert row["record_start_at"] >= row["notice_end_at"] >= row["notice_start_at"]
+    # The file: 2 channels, 8 kHz, as long as the recorded part of the call.
+    path = Path(summary["recording_path"])
+    assert path.suffix == ".flac"
+    info = soundfile.info(path)
+    assert info.channels == 2
+    assert info.samplerate == 8000
+    recorded_s = row["end_at"] - row["record_start_at"]
+    assert abs(info.duration - recorded_s) < 1.0
+    audio, _ = soundfile.read(path, dtype="int16")
+    caller, shop = frame_levels(audio[:, 0]), frame_levels(audio[:, 1])
+    caller_loud = np.flatnonzero(caller > LOUD_DBFS)
+    shop_loud = np.flatnonzero(shop > LOUD_DBFS)
+    assert len(caller_loud) > 50, "the caller's speech is on channel 0"
+    assert len(shop_loud) > 50, "the shop's speech is on channel 1"
+    # The shop greets first, then the caller talks: each side on its own channel.
+    assert shop_loud[0] < caller_loud[0]
+    # No cross-talk: while the shop greets, the caller's channel is quiet.
+    greeting = shop[shop_loud[0] : shop_loud[0] + 50]
+    assert np.all(caller[shop_loud[0] : shop_loud[0] + 50][greeting > LOUD_DBFS] < LOUD_DBFS)
+    # The sidecar and the index agree on the hash.
+    sidecar = path.with_suffix(".json").read_text()
+    assert summary["recording_sha256"] in sidecar
+    assert row["recording_sha256"] == summary["recording_sha256"]
+    # Ring cadence on the RM pin: bursts of 1.25 s (Hungarian), none longer than the cadence.
+    bursts = high_periods(summary["pins"]["ring_rm"])
+    assert bursts, "the handset rang"
+    assert all(length < 1.25 + 0.15 for _, length in bursts)
+    full = [length for _, length in bursts[:-1]]
+    assert all(abs(length - 1.25) < 0.15 for length in full)
+    if len(bursts) >= 2:
+        assert abs((bursts[1][0] - bursts[0][0]) - 5.0) < 0.3
+    # The recording LED was lit, and is off at the end.
+    led = summary["pins"]["led_recording"]
+    assert any(state for _, state in led)
+    assert led[-1][1] is False
+
+
+async def test_declined(tmp_path: Path) -> None:
+    summary = await scenario("declined", tmp_path)
+    row = assert_common(summary)
+    assert summary["recording_decision"] == "declined"
+    assert summary["outcome"] == "bridged"
+    assert summary["recording_path"] is None
+    assert row["recording_path"] is None
+    s = states(summary)
+    assert "recording-declined" in s
+    assert "recording-started" not in s
+    assert not list((tmp_path / "state" / "recordings").rglob("*.flac"))
+    assert not list((tmp_path / "state" / "recordings").rglob("*.partial"))
+    assert not any(state for _, state in summary["pins"]["led_recording"])
+
+
+async def test_abandoned(tmp_path: Path) -> None:
+    summary = await scenario("abandoned", tmp_path)
+    row = assert_common(summary)
+    assert summary["outcome"] == "abandoned"
+    assert summary["notice_completed"] is False
+    assert row["notice_completed"] == 0
+    assert summary["recording_decision"] == "none"
+    assert "recording-started" not in states(summary)
+    assert not list((tmp_path / "state" / "recordings").rglob("*.*"))
+
+
+async def test_voicemail(tmp_path: Path) -> None:
+    summary = await scenario("voicemail", tmp_path)
+    row = assert_common(summary)
+    assert summary["outcome"] == "voicemail"
+    assert summary["recording_decision"] == "recorded"
+    assert row["agent_answer_at"] is None
+    s = states(summary)
+    assert s.index("recording-started") < s.index("voicemail") < s.index("voicemail-recording")
+    audio, rate = soundfile.read(summary["recording_path"], dtype="int16")
+    assert rate == 8000
+    caller, shop = frame_levels(audio[:, 0]), frame_levels(audio[:, 1])
+    assert np.count_nonzero(caller > LOUD_DBFS) > 50, "the message is on the caller channel"
+    assert np.count_nonzero(shop > LOUD_DBFS) == 0, "nobody spoke on the shop side"
