@@ -36,7 +36,8 @@ import numpy.typing as npt
 
 from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ, bytes_per_sample, decode_voice
 from appliance.audio.pcm import encode_voice as _encode_voice
-from appliance.line.codec import CAN, DLE, ETX, VoiceEncoder, format_cid_lines
+from appliance.audio.tones import dtmf_samples
+from appliance.line.codec import CAN, DLE, DTMF_DIGITS, ETX, VoiceEncoder, format_cid_lines
 from appliance.line.commands import parse_vsm_list
 
 __all__ = [
@@ -58,8 +59,6 @@ CID_DELAY_S: Final = 1.75
 """Caller ID after the first ring: the 1.25 s burst plus ≈0.5 s of silence (§7.3)."""
 DTMF_REPEAT_S: Final = 0.070
 """Shielded DTMF: the digit is repeated every 70 ms while the tone lasts (§5.4)."""
-DTMF_LEVEL: Final = 0.25
-"""Each DTMF component at −12 dBFS peak."""
 BUSY_TONE_HZ: Final = 425.0
 BUSY_ON_S: Final = 0.300
 BUSY_OFF_S: Final = 0.300
@@ -75,12 +74,6 @@ TX_BUFFER_MAX_S: Final = 1.0
 PTY_MAX_WRITE_BUFFER_BYTES: Final = 65536
 """Bytes to the host kept while it is not reading; beyond this the modem overruns (drops)."""
 
-_DTMF_FREQS: Final = {
-    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
-    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
-    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
-    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
-}  # fmt: skip
 
 _HSF_VSM: Final = (
     # §4.3 Conexant host-processed / USR softmodem list (the emulator default).
@@ -216,15 +209,9 @@ class _KeyPress:
     start: float
     end: float
     next_report: float
+    tone: npt.NDArray[np.int16]
+    tone_pos: int = 0
     started: bool = False
-
-
-def _dtmf_tone(digit: str, start_index: int, n: int) -> npt.NDArray[np.float64]:
-    # Written here because appliance.audio has no DTMF generator yet: two sines, phase from
-    # the absolute sample index so consecutive frames join without clicks.
-    low, high = _DTMF_FREQS[digit]
-    t = np.arange(start_index, start_index + n, dtype=np.float64) / SAMPLE_RATE_HZ
-    return DTMF_LEVEL * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
 
 
 class SimModem:
@@ -416,10 +403,11 @@ class SimModem:
 
     def press_key(self, digit: str, duration_ms: int = 120) -> None:
         """The caller presses ``digit``: DLE framing in the RX stream plus the dual tone."""
-        if digit not in _DTMF_FREQS:
+        if digit not in DTMF_DIGITS:
             raise ValueError(f"not a DTMF digit: {digit!r}")
         now = asyncio.get_running_loop().time()
-        self._key = _KeyPress(digit, now, now + duration_ms / 1000, now)
+        tone = dtmf_samples(digit, duration_ms)
+        self._key = _KeyPress(digit, now, now + duration_ms / 1000, now, tone)
         if not self.off_hook:
             _LOGGER.debug("key %s pressed while on-hook: nothing to hear", digit)
 
@@ -919,11 +907,15 @@ class SimModem:
                 mix = np.asarray(source(n), dtype=np.float64).reshape(-1)[:n] / 32767.0
                 if mix.size < n:
                     mix = np.pad(mix, (0, n - mix.size))
+        out = mix * 32767.0
         key = self._key
-        if key is not None and key.start <= now < key.end:
-            mix = mix + _dtmf_tone(key.digit, self._rx_index, n)
+        if key is not None and key.tone_pos < len(key.tone):
+            # The dual tone is in the line audio too, so in-band detectors can be tested.
+            part = key.tone[key.tone_pos : key.tone_pos + n].astype(np.float64)
+            key.tone_pos += len(part)
+            out[: len(part)] += part
         self._rx_index += n
-        return np.clip(np.rint(mix * 32767.0), -32768, 32767).astype(np.int16)
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
 
     def _tick(self, now: float) -> None:
         if self._stalled:
