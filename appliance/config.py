@@ -53,6 +53,7 @@ class NoticeConfig:
 @dataclass(frozen=True, slots=True)
 class CallConfig:
     answer_after_rings: int
+    cid_wait_s: float
     ring_during_notice: bool
     optout_key: str
     repeat_key: str
@@ -116,6 +117,7 @@ class GpioConfig:
 @dataclass(frozen=True, slots=True)
 class SpeechConfig:
     voice: str
+    espeak_wpm: int
     texts: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -331,6 +333,8 @@ def _validate(c: Config) -> None:
            c.call.optout_key)
     _check(c.call.repeat_key in DTMF_KEYS and c.call.repeat_key != c.call.optout_key,
            "call.repeat_key", "one DTMF key other than call.optout_key", c.call.repeat_key)
+    _check(0.0 <= c.call.cid_wait_s <= 5.0, "call.cid_wait_s", "0..5 seconds",
+           c.call.cid_wait_s)
     for key in ("agent_timeout_s", "voicemail_max_s", "max_call_s"):
         value = getattr(c.call, key)
         _check(value > 0, f"call.{key}", "a positive number of seconds", value)
@@ -360,6 +364,8 @@ def _validate(c: Config) -> None:
     _check(c.gpio.pin_factory in ("", "mock", "lgpio", "rpigpio", "pigpio", "native"),
            "gpio.pin_factory", '"", "mock", "lgpio", "rpigpio", "pigpio" or "native"',
            c.gpio.pin_factory)
+    _check(100 <= c.speech.espeak_wpm <= 250, "speech.espeak_wpm", "100..250 words per minute",
+           c.speech.espeak_wpm)
     _check(c.tones.zone in ("hu", "eu", "us"), "tones.zone", '"hu", "eu" or "us"', c.tones.zone)
     _check(c.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "logging.level",
            "DEBUG, INFO, WARNING or ERROR", c.logging.level)

@@ -313,10 +313,31 @@ def sim_modem(profile: str, link: Path | None) -> None:
     path) at it.
     """
     setup_logging("INFO")
-    from appliance.line.sim import serve_forever
+    from appliance.line.sim import PtyModemServer
+
+    async def _serve() -> None:
+        server = PtyModemServer(profile=profile)
+        path = await server.start()
+        try:
+            _relink(link, path)
+            click.echo(f"{path}" + (f"  (linked as {link})" if link else ""))
+            click.echo("serving the emulated modem; Ctrl-C stops", err=True)
+            await asyncio.Event().wait()
+        finally:
+            _relink(link, None)
+            await server.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(profile, link, on_ready=lambda p: click.echo(p)))
+        asyncio.run(_serve())
+
+
+def _relink(link: Path | None, target: str | None) -> None:
+    """Point ``link`` at ``target`` (None removes it); a stale link never blocks start-up."""
+    if link is None:
+        return
+    link.unlink(missing_ok=True)
+    if target is not None:
+        link.symlink_to(target)
 
 
 def main() -> None:

@@ -235,8 +235,18 @@ class LineSession:
         self.app.update_faults()
 
     async def _dispatch(self, modem: Modem) -> None:
+        loop = asyncio.get_running_loop()
+        answer_at: float | None = None  # set while waiting for caller ID before answering
         while True:
-            event = await modem.events.get()
+            try:
+                async with asyncio.timeout_at(answer_at):
+                    event = await modem.events.get()
+            except TimeoutError:
+                answer_at = None
+                _LOGGER.info("line %s: no caller ID within %.1f s; answering", self.line.name,
+                             self.app.config.call.cid_wait_s)
+                await self._start_call(modem)
+                continue
             active = self.active
             if isinstance(event, LinkDown):
                 _LOGGER.error("line %s: link down (%s)", self.line.name, event.reason)
@@ -251,6 +261,10 @@ class LineSession:
                 continue
             if isinstance(event, CallerIdReceived):
                 self._caller = event.caller
+                _LOGGER.info("line %s: caller ID %s", self.line.name, event.caller.number)
+                if answer_at is not None:
+                    answer_at = None
+                    await self._start_call(modem)
             elif isinstance(event, Ring):
                 now = time.monotonic()
                 if now - self._last_ring_at > RING_GONE_S:
@@ -263,7 +277,12 @@ class LineSession:
                 _LOGGER.info("line %s: RING %d (caller %s)", self.line.name, self._rings,
                              getattr(self._caller, "number", None))
                 self.app.panel_port.show("ringing")
-                if self._rings >= self.app.config.call.answer_after_rings:
+                if self._rings < self.app.config.call.answer_after_rings or answer_at:
+                    continue
+                cid_wait_s = self.app.config.call.cid_wait_s
+                if self._caller is None and cid_wait_s > 0:
+                    answer_at = loop.time() + cid_wait_s
+                else:
                     await self._start_call(modem)
 
     async def _start_call(self, modem: Modem) -> None:
@@ -457,7 +476,7 @@ class Application:
             retention_days=cfg.retention.recordings_days,
             optout_key=cfg.call.optout_key,
         )
-        engine, warning = select_engine(lang, cfg.speech.voice)
+        engine, warning = select_engine(lang, cfg.speech.voice, speed_wpm=cfg.speech.espeak_wpm)
         self.speech_warning = warning
         return PromptLibrary.build(
             cfg.prompt_cache_dir, lang=lang, engine=engine, texts=texts, notice_text=notice_text

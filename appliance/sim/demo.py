@@ -80,7 +80,7 @@ async def run_demo(
     speech = await asyncio.to_thread(
         lambda: {k: render_speech(v, f0_hz=110.0 if k.startswith("caller") else 190.0,
                                   seed=len(k)) for k, v in speech_texts.items()})
-    server = PtyModemServer(profile)
+    server = PtyModemServer(profile=profile)
     path = await server.start()
     world.log("sim", "modem emulator on pty", path)
     config = demo_config(state_dir, scenario, path, config_extra)
@@ -103,7 +103,7 @@ async def run_demo(
             speech=speech,
         )
         handset.connect_user(agent.mouth, agent.ear)
-        caller = ScriptedCaller(server.modem, world, scenario, speech=speech,
+        caller = ScriptedCaller(server.sim, world, scenario, speech=speech,
                                 optout_key=config.call.optout_key)
         actors = [
             asyncio.create_task(caller.run(), name="sim-caller"),
@@ -144,7 +144,7 @@ async def run_demo(
             "duration_s": result.duration_s,
             "db_path": str(config.db_path),
             "modem": {"device": path, "profile": profile,
-                      "commands": len(server.modem.commands)},
+                      "commands": len(server.sim.commands)},
             "wall_time_s": round(time.monotonic() - t_start, 2),
             "speech_warning": app.speech_warning,
             "events": [

@@ -31,11 +31,11 @@ SCENARIOS: Final = ("answered", "declined", "abandoned", "voicemail")
 
 #: What the people in the simulation say (Hungarian, like the shop's callers).
 LINES_HU: Final = {
-    "agent_greeting": "Példa Bolt, jó napot kívánok, miben segíthetek?",
-    "caller_complaint": "Jó napot! Múlt héten vettem önöknél egy kávéfőzőt, és nem működik.",
-    "agent_reply": "Sajnálom. Hozza be a blokkal együtt, és kicseréljük.",
-    "caller_bye": "Köszönöm szépen, viszonthallásra!",
-    "caller_message": "Jó napot, Kovács Anna vagyok. Kérem, hívjanak vissza. Köszönöm.",
+    "agent_greeting": "Példa Bolt, miben segíthetek?",
+    "caller_complaint": "Jó napot! A kávéfőző, amit múlt héten vettem, nem működik.",
+    "agent_reply": "Hozza be a blokkal, és kicseréljük.",
+    "caller_bye": "Köszönöm, viszonthallásra!",
+    "caller_message": "Jó napot, Kovács Anna vagyok, kérem, hívjanak vissza.",
 }
 
 #: Polling period for watching the ringer pins (the assistant's ears, not the product).
@@ -152,6 +152,7 @@ class ScriptedCaller:
         number: str = "+36301234567",
         name: str | None = "KOVACS ANNA",
         optout_key: str = "9",
+        cid_before_first_ring: bool = True,
         speech: dict[str, np.ndarray],
     ) -> None:
         if scenario not in SCENARIOS:
@@ -162,6 +163,7 @@ class ScriptedCaller:
         self.number = number
         self.name = name
         self.optout_key = optout_key
+        self.cid_before_first_ring = cid_before_first_ring
         self.speech = speech
         self.mouth = Mouth()
         self.heard_samples = 0
@@ -193,7 +195,9 @@ class ScriptedCaller:
         self.modem.set_caller_audio(self.mouth.read)
         self.modem.add_tx_listener(self._ear)
         w.log("caller", "dials", f"{self.number} ({self.name or 'no name'})")
-        self.modem.ring(self.number, self.name)
+        # ETSI EN 300 659 caller ID before the first ring (the European method; Hungary's is
+        # unverified, reference/v253-modem.md §7.7). The daemon also copes with CID after it.
+        self.modem.ring(self.number, self.name, cid_before_first_ring=self.cid_before_first_ring)
         await self.modem.wait_off_hook(ACT_TIMEOUT_S)
         w.log("caller", "hears the box answer")
         if self.scenario == "abandoned":
