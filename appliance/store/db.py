@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -90,8 +90,17 @@ CALL_COLUMNS: Final = frozenset(
         "duration_s",
         "language",
         "created_at",
+        # Schema v2 (issue 6): the tombstone columns set by purge and erase.
+        "recording_deleted_at",
+        "purged_at",
+        "erased_at",
+        "erase_reason",
     }
 )
+
+#: Columns holding the caller's personal data, cleared by erasure and by the metadata purge
+#: (law-gdpr.md §4: erasure per call; the tombstone keeps reference, times and outcome).
+PERSONAL_COLUMNS: Final = ("caller_number", "caller_name")
 
 
 def _sql_in(values: tuple[str, ...]) -> str:
@@ -168,8 +177,30 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Add the tombstone columns of issue 6 (retention purge and erasure).
+
+    ``recording_deleted_at``: when the audio and sidecar were removed (purge or erase);
+    ``purged_at``: when retention cleared the personal fields; ``erased_at``/``erase_reason``:
+    an erasure on request (GDPR Art. 17). Columns, not new CHECK values: SQLite cannot alter a
+    CHECK constraint without rebuilding the table, and the decision/outcome must stay as they
+    were (they are part of what the tombstone proves).
+    """
+    for statement in (
+        "ALTER TABLE calls ADD COLUMN recording_deleted_at REAL",
+        "ALTER TABLE calls ADD COLUMN purged_at REAL",
+        "ALTER TABLE calls ADD COLUMN erased_at REAL",
+        "ALTER TABLE calls ADD COLUMN erase_reason TEXT",
+        "CREATE INDEX idx_audit_reference ON audit (reference)",
+    ):
+        conn.execute(statement)
+
+
 #: Ordered migrations: ``_MIGRATIONS[n]`` takes the schema from version n to n + 1.
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_migrate_to_1,)
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
+    _migrate_to_1,
+    _migrate_to_2,
+)
 #: The schema version this code writes.
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -252,7 +283,11 @@ class Store:
             # Create the file ourselves so it is 0640 from the first byte; SQLite gives the
             # -wal and -shm files the database file's mode.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, DB_FILE_MODE))
-        os.chmod(path, DB_FILE_MODE)
+        if path.stat().st_mode & 0o777 != DB_FILE_MODE:
+            # Only the owner may chmod; a technician in the appliance group opening the
+            # daemon's file must not fail here (issue 6 item 8: a clear message, not EPERM).
+            with contextlib.suppress(PermissionError):
+                os.chmod(path, DB_FILE_MODE)
         writer: sqlite3.Connection | None = None
         reader: sqlite3.Connection | None = None
         try:
@@ -445,22 +480,122 @@ class Store:
 
     def _append_audit(self, action: str, actor: str, reference: str | None,
                       details: Mapping[str, Any] | None) -> str:
-        details = dict(details or {})
-        t = time.time()
-        try:
-            details_json = canonical_json(details)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"audit details not serialisable: {exc}") from exc
+        _audit_details_json(details)  # fail before taking the write lock
         with self._write_txn() as conn:
-            last = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-            prev_hash = last[0] if last else GENESIS_HASH
-            digest = audit_hash(prev_hash, t, action, actor, reference, details)
+            return _insert_audit(conn, action, actor, reference, details)
+
+    # ------------------------------------------------------------------ records (issue 6)
+
+    def tombstone_sync(self, reference: str, *, action: str, actor: str,
+                       details: Mapping[str, Any] | None = None,
+                       recording_deleted: bool = False, personal_deleted: bool = False,
+                       fields: Mapping[str, Any] | None = None) -> str:
+        """Turn (part of) a call into a tombstone and audit it, in ONE transaction (CLI only).
+
+        The caller deletes the files first (a crash then leaves a row pointing at missing
+        files, which ``verify`` reports and a re-run completes, never audio nobody indexes).
+
+        Args:
+            reference: the call.
+            action: audit action (``erase``, ``purge``).
+            actor: who did it (:func:`appliance.store.audit.current_actor`).
+            details: audit details; must not hold personal data (the chain is append-only).
+            recording_deleted: set ``recording_deleted_at`` = now and ``recording_path`` NULL.
+            personal_deleted: NULL the :data:`PERSONAL_COLUMNS` and blank every event detail
+                of the call (details such as "caller +36…" carry the number).
+            fields: further ``calls`` columns to set (``purged_at``, ``erased_at`` …).
+
+        Returns:
+            The audit row's hash.
+
+        Raises:
+            StoreError: unknown reference or column, or the write failed.
+        """
+        fields = dict(fields or {})
+        _check_columns(fields)
+        _audit_details_json(details)
+        if self._closed:
+            raise StoreError("store is closed")
+        return self._executor.submit(
+            self._tombstone, reference, action, actor, details, recording_deleted,
+            personal_deleted, fields,
+        ).result()
+
+    def _tombstone(self, reference: str, action: str, actor: str,
+                   details: Mapping[str, Any] | None, recording_deleted: bool,
+                   personal_deleted: bool, fields: dict[str, Any]) -> str:
+        now = time.time()
+        if recording_deleted:
+            fields.update(recording_deleted_at=now, recording_path=None)
+        if personal_deleted:
+            fields.update(dict.fromkeys(PERSONAL_COLUMNS))
+        # secure_delete: SQLite overwrites the freed cells with zeros, so the old number does
+        # not linger in free pages of the file (the erase test greps the raw bytes).
+        self._wconn.execute("PRAGMA secure_delete=ON")
+        with self._write_txn() as conn:
+            call_id = self._call_id(conn, reference)
+            if fields:
+                self._wdb.table("calls").update(call_id, fields)
+            if personal_deleted:
+                conn.execute("UPDATE events SET detail = '' WHERE call_id = ?", (call_id,))
+            return _insert_audit(conn, action, actor, reference, details)
+
+    def compare_and_audit_sync(
+        self, meta_key: str, value: str, *, action: str, actor: str,
+        details_for: Callable[[str | None], Mapping[str, Any] | None],
+    ) -> str | None:
+        """Store ``value`` under ``meta_key`` and audit the change, atomically (CLI only).
+
+        Inside one write transaction: read the old value; if it equals ``value`` do nothing;
+        else call ``details_for(old)`` for the audit details, append the audit row, store
+        ``value``. Used for the configuration fingerprint (issue 6 item 3).
+
+        Returns:
+            The new audit row's hash, or None when nothing changed.
+        """
+        if self._closed:
+            raise StoreError("store is closed")
+        return self._executor.submit(
+            self._compare_and_audit, meta_key, value, action, actor, details_for
+        ).result()
+
+    def _compare_and_audit(self, meta_key: str, value: str, action: str, actor: str,
+                           details_for: Callable[[str | None], Mapping[str, Any] | None]
+                           ) -> str | None:
+        with self._write_txn() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (meta_key,)).fetchone()
+            old = None if row is None else str(row[0])
+            if old == value:
+                return None
+            digest = _insert_audit(conn, action, actor, None, details_for(old))
             conn.execute(
-                "INSERT INTO audit (t, action, actor, reference, details, prev_hash, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (t, action, actor, reference, details_json, prev_hash, digest),
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (meta_key, value),
             )
-        return digest
+            return digest
+
+    def compact_sync(self) -> bool:
+        """VACUUM the index and truncate the WAL, so erased bytes leave the files (CLI only).
+
+        Returns:
+            True when the WAL was fully checkpointed and truncated; False when another
+            connection (a running daemon mid-read) kept part of it, in which case the next
+            checkpoint (at the latest the daemon's close) finishes the job.
+        """
+        if self._closed:
+            raise StoreError("store is closed")
+        return self._executor.submit(self._compact).result()
+
+    def _compact(self) -> bool:
+        conn = self._wconn
+        try:
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("VACUUM")
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot compact the index: {exc}") from exc
+        return int(busy) == 0
 
     @staticmethod
     def _call_id(conn: sqlite3.Connection, reference: str) -> int:
@@ -483,25 +618,52 @@ class Store:
         rows = self._query("SELECT * FROM calls WHERE reference = ?", (reference,))
         return rows[0] if rows else None
 
-    def list_calls(self, limit: int = 50, *, number: str | None = None,
-                   line: str | None = None) -> list[dict[str, Any]]:
-        """Return up to ``limit`` calls, newest first, optionally filtered by number or line.
+    def list_calls(self, limit: int | None = 50, *, number: str | None = None,
+                   line: str | None = None, numbers: Sequence[str] | None = None,
+                   since: float | None = None, until: float | None = None,
+                   outcome: str | None = None) -> list[dict[str, Any]]:
+        """Return up to ``limit`` calls (None = all), newest first, optionally filtered.
 
         "Newest" is by ring time (creation time for rows without one), then insertion order.
+
+        Args:
+            limit: most rows returned; None for no limit.
+            number: exactly this caller number.
+            line: only this line.
+            numbers: any of these caller numbers (spellings of one number, see
+                :func:`appliance.store.retention.number_variants`).
+            since: ring time ≥ this epoch second.
+            until: ring time < this epoch second.
+            outcome: only this outcome.
         """
         where: list[str] = []
         params: list[Any] = []
         if number is not None:
             where.append("caller_number = ?")
             params.append(number)
+        if numbers is not None:
+            where.append("caller_number IN (" + ", ".join("?" * len(numbers)) + ")"
+                         if numbers else "0")
+            params.extend(numbers)
         if line is not None:
             where.append("line = ?")
             params.append(line)
+        if since is not None:
+            where.append("COALESCE(ring_at, created_at) >= ?")
+            params.append(float(since))
+        if until is not None:
+            where.append("COALESCE(ring_at, created_at) < ?")
+            params.append(float(until))
+        if outcome is not None:
+            where.append("outcome = ?")
+            params.append(outcome)
         sql = "SELECT * FROM calls"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY COALESCE(ring_at, created_at) DESC, id DESC LIMIT ?"
-        params.append(int(limit))
+        sql += " ORDER BY COALESCE(ring_at, created_at) DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
         return self._query(sql, tuple(params))
 
     def last_call(self) -> dict[str, Any] | None:
@@ -518,9 +680,14 @@ class Store:
             (reference,),
         )
 
-    def audit_entries(self) -> list[dict[str, Any]]:
-        """Return every audit row in chain order; ``details`` decoded from JSON."""
-        rows = self._query("SELECT * FROM audit ORDER BY id")
+    def audit_entries(self, reference: str | None = None) -> list[dict[str, Any]]:
+        """Return every audit row (or only those of ``reference``) in chain order;
+        ``details`` decoded from JSON."""
+        if reference is None:
+            rows = self._query("SELECT * FROM audit ORDER BY id")
+        else:
+            rows = self._query("SELECT * FROM audit WHERE reference = ? ORDER BY id",
+                               (reference,))
         for row in rows:
             # Left as stored if unreadable; verify_audit_chain reports it.
             with contextlib.suppress(TypeError, ValueError):
@@ -555,6 +722,35 @@ class Store:
             prev_hash = row["hash"]
             prev_id = rid
         return problems
+
+
+def _audit_details_json(details: Mapping[str, Any] | None) -> str:
+    """Canonical JSON of audit details, or StoreError if they are not serialisable."""
+    try:
+        return canonical_json(dict(details or {}))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"audit details not serialisable: {exc}") from exc
+
+
+def _insert_audit(conn: sqlite3.Connection, action: str, actor: str, reference: str | None,
+                  details: Mapping[str, Any] | None) -> str:
+    """Append one chained audit row inside the caller's IMMEDIATE transaction; return its hash.
+
+    Reading the last hash and inserting under the same write lock keeps one chain even with
+    the daemon and the CLI writing the same file.
+    """
+    details = dict(details or {})
+    details_json = _audit_details_json(details)
+    t = time.time()
+    last = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    prev_hash = last[0] if last else GENESIS_HASH
+    digest = audit_hash(prev_hash, t, action, actor, reference, details)
+    conn.execute(
+        "INSERT INTO audit (t, action, actor, reference, details, prev_hash, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (t, action, actor, reference, details_json, prev_hash, digest),
+    )
+    return digest
 
 
 def _check_columns(fields: Mapping[str, Any]) -> None:

@@ -1,0 +1,391 @@
+"""Subject access: one call exported with its proof (``appliance export REF --out DIR``).
+
+law-gdpr.md §4 (GDPR Art. 15, NAIH 2018): the caller may get a copy of the recording, free,
+within a month. Issue 6 item 5: the audio as WAV (plays anywhere), the original file as the
+device stored it, the metadata, the hash proof (SHA-256 of the original and the audit
+entries for the call with their chain hashes) and a short summary in Hungarian and English.
+
+The export is assembled in a hidden temporary directory next to the target, audited, then
+renamed (or zipped) into place, so a failed export leaves no half-written copy of personal
+data behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import soundfile as sf
+
+from appliance.errors import ReferenceFormatError, StoreError
+from appliance.store.db import Store
+from appliance.store.recorder import (
+    CHANNEL_LAYOUT,
+    DIR_MODE,
+    ENCODE_BLOCK_FRAMES,
+    FILE_MODE,
+    SAMPLE_RATE_HZ,
+    sha256_file,
+)
+from appliance.store.retention import RecordNotFound, locate_recording, sidecar_for
+
+_LOGGER = logging.getLogger(__name__)
+
+EXPORT_ACTION: Final = "export"
+METADATA_NAME: Final = "metadata.json"
+PROOF_NAME: Final = "proof.json"
+SUMMARY_NAME: Final = "SUMMARY.txt"
+#: sha256sum(1) check file: ``sha256sum -c SHA256SUMS`` re-checks the whole export anywhere.
+SUMS_NAME: Final = "SHA256SUMS"
+
+_OUTCOME_WORDS: Final[dict[str, tuple[str, str]]] = {
+    "bridged": ("a bolt fogadta a hívást", "answered by the shop"),
+    "voicemail": ("hangüzenet", "voicemail message"),
+    "abandoned": ("a hívó a tájékoztatás alatt letette", "caller hung up during the notice"),
+    "missed": ("nem fogadott hívás", "missed call"),
+    "error": ("műszaki hiba", "technical error"),
+    "interrupted": ("megszakadt (a készülék újraindult)", "interrupted (the device restarted)"),
+    "in_progress": ("folyamatban", "in progress"),
+}
+_DECISION_WORDS: Final[dict[str, tuple[str, str]]] = {
+    "recorded": ("készült felvétel", "recorded"),
+    "declined": ("a hívó elutasította a rögzítést", "the caller declined recording"),
+    "failed": ("a felvétel nem sikerült", "the recording failed"),
+    "none": ("nem készült felvétel", "not recorded"),
+    "pending": ("nem készült felvétel", "not recorded"),
+}
+
+
+class ExportError(StoreError):
+    """The export cannot be made (target exists, unknown reference …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """A finished export.
+
+    Attributes:
+        reference: the call (canonical digits).
+        path: the export directory, or the ``.zip`` with ``--zip``.
+        files: names of the exported files.
+        original_sha256: SHA-256 of the original recording now (None without one).
+        matches_index: that hash equals the index's (None without a recording).
+        audit_hash: the ``export`` audit entry's hash.
+        problems: what is wrong with the exported evidence (missing or altered file); the
+            export is still made, and says so in its summary.
+    """
+
+    reference: str
+    path: Path
+    files: tuple[str, ...]
+    original_sha256: str | None
+    matches_index: bool | None
+    audit_hash: str
+    problems: tuple[str, ...]
+
+
+def display_reference(reference: str) -> str:
+    """``42719353`` → ``427-193-53``; a non-canonical reference is shown as stored."""
+    from appliance.call.reference import format_reference
+
+    try:
+        return format_reference(reference)
+    except ReferenceFormatError:
+        return reference
+
+
+def _when(t: float | None) -> str:
+    """Local time with its UTC offset (a summary may be read in another time zone)."""
+    if t is None:
+        return "—"
+    return dt.datetime.fromtimestamp(t).astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, FILE_MODE)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_bytes(path, (json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)
+                        + "\n").encode("utf-8"))
+
+
+def _to_wav(source: Path, target: Path) -> None:
+    """Decode ``source`` (FLAC/Opus/WAV) into a 16-bit 2-channel WAV, block by block."""
+    with sf.SoundFile(source) as src, sf.SoundFile(
+        target, mode="w", samplerate=src.samplerate, channels=src.channels, format="WAV",
+        subtype="PCM_16",
+    ) as dst:
+        for block in src.blocks(ENCODE_BLOCK_FRAMES, dtype="int16", always_2d=True):
+            dst.write(block)
+    os.chmod(target, FILE_MODE)
+
+
+def export_call(store: Store, recordings_dir: Path, reference: str, out_dir: Path, *,
+                actor: str, as_zip: bool = False) -> ExportResult:
+    """Export one call into ``out_dir/<427-193-53>/`` (or ``out_dir/<427-193-53>.zip``).
+
+    Files: ``<ref>.wav`` (16-bit PCM, left = caller, right = shop), ``<ref>.<ext>`` (the
+    original, byte for byte), ``metadata.json`` (the call row, its events, the sidecar),
+    ``proof.json`` (SHA-256 of the original now and at indexing, the call's audit entries with
+    their chain hashes — the ``export`` entry itself included — and the chain's state),
+    ``SUMMARY.txt`` (Hungarian, then English) and ``SHA256SUMS``. A call without audio
+    (declined, erased, purged) exports its tombstone and summary only.
+
+    Args:
+        store: the open index.
+        recordings_dir: root of the recordings tree.
+        reference: canonical digits.
+        out_dir: where to put the export (created 0750 if missing).
+        actor: see :func:`appliance.store.audit.current_actor`.
+        as_zip: one ``.zip`` instead of a directory.
+
+    Raises:
+        RecordNotFound: unknown reference.
+        ExportError: the target already exists or cannot be written.
+    """
+    row = store.get_call(reference)
+    if row is None:
+        raise RecordNotFound(f"no call with reference {reference}")
+    shown = display_reference(reference)
+    out_dir = Path(out_dir)
+    target = out_dir / (shown + (".zip" if as_zip else ""))
+    if target.exists():
+        raise ExportError(f"{target} already exists; choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        work = Path(_mkdtemp(out_dir, f".{shown}.export-"))
+    except OSError as exc:
+        raise ExportError(f"cannot write to {out_dir}: {exc.strerror}") from exc
+    try:
+        result = _assemble(store, recordings_dir, row, work, shown, actor, as_zip, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return result
+
+
+def _mkdtemp(parent: Path, prefix: str) -> str:
+    """A private temporary directory inside ``parent`` (same file system: rename is atomic)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(path, DIR_MODE)
+    return path
+
+
+def _assemble(store: Store, recordings_dir: Path, row: dict[str, Any], work: Path, shown: str,
+              actor: str, as_zip: bool, target: Path) -> ExportResult:
+    reference = row["reference"]
+    problems: list[str] = []
+    files: list[str] = []
+    original_sha: str | None = None
+    wav_name: str | None = None
+    original_name: str | None = None
+    sidecar: dict[str, Any] | None = None
+
+    recording = (locate_recording(recordings_dir, row["recording_path"])
+                 if row["recording_deleted_at"] is None else None)
+    if row["recording_path"] and row["recording_deleted_at"] is None:
+        if recording is None or not recording.exists():
+            problems.append(f"the indexed recording {row['recording_path']} is missing")
+        else:
+            original_name = f"{shown}{recording.suffix}"
+            shutil.copyfile(recording, work / original_name)
+            os.chmod(work / original_name, FILE_MODE)
+            files.append(original_name)
+            original_sha = sha256_file(work / original_name)
+            if original_sha != row["recording_sha256"]:
+                problems.append(f"the recording's SHA-256 {original_sha} differs from the "
+                                f"one indexed when it was made ({row['recording_sha256']})")
+            with contextlib.suppress(OSError, ValueError):
+                sidecar = json.loads(sidecar_for(recording).read_text(encoding="utf-8"))
+            if recording.suffix.lower() == ".wav":
+                wav_name = original_name  # already plays anywhere; one copy is enough
+            else:
+                wav_name = f"{shown}.wav"
+                try:
+                    _to_wav(recording, work / wav_name)
+                    files.append(wav_name)
+                except (sf.LibsndfileError, RuntimeError) as exc:
+                    problems.append(f"the recording cannot be decoded: {exc}")
+                    wav_name = None
+    matches = None if original_sha is None else original_sha == row["recording_sha256"]
+
+    events = store.events(reference)
+    metadata = {
+        "reference": shown,
+        "call": row,
+        "events": events,
+        "sidecar": sidecar,
+        "channels": {"left": CHANNEL_LAYOUT[0], "right": CHANNEL_LAYOUT[1]},
+        "sample_rate_hz": SAMPLE_RATE_HZ,
+        "exported_at": time.time(),
+    }
+    _write_json(work / METADATA_NAME, metadata)
+    files.append(METADATA_NAME)
+
+    # The export is audited before the proof is written, so the proof carries its own entry.
+    audit_hash = store.append_audit_sync(EXPORT_ACTION, actor=actor, reference=reference,
+                                         details={"format": "zip" if as_zip else "directory",
+                                                  "original_sha256": original_sha,
+                                                  "matches_index": matches,
+                                                  "files": sorted(files)})
+    entries = store.audit_entries(reference)
+    chain_problems = store.verify_audit_chain()
+    all_entries = store.audit_entries()
+    proof = {
+        "reference": shown,
+        "original": None if original_name is None else {
+            "file": original_name,
+            "sha256": original_sha,
+            "sha256_at_indexing": row["recording_sha256"],
+            "bytes": (work / original_name).stat().st_size,
+            "matches_index": matches,
+        },
+        "audit_entries": [
+            {k: e[k] for k in ("id", "t", "action", "actor", "reference", "details",
+                               "prev_hash", "hash")}
+            for e in entries
+        ],
+        "audit_chain": {
+            "entries": len(all_entries),
+            "head_hash": all_entries[-1]["hash"] if all_entries else None,
+            "intact": not chain_problems,
+            "problems": chain_problems,
+            "hash_rule": "hash = sha256(prev_hash + canonical JSON of {t, action, actor, "
+                         "reference, details}); keys sorted, no spaces, UTF-8",
+        },
+        "problems": problems,
+    }
+    _write_json(work / PROOF_NAME, proof)
+    files.append(PROOF_NAME)
+    _write_bytes(work / SUMMARY_NAME, _summary(row, shown, events, files, original_name,
+                                               wav_name, original_sha, matches, problems,
+                                               audit_hash).encode("utf-8"))
+    files.append(SUMMARY_NAME)
+    sums = "".join(f"{sha256_file(work / name)}  {name}\n" for name in sorted(files))
+    _write_bytes(work / SUMS_NAME, sums.encode("ascii"))
+    files.append(SUMS_NAME)
+
+    if as_zip:
+        partial = target.with_name(target.name + ".tmp")
+        fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name in sorted(files):
+                zf.write(work / name, f"{shown}/{name}")
+        os.replace(partial, target)
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        os.replace(work, target)
+    _LOGGER.info("Call %s exported to %s", reference, target)
+    return ExportResult(reference, target, tuple(sorted(files)), original_sha, matches,
+                        audit_hash, tuple(problems))
+
+
+def _summary(row: dict[str, Any], shown: str, events: list[dict[str, Any]], files: list[str],
+             original_name: str | None, wav_name: str | None, original_sha: str | None,
+             matches: bool | None, problems: list[str], audit_hash: str) -> str:
+    """The human summary: Hungarian first (the caller's language), then English."""
+    outcome_hu, outcome_en = _OUTCOME_WORDS.get(row["outcome"], (row["outcome"],) * 2)
+    decision_hu, decision_en = _DECISION_WORDS.get(row["recording_decision"],
+                                                   (row["recording_decision"],) * 2)
+    number = row["caller_number"] or None
+    name = row["caller_name"] or None
+    duration = f"{row['duration_s']:.1f} s" if row["duration_s"] is not None else "—"
+    deleted_hu = deleted_en = ""
+    if row["erased_at"] is not None:
+        erased = _when(row["erased_at"])
+        deleted_hu = f"A felvételt és a személyes adatokat kérésre töröltük: {erased}."
+        deleted_en = f"The recording and personal data were erased on request: {erased}."
+    elif row["recording_deleted_at"] is not None:
+        deleted_hu = ("A felvételt a megőrzési idő lejártával töröltük: "
+                      f"{_when(row['recording_deleted_at'])}.")
+        deleted_en = ("The recording was deleted when its retention period ended: "
+                      f"{_when(row['recording_deleted_at'])}.")
+    notice_hu = "igen" if row["notice_completed"] else "nem"
+    notice_en = "yes" if row["notice_completed"] else "no"
+    if matches is True:
+        check_hu = "Megegyezik a felvétel elkészültekor rögzített értékkel: a fájl változatlan."
+        check_en = "It matches the value stored when the recording was made: the file is unchanged."
+    elif matches is False:
+        check_hu = "FIGYELEM: NEM egyezik a felvétel elkészültekor rögzített értékkel."
+        check_en = "WARNING: it does NOT match the value stored when the recording was made."
+    else:
+        check_hu = check_en = ""
+
+    def lines_hu() -> list[str]:
+        out = [
+            f"HÍVÁS ADATAI — hívásazonosító: {shown}",
+            "",
+            f"Időpont:              {_when(row['ring_at'] or row['created_at'])}",
+            f"Hívó szám:            {number or 'nem ismert / törölve'}",
+            f"Hívó neve:            {name or 'nem ismert / törölve'}",
+            f"Kimenetel:            {outcome_hu}",
+            f"Felvétel:             {decision_hu}",
+            f"Tájékoztatás lejátszva: {notice_hu} (változat: {row['notice_version'] or '—'})",
+            f"Hívás hossza:         {duration}",
+        ]
+        if deleted_hu:
+            out.append(deleted_hu)
+        out += ["", "Fájlok:"]
+        if wav_name:
+            out.append(f"  {wav_name}  a felvétel WAV formátumban, bármely lejátszóval "
+                       "meghallgatható (bal csatorna: hívó, jobb: üzlet)")
+        if original_name and original_name != wav_name:
+            out.append(f"  {original_name}  az eredeti felvétel, ahogy a készülék tárolta")
+        out += [f"  {METADATA_NAME}  a hívás összes tárolt adata és eseményei",
+                f"  {PROOF_NAME}  sértetlenségi igazolás (ellenőrzőösszeg, naplóbejegyzések)",
+                f"  {SUMS_NAME}  ellenőrzés: sha256sum -c {SUMS_NAME}"]
+        if original_sha:
+            out += ["", f"Az eredeti fájl SHA-256 ellenőrzőösszege: {original_sha}", check_hu]
+        out.append(f"Az exportálás naplóbejegyzésének lánc-hash értéke: {audit_hash}")
+        return out
+
+    def lines_en() -> list[str]:
+        out = [
+            f"CALL RECORD — reference: {shown}",
+            "",
+            f"When:                 {_when(row['ring_at'] or row['created_at'])}",
+            f"Caller number:        {number or 'unknown / erased'}",
+            f"Caller name:          {name or 'unknown / erased'}",
+            f"Outcome:              {outcome_en}",
+            f"Recording:            {decision_en}",
+            f"Notice played:        {notice_en} (version {row['notice_version'] or '—'})",
+            f"Call length:          {duration}",
+        ]
+        if deleted_en:
+            out.append(deleted_en)
+        out += ["", "Files:"]
+        if wav_name:
+            out.append(f"  {wav_name}  the recording as WAV, plays in any player "
+                       "(left channel: caller, right: shop)")
+        if original_name and original_name != wav_name:
+            out.append(f"  {original_name}  the original recording as the device stored it")
+        out += [f"  {METADATA_NAME}  everything stored about the call, with its events",
+                f"  {PROOF_NAME}  integrity proof (checksum, audit log entries)",
+                f"  {SUMS_NAME}  check with: sha256sum -c {SUMS_NAME}"]
+        if original_sha:
+            out += ["", f"SHA-256 of the original file: {original_sha}", check_en]
+        out.append(f"Chain hash of this export's audit entry: {audit_hash}")
+        return out
+
+    text = lines_hu()
+    if problems:
+        text += ["", "PROBLÉMÁK / PROBLEMS:"] + [f"  - {p}" for p in problems]
+    text += ["", f"Exportálva / exported: {_when(time.time())}", "", "-" * 72, ""]
+    text += lines_en()
+    return "\n".join(text).rstrip() + "\n"

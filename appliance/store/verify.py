@@ -1,0 +1,190 @@
+"""``appliance verify``: every recording against its hash, every file against the index, the
+audit chain against itself — problems reported by call reference.
+
+Issue 6 item 7 and law-gdpr.md §5 (accountability: integrity proof). Three independent
+witnesses of a recording's hash exist: the index row, the JSON sidecar and the
+``call-finalized`` audit entry (hash-chained, so it cannot be edited unnoticed). A file that
+matches an index someone rewrote along with it still disagrees with the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from appliance.store.db import Store
+from appliance.store.recorder import PARTIAL_SUFFIX, sha256_file
+from appliance.store.retention import locate_recording, sidecar_for
+
+_LOGGER = logging.getLogger(__name__)
+
+VERIFY_ACTION: Final = "verify"
+#: The daemon's audit action when a recording is indexed (call/flow.py, daemon/app.py).
+FINALIZED_ACTION: Final = "call-finalized"
+_AUDIT_ROW: Final = re.compile(r"audit row (\d+)")
+
+# Problem kinds (stable strings: ``--json`` consumers match on them).
+MISSING: Final = "missing"
+ALTERED: Final = "altered"
+OUTSIDE: Final = "outside-tree"
+SIDECAR_MISSING: Final = "sidecar-missing"
+SIDECAR_MISMATCH: Final = "sidecar-mismatch"
+INDEX_MISMATCH: Final = "index-differs-from-audit"
+ORPHAN: Final = "orphan-file"
+CHAIN: Final = "audit-chain"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding.
+
+    Attributes:
+        reference: the call concerned (None for a chain row without one).
+        kind: one of the module's kind constants (``missing``, ``altered`` …).
+        message: a sentence for a human.
+    """
+
+    reference: str | None
+    kind: str
+    message: str
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """Result of :func:`verify_records`.
+
+    Attributes:
+        recordings_checked: recordings whose hash was recomputed.
+        audit_entries: rows of the audit chain checked.
+        problems: everything found; empty means clean.
+    """
+
+    recordings_checked: int = 0
+    audit_entries: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was found."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view for ``appliance verify --json``."""
+        return {
+            "ok": self.ok,
+            "recordings_checked": self.recordings_checked,
+            "audit_entries": self.audit_entries,
+            "problems": [{"reference": p.reference, "kind": p.kind, "message": p.message}
+                         for p in self.problems],
+        }
+
+
+def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = None
+                   ) -> VerifyReport:
+    """Check every recording, every file under ``recordings_dir`` and the audit chain.
+
+    Per indexed recording (not deleted): the file exists inside the tree, its SHA-256 equals
+    the index's, the sidecar exists and agrees, and the last ``call-finalized`` audit entry
+    naming a hash agrees. Any other file in the tree is an orphan (audio nobody indexes is
+    personal data nobody can erase), except the live files of a call in progress. Then the
+    whole audit chain is recomputed.
+
+    Args:
+        store: the open index.
+        recordings_dir: root of the recordings tree.
+        actor: when given, a ``verify`` audit entry (counts only) is appended afterwards.
+    """
+    report = VerifyReport()
+    entries = store.audit_entries()
+    report.audit_entries = len(entries)
+    finalized: dict[str, str] = {}
+    for entry in entries:
+        details = entry["details"]
+        if (entry["action"] == FINALIZED_ACTION and entry["reference"]
+                and isinstance(details, dict) and details.get("sha256")):
+            finalized[entry["reference"]] = details["sha256"]
+
+    known: set[Path] = set()
+    live: set[str] = set()
+    for row in store.list_calls(None):
+        ref = row["reference"]
+        if row["outcome"] == "in_progress":
+            live.add(ref)
+        if row["recording_deleted_at"] is not None:
+            continue
+        if row["recording_path"] is None:
+            if row["recording_decision"] == "recorded":
+                report.problems.append(Problem(ref, MISSING,
+                                               "recorded, but the index names no file"))
+            continue
+        _check_recording(report, recordings_dir, row, finalized.get(ref), known)
+
+    root = Path(recordings_dir)
+    if root.is_dir():
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            if path.resolve() in known:
+                continue
+            ref = path.name.split(".", 1)[0]
+            if ref in live:
+                continue  # the recorder's .wav.partial / encoder's .tmp of a running call
+            what = ("an unfinished recording (the daemon recovers it at start-up)"
+                    if path.name.endswith(PARTIAL_SUFFIX) else "a file the index does not know")
+            report.problems.append(Problem(ref, ORPHAN, f"{path}: {what}"))
+
+    by_id = {e["id"]: e["reference"] for e in entries}
+    for message in store.verify_audit_chain():
+        match = _AUDIT_ROW.match(message)
+        ref = by_id.get(int(match.group(1))) if match else None
+        report.problems.append(Problem(ref, CHAIN, message))
+
+    if actor is not None:
+        store.append_audit_sync(VERIFY_ACTION, actor=actor, details={
+            "recordings_checked": report.recordings_checked,
+            "audit_entries": report.audit_entries,
+            "problems": len(report.problems),
+            "ok": report.ok,
+        })
+    for problem in report.problems:
+        _LOGGER.warning("verify: %s %s: %s", problem.reference, problem.kind, problem.message)
+    return report
+
+
+def _check_recording(report: VerifyReport, recordings_dir: Path, row: dict[str, Any],
+                     audit_sha: str | None, known: set[Path]) -> None:
+    """Check one indexed recording; add problems to ``report``; add its files to ``known``."""
+    ref = row["reference"]
+    index_sha = row["recording_sha256"]
+    path = locate_recording(recordings_dir, row["recording_path"])
+    if path is None:
+        report.problems.append(Problem(ref, OUTSIDE, f"indexed path {row['recording_path']} "
+                                                     "is outside the recordings tree"))
+        return
+    sidecar = sidecar_for(path)
+    known.update({path, sidecar})
+    if not path.exists():
+        report.problems.append(Problem(ref, MISSING, f"{path} is missing"))
+    else:
+        report.recordings_checked += 1
+        actual = sha256_file(path)
+        if actual != index_sha:
+            report.problems.append(Problem(
+                ref, ALTERED, f"{path}: SHA-256 {actual} differs from the index's {index_sha}"))
+    if audit_sha is not None and audit_sha != index_sha:
+        report.problems.append(Problem(
+            ref, INDEX_MISMATCH,
+            f"index SHA-256 {index_sha} differs from the audit chain's {audit_sha}"))
+    if not sidecar.exists():
+        report.problems.append(Problem(ref, SIDECAR_MISSING, f"{sidecar} is missing"))
+        return
+    try:
+        side_sha = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError) as exc:
+        report.problems.append(Problem(ref, SIDECAR_MISMATCH, f"{sidecar}: unreadable ({exc})"))
+        return
+    if side_sha != index_sha:
+        report.problems.append(Problem(
+            ref, SIDECAR_MISMATCH, f"{sidecar}: SHA-256 {side_sha} differs from the index's"))
