@@ -220,13 +220,26 @@ def _row_view(row: dict[str, Any]) -> dict[str, Any]:
 @click.option("--limit", default=50, show_default=True, help="Newest calls first.")
 @click.option("--number", help="Only calls from this caller number.")
 @click.option("--line", "line_name", help="Only calls on this line.")
+@click.option("--since", help="Only calls ringing at or after this (YYYY-MM-DD or ISO datetime).")
+@click.option("--until", help="Only calls ringing before this (a date includes that whole day).")
+# The outcomes of store.db.OUTCOMES, spelled out so `calls` does not import the store at
+# start-up (tests/cli/test_records.py checks they agree).
+@click.option("--outcome", type=click.Choice(["bridged", "voicemail", "abandoned", "missed",
+                                              "error", "interrupted", "in_progress"]),
+              help="Only calls with this outcome.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list.")
 @click.pass_obj
 def calls(obj: _Ctx, limit: int, number: str | None, line_name: str | None,
-          as_json: bool) -> None:
+          since: str | None, until: str | None, outcome: str | None, as_json: bool) -> None:
     """List calls from the index, newest first."""
+    from appliance.cli.records import parse_when
+
+    since_t = None if since is None else parse_when(since)
+    until_t = None if until is None else parse_when(until, end=True)
     store = _open_store(obj)
-    rows = [_row_view(r) for r in store.list_calls(limit, number=number, line=line_name)]
+    rows = [_row_view(r) for r in store.list_calls(limit, number=number, line=line_name,
+                                                   since=since_t, until=until_t,
+                                                   outcome=outcome)]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -338,6 +351,11 @@ def _relink(link: Path | None, target: str | None) -> None:
     link.unlink(missing_ok=True)
     if target is not None:
         link.symlink_to(target)
+
+
+from appliance.cli import records  # noqa: E402
+
+records.register(cli)
 
 
 def main() -> None:
