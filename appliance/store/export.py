@@ -273,8 +273,8 @@ def _assemble(store: Store, recordings_dir: Path, row: dict[str, Any], work: Pat
     }
     _write_json(work / PROOF_NAME, proof)
     files.append(PROOF_NAME)
-    _write_bytes(work / SUMMARY_NAME, _summary(row, shown, events, files, original_name,
-                                               wav_name, original_sha, matches, problems,
+    _write_bytes(work / SUMMARY_NAME, _summary(row, shown, original_name, wav_name,
+                                               original_sha, matches, problems,
                                                audit_hash).encode("utf-8"))
     files.append(SUMMARY_NAME)
     sums = "".join(f"{sha256_file(work / name)}  {name}\n" for name in sorted(files))
@@ -296,9 +296,9 @@ def _assemble(store: Store, recordings_dir: Path, row: dict[str, Any], work: Pat
                         audit_hash, tuple(problems))
 
 
-def _summary(row: dict[str, Any], shown: str, events: list[dict[str, Any]], files: list[str],
-             original_name: str | None, wav_name: str | None, original_sha: str | None,
-             matches: bool | None, problems: list[str], audit_hash: str) -> str:
+def _summary(row: dict[str, Any], shown: str, original_name: str | None,
+             wav_name: str | None, original_sha: str | None, matches: bool | None,
+             problems: list[str], audit_hash: str) -> str:
     """The human summary: Hungarian first (the caller's language), then English."""
     outcome_hu, outcome_en = _OUTCOME_WORDS.get(row["outcome"], (row["outcome"],) * 2)
     decision_hu, decision_en = _DECISION_WORDS.get(row["recording_decision"],
