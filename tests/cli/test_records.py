@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sqlite3
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given
+from hypothesis import strategies as st
 
 from appliance.cli.main import cli
+from appliance.cli.records import parse_when
 from appliance.store.db import OUTCOMES
 from appliance.store.export import display_reference
 
@@ -218,3 +223,18 @@ def test_unreadable_index_is_a_message_not_a_traceback(tmp_path: Path,
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert "sudo -u appliance" in result.output
+
+
+@given(st.dates(min_value=dt.date(1980, 1, 1), max_value=dt.date(2100, 12, 31)))
+def test_parse_when_a_date_spans_one_local_day(day: dt.date) -> None:
+    start = parse_when(day.isoformat())
+    end = parse_when(day.isoformat(), end=True)
+    assert 23 * 3600 <= end - start <= 25 * 3600  # DST days are 23 or 25 hours long
+    assert parse_when(day.isoformat() + "T00:00") == start
+    assert dt.datetime.fromtimestamp(start).date() == day
+
+
+@given(st.text(max_size=12).filter(lambda t: not t.strip()[:1].isdigit()))
+def test_parse_when_rejects_non_dates(text: str) -> None:
+    with pytest.raises(click.BadParameter):
+        parse_when(text)

@@ -6,6 +6,7 @@ Real files, real SQLite: every call is made with Store + Recorder as the daemon 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
@@ -233,8 +234,7 @@ def test_purge_never_touches_a_call_in_progress(state: Path) -> None:
     refs = _retention_state(state)
     store = _open(state)
     try:
-        store._executor.submit(store._update_call, refs["ancient"],
-                               {"outcome": "in_progress"}).result()
+        asyncio.run(store.update_call(refs["ancient"], outcome="in_progress"))
         plan = {i.reference for i in plan_purge(store, RETENTION, NOW)}
         assert refs["ancient"] not in plan
     finally:
