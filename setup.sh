@@ -4,6 +4,8 @@
 #   ./setup.sh demo [ARGS…]   set up (system packages, .venv) and run `appliance demo ARGS…`
 #   ./setup.sh test [ARGS…]   set up with the test extras, lint, run the whole test suite
 #   ./setup.sh dev            set up only (the .venv with test extras), print how to use it
+#   sudo ./setup.sh install [--root DIR]      install on a Raspberry Pi (docs/install.md)
+#   sudo ./setup.sh uninstall [--purge-data]  remove it; recordings stay unless --purge-data
 #
 # Idempotent: the second run only checks that nothing changed (a stamp keyed by the
 # hash of pyproject.toml and this script) and is quick.
@@ -69,6 +71,386 @@ ensure_venv() {
     echo "$want" >"$stamp"
 }
 
+# --- install / uninstall on a Raspberry Pi (issue 7, docs/install.md) ------------------------
+#
+# Every system-changing step goes through `sys`, which appends the command to a plan and runs
+# it unless staging. With --root DIR the same files land under DIR (modes set; owners, apt,
+# users, pip, network and systemctl only recorded in DIR/.install-plan) — what the tests use.
+# Files are replaced only when their content or mode differs, so a second run changes nothing.
+
+OPT_DIR=/opt/appliance
+APPLIANCE_BIN="$OPT_DIR/venv/bin/appliance"
+ETC_DIR=/etc/appliance
+CONFIG_FILE="$ETC_DIR/config.toml"
+STATE_DIR=/var/lib/appliance
+VOICE_DIR=/usr/share/appliance/voices
+UNIT_DIR=/etc/systemd/system
+UDEV_DIR=/etc/udev/rules.d
+ASOUND_CONF=/etc/asound.conf
+ASOUND_MARKER="# appliance-asound"
+CTL_WRAPPER=/usr/local/bin/appliancectl
+SERVICE_USER=appliance
+# What the Pi needs besides the venv: PortAudio for sounddevice, espeak-ng as the speech
+# fallback, alsa-utils (aplay/alsamixer/alsactl) for the technician, curl for the voice.
+INSTALL_APT_PACKAGES=(python3 python3-venv python3-pip libportaudio2 espeak-ng alsa-utils
+                      curl ca-certificates)
+
+ROOT=""            # --root DIR, without trailing slash; "" = the real system
+STAGED=0
+PLAN_FILE=""       # the plan being written (a temp file, moved into DIR/.install-plan)
+CHANGED=0          # something the running service would notice was replaced
+PARTIAL=""         # a download in progress, removed if we die or are interrupted
+
+# The path of an absolute system path inside the target root.
+p() { printf '%s%s' "$ROOT" "$1"; }
+
+# Record a shell command in the plan and run it on the real system (never when staging).
+sys() {
+    printf '%s\n' "$*" >>"$PLAN_FILE"
+    [ "$STAGED" -eq 1 ] && return 0
+    bash -c "$*"
+}
+
+parse_root_args() {   # sets ROOT/STAGED and PURGE_DATA from "$@"
+    PURGE_DATA=0
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT="$2"; shift 2 ;;
+            --root=*) ROOT="${1#--root=}"; shift ;;
+            --purge-data) PURGE_DATA=1; shift ;;
+            *) die "unknown option '$1' (install [--root DIR]; uninstall [--purge-data] [--root DIR])" ;;
+        esac
+    done
+    if [ -n "$ROOT" ]; then
+        mkdir -p "$ROOT"
+        ROOT="$(cd "$ROOT" && pwd)"
+        [ "$ROOT" != "/" ] || die "--root / would stage over the live system; run without --root"
+        STAGED=1
+    elif [ "$(id -u)" -ne 0 ]; then
+        die "installing changes the system: run  sudo ./setup.sh ${cmd}  (or stage with --root DIR)"
+    fi
+    PLAN_FILE="$(mktemp)"
+    trap 'rm -f "$PLAN_FILE" ${PARTIAL:+"$PARTIAL"}' EXIT
+    trap 'exit 130' INT TERM
+}
+
+finish_plan() {   # keep the plan only when staging; unchanged content keeps the old file
+    if [ "$STAGED" -eq 1 ] && ! cmp -s "$PLAN_FILE" "$ROOT/.install-plan"; then
+        install -m 0644 "$PLAN_FILE" "$ROOT/.install-plan"
+    fi
+}
+
+set_owner() {   # OWNER PATH — recorded when staging (the user does not exist in DIR)
+    sys "chown $1 $2"
+}
+
+put_dir() {   # PATH MODE OWNER
+    local target
+    target="$(p "$1")"
+    [ -d "$target" ] || mkdir -p "$target"
+    [ "$(stat -c %a "$target")" = "${2#0}" ] || chmod "$2" "$target"
+    set_owner "$3" "$1"
+}
+
+put_file() {   # SRC DEST MODE OWNER — replace only when content or mode differ
+    local src="$1" dest="$2" mode="$3" owner="$4" target
+    target="$(p "$dest")"
+    if [ -f "$target" ] && cmp -s "$src" "$target" && [ "$(stat -c %a "$target")" = "${mode#0}" ]
+    then
+        :
+    else
+        mkdir -p "$(dirname "$target")"
+        install -m "$mode" "$src" "$target"
+        say "installed $dest"
+        CHANGED=1
+    fi
+    set_owner "$owner" "$dest"
+}
+
+install_system_packages() {
+    # Bookworm ships Python 3.11 (tomllib, the package's floor); apt runs only when needed.
+    sys "dpkg-query -W ${INSTALL_APT_PACKAGES[*]} >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${INSTALL_APT_PACKAGES[*]}; }"
+}
+
+install_user() {
+    # gpio exists on Raspberry Pi OS; elsewhere create it (hw/99-appliance-gpio.rules uses it).
+    sys "getent group gpio >/dev/null || groupadd --system gpio"
+    sys "getent passwd $SERVICE_USER >/dev/null || useradd --system --user-group --home-dir $STATE_DIR --no-create-home --shell /usr/sbin/nologin --comment 'Call-recording appliance' $SERVICE_USER"
+    sys "usermod --append --groups dialout,audio,gpio $SERVICE_USER"
+}
+
+source_hash() {   # what the venv was built from: the package, its metadata
+    find appliance pyproject.toml README.md -type f ! -path '*/__pycache__/*' -print0 \
+        | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+}
+
+install_venv() {
+    local stamp want build
+    put_dir "$OPT_DIR" 0755 root:root
+    stamp="$(p "$OPT_DIR/venv/.install-stamp")"
+    want="$(source_hash)"
+    if [ "$STAGED" -eq 0 ] && [ -x "$OPT_DIR/venv/bin/python" ] && [ -f "$stamp" ] \
+        && [ "$(cat "$stamp")" = "$want" ]; then
+        printf '%s\n' "# venv up to date ($want)" >>"$PLAN_FILE"
+        return 0
+    fi
+    # Build from a clean copy: pip builds in-tree and would leave root-owned build/ and
+    # *.egg-info in the technician's checkout.
+    if [ "$STAGED" -eq 1 ]; then
+        build="<clean copy of the source>"   # keeps the plan identical from run to run
+    else
+        build="$(mktemp -d)"
+        tar -c --exclude=__pycache__ appliance pyproject.toml README.md | tar -x -C "$build"
+    fi
+    sys "[ -x $OPT_DIR/venv/bin/python ] || python3 -m venv $OPT_DIR/venv"
+    sys "$OPT_DIR/venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip"
+    # .[pi] adds lgpio (gpiozero's pin factory on Bookworm, required on a Pi 5).
+    sys "$OPT_DIR/venv/bin/python -m pip install -q --disable-pip-version-check --upgrade '${build}[pi]'"
+    if [ "$STAGED" -eq 0 ]; then
+        rm -rf "$build"
+        echo "$want" >"$stamp"
+        CHANGED=1
+    fi
+}
+
+install_config() {
+    put_dir "$ETC_DIR" 0750 "root:$SERVICE_USER"
+    # The template beside the config, so an upgrade's new keys can be diffed in.
+    put_file hw/config.toml "$CONFIG_FILE.example" 0644 root:root
+    if [ -e "$(p "$CONFIG_FILE")" ]; then
+        say "keeping $CONFIG_FILE (compare with $CONFIG_FILE.example after upgrades)"
+        # Content is never touched; owner/mode are: the daemon must be able to read it.
+        [ "$(stat -c %a "$(p "$CONFIG_FILE")")" = 640 ] || chmod 0640 "$(p "$CONFIG_FILE")"
+        set_owner "root:$SERVICE_USER" "$CONFIG_FILE"
+    else
+        put_file hw/config.toml "$CONFIG_FILE" 0640 "root:$SERVICE_USER"
+    fi
+}
+
+install_hw_files() {
+    put_file hw/99-appliance-modem.rules "$UDEV_DIR/99-appliance-modem.rules" 0644 root:root
+    put_file hw/99-appliance-gpio.rules "$UDEV_DIR/99-appliance-gpio.rules" 0644 root:root
+    sys "udevadm control --reload && udevadm trigger --action=add --subsystem-match=tty --subsystem-match=gpio"
+    local asound
+    asound="$(p "$ASOUND_CONF")"
+    if [ ! -e "$asound" ] || head -n1 "$asound" | grep -q "^$ASOUND_MARKER"; then
+        put_file hw/asound.conf "$ASOUND_CONF" 0644 root:root
+    else
+        say "WARNING: $ASOUND_CONF exists and is not ours: left alone. Add the appliance_handset"
+        say "         PCM from hw/asound.conf to it by hand, or handset audio will not open."
+    fi
+}
+
+install_docs() {
+    local f
+    put_dir "$OPT_DIR/doc" 0755 root:root
+    put_file docs/install.md "$OPT_DIR/doc/install.md" 0644 root:root
+    for f in hw/*.md; do
+        put_file "$f" "$OPT_DIR/doc/hw/$(basename "$f")" 0644 root:root
+    done
+}
+
+install_ctl_wrapper() {
+    # Mopidy's mopidyctl idea (house-style.md §2.8): technician commands run as the service
+    # user with the service's config, so they see what the daemon sees.
+    local tmp
+    tmp="$(mktemp)"
+    cat >"$tmp" <<WRAPPER
+#!/bin/sh
+# appliancectl: run \`appliance\` as the service user with the service config (setup.sh).
+[ "\$(id -u)" -eq 0 ] || { echo "appliancectl: run with sudo" >&2; exit 1; }
+exec runuser -u $SERVICE_USER -- $APPLIANCE_BIN --config $CONFIG_FILE "\$@"
+WRAPPER
+    put_file "$tmp" "$CTL_WRAPPER" 0755 root:root
+    rm -f "$tmp"
+}
+
+# Print "name url_base path onnx_sha256 config_sha256" for the voice the config asks for, or
+# nothing when it is not a pinned Piper voice (espeak, a path to an own .onnx).
+voice_spec() {
+    python3 - "${APPLIANCE_VOICES_TOML:-appliance/voices.toml}" "$(p "$CONFIG_FILE")" \
+        "${APPLIANCE_VOICE_MIRROR:-}" <<'PY'
+import sys, tomllib
+pins_path, config_path, mirror = sys.argv[1:4]
+with open(pins_path, "rb") as f:
+    pins = tomllib.load(f)
+try:
+    with open(config_path, "rb") as f:
+        name = tomllib.load(f).get("speech", {}).get("voice", pins["default"])
+except FileNotFoundError:
+    name = pins["default"]
+voice = pins["voices"].get(name)
+if voice is None:
+    print(f"# voice {name!r} is not in the pinned list: nothing to download", file=sys.stderr)
+    sys.exit(0)
+print(name, mirror or pins["base_url"], voice["path"], voice["onnx_sha256"],
+      voice.get("config_sha256") or "-")
+PY
+}
+
+fetch_checked() {   # URL DEST SHA256|- — download to DEST.part, verify, then rename
+    local url="$1" dest="$2" want="$3" target got
+    target="$(p "$dest")"
+    if [ -f "$target" ]; then
+        got="$(sha256sum "$target" | cut -d' ' -f1)"
+        if [ "$want" = "-" ] || [ "$got" = "$want" ]; then
+            return 0
+        fi
+        say "$dest has the wrong SHA-256 ($got): downloading it again"
+    fi
+    if [ "$STAGED" -eq 1 ] && [[ "$url" != file://* ]]; then
+        printf '%s\n' "curl -fL -o $dest.part $url; check SHA-256 ${want/#-/(not pinned: JSON check)}; mv $dest.part $dest" \
+            >>"$PLAN_FILE"
+        return 0
+    fi
+    mkdir -p "$(dirname "$target")"
+    PARTIAL="$target.part"
+    rm -f "$PARTIAL"
+    say "downloading $url"
+    if ! curl -fL --retry 3 --connect-timeout 20 -sS -o "$PARTIAL" "$url"; then
+        rm -f "$PARTIAL"
+        die "download failed: $url
+       check the network (curl -I https://huggingface.co) and run the install again."
+    fi
+    got="$(sha256sum "$PARTIAL" | cut -d' ' -f1)"
+    if [ "$want" != "-" ] && [ "$got" != "$want" ]; then
+        rm -f "$PARTIAL"
+        die "SHA-256 mismatch for $url
+       expected $want (appliance/voices.toml)
+       got      $got
+       the download was removed; nothing was installed. A truncated download or a changed
+       file upstream: run the install again; if it repeats, do not edit the pin — report it."
+    fi
+    chmod 0644 "$PARTIAL"
+    mv -f "$PARTIAL" "$target"
+    PARTIAL=""
+    CHANGED=1
+}
+
+install_voice() {
+    local spec name base path onnx_sha config_sha
+    put_dir "$(dirname "$VOICE_DIR")" 0755 root:root
+    put_dir "$VOICE_DIR" 0755 root:root
+    spec="$(voice_spec)"
+    [ -n "$spec" ] || return 0
+    read -r name base path onnx_sha config_sha <<<"$spec"
+    fetch_checked "$base$path.onnx" "$VOICE_DIR/$name.onnx" "$onnx_sha"
+    fetch_checked "$base$path.onnx.json" "$VOICE_DIR/$name.onnx.json" "$config_sha"
+    local json
+    json="$(p "$VOICE_DIR/$name.onnx.json")"
+    if [ -f "$json" ] && ! python3 -c 'import json, sys
+d = json.load(open(sys.argv[1], encoding="utf-8"))
+sys.exit(0 if d["audio"]["sample_rate"] == 22050 else 1)' "$json" 2>/dev/null; then
+        rm -f "$json"
+        die "$VOICE_DIR/$name.onnx.json is not a 22 050 Hz Piper voice config: removed"
+    fi
+}
+
+install_units() {
+    local unit units=()
+    for unit in systemd/*.service systemd/*.timer; do
+        [ -e "$unit" ] || continue
+        put_file "$unit" "$UNIT_DIR/$(basename "$unit")" 0644 root:root
+        units+=("$(basename "$unit")")
+    done
+    sys "systemctl daemon-reload"
+    # The service, and any timer (the purge timer); oneshot services are started by them.
+    for unit in "${units[@]}"; do
+        case "$unit" in
+            appliance.service|*.timer) sys "systemctl enable $unit" ;;
+        esac
+    done
+}
+
+start_service() {
+    if [ "$STAGED" -eq 1 ]; then
+        printf '%s\n' "systemctl restart appliance.service  # when a file above changed, else start" \
+            >>"$PLAN_FILE"
+        for unit in systemd/*.timer; do
+            [ -e "$unit" ] && printf '%s\n' "systemctl start $(basename "$unit")" >>"$PLAN_FILE"
+        done
+        return 0
+    fi
+    if [ "$CHANGED" -eq 1 ]; then
+        sys "systemctl restart appliance.service"
+    else
+        sys "systemctl start appliance.service"
+    fi
+    for unit in systemd/*.timer; do
+        [ -e "$unit" ] && sys "systemctl start $(basename "$unit")"
+    done
+}
+
+run_as_service() {   # an `appliance` subcommand as the service user, if the command exists
+    local sub="$1"
+    shift
+    if [ "$STAGED" -eq 1 ]; then
+        printf '%s\n' "runuser -u $SERVICE_USER -- $APPLIANCE_BIN --config $CONFIG_FILE $sub${*:+ $*}  # if available" \
+            >>"$PLAN_FILE"
+        return 0
+    fi
+    if ! "$APPLIANCE_BIN" "$sub" --help >/dev/null 2>&1; then
+        say "(this version has no \`appliance $sub\`: skipped)"
+        return 0
+    fi
+    say "appliance $sub${*:+ $*}"
+    sys "runuser -u $SERVICE_USER -- $APPLIANCE_BIN --config $CONFIG_FILE $sub${*:+ $*}" \
+        || say "WARNING: \`appliance $sub${*:+ $*}\` failed (see above)"
+}
+
+do_install() {
+    parse_root_args "$@"
+    umask 022
+    [ "$STAGED" -eq 1 ] && say "staging into $ROOT (nothing outside it is changed)"
+    install_system_packages
+    install_user
+    install_venv
+    install_config
+    put_dir "$STATE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
+    install_hw_files
+    install_voice
+    install_docs
+    install_ctl_wrapper
+    run_as_service sounds build
+    install_units
+    start_service
+    run_as_service doctor
+    finish_plan
+    if [ "$STAGED" -eq 1 ]; then
+        say "staged into $ROOT; system steps are listed in $ROOT/.install-plan"
+    else
+        say "installed. Check: systemctl status appliance; journalctl -u appliance -f"
+    fi
+}
+
+do_uninstall() {
+    local unit
+    parse_root_args "$@"
+    for unit in systemd/*.timer systemd/*.service; do
+        [ -e "$unit" ] || continue
+        sys "systemctl disable --now $(basename "$unit") 2>/dev/null || true"
+        rm -f "$(p "$UNIT_DIR/$(basename "$unit")")"
+    done
+    sys "systemctl daemon-reload"
+    rm -f "$(p "$UDEV_DIR/99-appliance-modem.rules")" "$(p "$UDEV_DIR/99-appliance-gpio.rules")"
+    sys "udevadm control --reload"
+    if [ -f "$(p "$ASOUND_CONF")" ] && head -n1 "$(p "$ASOUND_CONF")" | grep -q "^$ASOUND_MARKER"
+    then
+        rm -f "$(p "$ASOUND_CONF")"
+    fi
+    rm -rf "$(p "$OPT_DIR")" "$(p "$VOICE_DIR")" "$(p "$CTL_WRAPPER")"
+    rmdir "$(p /usr/share/appliance)" 2>/dev/null || true
+    if [ "$PURGE_DATA" -eq 1 ]; then
+        say "removing recordings, index and config ($STATE_DIR, $ETC_DIR) and the user"
+        rm -rf "$(p "$STATE_DIR")" "$(p "$ETC_DIR")"
+        sys "getent passwd $SERVICE_USER >/dev/null && userdel $SERVICE_USER || true"
+    else
+        say "kept $STATE_DIR (recordings, index), $ETC_DIR and the user $SERVICE_USER"
+        say "(./setup.sh uninstall --purge-data removes them — recordings may be under a legal hold)"
+    fi
+    finish_plan
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -90,8 +472,14 @@ case "$cmd" in
         ensure_venv "test"
         say "ready: . $VENV/bin/activate  (then: appliance --help, pytest)"
         ;;
+    install)
+        do_install "$@"
+        ;;
+    uninstall)
+        do_uninstall "$@"
+        ;;
     ""|-h|--help|help)
-        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try: ./setup.sh --help)"
