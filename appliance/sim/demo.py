@@ -37,6 +37,8 @@ _LOGGER = logging.getLogger(__name__)
 DEMO_TIMEOUT_S: Final = 150.0
 #: The simulated assistant lifts after this many ring bursts (the issue's "after two rings").
 LIFT_AFTER_RINGS: Final = 2
+#: How long the simulated people may take to finish after the call has ended.
+ACTORS_GRACE_S: Final = 5.0
 
 
 @dataclass
@@ -112,7 +114,8 @@ async def run_demo(
         try:
             async with asyncio.timeout(DEMO_TIMEOUT_S):
                 result = await app.completed.get()
-                await asyncio.gather(*actors)
+                # The people finish their last act (the shop puts the phone down) promptly.
+                await asyncio.wait(actors, timeout=ACTORS_GRACE_S)
         finally:
             for task in actors:
                 task.cancel()
@@ -161,5 +164,15 @@ async def run_demo(
 
 
 def _pin_history(factory: Any, pin_number: int) -> list[tuple[float, Any]]:
+    """(seconds since the pin was set up, state) for every change of a mock pin.
+
+    gpiozero's MockPin stores each state with the time since the *previous* change; the
+    running sum gives a timeline.
+    """
     pin = factory.pin(pin_number)
-    return [(s.timestamp, s.state) for s in pin.states]
+    t = 0.0
+    history = []
+    for state in pin.states:
+        t += state.timestamp
+        history.append((t, state.state))
+    return history

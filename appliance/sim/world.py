@@ -270,7 +270,15 @@ class SimulatedAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._count_rings(10_000), ACT_TIMEOUT_S)
             return
-        await asyncio.wait_for(self._count_rings(self.lift_after_rings), ACT_TIMEOUT_S)
+        rings = asyncio.ensure_future(self._count_rings(self.lift_after_rings))
+        ended = asyncio.ensure_future(w.state("ended").wait())
+        await asyncio.wait({rings, ended}, timeout=ACT_TIMEOUT_S,
+                           return_when=asyncio.FIRST_COMPLETED)
+        lifted_in_time = rings.done() and not rings.cancelled() and not ended.done()
+        for fut in (rings, ended):
+            fut.cancel()
+        if not lifted_in_time:
+            return  # the caller gave up before the shop got to the phone
         w.log("shop", "lifts the handset")
         shk.drive_high()  # AG1171 SHK: high = off-hook
         try:
