@@ -363,11 +363,14 @@ install_units() {
 }
 
 start_service() {
+    local unit
     if [ "$STAGED" -eq 1 ]; then
         printf '%s\n' "systemctl restart appliance.service  # when a file above changed, else start" \
             >>"$PLAN_FILE"
         for unit in systemd/*.timer; do
-            [ -e "$unit" ] && printf '%s\n' "systemctl start $(basename "$unit")" >>"$PLAN_FILE"
+            if [ -e "$unit" ]; then
+                printf '%s\n' "systemctl start $(basename "$unit")" >>"$PLAN_FILE"
+            fi
         done
         return 0
     fi
@@ -377,7 +380,9 @@ start_service() {
         sys "systemctl start appliance.service"
     fi
     for unit in systemd/*.timer; do
-        [ -e "$unit" ] && sys "systemctl start $(basename "$unit")"
+        if [ -e "$unit" ]; then
+            sys "systemctl start $(basename "$unit")"
+        fi
     done
 }
 
