@@ -70,17 +70,33 @@ def run(obj: _Ctx) -> None:
 
     async def _main() -> None:
         from appliance.daemon.app import Application
+        from appliance.daemon.lifecycle import (
+            LoopLagMonitor,
+            install_sigusr1_dump,
+            ready,
+            status,
+            stopping,
+        )
 
-        app = Application(config)
+        app = Application(config, on_status=status)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        monitor = LoopLagMonitor()
+        remove_dump = install_sigusr1_dump()
+        monitor.start()
         try:
             await app.start()
+            # READY after hardware init; a missing modem is a fault shown in STATUS and on
+            # the LED while its supervisor keeps retrying, not a reason to fail start-up.
+            ready(app.status_line())
             await stop.wait()
+            stopping("stopping — finalizing any call in progress")
         finally:
             await app.stop()
+            await monitor.stop()
+            remove_dump()
 
     asyncio.run(_main())
 

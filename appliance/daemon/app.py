@@ -35,7 +35,6 @@ from appliance.call.flow import CallerInfo, CallPolicy, CallPorts, CallResult, I
 from appliance.call.reference import COUNTER_SPACE, make_reference
 from appliance.config import Config, LineConfig
 from appliance.daemon.media import CallMedia
-from appliance.daemon.notify import sd_notify
 from appliance.errors import ApplianceError, ModemError, StoreError
 from appliance.handset.slic import RingCadence, Slic, SlicPins
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
@@ -43,6 +42,7 @@ from appliance.panel.panel import Panel, PanelPins, PanelState
 from appliance.speech.library import PromptLibrary
 from appliance.speech.prompts import load_prompt_texts, render_notice_text
 from appliance.speech.tts import select_engine
+from appliance.store.audit import record_config
 from appliance.store.db import Store
 from appliance.store.recorder import recover_leftovers
 
@@ -55,6 +55,31 @@ RING_GONE_S: Final = 8.0
 REFERENCE_KEY_FILE: Final = "reference.key"
 
 CallObserver = Callable[[str, str, str], None]
+
+
+def make_pin_factory(name: str) -> Any:
+    """The gpiozero pin factory named in ``gpio.pin_factory`` ("" = gpiozero's own choice)."""
+    if name == "":
+        return None
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+        return MockFactory(pin_class=MockPWMPin)
+    if name == "lgpio":
+        from gpiozero.pins.lgpio import LGPIOFactory
+
+        return LGPIOFactory()
+    if name == "rpigpio":
+        from gpiozero.pins.rpigpio import RPiGPIOFactory
+
+        return RPiGPIOFactory()
+    if name == "pigpio":
+        from gpiozero.pins.pigpio import PiGPIOFactory
+
+        return PiGPIOFactory()
+    from gpiozero.pins.native import NativeFactory
+
+    return NativeFactory()
 
 
 def load_or_create_key(state_dir: Path) -> bytes:
@@ -341,6 +366,7 @@ class LineSession:
         result = task.result()
         self.app.last_result = result
         self.app.completed.put_nowait(result)
+        self.app.publish_status()
 
 
 class Application:
@@ -353,8 +379,10 @@ class Application:
         pin_factory: Any = None,
         handset_audio: HandsetAudio | None = None,
         slic_timings: dict[str, float] | None = None,
+        on_status: Callable[[str], object] | None = None,
     ) -> None:
         self.config = config
+        self._on_status = on_status
         self.policy = CallPolicy(
             ring_during_notice=config.call.ring_during_notice,
             optout_key=config.call.optout_key,
@@ -366,7 +394,8 @@ class Application:
             whisper_reference=config.call.whisper_reference,
         )
         self.tone_zone = tone_zone(config.tones.zone)
-        self.pin_factory = pin_factory
+        self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(
+            config.gpio.pin_factory)
         self.handset_audio: HandsetAudio = handset_audio or open_handset_audio(
             config.handset.audio)
         self._slic_timings = slic_timings or {}
@@ -388,6 +417,8 @@ class Application:
         self.store = Store.open(cfg.db_path)
         self._key = load_or_create_key(cfg.device.state_dir)
         await self._recover()
+        # The configuration in force is evidence too: audit any change since the last start.
+        await asyncio.to_thread(record_config, self.store, cfg.to_dict(), actor="appliance")
         self.prompts = Prompts(await asyncio.to_thread(self._build_prompts), self.tone_zone)
         self.panel = Panel(
             PanelPins(ready=cfg.panel.ready_pin, line=cfg.panel.line_pin,
@@ -440,9 +471,13 @@ class Application:
 
     def line_ready(self, session: LineSession) -> None:
         if all(s.modem is not None for s in self.lines):
-            if not self._ready.is_set():
-                sd_notify("READY=1", f"STATUS={self.status_line()}")
             self._ready.set()
+        self.publish_status()
+
+    def publish_status(self) -> None:
+        """Tell systemd (STATUS=) what ``systemctl status`` should show."""
+        if self._on_status is not None and hasattr(self, "store"):
+            self._on_status(self.status_line())
 
     def status_line(self) -> str:
         faults = [s.fault for s in self.lines if s.fault]
@@ -461,6 +496,7 @@ class Application:
             return
         fault = next((s.fault for s in self.lines if s.fault), None)
         self.panel.set_fault("modem-missing" if fault else None)
+        self.publish_status()
 
     # -- helpers ----------------------------------------------------------------------------
 

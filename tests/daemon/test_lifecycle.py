@@ -359,8 +359,6 @@ async def test_appliance_run_sends_ready_with_utf8_status(
     assert code == 0, err
 
 
-@pytest.mark.xfail(strict=True, reason="LoopLagMonitor not yet wired into `appliance run` "
-                   "(the lead wires it; then delete this marker)")
 async def test_appliance_run_feeds_the_watchdog(
     notify_socket: NotifySocket, tmp_path: Path
 ) -> None:

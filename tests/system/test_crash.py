@@ -1,0 +1,179 @@
+"""A real daemon process, a real pty modem, and the worst moments to stop it.
+
+The test process serves the emulated modem on a pty; the daemon (``python -m appliance run``)
+opens it with pyserial as it would a USB modem. A caller rings and talks; once the daemon is
+recording, the test kills it with SIGKILL (power cut, OOM kill) or SIGTERM (systemctl stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+from appliance.line.sim import PtyModemServer
+from appliance.store.recorder import sha256_file
+
+pytestmark = pytest.mark.timeout(120)
+
+TIMEOUT_S = 30.0
+POLL_S = 0.1
+
+
+def write_config(tmp_path: Path, device: str) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[call]
+cid_wait_s = 0.0
+agent_timeout_s = 60.0
+[[lines]]
+name = "main"
+device = "{device}"
+country_code = "51"
+[gpio]
+pin_factory = "mock"
+[speech]
+voice = "espeak"
+texts = {{ notice = "Tájékoztatjuk, hogy a hívást rögzítjük." }}
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def start_daemon(config: Path, state_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--config", str(config), "--state-dir",
+         str(state_dir), "run"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    con = sqlite3.connect(db, timeout=5)
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+async def wait_for_state(db: Path, state: str) -> sqlite3.Row:
+    """Poll the index (another process owns it) until a call event ``state`` appears."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            if os.path.exists(db):
+                rows = query(db, "SELECT c.*, e.t AS event_t FROM events e JOIN calls c "
+                                 "ON c.id = e.call_id WHERE e.state = ?", state)
+                if rows:
+                    return rows[0]
+            await asyncio.sleep(POLL_S)
+
+
+def caller_voice(n: int) -> np.ndarray:
+    t = (np.arange(n) + caller_voice.pos) / 8000  # type: ignore[attr-defined]
+    caller_voice.pos += n  # type: ignore[attr-defined]
+    return (6000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+
+
+caller_voice.pos = 0  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def modem() -> Any:
+    server = PtyModemServer(profile="conexant")
+    await server.start()
+    server.sim.set_caller_audio(caller_voice)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_kill_9_mid_call_loses_at_most_one_second(modem: Any, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    db = state_dir / "appliance.db"
+    config = write_config(tmp_path, modem.path)
+    daemon = start_daemon(config, state_dir)
+    try:
+        await asyncio.sleep(0)
+        modem.sim.ring("+3611234567", "TESZT ELEK")
+        await modem.sim.wait_off_hook(TIMEOUT_S)
+        row = await wait_for_state(db, "recording-started")
+        # Let it record a few seconds of the caller, then pull the plug.
+        await asyncio.sleep(3.0)
+        killed_at = time.time()
+        daemon.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(daemon.wait, TIMEOUT_S)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    reference = row["reference"]
+    recorded_s = killed_at - row["record_start_at"]
+    assert list(state_dir.rglob("*.wav.partial")), "the live recording is on disk"
+
+    # The modem notices its host is gone; a new call can come. Restart the daemon.
+    daemon = start_daemon(config, state_dir)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                rows = query(db, "SELECT * FROM calls WHERE reference = ?", reference)
+                if rows and rows[0]["outcome"] == "interrupted" and rows[0]["recording_sha256"]:
+                    break
+                await asyncio.sleep(POLL_S)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        # In a thread: the emulated modem lives on this test's loop and must keep answering.
+        _, err = await asyncio.to_thread(daemon.communicate, timeout=TIMEOUT_S)
+    assert daemon.returncode == 0, err
+    call = query(db, "SELECT * FROM calls WHERE reference = ?", reference)[0]
+    path = Path(call["recording_path"])
+    assert os.path.exists(path)
+    assert sha256_file(path) == call["recording_sha256"]
+    audio, rate = soundfile.read(path, dtype="int16")
+    duration = len(audio) / rate
+    # All but at most the last second of what was recorded survived.
+    assert duration >= recorded_s - 1.0, (duration, recorded_s)
+    # And it is the caller's audio on the caller's channel.
+    assert np.sqrt(np.mean(audio[:, 0].astype(float) ** 2)) > 1000
+    audit = query(db, "SELECT action, details FROM audit WHERE reference = ?", reference)
+    assert any(a["action"] == "call-finalized" and "interrupted" in a["details"] for a in audit)
+    assert not list(state_dir.rglob("*.wav.partial"))
+
+
+async def test_sigterm_mid_call_finalizes_the_call(modem: Any, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    db = state_dir / "appliance.db"
+    daemon = start_daemon(write_config(tmp_path, modem.path), state_dir)
+    try:
+        modem.sim.ring("+3611234567", None)
+        await modem.sim.wait_off_hook(TIMEOUT_S)
+        row = await wait_for_state(db, "recording-started")
+        await asyncio.sleep(1.0)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        # In a thread: the emulated modem lives on this test's loop and must keep answering.
+        _, err = await asyncio.to_thread(daemon.communicate, timeout=TIMEOUT_S)
+    assert daemon.returncode == 0, err
+    call = query(db, "SELECT * FROM calls WHERE reference = ?", row["reference"])[0]
+    assert call["outcome"] == "missed"  # the shop never lifted before the stop
+    assert call["recording_decision"] == "recorded"
+    assert call["end_at"] is not None
+    path = Path(call["recording_path"])
+    assert path.suffix == ".flac"
+    assert sha256_file(path) == call["recording_sha256"]
+    assert soundfile.info(path).duration > 0.5
+    # The line was put back on-hook on the way out.
+    assert not modem.sim.off_hook, err
+    assert not os.listdir(state_dir / "recordings") or not list(state_dir.rglob("*.partial"))
