@@ -361,6 +361,7 @@ def _validate(c: Config) -> None:
     duty = h.ring_on_s / (h.ring_on_s + h.ring_off_s) if h.ring_on_s > 0 else 1.0
     _check(h.ring_on_s > 0 and duty <= 0.33, "handset.ring_on_s",
            "a ring burst with ≤ 33 % duty (AG1171 absolute maximum)", h.ring_on_s)
+    _validate_pins(c)
     _check(c.gpio.pin_factory in ("", "mock", "lgpio", "rpigpio", "pigpio", "native"),
            "gpio.pin_factory", '"", "mock", "lgpio", "rpigpio", "pigpio" or "native"',
            c.gpio.pin_factory)
@@ -369,3 +370,27 @@ def _validate(c: Config) -> None:
     _check(c.tones.zone in ("hu", "eu", "us"), "tones.zone", '"hu", "eu" or "us"', c.tones.zone)
     _check(c.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "logging.level",
            "DEBUG, INFO, WARNING or ERROR", c.logging.level)
+
+
+#: BCM pins the appliance must not use: the UART pair (serial console / Bluetooth UART;
+#: callattendant's defaults collided with it, reference/hardware.md §1.5).
+RESERVED_PINS: Final = {14: "UART TXD", 15: "UART RXD"}
+
+
+def _validate_pins(c: Config) -> None:
+    """Every GPIO used once, within BCM 2..27, and never the UART pins."""
+    uses: dict[int, str] = {}
+    for section, names in (
+        ("handset", ("rm_pin", "fr_pin", "shk_pin")),
+        ("panel", ("ready_pin", "line_pin", "recording_pin", "fault_pin", "button_pin",
+                   "bypass_relay_pin")),
+    ):
+        for name in names:
+            key = f"{section}.{name}"
+            pin = getattr(getattr(c, section), name)
+            _check(2 <= pin <= 27, key, "a BCM GPIO number 2..27", pin)
+            _check(pin not in RESERVED_PINS, key,
+                   f"a pin other than GPIO{pin} ({RESERVED_PINS.get(pin)})", pin)
+            if pin in uses:
+                raise ConfigError(key, f"a pin not already used by {uses[pin]}", pin)
+            uses[pin] = key

@@ -96,3 +96,17 @@ def test_config_show_prints_effective_values(tmp_path: Path) -> None:
     assert 'company = "Kovács Vas"' in result.output
     assert "[[lines]]" in result.output
     assert f'state_dir = "{tmp_path}"' in result.output
+
+
+def test_a_pin_used_twice_names_both_uses(tmp_path: Path) -> None:
+    path = write(tmp_path, "[panel]\nfault_pin = 23\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, state_dir=tmp_path)
+    assert info.value.key == "panel.fault_pin"
+    assert "handset.rm_pin" in str(info.value)
+
+
+def test_uart_pins_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[panel]\nbutton_pin = 14\n")
+    with pytest.raises(ConfigError, match="UART"):
+        load_config(path, state_dir=tmp_path)
