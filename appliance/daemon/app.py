@@ -23,6 +23,8 @@ from typing import Any, Final
 import numpy as np
 
 from appliance.audio.backend import HandsetAudio, open_handset_audio
+from appliance.audio.buffers import ClipPlayer
+from appliance.audio.pcm import FRAME_SAMPLES
 from appliance.audio.tones import ToneZone, one_shot, tone_zone
 from appliance.call.events import (
     AgentOffHook,
@@ -32,13 +34,14 @@ from appliance.call.events import (
     LineLost,
 )
 from appliance.call.flow import CallerInfo, CallPolicy, CallPorts, CallResult, InboundCall
-from appliance.call.reference import COUNTER_SPACE, make_reference
+from appliance.call.reference import COUNTER_SPACE, format_reference, make_reference
 from appliance.config import Config, LineConfig
 from appliance.daemon.media import CallMedia
 from appliance.errors import ApplianceError, ModemError, StoreError
 from appliance.handset.slic import RingCadence, Slic, SlicPins
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
 from appliance.panel.panel import Panel, PanelPins, PanelState
+from appliance.panel.relay import BypassRelay
 from appliance.speech.library import PromptLibrary
 from appliance.speech.prompts import load_prompt_texts, render_notice_text
 from appliance.speech.tts import select_engine
@@ -408,6 +411,9 @@ class Application:
         self.recovered: list[str] = []
         self._ready = asyncio.Event()
         self._started = False
+        self._handset_player: ClipPlayer | None = None
+        self._announce_on_lift: str | None = None  # "last-call" | "health" after a short ring
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- start / stop -----------------------------------------------------------------------
 
@@ -429,6 +435,8 @@ class Application:
         )
         await self.panel.start()
         self.panel_port = _PanelPort(self.panel)
+        self.relay = BypassRelay(cfg.panel.bypass_relay_pin, pin_factory=self.pin_factory)
+        self.relay.start()
         self.slic = Slic(
             SlicPins(rm=cfg.handset.rm_pin, fr=cfg.handset.fr_pin, shk=cfg.handset.shk_pin),
             pin_factory=self.pin_factory,
@@ -439,7 +447,10 @@ class Application:
         self.handset_port = _HandsetPort(
             self.slic, RingCadence(on_s=cfg.handset.ring_on_s, off_s=cfg.handset.ring_off_s))
         await self.handset_audio.start(self._on_handset_capture)
-        self._hook_task = asyncio.create_task(self._run_hook_events(), name="hook-events")
+        self._tasks = [
+            asyncio.create_task(self._run_hook_events(), name="hook-events"),
+            asyncio.create_task(self._run_button_events(), name="button-events"),
+        ]
         for line in cfg.lines:
             session = LineSession(self, line)
             self.lines.append(session)
@@ -449,12 +460,15 @@ class Application:
 
     async def stop(self) -> None:
         """Stop in reverse order; a call in progress is finalized first."""
+        if hasattr(self, "relay"):
+            # First thing: hand the line back to the phone while we finish up.
+            self.relay.close()
         for session in reversed(self.lines):
             await session.stop()
-        if hasattr(self, "_hook_task"):
-            self._hook_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._hook_task
+                await task
         with contextlib.suppress(Exception):
             await self.handset_audio.stop()
         if hasattr(self, "slic"):
@@ -496,6 +510,10 @@ class Application:
             return
         fault = next((s.fault for s in self.lines if s.fault), None)
         self.panel.set_fault("modem-missing" if fault else None)
+        # In the line only while every line can answer; otherwise the shop gets a plain phone.
+        self.relay.set_healthy(fault is None and all(s.modem is not None for s in self.lines))
+        if fault is None and all(s.state == "idle" for s in self.lines):
+            self.panel.show(PanelState.IDLE)
         self.publish_status()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -563,9 +581,84 @@ class Application:
             observer(reference, state, detail)
 
     def _on_handset_capture(self, frame: np.ndarray) -> None:
+        """One frame from the handset: to the call, or clock the idle earpiece player."""
         media = self.active_media
         if media is not None:
             media.on_handset_capture(frame)
+            return
+        player = self._handset_player
+        if player is not None:
+            # Outside calls the handset's own clock paces what the earpiece hears.
+            self.handset_audio.play(player.read(FRAME_SAMPLES))
+            if player.finished:
+                self._handset_player = None
+
+    def play_to_idle_handset(self, clip: np.ndarray) -> None:
+        """Play ``clip`` into the earpiece when no call is in progress."""
+        self._handset_player = ClipPlayer(clip)
+
+    @property
+    def in_call(self) -> bool:
+        return any(s.active is not None for s in self.lines)
+
+    def faults(self) -> list[str]:
+        return [f"{s.line.name}: {s.fault}" for s in self.lines if s.fault]
+
+    def last_call_text(self) -> str:
+        """The sentence the button speaks (template ``last_call`` / ``no_calls_yet``)."""
+        from appliance.speech.prompts import load_prompt_texts
+
+        lang = self.config.device.language
+        texts = load_prompt_texts(lang, self.config.speech.texts)
+        last = self.store.last_call()
+        if last is None:
+            return texts["no_calls_yet"]
+        groups = format_reference(last["reference"]).split("-")
+        reference = ", ".join(" ".join(group) for group in groups)
+        number = last["caller_number"]
+        caller = " ".join(number.lstrip("+")) if number else (
+            "ismeretlen" if lang == "hu" else "unknown")
+        when = time.localtime(last["ring_at"] or 0)
+        spoken_time = (f"{when.tm_hour} óra {when.tm_min} perc" if lang == "hu"
+                       else f"{when.tm_hour} {when.tm_min:02d}")
+        return texts["last_call"].format(reference=reference, caller=caller, time=spoken_time)
+
+    def health_text(self) -> str:
+        from appliance.speech.prompts import load_prompt_texts
+
+        texts = load_prompt_texts(self.config.device.language, self.config.speech.texts)
+        faults = self.faults()
+        if not faults:
+            return texts["health_ok"]
+        return texts["health_fault"].format(fault="; ".join(faults))
+
+    async def _speak_to_shop(self, what: str) -> None:
+        """Render ``last-call`` or ``health`` and say it into the earpiece (never to a caller)."""
+        text = self.last_call_text() if what == "last-call" else self.health_text()
+        library = self.prompts._library
+        try:
+            clip = await asyncio.to_thread(library.render_text, text)
+        except Exception:
+            _LOGGER.exception("cannot render the %s announcement", what)
+            return
+        media = self.active_media
+        if media is not None:
+            media.whisper_to_handset(clip)
+        else:
+            self.play_to_idle_handset(clip)
+        _LOGGER.info("front panel: %s announced to the shop", what)
+
+    async def _run_button_events(self) -> None:
+        while True:
+            event = await self.panel.events.get()
+            what = "last-call" if event.kind == "short" else "health"
+            _LOGGER.info("front panel: %s press → %s", event.kind, what)
+            if self.in_call or self.slic.off_hook:
+                await self._speak_to_shop(what)
+            else:
+                # On-hook: ring briefly; the announcement waits until the handset is lifted.
+                self._announce_on_lift = what
+                self.slic.short_ring()
 
     async def _run_hook_events(self) -> None:
         while True:
@@ -573,6 +666,12 @@ class Application:
             call = next((s.active for s in self.lines if s.active is not None), None)
             if call is None:
                 _LOGGER.info("handset %s while idle", event.kind)
+                if event.kind == "off_hook" and self._announce_on_lift:
+                    what, self._announce_on_lift = self._announce_on_lift, None
+                    await self.slic.stop_ringing()
+                    await self._speak_to_shop(what)
+                elif event.kind == "on_hook":
+                    self._handset_player = None
                 continue
             if event.kind == "off_hook":
                 call.call.events.put_nowait(AgentOffHook())

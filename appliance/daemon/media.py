@@ -79,6 +79,7 @@ class CallMedia:
         self._dtmf = DtmfDetector()
         self._last_key: tuple[str, float] = ("", 0.0)
         self._primed = False
+        self._whisper: ClipPlayer | None = None
         self.stats: dict[str, int] = {"rx_frames": 0, "tx_frames": 0, "recorded_frames": 0}
 
     # -- clocked by the line ----------------------------------------------------------------
@@ -100,7 +101,14 @@ class CallMedia:
         tx = shop if self._bridged else self._line_source.read(FRAME_SAMPLES)
         self._send(tx)
         self.stats["tx_frames"] += 1
-        self._earpiece(frame if self._bridged else self._handset_source.read(FRAME_SAMPLES))
+        earpiece = frame if self._bridged else self._handset_source.read(FRAME_SAMPLES)
+        if self._whisper is not None:
+            # Only the shop hears it: mixed into the earpiece, never sent to the line.
+            mixed = earpiece.astype(np.int32) + self._whisper.read(FRAME_SAMPLES)
+            earpiece = np.clip(mixed, -32768, 32767).astype(np.int16)
+            if self._whisper.finished:
+                self._whisper = None
+        self._earpiece(earpiece)
         if self._recorder is not None:
             self._recorder.write(np.column_stack((frame, shop)))
             self.stats["recorded_frames"] += 1
@@ -149,6 +157,10 @@ class CallMedia:
             self._handset_source = Silence()
         else:
             self._handset_source = _ToneSource(ToneGenerator(getattr(self._zone, kind)))
+
+    def whisper_to_handset(self, clip: np.ndarray) -> None:
+        """Say ``clip`` into the shop's earpiece over whatever it hears (the caller does not)."""
+        self._whisper = ClipPlayer(clip)
 
     def bridge(self) -> None:
         self._capture.clear()

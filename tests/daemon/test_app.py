@@ -1,0 +1,101 @@
+"""The daemon's own behaviour outside calls: bypass relay, front-panel button, start-up checks.
+
+Real Application on the in-process emulated modem (``sim://``), MockFactory pins, the
+simulated handset audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from appliance.audio.backend import SimHandsetAudio
+from appliance.config import load_config
+from appliance.daemon.app import Application
+
+TIMEOUT_S = 10.0
+
+
+def make_config(tmp_path: Path, **extra: Any) -> Any:
+    overrides = {
+        "speech": {"voice": "espeak"},
+        "gpio": {"pin_factory": "mock"},
+        "panel": {"long_press_s": 0.3},
+        **extra,
+    }
+    return load_config(Path("/dev/null"), state_dir=tmp_path / "state", overrides=overrides)
+
+
+class Ear:
+    def __init__(self) -> None:
+        self.loud_frames = 0
+        self.heard = asyncio.Event()
+
+    def __call__(self, frame: np.ndarray) -> None:
+        if np.abs(frame).max() > 1000:
+            self.loud_frames += 1
+            if self.loud_frames >= 25:  # half a second of speech
+                self.heard.set()
+
+
+@pytest.fixture
+async def app(tmp_path: Path, mock_factory: Any) -> Any:
+    handset = SimHandsetAudio()
+    application = Application(make_config(tmp_path), pin_factory=mock_factory,
+                              handset_audio=handset)
+    await application.start()
+    await application.wait_ready(TIMEOUT_S)
+    try:
+        yield application
+    finally:
+        await application.stop()
+
+
+async def until(predicate: Any) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        # Mock output pins offer no change callback to await; poll with a deadline.
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_bypass_relay_energised_only_while_healthy(app: Any, mock_factory: Any) -> None:
+    relay_pin = mock_factory.pin(app.config.panel.bypass_relay_pin)
+    await until(lambda: relay_pin.state)
+    assert app.relay.energised
+    await app.stop()
+    assert not relay_pin.state, "stopping hands the line back to the phone"
+
+
+async def test_short_press_on_hook_rings_then_speaks_last_call_when_lifted(
+    app: Any, mock_factory: Any
+) -> None:
+    ear = Ear()
+    app.handset_audio.connect_user(None, ear)
+    rm = mock_factory.pin(app.config.handset.rm_pin)
+    button = mock_factory.pin(app.config.panel.button_pin)
+    loop = asyncio.get_running_loop()
+    button.drive_low()
+    loop.call_later(0.1, button.drive_high)
+    await until(lambda: rm.state)  # the short distinctive ring
+    mock_factory.pin(app.config.handset.shk_pin).drive_high()  # the owner lifts
+    await asyncio.wait_for(ear.heard.wait(), TIMEOUT_S)
+    assert "Még nem volt hívás" in app.last_call_text()
+
+
+async def test_long_press_off_hook_speaks_health(app: Any, mock_factory: Any) -> None:
+    ear = Ear()
+    app.handset_audio.connect_user(None, ear)
+    mock_factory.pin(app.config.handset.shk_pin).drive_high()
+    await until(lambda: app.slic.off_hook)
+    button = mock_factory.pin(app.config.panel.button_pin)
+    button.drive_low()
+    await asyncio.wait_for(ear.heard.wait(), TIMEOUT_S)
+    button.drive_high()
+    from appliance.speech.prompts import load_prompt_texts
+
+    assert not app.faults()
+    assert app.health_text() == load_prompt_texts("hu")["health_ok"]
