@@ -22,7 +22,13 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from appliance.audio.pcm import FRAME_SAMPLES, bytes_per_sample, decode_voice, encode_voice
+from appliance.audio.pcm import (
+    FRAME_SAMPLES,
+    SAMPLE_RATE_HZ,
+    bytes_per_sample,
+    decode_voice,
+    encode_voice,
+)
 from appliance.errors import ModemCommandError, ModemError, ModemGone, ModemTimeout
 from appliance.line.codec import LineFramer, VoiceDecoder, VoiceEncoder, parse_cid_line
 from appliance.line.transport import open_transport
@@ -167,6 +173,8 @@ class AtProtocol(asyncio.Protocol):
         self._stop_future: asyncio.Future[None] | None = None
         self._stop_tail = b""
         self._timeouts = 0
+        self._voice_started_at = 0.0
+        self._voice_tx_bytes = 0
         self._tasks: set[asyncio.Task[object]] = set()
         self._made = asyncio.Event()
         self._lost = asyncio.Event()
@@ -266,6 +274,9 @@ class AtProtocol(asyncio.Protocol):
                 forced back to command mode).
             ModemGone: the link failed.
         """
+        # Audio queued ahead of the stop sequence (transport, tty, modem buffer) must play out
+        # before the modem even reads the sequence: allow for the backlog sent ahead of real time.
+        timeout_s += self.tx_backlog_s()
         task = asyncio.create_task(self._locked_stop(sequence, timeout_s), name="at-stop-voice")
         self._keep(task)
         await asyncio.shield(task)
@@ -287,7 +298,16 @@ class AtProtocol(asyncio.Protocol):
             self.stats["tx_dropped_bytes"] += len(data)
             return 0
         self._write(data)
+        self._voice_tx_bytes += len(data)
         return len(data)
+
+    def tx_backlog_s(self) -> float:
+        """Seconds of voice sent ahead of real time in this voice stream (0 when paced)."""
+        if self.mode is not Mode.VOICE:
+            return 0.0
+        rate = SAMPLE_RATE_HZ * bytes_per_sample(self.voice_format)
+        elapsed = asyncio.get_running_loop().time() - self._voice_started_at
+        return max(0.0, self._voice_tx_bytes / rate - elapsed)
 
     def write_raw(self, data: bytes) -> None:
         """Write ``data`` as is (no shielding).
@@ -433,6 +453,8 @@ class AtProtocol(asyncio.Protocol):
 
     def _enter_voice(self) -> None:
         self.mode = Mode.VOICE
+        self._voice_started_at = asyncio.get_running_loop().time()
+        self._voice_tx_bytes = 0
         self._decoder.reset()
         self._decoder.fmt = self.voice_format
         self._rx_audio.clear()

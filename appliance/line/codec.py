@@ -39,7 +39,7 @@ __all__ = [
     "parse_cid_line",
 ]
 
-# --- bytes -----------------------------------------------------------------------------------
+# --- bytes
 
 DLE: Final = 0x10
 """Data Link Escape: shields events and data inside the V.253 voice stream (§5)."""
@@ -174,7 +174,7 @@ def _decode_line(buf: bytearray) -> str:
     return buf.replace(b"\x00", b"").decode("utf-8", errors="replace").strip()
 
 
-# --- Layer 1b: voice stream -----------------------------------------------------------------
+# --- Layer 1b: voice stream
 
 
 @dataclass(slots=True)
@@ -292,7 +292,7 @@ class VoiceEncoder:
         return data.replace(b"\x10", b"\x10\x10")
 
 
-# --- Layer 1c: caller ID ---------------------------------------------------------------------
+# --- Layer 1c: caller ID
 
 CID_TAGS: Final = ("DATE", "TIME", "NMBR", "NAME", "MESG", "DDN_NMBR", "DDN", "NDID", "ERRM")
 """Formatted caller-ID tags (§7.1)."""

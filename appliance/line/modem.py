@@ -422,4 +422,3 @@ class Modem:
             for key in ("garbage_lines", "resyncs", "timeouts", "receive_errors"):
                 merged[key] = self._protocol.stats[key]
         return merged
-

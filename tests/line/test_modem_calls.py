@@ -172,3 +172,25 @@ async def test_withheld_cid_before_first_ring() -> None:
         assert "AT+VSM=1,8000" in sim.commands
     finally:
         await modem.close()
+
+
+async def test_stop_duplex_waits_for_audio_sent_ahead(caplog: pytest.LogCaptureFixture) -> None:
+    # A host that bursts 3 s of audio: the <DLE>^ queues behind it (the modem stops reading
+    # at 1 s buffered), so the stop must allow for the backlog rather than time out.
+    sim = _fast_sim()
+    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    await modem.open()
+    try:
+        await modem.answer()
+        await modem.start_duplex(lambda _frame: None)
+        burst = _test_tone(24000)
+        for k in range(0, len(burst), 160):
+            modem.send_audio(burst[k : k + 160])
+        await modem.stop_duplex()
+        assert sim.mode == "command"
+        assert "ignored voice stop" not in caplog.text  # first attempt, no quirk-#1 retry
+        assert len(sim.played) > 16000  # most of it was played before the stop took effect
+        await modem.hang_up()
+        assert modem.link_state.value == "connected"
+    finally:
+        await modem.close()
