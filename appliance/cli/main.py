@@ -84,6 +84,7 @@ def run(obj: _Ctx) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         monitor = LoopLagMonitor()
+        app.loop_monitor = monitor
         remove_dump = install_sigusr1_dump()
         monitor.start()
         try:
@@ -372,6 +373,10 @@ def _relink(link: Path | None, target: str | None) -> None:
 from appliance.cli import records  # noqa: E402
 
 records.register(cli)
+
+from appliance.cli import tech  # noqa: E402
+
+tech.register(cli)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from appliance.call.events import (
 from appliance.call.flow import CallerInfo, CallPolicy, CallPorts, CallResult, InboundCall
 from appliance.call.reference import COUNTER_SPACE, format_reference, make_reference
 from appliance.config import Config, LineConfig
+from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.media import CallMedia
 from appliance.errors import ApplianceError, ModemError, StoreError
 from appliance.handset.slic import RingCadence, Slic, SlicPins
@@ -56,6 +57,8 @@ REOPEN_BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: Seconds after the last RING before a ringing-but-unanswered call counts as gone.
 RING_GONE_S: Final = 8.0
 REFERENCE_KEY_FILE: Final = "reference.key"
+#: Storage per hour of a 2-channel 8 kHz call by codec (audio-speech.md §5.2, ×2 channels).
+BYTES_PER_HOUR: Final = {"wav": 115_200_000, "flac": 72_000_000, "opus": 19_000_000}
 
 CallObserver = Callable[[str, str, str], None]
 
@@ -412,8 +415,14 @@ class Application:
         self._ready = asyncio.Event()
         self._started = False
         self._handset_player: ClipPlayer | None = None
-        self._announce_on_lift: str | None = None  # "last-call" | "health" after a short ring
+        # After a short ring: what to say when the handset is lifted ("last-call", "health",
+        # "clip" = _announce_clip, a recording being played back).
+        self._announce_on_lift: str | None = None
+        self._announce_clip: np.ndarray | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._started_at = time.monotonic()
+        self.loop_monitor: Any = None  # set by `appliance run` (LoopLagMonitor)
+        self.control: ControlServer | None = None
 
     # -- start / stop -----------------------------------------------------------------------
 
@@ -455,6 +464,9 @@ class Application:
             session = LineSession(self, line)
             self.lines.append(session)
             session.start()
+        self.control = ControlServer(socket_path(cfg.device.state_dir),
+                                     {"status": self._cmd_status, "play": self._cmd_play})
+        await self.control.start()
         self._started = True
         self.update_faults()
 
@@ -463,6 +475,8 @@ class Application:
         if hasattr(self, "relay"):
             # First thing: hand the line back to the phone while we finish up.
             self.relay.close()
+        if self.control is not None:
+            await self.control.stop()
         for session in reversed(self.lines):
             await session.stop()
         for task in self._tasks:
@@ -648,6 +662,96 @@ class Application:
             self.play_to_idle_handset(clip)
         _LOGGER.info("front panel: %s announced to the shop", what)
 
+    # -- control socket commands ----------------------------------------------------------
+
+    async def _cmd_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.status_dict()
+
+    def status_dict(self) -> dict[str, Any]:
+        """Live state for ``appliance status`` (JSON-able)."""
+        import shutil
+
+        from appliance import __version__
+
+        lines = []
+        for session in self.lines:
+            modem = session.modem
+            active = session.active
+            lines.append({
+                "name": session.line.name,
+                "device": session.line.device,
+                "state": session.state,
+                "fault": session.fault,
+                "chipset": modem.chipset if modem else None,
+                "voice_format": modem.voice_format if modem else None,
+                "link": modem.link_state.value if modem else "down",
+                "modem_stats": dict(modem.stats) if modem else {},
+                "call": None if active is None else {
+                    "reference": format_reference(active.call.reference),
+                    "state": active.call.state.value,
+                    "caller": active.call.caller.number,
+                    "media": {**active.media.stats, **active.media.capture_stats},
+                },
+            })
+        disk = shutil.disk_usage(self.config.device.state_dir)
+        bytes_per_hour = BYTES_PER_HOUR.get(self.config.recording.codec, BYTES_PER_HOUR["wav"])
+        last = self.store.last_call()
+        monitor = self.loop_monitor
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "status": self.status_line(),
+            "lines": lines,
+            "handset": {"off_hook": self.slic.off_hook, "ringing": self.slic.ringing,
+                        "audio": dict(self.handset_audio.stats)},
+            "panel": {led: str(self.panel.pattern(led))
+                      for led in ("ready", "line", "recording", "fault")},
+            "bypass_relay": "in line" if self.relay.energised else "bypassed",
+            "faults": self.faults(),
+            "speech_warning": self.speech_warning,
+            "last_call": None if last is None else {
+                "reference": format_reference(last["reference"]),
+                "ring_at": last["ring_at"], "caller": last["caller_number"],
+                "outcome": last["outcome"], "recording_decision": last["recording_decision"]},
+            "disk": {"free_bytes": disk.free,
+                     "recording_hours_left": round(disk.free / bytes_per_hour, 1)},
+            "loop_lag_ms": None if monitor is None else round(monitor.lag_s * 1000, 2),
+            "loop_lag_max_ms": None if monitor is None else round(
+                monitor.max_seen_lag_s * 1000, 2),
+        }
+
+    async def _cmd_play(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Play a recording into the earpiece (technician/owner listening back), when idle."""
+        import soundfile
+
+        from appliance.call.reference import parse_reference
+
+        if self.in_call:
+            raise RuntimeError("a call is in progress; try again when the line is idle")
+        reference = parse_reference(str(request.get("reference", "")))
+        row = self.store.get_call(reference)
+        if row is None or not row["recording_path"]:
+            raise RuntimeError(f"no recording for {format_reference(reference)}")
+        audio, rate = await asyncio.to_thread(soundfile.read, row["recording_path"],
+                                              dtype="int16", always_2d=True)
+        if rate != 8000:
+            raise RuntimeError(f"unexpected sample rate {rate}")
+        # Both sides into the one earpiece.
+        mono = np.clip(audio.astype(np.int32).sum(axis=1), -32768, 32767).astype(np.int16)
+        if self.slic.off_hook:
+            self.play_to_idle_handset(mono)
+            where = "playing into the handset"
+        else:
+            self._announce_clip = mono
+            self._announce_on_lift = "clip"
+            self.slic.short_ring()
+            where = "the handset rings briefly; lift it to listen"
+        await self.store.append_audit("played", actor=str(request.get("actor", "cli")),
+                                      reference=reference, details={"to": "handset"})
+        return {"reference": format_reference(reference), "seconds": len(mono) / 8000,
+                "message": where}
+
     async def _run_button_events(self) -> None:
         while True:
             event = await self.panel.events.get()
@@ -669,7 +773,11 @@ class Application:
                 if event.kind == "off_hook" and self._announce_on_lift:
                     what, self._announce_on_lift = self._announce_on_lift, None
                     await self.slic.stop_ringing()
-                    await self._speak_to_shop(what)
+                    if what == "clip" and self._announce_clip is not None:
+                        self.play_to_idle_handset(self._announce_clip)
+                        self._announce_clip = None
+                    else:
+                        await self._speak_to_shop(what)
                 elif event.kind == "on_hook":
                     self._handset_player = None
                 continue

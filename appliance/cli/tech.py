@@ -1,0 +1,313 @@
+"""The technician's live commands: ``status``, ``play``, ``logs``, ``doctor``.
+
+``status`` and ``play`` talk to the running daemon over its control socket (the daemon alone
+owns the hardware); ``doctor`` checks everything a box needs and prints one pass/fail line per
+check with the fix; ``logs`` filters the journal by call reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+#: Exit code of `status` when the daemon is not running (as `systemctl status` uses 3).
+EXIT_NOT_RUNNING = 3
+MIN_FREE_HOURS = 24.0
+
+
+def register(group: click.Group) -> None:
+    group.add_command(status)
+    group.add_command(play)
+    group.add_command(logs)
+    group.add_command(doctor)
+
+
+def _ask_daemon(obj: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The daemon's reply, or None when it is not running."""
+    from appliance.daemon.control import request, socket_path
+
+    path = socket_path(obj.config().device.state_dir)
+    try:
+        return request(path, payload)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    except PermissionError:
+        click.echo(f"appliance: no permission to use {path} — run as the appliance user "
+                   "(appliancectl) or join the 'appliance' group", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The daemon's full state as JSON.")
+@click.pass_obj
+def status(obj: Any, as_json: bool) -> None:
+    """Live state from the running daemon: lines, call in progress, LEDs, disk, audio.
+
+    Exit code 3 when the daemon is not running.
+    """
+    reply = _ask_daemon(obj, {"cmd": "status"})
+    if reply is None:
+        if as_json:
+            click.echo(json.dumps({"running": False}))
+        else:
+            click.echo("daemon not running (no control socket) — start it with "
+                       "`sudo systemctl start appliance` or run `appliance run`")
+        sys.exit(EXIT_NOT_RUNNING)
+    if not reply.get("ok"):
+        click.echo(f"appliance: daemon error: {reply.get('error')}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(reply, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"{reply['status']}   (pid {reply['pid']}, up {reply['uptime_s']:.0f} s, "
+               f"version {reply['version']})")
+    for line in reply["lines"]:
+        state = line["state"] + (f" — FAULT: {line['fault']}" if line["fault"] else "")
+        click.echo(f"line {line['name']:<8} {state}; modem {line['chipset'] or '—'} "
+                   f"({line['voice_format'] or '—'}) link {line['link']} on {line['device']}")
+        call = line["call"]
+        if call:
+            media = call["media"]
+            click.echo(f"  call {call['reference']} {call['state']} from "
+                       f"{call['caller'] or 'unknown'}; frames rx {media['rx_frames']} "
+                       f"tx {media['tx_frames']} recorded {media['recorded_frames']}; "
+                       f"handset underruns {media['underruns']} overruns {media['overruns']}")
+    handset = reply["handset"]
+    click.echo(f"handset  {'off-hook' if handset['off_hook'] else 'on-hook'}"
+               f"{', ringing' if handset['ringing'] else ''}; audio underruns "
+               f"{handset['audio'].get('underruns', 0)} overruns "
+               f"{handset['audio'].get('overruns', 0)}")
+    click.echo("LEDs     " + ", ".join(f"{k} {v}" for k, v in reply["panel"].items()))
+    click.echo(f"relay    {reply['bypass_relay']}")
+    last = reply["last_call"]
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last["ring_at"] or 0))
+        click.echo(f"last     {last['reference']} at {when} from {last['caller'] or 'unknown'}"
+                   f" ({last['outcome']}, {last['recording_decision']})")
+    disk = reply["disk"]
+    click.echo(f"disk     {disk['free_bytes'] / 1e9:.1f} GB free ≈ "
+               f"{disk['recording_hours_left']:.0f} h of recording")
+    if reply.get("loop_lag_ms") is not None:
+        click.echo(f"loop lag {reply['loop_lag_ms']} ms (max {reply['loop_lag_max_ms']} ms)")
+    if reply.get("speech_warning"):
+        click.echo(f"speech   {reply['speech_warning']}")
+
+
+@click.command()
+@click.argument("reference")
+@click.pass_obj
+def play(obj: Any, reference: str) -> None:
+    """Play a call's recording into the shop's handset (only while no call is in progress)."""
+    from appliance.store.audit import current_actor
+
+    reply = _ask_daemon(obj, {"cmd": "play", "reference": reference,
+                              "actor": current_actor()})
+    if reply is None:
+        click.echo("appliance: the daemon is not running; it alone drives the handset", err=True)
+        sys.exit(EXIT_NOT_RUNNING)
+    if not reply.get("ok"):
+        click.echo(f"appliance: {reply.get('error')}", err=True)
+        sys.exit(1)
+    click.echo(f"{reply['reference']}: {reply['seconds']:.1f} s — {reply['message']}")
+
+
+@click.command()
+@click.argument("reference", required=False)
+@click.option("--lines", "-n", default=200, show_default=True, help="How many journal lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@click.pass_obj
+def logs(obj: Any, reference: str | None, lines: int, follow: bool) -> None:
+    """The daemon's journal, optionally only the lines of one call (REFERENCE).
+
+    Every call-related log line carries the call reference, so this is the call's story.
+    """
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        click.echo("appliance: journalctl not found (no systemd journal on this machine)",
+                   err=True)
+        sys.exit(1)
+    cmd = [journalctl, "-u", "appliance", "-o", "short-iso", "--no-pager"]
+    if follow:
+        cmd.append("--follow")
+    if reference:
+        from appliance.call.reference import parse_reference
+        from appliance.errors import ReferenceFormatError
+
+        try:
+            digits = parse_reference(reference)
+        except ReferenceFormatError as exc:
+            click.echo(f"appliance: {exc}", err=True)
+            sys.exit(1)
+        cmd += ["--grep", digits]
+    else:
+        cmd += ["-n", str(lines)]
+    sys.exit(subprocess.call(cmd))
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    level: str  # "pass" | "warn" | "fail"
+    detail: str
+    fix: str = ""
+
+
+def _checks(obj: Any) -> list[Check]:
+    from appliance.config import Config
+
+    config: Config = obj.config()  # exits 78 with the key on a broken configuration
+    out = [Check("config", "pass", "configuration is valid")]
+    state = config.device.state_dir
+    if not state.exists():
+        out.append(Check("state dir", "warn", f"{state} does not exist yet",
+                         "it is created at first start; or set --state-dir"))
+    elif not os.access(state, os.W_OK | os.X_OK):
+        out.append(Check("state dir", "fail", f"{state} is not writable by {os.getuid()}",
+                         f"sudo chown -R appliance:appliance {state}"))
+    else:
+        mode = state.stat().st_mode & 0o777
+        level = "pass" if not mode & 0o007 else "warn"
+        out.append(Check("state dir", level, f"{state} mode {mode:o}",
+                         "" if level == "pass" else f"chmod 0750 {state} (recordings are "
+                         "personal data)"))
+    if config.db_path.exists():
+        try:
+            from appliance.store.db import Store
+
+            store = Store.open(config.db_path)
+            n = len(store.list_calls(limit=None))
+            store.close_sync()
+            out.append(Check("index", "pass", f"{config.db_path} ok, {n} calls"))
+        except Exception as exc:
+            out.append(Check("index", "fail", f"{config.db_path}: {exc}",
+                             "restore appliance.db from a backup; recordings are self-"
+                             "describing (JSON sidecars)"))
+    status = _ask_daemon(obj, {"cmd": "status"})
+    if status is None:
+        out.append(Check("daemon", "warn", "not running",
+                         "sudo systemctl start appliance; journalctl -u appliance"))
+    for line in config.lines:
+        out.append(_check_modem(line.name, line.device, status))
+    out.append(_check_audio(config.handset.audio))
+    out.append(_check_pins(config.gpio.pin_factory, status))
+    out.append(_check_voice(config))
+    out.append(_check_disk(state if state.exists() else state.parent, config.recording.codec))
+    out.append(_check_clock())
+    return out
+
+
+def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check:
+    label = f"modem {name}"
+    if status is not None and status.get("ok"):
+        line = next((x for x in status["lines"] if x["name"] == name), None)
+        if line and line["link"] == "connected":
+            return Check(label, "pass", f"{line['chipset']} ({line['voice_format']}) answers "
+                         f"on {device}")
+        return Check(label, "fail", f"{device}: {line['fault'] if line else 'unknown line'}",
+                     "check the USB cable and `ls -l /dev/serial/by-id/`; the udev rule "
+                     "hw/99-appliance-modem.rules gives /dev/appliance-modem")
+    if device.startswith("sim://"):
+        return Check(label, "pass", "built-in emulated modem (sim://)")
+    if not Path(device).exists():
+        return Check(label, "fail", f"{device} does not exist",
+                     "plug in the modem; `ls -l /dev/serial/by-id/`; set lines[].device")
+    if not os.access(device, os.R_OK | os.W_OK):
+        return Check(label, "fail", f"no permission on {device}",
+                     "add the user to the dialout group (setup.sh install does)")
+    return Check(label, "pass", f"{device} present (start the daemon for a full check)")
+
+
+def _check_audio(url: str) -> Check:
+    if url == "sim://":
+        return Check("handset audio", "pass", "simulated handset (sim://)")
+    device = url.removeprefix("alsa:")
+    try:
+        import sounddevice as sd
+
+        sd.check_output_settings(device=device, samplerate=8000, channels=1, dtype="int16")
+        sd.check_input_settings(device=device, samplerate=8000, channels=1, dtype="int16")
+    except Exception as exc:
+        return Check("handset audio", "fail", f"{device}: {exc}",
+                     "`aplay -l` lists the cards; set handset.audio = \"alsa:plughw:CARD=…\"")
+    return Check("handset audio", "pass", f"{device} opens at 8 kHz mono")
+
+
+def _check_pins(name: str, status: dict[str, Any] | None) -> Check:
+    if status is not None:
+        return Check("gpio", "pass", f"pin factory {name or 'auto'} in use by the daemon")
+    try:
+        from appliance.daemon.app import make_pin_factory
+
+        factory = make_pin_factory(name)
+        if factory is not None:
+            factory.close()
+    except Exception as exc:
+        return Check("gpio", "fail", f"pin factory {name or 'auto'}: {exc}",
+                     "on a Pi: sudo ./setup.sh install (lgpio); elsewhere gpio.pin_factory = "
+                     "\"mock\"")
+    return Check("gpio", "pass", f"pin factory {name or 'auto'} loads")
+
+
+def _check_voice(config: Any) -> Check:
+    from appliance.speech.tts import espeak_available, select_engine
+
+    if not espeak_available():
+        return Check("speech", "fail", "espeak-ng is not installed (the fallback voice)",
+                     "sudo apt-get install espeak-ng")
+    engine, warning = select_engine(config.device.language, config.speech.voice)
+    if warning:
+        return Check("speech", "warn", warning,
+                     "sudo ./setup.sh install downloads the Hungarian Piper voice; or set "
+                     "speech.voice")
+    return Check("speech", "pass", f"voice {engine.voice_id}")
+
+
+def _check_disk(path: Path, codec: str) -> Check:
+    from appliance.daemon.app import BYTES_PER_HOUR
+
+    free = shutil.disk_usage(path).free
+    hours = free / BYTES_PER_HOUR.get(codec, BYTES_PER_HOUR["wav"])
+    level = "pass" if hours >= MIN_FREE_HOURS else "fail"
+    return Check("disk", level, f"{free / 1e9:.1f} GB free ≈ {hours:.0f} h of {codec} recording",
+                 "" if level == "pass" else "appliance purge; a larger SD card")
+
+
+def _check_clock() -> Check:
+    marker = Path("/run/systemd/timesync/synchronized")
+    if marker.exists():
+        return Check("clock", "pass", "synchronised by systemd-timesyncd")
+    if marker.parent.exists():
+        return Check("clock", "warn", "not (yet) synchronised — call times may be wrong",
+                     "check the network and `timedatectl timesync-status`")
+    return Check("clock", "warn", "synchronisation unknown (no systemd-timesyncd)",
+                 "install systemd-timesyncd or chrony; a Pi has no battery clock")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of checks.")
+@click.pass_obj
+def doctor(obj: Any, as_json: bool) -> None:
+    """Check everything the box needs; one line per check with the fix. Exit 1 on a failure."""
+    checks = _checks(obj)
+    failed = any(c.level == "fail" for c in checks)
+    if as_json:
+        click.echo(json.dumps([asdict(c) for c in checks], ensure_ascii=False, indent=2))
+    else:
+        for c in checks:
+            mark = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}[c.level]
+            click.echo(f"{mark}  {c.name:<14} {c.detail}")
+            if c.fix and c.level != "pass":
+                click.echo(f"      {'':<14} fix: {c.fix}")
+    sys.exit(1 if failed else 0)
