@@ -22,7 +22,29 @@ it, so tones under ~16 ms are never reported, 18–30 ms tones depend on block a
 
 Measured here (2-vCPU x86_64 VM, numpy 2.4.6, best of 7): 60 s of audio takes ≈ 90 ms when
 fed in 20 ms frames (per-call numpy overhead dominates; ≈ 0.15 % of one core in real time)
-and ≈ 5–8 ms when fed as one chunk.
+and ≈ 5–8 ms when fed as one chunk. With a ``reference`` (echo gate) the 20 ms-frame case
+takes ≈ 0.35 s (a second matrix product and the sliding maximum per frame).
+
+Echo gate (issue 5 item 5). While the appliance plays a prompt to the line, the line hybrid
+(the modem's 2-wire/4-wire converter; ``+VTR`` has no echo cancellation, v253-modem.md §4.1) sends
+part of it back into the received audio. A prompt containing a DTMF-like chord would then be
+"heard" as a key, and speech echo can look like a tone for a block or two. So
+:meth:`DtmfDetector.feed` takes the transmitted audio as ``reference`` and applies this rule:
+
+    A block may hold key (row *r*, column *c*) only if, at **both** of its frequencies, the
+    received power exceeds what the echo of the transmitted audio could produce:
+    ``rx(f) > max_tx(f) − TRANS_HYBRID_LOSS_DB + ECHO_MARGIN_DB`` (in dB, per DTMF frequency
+    bin), where ``max_tx(f)`` is the largest transmitted power at ``f`` over the last
+    ``ECHO_WINDOW_S`` (so an echo delayed by up to that much is still covered).
+
+The echo is assumed at least :data:`TRANS_HYBRID_LOSS_DB` (6 dB) below the transmitted audio
+— a worst case; the Ag1171 SLIC specifies 12–21 dB (hardware.md) and telephone hybrids are
+typically 10–20 dB. With the default 3 dB margin a key is accepted during a prompt when it is
+louder at its two frequencies than the prompt's echo at those frequencies plus 3 dB, i.e.
+louder than 3 dB below the transmitted level there. A key under loud speech may also fail the
+energy-share check (the "under louder speech" row of §7.3); that limit is not moved by the
+gate. Without ``reference`` (or with silence as reference) the detector behaves exactly as
+before.
 
 Levels are dBFS relative to full scale 32767 / 1.0 (see :mod:`appliance.audio.pcm`).
 """
@@ -30,15 +52,23 @@ Levels are dBFS relative to full scale 32767 / 1.0 (see :mod:`appliance.audio.pc
 from __future__ import annotations
 
 import logging
+import math
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
 
 from appliance.audio.pcm import FULL_SCALE, SAMPLE_RATE_HZ
 from appliance.audio.tones import DTMF_COLS_HZ, DTMF_KEYPAD, DTMF_ROWS_HZ
 
-__all__ = ["BLOCK_SAMPLES", "DtmfDetector"]
+__all__ = [
+    "BLOCK_SAMPLES",
+    "ECHO_MARGIN_DB",
+    "ECHO_WINDOW_S",
+    "TRANS_HYBRID_LOSS_DB",
+    "DtmfDetector",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -59,6 +89,14 @@ MIN_ON_BLOCKS: Final = 2
 MIN_OFF_BLOCKS: Final = 2
 """Blocks without a valid key before the next key can be reported."""
 
+TRANS_HYBRID_LOSS_DB: Final = 6.0
+"""Assumed minimum loss from transmitted audio to its echo in the received audio (brief)."""
+ECHO_MARGIN_DB: Final = 3.0
+"""A key must beat the worst-case echo at both its frequencies by this much."""
+ECHO_WINDOW_S: Final = 0.100
+"""How far back transmitted audio can still echo: covers the 3 × 20 ms transmit lead
+(daemon/media.py TX_LEAD_FRAMES), modem buffering and the line's round trip."""
+
 _KEYS: Final = tuple(DTMF_KEYPAD[r][c] for r in range(4) for c in range(4))
 _NO_KEY: Final = -1
 
@@ -75,14 +113,30 @@ class DtmfDetector:
     task (it is cheap; create one per call leg).
     """
 
-    def __init__(self, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
+    def __init__(
+        self,
+        sample_rate_hz: int = SAMPLE_RATE_HZ,
+        *,
+        trans_hybrid_loss_db: float = TRANS_HYBRID_LOSS_DB,
+        echo_margin_db: float = ECHO_MARGIN_DB,
+        echo_window_s: float = ECHO_WINDOW_S,
+    ) -> None:
         """Prepare a detector for ``sample_rate_hz`` (8 kHz in the appliance).
 
+        Args:
+            sample_rate_hz: rate of the received (and reference) samples.
+            trans_hybrid_loss_db: assumed minimum echo loss for the echo gate.
+            echo_margin_db: how much a key must beat the worst-case echo by.
+            echo_window_s: longest echo delay the gate covers (rounded up to whole blocks).
+
         Raises:
-            ValueError: the rate is too low to carry the 1633 Hz column tone.
+            ValueError: the rate is too low to carry the 1633 Hz column tone, or the echo
+                window is negative.
         """
         if sample_rate_hz <= 2 * max(DTMF_COLS_HZ):
             raise ValueError(f"sample rate {sample_rate_hz} Hz is too low for DTMF")
+        if echo_window_s < 0:
+            raise ValueError(f"echo window must be ≥ 0 s, got {echo_window_s}")
         self._rate = sample_rate_hz
         # Keep the block duration (12.75 ms) and thus the bin width at other rates.
         self._n = round(BLOCK_SAMPLES * sample_rate_hz / SAMPLE_RATE_HZ)
@@ -97,43 +151,66 @@ class DtmfDetector:
         self._dominance = _db_to_power_ratio(DOMINANCE_DB)
         self._row_over_col = _db_to_power_ratio(MAX_ROW_OVER_COL_DB)
         self._col_over_row = _db_to_power_ratio(MAX_COL_OVER_ROW_DB)
+        # Echo gate: received power must exceed (max recent transmitted power) × this ratio.
+        self._echo_ratio = _db_to_power_ratio(echo_margin_db - trans_hybrid_loss_db)
+        # Blocks of transmitted history compared with each received block (incl. itself).
+        self._echo_blocks = 1 + math.ceil(echo_window_s * sample_rate_hz / self._n)
         self._pending: npt.NDArray[np.float64] = np.zeros(0)
+        self._pending_tx: npt.NDArray[np.float64] = np.zeros(0)
+        self._tx_history: npt.NDArray[np.float64] = np.zeros((self._echo_blocks - 1, 8))
         self._candidate = _NO_KEY
         self._run = 0
         self._off_run = MIN_OFF_BLOCKS
         self._armed = True
 
     def reset(self) -> None:
-        """Forget buffered samples and debounce state (e.g. at the start of a call)."""
+        """Forget buffered samples, echo history and debounce state (e.g. at call start)."""
         self._pending = np.zeros(0)
+        self._pending_tx = np.zeros(0)
+        self._tx_history = np.zeros_like(self._tx_history)
         self._candidate = _NO_KEY
         self._run = 0
         self._off_run = MIN_OFF_BLOCKS
         self._armed = True
 
-    def feed(self, samples: npt.ArrayLike) -> list[str]:
+    def feed(self, samples: npt.ArrayLike, *, reference: npt.ArrayLike | None = None) -> list[str]:
         """Consume the next chunk of the stream and return the symbols that completed in it.
 
         Args:
-            samples: 1-D mono samples; integer input is int16 scale, float input ±1.0 scale.
-                Any length, including 0.
+            samples: 1-D mono received samples; integer input is int16 scale, float input
+                ±1.0 scale. Any length, including 0.
+            reference: the audio sent to the line during the same interval (same length as
+                ``samples``, same scale rules), for the echo gate described in the module
+                docstring; None means nothing was sent (silence). Its echo may lag by up to
+                the constructor's ``echo_window_s``, so passing the frame sent just before
+                or just after the received one is equally fine.
 
         Returns:
             The symbols (``"0"``–``"9"``, ``"*"``, ``"#"``, ``"A"``–``"D"``) reported in this
             chunk, in order; usually empty.
+
+        Raises:
+            ValueError: ``reference`` is given with a different length than ``samples``.
         """
-        arr = np.asarray(samples).reshape(-1)
-        # Same scale as pcm.int16_to_float (32767 → 1.0), computed in float64 directly.
-        scale = 1.0 / FULL_SCALE if np.issubdtype(arr.dtype, np.integer) else 1.0
-        x = arr.astype(np.float64) * scale
+        x = _as_float(samples)
+        tx = np.zeros(len(x)) if reference is None else _as_float(reference)
+        if len(tx) != len(x):
+            raise ValueError(
+                f"reference has {len(tx)} samples, the received chunk {len(x)}: "
+                "pass the transmitted audio of the same interval"
+            )
         buf = np.concatenate((self._pending, x)) if self._pending.size else x
+        tx_buf = np.concatenate((self._pending_tx, tx)) if self._pending_tx.size else tx
         n_blocks = len(buf) // self._n
         used = n_blocks * self._n
         self._pending = buf[used:].copy()
+        self._pending_tx = tx_buf[used:].copy()
         if n_blocks == 0:
             return []
+        shape = (n_blocks, self._n)
+        keys = self._classify(buf[:used].reshape(shape), tx_buf[:used].reshape(shape))
         found: list[str] = []
-        for key in self._classify(buf[:used].reshape(n_blocks, self._n)).tolist():
+        for key in keys.tolist():
             symbol = self._debounce(key)
             if symbol is not None:
                 found.append(symbol)
@@ -141,7 +218,9 @@ class DtmfDetector:
             _LOGGER.debug("DTMF detected: %s", "".join(found))
         return found
 
-    def _classify(self, blocks: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+    def _classify(
+        self, blocks: npt.NDArray[np.float64], tx_blocks: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.intp]:
         """Return per block the key index 0–15 (row·4 + column) or -1 for "no valid tone"."""
         spectrum = blocks @ self._basis
         # Shape (blocks, group, 4): group 0 = rows (low), group 1 = columns (high).
@@ -158,7 +237,33 @@ class DtmfDetector:
         # block energy is 2·|X|²/N.
         ok &= (2.0 / self._n) * (row_best + col_best) >= MIN_TONE_FRACTION * energy
         idx = np.argmax(power, axis=2)
+        ok &= self._above_echo(tx_blocks, best, idx)
         return np.where(ok, idx[:, 0] * 4 + idx[:, 1], _NO_KEY)
+
+    def _above_echo(
+        self,
+        tx_blocks: npt.NDArray[np.float64],
+        best: npt.NDArray[np.float64],
+        idx: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.bool_]:
+        """Echo gate: per block, whether both chosen tones beat the worst-case echo.
+
+        Args:
+            tx_blocks: transmitted samples, shape (blocks, N).
+            best: received power of the strongest row and column, shape (blocks, 2).
+            idx: which row and column those are (0–3 each), shape (blocks, 2).
+        """
+        tx_spectrum = tx_blocks @ self._basis
+        tx_power = tx_spectrum.real**2 + tx_spectrum.imag**2  # (blocks, 8)
+        stacked = np.concatenate((self._tx_history, tx_power))
+        self._tx_history = stacked[len(stacked) - len(self._tx_history) :].copy()
+        # Largest transmitted power per frequency over each block and the ones before it.
+        recent = sliding_window_view(stacked, self._echo_blocks, axis=0).max(axis=2)
+        # The strongest received row/column decides the key; compare it at that frequency.
+        grouped = recent.reshape(-1, 2, 4)
+        tx_at_key = np.take_along_axis(grouped, idx[:, :, np.newaxis], axis=2)[:, :, 0]
+        # Strict ">": digital silence on both sides (0 > 0) is rejected anyway by the floor.
+        return np.all(best > self._echo_ratio * tx_at_key, axis=1)
 
     def _debounce(self, key: int) -> str | None:
         """Advance the per-block state machine; return a symbol when one is confirmed."""
@@ -181,3 +286,10 @@ class DtmfDetector:
             self._armed = False
             return _KEYS[key]
         return None
+
+
+def _as_float(samples: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Flatten to float64 at ±1.0 scale (int16 input divided by 32767, as pcm.int16_to_float)."""
+    arr = np.asarray(samples).reshape(-1)
+    scale = 1.0 / FULL_SCALE if np.issubdtype(arr.dtype, np.integer) else 1.0
+    return arr.astype(np.float64) * scale

@@ -217,3 +217,144 @@ def test_sixty_seconds_is_fast() -> None:
     found = detect(x)
     assert time.perf_counter() - start < 2.0
     assert len(found) == 600
+
+
+# --- echo gate (issue 5 item 5) -------------------------------------------------------------
+
+#: Where the test puts the prompt's DTMF-like chord and the caller's keys (fraction of length).
+CHORD_AT = 0.5
+KEY_POSITIONS = (0.15, 0.35, 0.65, 0.85)
+CALLER_KEYS = "159#"
+#: Echo delays covered by the default ECHO_WINDOW_S (100 ms): none, one block, 60 ms lead.
+ECHO_DELAYS_MS = (0, 8, 60, 95)
+
+
+def echo_of(tx: np.ndarray, loss_db: float, delay_ms: int) -> np.ndarray:
+    """What the hybrid returns: ``tx`` delayed and attenuated, plus a −60 dBFS line noise."""
+    delay = delay_ms * RATE_HZ // 1000
+    delayed = np.concatenate([np.zeros(delay), tx[: len(tx) - delay]])
+    return add_noise(delayed * 10 ** (-loss_db / 20), level_dbfs=-60.0, seed=3)
+
+
+def detect_with_reference(rx: np.ndarray, tx: np.ndarray | None) -> str:
+    """Feed received and transmitted audio frame by frame, as the media path does."""
+    detector = DtmfDetector()
+    found: list[str] = []
+    for start in range(0, len(rx), FRAME_SAMPLES):
+        ref = None if tx is None else tx[start : start + FRAME_SAMPLES]
+        found += detector.feed(rx[start : start + FRAME_SAMPLES], reference=ref)
+    return "".join(found)
+
+
+@pytest.fixture(scope="module")
+def prompt_with_chord() -> np.ndarray:
+    """A real prompt as played to the line (espeak-ng, phone-conditioned, −3 dBFS peak) with a
+    150 ms DTMF '9' chord at −6 dBFS in the middle, as a jingle or a tone sample could have."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    from appliance.speech.condition import condition_for_phone
+    from appliance.speech.tts import EspeakEngine
+
+    samples, rate = EspeakEngine("hu").synthesize(HU_SENTENCE)
+    tx = condition_for_phone(samples, rate).astype(np.float64) / 32767
+    chord = dtmf_signal("9", on_ms=150, off_ms=0, level_dbfs=-6.0)
+    at = int(CHORD_AT * len(tx))
+    tx[at : at + len(chord)] = chord
+    return tx
+
+
+@pytest.mark.parametrize("delay_ms", ECHO_DELAYS_MS)
+def test_echo_of_own_prompt_chord_is_not_a_key(
+    prompt_with_chord: np.ndarray, delay_ms: int
+) -> None:
+    rx = echo_of(prompt_with_chord, loss_db=6.0, delay_ms=delay_ms)
+    # Without the reference the echoed chord is a perfectly good '9': the gate is what stops it.
+    assert detect_with_reference(rx, None) == "9"
+    assert detect_with_reference(rx, prompt_with_chord) == ""
+
+
+def test_echo_with_more_hybrid_loss_is_not_a_key(prompt_with_chord: np.ndarray) -> None:
+    rx = echo_of(prompt_with_chord, loss_db=16.0, delay_ms=20)
+    assert detect_with_reference(rx, prompt_with_chord) == ""
+
+
+@pytest.mark.parametrize("level_dbfs", [-10.0, -15.0, -20.0])
+@pytest.mark.parametrize("delay_ms", [8, 60])
+def test_real_keys_during_the_prompt_are_reported(
+    prompt_with_chord: np.ndarray, level_dbfs: float, delay_ms: int
+) -> None:
+    rx = echo_of(prompt_with_chord, loss_db=6.0, delay_ms=delay_ms)
+    for key, position in zip(CALLER_KEYS, KEY_POSITIONS, strict=True):
+        tone = dtmf_signal(key, on_ms=80, off_ms=0, level_dbfs=level_dbfs)
+        at = int(position * len(rx))
+        rx[at : at + len(tone)] += tone
+    assert detect_with_reference(rx, prompt_with_chord) == CALLER_KEYS
+
+
+def test_key_on_the_same_chord_as_the_prompt_needs_to_beat_the_echo() -> None:
+    # TX plays '5' at −10 dBFS; its echo comes back at −16 dBFS. A caller pressing '5' at
+    # −22 dBFS is below the gate (rx ≤ tx − 6 + 3 dB at both frequencies); at −6 dBFS it is
+    # clearly louder than anything the echo could be, and is reported.
+    tx = dtmf_signal("5", on_ms=300, off_ms=100, level_dbfs=-10.0)
+    echo = echo_of(tx, loss_db=6.0, delay_ms=0)
+    assert detect_with_reference(echo, tx) == ""
+    assert detect_with_reference(echo + dtmf_signal("5", 300, 100, level_dbfs=-6.0), tx) == "5"
+
+
+def test_reference_of_silence_changes_nothing() -> None:
+    x = add_noise(dtmf_signal(ALL_SYMBOLS), level_dbfs=-35.0)
+    assert detect_with_reference(x, np.zeros(len(x))) == ALL_SYMBOLS
+    assert detect_with_reference(x, None) == ALL_SYMBOLS
+
+
+def test_int16_reference_is_scaled_like_samples() -> None:
+    tx = tones.dtmf_sequence("5", on_ms=300, off_ms=100, level_dbfs=-10.0)
+    echo = np.round(tx * 10 ** (-6 / 20)).astype(np.int16)
+    assert detect_with_reference(echo, None) == "5"
+    assert detect_with_reference(echo, tx) == ""
+
+
+def test_reference_length_must_match() -> None:
+    detector = DtmfDetector()
+    with pytest.raises(ValueError, match="reference has 10 samples"):
+        detector.feed(np.zeros(160), reference=np.zeros(10))
+    with pytest.raises(ValueError, match="echo window"):
+        DtmfDetector(echo_window_s=-1.0)
+
+
+def test_reset_forgets_echo_history() -> None:
+    tx = dtmf_signal("5", on_ms=100, off_ms=0, level_dbfs=-6.0)
+    key = dtmf_signal("5", on_ms=100, off_ms=100, level_dbfs=-15.0)
+    detector = DtmfDetector()
+    detector.feed(np.zeros(len(tx)), reference=tx)
+    # Right after a loud TX '5' the history still covers it: a quieter '5' is echo-like.
+    assert detector.feed(key) == []
+    detector.reset()
+    assert detector.feed(key) == ["5"]
+
+
+ECHO_TX = dtmf_signal("3A", 200, 100, level_dbfs=-6.0)
+# Echo of "3A" (30 ms late) under a caller's "7D": '7' starts 30 ms before the echo and is
+# reported; the echoes of '3' and 'A' are gated; 'D' shares 1633 Hz with the echoed 'A' and is
+# not louder there, so it is gated too. Without the reference all four would be reported.
+ECHO_RX = float_to_int16(
+    echo_of(ECHO_TX, loss_db=6.0, delay_ms=30) + dtmf_signal("7D", 150, 150, level_dbfs=-12.0)
+)
+ECHO_EXPECTED = "7"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 700), min_size=1, max_size=30))
+def test_chunking_with_reference_does_not_change_the_result(sizes: list[int]) -> None:
+    detector = DtmfDetector()
+    found: list[str] = []
+    start = 0
+    i = 0
+    while start < len(ECHO_RX):
+        size = sizes[i % len(sizes)]
+        chunk = slice(start, start + size)
+        found += detector.feed(ECHO_RX[chunk], reference=ECHO_TX[chunk])
+        start += size
+        i += 1
+    assert "".join(found) == ECHO_EXPECTED
+    assert "".join(DtmfDetector().feed(ECHO_RX)) == "73DA"
