@@ -373,6 +373,9 @@ def _relink(link: Path | None, target: str | None) -> None:
 from appliance.cli import records  # noqa: E402
 
 records.register(cli)
+from appliance.cli import sounds  # noqa: E402
+
+sounds.register(cli)
 
 from appliance.cli import tech  # noqa: E402
 

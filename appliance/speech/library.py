@@ -65,8 +65,9 @@ BEEP_RAMP_S: Final[float] = 0.010
 MANIFEST_VERSION: Final[int] = 1
 _WAV_HEADER_MIN_BYTES: Final[int] = 44
 
-#: ``progress(clip_name, reused)`` — called once per clip during a build.
-ProgressCallback = Callable[[str, bool], None]
+#: ``progress(clip_name, reused, seconds)`` — called once per clip during a build, with the
+#: clip's length in seconds of 8 kHz audio (``appliance sounds build`` prints it).
+ProgressCallback = Callable[[str, bool, float], None]
 
 
 def _silence(seconds: float) -> npt.NDArray[np.int16]:
@@ -241,7 +242,8 @@ class PromptLibrary:
             engine: the speech engine.
             texts: prompt templates from ``load_prompt_texts``.
             notice_text: the filled notice.
-            progress: called as ``progress(name, reused)`` once per clip.
+            progress: called as ``progress(name, reused, seconds)`` once per clip, right
+                after it was rendered or found in the cache.
 
         Raises:
             SpeechError: the engine failed or produced silence.
@@ -272,7 +274,7 @@ class PromptLibrary:
                 write_clip(path, audio)
             _LOGGER.debug("Clip %s: %s (%s)", name, file_name, "reused" if reused else "rendered")
             if progress is not None:
-                progress(name, reused)
+                progress(name, reused, audio.size / PHONE_RATE_HZ)
             clips[name] = audio
             files[name] = file_name
         version = notice_version(notice_text, voice_id, settings)

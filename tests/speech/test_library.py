@@ -38,14 +38,23 @@ def hu_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PromptLibr
     cache = tmp_path_factory.mktemp("cache")
     texts = load_prompt_texts("hu")
     events: list[tuple[str, bool]] = []
+    seconds: dict[str, float] = {}
+
+    def progress(name: str, reused: bool, length_s: float) -> None:
+        events.append((name, reused))
+        seconds[name] = length_s
+
     library = PromptLibrary.build(
         cache,
         lang="hu",
         engine=EspeakEngine("hu"),
         texts=texts,
         notice_text=_notice("hu", texts),
-        progress=lambda name, reused: events.append((name, reused)),
+        progress=progress,
     )
+    # The progress callback reports each clip's length in seconds of 8 kHz audio.
+    for name, length_s in seconds.items():
+        assert length_s == library.clip(name).size / PHONE_RATE_HZ
     return cache, library, events
 
 
@@ -80,7 +89,7 @@ def test_second_build_renders_nothing(hu_build: tuple[Path, PromptLibrary, list]
         engine=EspeakEngine("hu"),
         texts=texts,
         notice_text=_notice("hu", texts),
-        progress=lambda name, reused: events.append((name, reused)),
+        progress=lambda name, reused, _seconds: events.append((name, reused)),
     )
     assert events == [(name, True) for name, _ in first_events]
     assert again.notice_version == library.notice_version
@@ -100,7 +109,7 @@ def test_changed_text_renders_only_that_clip(tmp_path: Path) -> None:
         engine=engine,
         texts=changed,
         notice_text=notice,
-        progress=lambda name, reused: events.append((name, reused)),
+        progress=lambda name, reused, _seconds: events.append((name, reused)),
     )
     assert [name for name, reused in events if not reused] == ["goodbye"]
 
@@ -122,7 +131,7 @@ def test_corrupt_clip_is_rendered_again(tmp_path: Path) -> None:
         engine=engine,
         texts=texts,
         notice_text=notice,
-        progress=lambda name, reused: events.append((name, reused)),
+        progress=lambda name, reused, _seconds: events.append((name, reused)),
     )
     assert [name for name, reused in events if not reused] == ["connecting"]
     repaired = read_clip(path)
@@ -265,7 +274,7 @@ def test_piper_english_library(tmp_path: Path, piper_joe: PiperEngine) -> None:
         engine=piper_joe,
         texts=texts,
         notice_text=notice,
-        progress=lambda name, reused: events.append((name, reused)),
+        progress=lambda name, reused, _seconds: events.append((name, reused)),
     )
     assert events
     assert all(reused for _, reused in events)

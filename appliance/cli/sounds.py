@@ -1,0 +1,283 @@
+"""The ``appliance sounds`` commands: render, list and listen to the prompt clips (issue 5).
+
+* ``appliance sounds build`` renders every prompt, the notice and the digit words into the
+  prompt cache (``<state_dir>/prompt-cache``) with the configured voice — the same call the
+  daemon makes at start (:meth:`PromptLibrary.build`), so a technician can render ahead of
+  time, see what was rendered or reused, and hear the result before the first call.
+* ``appliance sounds list`` shows the clips of the last build with their durations.
+* ``appliance sounds say NAME --out FILE.wav`` writes one clip (or a call reference assembled
+  from the digit clips) to a WAV file for listening.
+
+Registered on the main group by :func:`register`. Exit codes as in :mod:`appliance.cli.main`:
+0 ok, 1 rendering failed / nothing built / no such clip, 2 usage, 78 configuration error.
+Progress goes to stderr, results to stdout, so ``--json`` output can be piped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+import click
+
+from appliance.speech.prompts import LANGUAGES
+
+if TYPE_CHECKING:
+    from appliance.cli.main import _Ctx
+    from appliance.config import Config
+    from appliance.speech.tts import TtsEngine
+
+#: Exit code when rendering fails or there is nothing to list/say (main.py's "check failed").
+EXIT_FAILED: Final[int] = 1
+ENGINE_PIPER: Final[str] = "piper"
+ENGINE_ESPEAK: Final[str] = "espeak"
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"appliance: {message}", err=True)
+    sys.exit(code)
+
+
+def _config_error(exc: Exception) -> NoReturn:
+    from appliance.config import EXIT_CONFIG
+
+    _fail(f"configuration error: {exc}", EXIT_CONFIG)
+
+
+def _texts_and_notice(config: Config, lang: str) -> tuple[dict[str, str], str]:
+    """Prompt templates and the filled notice for ``lang``, as the daemon computes them.
+
+    The configured text overrides (``speech.texts``) are written in the configured language,
+    so they apply only when ``lang`` is that language; company and purpose are used as given.
+
+    Raises:
+        ConfigError: an override or a notice value cannot be used.
+    """
+    from appliance.speech.prompts import load_prompt_texts, render_notice_text
+
+    overrides = config.speech.texts if lang == config.device.language else None
+    texts = load_prompt_texts(lang, overrides)
+    notice_text = render_notice_text(
+        texts,
+        lang=lang,
+        company=config.device.company,
+        purpose=config.notice.purpose,
+        retention_days=config.retention.recordings_days,
+        optout_key=config.call.optout_key,
+    )
+    return texts, notice_text
+
+
+def _engine_name(engine: TtsEngine) -> str:
+    from appliance.speech.tts import PiperEngine
+
+    return ENGINE_PIPER if isinstance(engine, PiperEngine) else "espeak-ng"
+
+
+@click.group()
+def sounds() -> None:
+    """Render, list and listen to the spoken prompts (the prompt cache)."""
+
+
+@sounds.command("build")
+@click.option("--voice", metavar="NAME|PATH",
+              help="Piper voice name (installed by setup.sh) or path to an .onnx voice "
+                   "[default: speech.voice from the configuration].")
+@click.option("--engine", "engine_choice", type=click.Choice([ENGINE_PIPER, ENGINE_ESPEAK]),
+              default=ENGINE_PIPER, show_default=True,
+              help="piper: the voice above, falling back to espeak-ng with a warning when it "
+                   "is not installed; espeak: espeak-ng regardless of the voice.")
+@click.option("--lang", type=click.Choice(list(LANGUAGES)),
+              help="Prompt language [default: device.language from the configuration].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the summary.")
+@click.pass_obj
+def build(obj: _Ctx, voice: str | None, engine_choice: str, lang: str | None,
+          as_json: bool) -> None:
+    """Render every prompt and the digit words into the prompt cache.
+
+    Clips already in the cache with the same text, voice and settings are reused. One line
+    per clip goes to stderr ("rendered" or "reused", name, seconds of audio); the summary
+    (voice, engine, notice version and length, fallback warning) goes to stdout.
+    Each clip and the manifest are written atomically: a failed build leaves the previous
+    build usable and no partial file.
+    """
+    from appliance.errors import ConfigError, SpeechError
+    from appliance.speech.library import PromptLibrary
+    from appliance.speech.tts import EspeakEngine, select_engine
+
+    config = obj.config()
+    lang = lang or config.device.language
+    try:
+        texts, notice_text = _texts_and_notice(config, lang)
+    except ConfigError as exc:
+        _config_error(exc)
+    warning: str | None
+    engine: TtsEngine
+    if engine_choice == ENGINE_ESPEAK:
+        engine, warning = EspeakEngine(lang, config.speech.espeak_wpm), None
+    else:
+        engine, warning = select_engine(lang, voice or config.speech.voice,
+                                        speed_wpm=config.speech.espeak_wpm)
+    if warning:
+        click.echo(f"appliance: warning: {warning}", err=True)
+    clips: list[dict[str, Any]] = []
+
+    def progress(name: str, reused: bool, seconds: float) -> None:
+        status = "reused" if reused else "rendered"
+        clips.append({"name": name, "status": status, "seconds": round(seconds, 3)})
+        click.echo(f"{status:<9} {name:<18} {seconds:6.2f} s", err=True)
+
+    cache_dir = config.prompt_cache_dir
+    try:
+        library = PromptLibrary.build(cache_dir, lang=lang, engine=engine, texts=texts,
+                                      notice_text=notice_text, progress=progress)
+    except SpeechError as exc:
+        _fail(f"rendering failed: {exc} (the previous build in {cache_dir} is unchanged)")
+    except OSError as exc:
+        _fail(f"cannot write the prompt cache {cache_dir}: {exc}")
+    summary = {
+        "lang": lang,
+        "voice": library.voice_id,
+        "engine": _engine_name(engine),
+        "notice_version": library.notice_version,
+        "notice_s": round(library.notice.size / _rate(), 3),
+        "rendered": sum(c["status"] == "rendered" for c in clips),
+        "reused": sum(c["status"] == "reused" for c in clips),
+        "cache_dir": str(cache_dir),
+        "warning": warning,
+        "clips": clips,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+        return
+    rows = [
+        ("voice", summary["voice"]),
+        ("engine", summary["engine"]),
+        ("language", lang),
+        ("notice version", summary["notice_version"]),
+        ("notice length", f"{summary['notice_s']:.1f} s"),
+        ("clips", f"{len(clips)} ({summary['rendered']} rendered, {summary['reused']} reused)"),
+        ("cache", summary["cache_dir"]),
+    ]
+    if warning:
+        rows.append(("WARNING", f"fell back to espeak-ng: {warning}"))
+    for key, value in rows:
+        click.echo(f"{key:<15} {value}")
+
+
+def _rate() -> int:
+    from appliance.speech.condition import PHONE_RATE_HZ
+
+    return PHONE_RATE_HZ
+
+
+def _read_manifest(cache_dir: Path, lang: str) -> dict[str, Any]:
+    from appliance.speech.library import PromptLibrary
+
+    path = PromptLibrary.manifest_path(cache_dir, lang)
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        _fail(f"no prompts built for {lang!r} in {cache_dir}; run `appliance sounds build`")
+    except (OSError, ValueError) as exc:
+        _fail(f"unreadable prompt manifest {path}: {exc}; run `appliance sounds build`")
+    return manifest
+
+
+@sounds.command("list")
+@click.option("--lang", type=click.Choice(list(LANGUAGES)),
+              help="Prompt language [default: device.language from the configuration].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_obj
+def list_clips(obj: _Ctx, lang: str | None, as_json: bool) -> None:
+    """List the clips of the last build with their durations.
+
+    Exit 1 when nothing was built or a clip is missing or corrupt (rebuild then).
+    """
+    from appliance.errors import ConfigError
+    from appliance.speech.library import read_clip
+
+    config = obj.config()
+    lang = lang or config.device.language
+    cache_dir = config.prompt_cache_dir
+    manifest = _read_manifest(cache_dir, lang)
+    try:
+        _, notice_text = _texts_and_notice(config, lang)
+    except ConfigError as exc:
+        _config_error(exc)
+    # The daemon refuses a build whose notice differs from the configuration (library.load).
+    stale = manifest.get("notice_text") != notice_text
+    clips: list[dict[str, Any]] = []
+    for name, file_name in manifest.get("clips", {}).items():
+        audio = read_clip(cache_dir / file_name)
+        clips.append({
+            "name": name,
+            "file": file_name,
+            "seconds": None if audio is None else round(audio.size / _rate(), 3),
+        })
+    broken = [c["name"] for c in clips if c["seconds"] is None]
+    result = {
+        "lang": lang,
+        "voice": manifest.get("voice_id"),
+        "notice_version": manifest.get("notice_version"),
+        "stale_notice": stale,
+        "cache_dir": str(cache_dir),
+        "clips": clips,
+    }
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        click.echo(f"voice {result['voice']}, notice version {result['notice_version']}")
+        for clip in clips:
+            length = "MISSING/CORRUPT" if clip["seconds"] is None else f"{clip['seconds']:6.2f} s"
+            click.echo(f"  {clip['name']:<18} {length:>15}  {clip['file']}")
+        if stale:
+            click.echo("the configured notice differs from the built one: run "
+                       "`appliance sounds build`", err=True)
+    if broken:
+        _fail("missing or corrupt clips: " + ", ".join(broken) + "; run `appliance sounds build`")
+
+
+@sounds.command("say")
+@click.argument("name")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="WAV file to write (8 kHz mono 16-bit).")
+@click.option("--lang", type=click.Choice(list(LANGUAGES)),
+              help="Prompt language [default: device.language from the configuration].")
+@click.pass_obj
+def say(obj: _Ctx, name: str, out_path: Path, lang: str | None) -> None:
+    """Write the rendered clip NAME to a WAV file, for listening.
+
+    NAME is a clip from `appliance sounds list` (notice, goodbye, 0..9, beep, …) or a call
+    reference such as 427-193-53, assembled as the caller hears it. Nothing is rendered: the
+    clips come from the last `appliance sounds build`.
+    """
+    from appliance.errors import ReferenceFormatError, SpeechError
+    from appliance.speech.library import PromptLibrary, write_clip
+
+    config = obj.config()
+    lang = lang or config.device.language
+    try:
+        library = PromptLibrary.load(config.prompt_cache_dir, lang=lang)
+    except SpeechError as exc:
+        _fail(f"{exc}; run `appliance sounds build`")
+    if name in library.names:
+        audio = library.clip(name)
+    else:
+        try:
+            audio = library.reference_audio(name)
+        except ReferenceFormatError:
+            _fail(f"no clip {name!r}; clips: {', '.join(sorted(library.names))} "
+                  "(or give an 8-digit reference)")
+    try:
+        write_clip(out_path, audio)
+    except OSError as exc:
+        _fail(f"cannot write {out_path}: {exc}")
+    click.echo(f"wrote {out_path} ({audio.size / _rate():.2f} s)")
+
+
+def register(group: click.Group) -> None:
+    """Add the ``sounds`` group to the ``appliance`` group."""
+    group.add_command(sounds)
