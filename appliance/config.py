@@ -62,6 +62,8 @@ class CallConfig:
     voicemail_max_s: float
     max_call_s: float
     whisper_reference: bool
+    hold_max_s: float
+    hold_reassure_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,14 @@ class LineConfig:
     """Serial path of the modem, a pty, or ``sim://`` for the built-in emulator."""
     country_code: str
     """T.35 country code for ``AT+GCI`` in hex (Hungary: 51)."""
+    company: str = ""
+    """The company name this line's notice speaks ("" = ``device.company``)."""
+    language: str = ""
+    """This line's prompt language ("" = ``device.language``)."""
+    ring_on_s: float = 0.0
+    """A distinct handset ring burst for this line (0 = ``handset.ring_on_s``)."""
+    ring_off_s: float = 0.0
+    """The pause after it (0 = ``handset.ring_off_s``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +345,8 @@ def _validate(c: Config) -> None:
            "call.repeat_key", "one DTMF key other than call.optout_key", c.call.repeat_key)
     _check(0.0 <= c.call.cid_wait_s <= 5.0, "call.cid_wait_s", "0..5 seconds",
            c.call.cid_wait_s)
-    for key in ("agent_timeout_s", "voicemail_max_s", "max_call_s"):
+    for key in ("agent_timeout_s", "voicemail_max_s", "max_call_s", "hold_max_s",
+                "hold_reassure_s"):
         value = getattr(c.call, key)
         _check(value > 0, f"call.{key}", "a positive number of seconds", value)
     _check(c.recording.codec in CODECS, "recording.codec", f"one of {CODECS}", c.recording.codec)
@@ -349,6 +360,13 @@ def _validate(c: Config) -> None:
         _check(bool(line.name) and names.count(line.name) == 1, f"lines[{i}].name",
                "a unique non-empty name", line.name)
         _check(bool(line.device), f"lines[{i}].device", "a serial path or sim://", line.device)
+        _check(line.language in ("", *LANGUAGES), f"lines[{i}].language",
+               f'"" or one of {LANGUAGES}', line.language)
+        if line.ring_on_s or line.ring_off_s:
+            on_s = line.ring_on_s or c.handset.ring_on_s
+            off_s = line.ring_off_s or c.handset.ring_off_s
+            _check(on_s > 0 and on_s / (on_s + off_s) <= 0.33, f"lines[{i}].ring_on_s",
+                   "a ring burst with ≤ 33 % duty (AG1171 absolute maximum)", line.ring_on_s)
         _check(len(line.country_code) == 2 and all(ch in "0123456789ABCDEFabcdef"
                                                    for ch in line.country_code),
                f"lines[{i}].country_code", "two hex digits (T.35, Hungary = 51)",

@@ -42,10 +42,17 @@ class AgentOnHook:
 
 
 @dataclass(frozen=True, slots=True)
+class HandsetFree:
+    """The shared handset became free for this call (another line's call has ended)."""
+
+
+@dataclass(frozen=True, slots=True)
 class PlaybackDone:
     """A prompt queued with ``token`` has been played out completely."""
 
     token: str
 
 
-CallEvent = KeyPressed | CallerHungUp | LineLost | AgentOffHook | AgentOnHook | PlaybackDone
+CallEvent = (
+    KeyPressed | CallerHungUp | LineLost | AgentOffHook | AgentOnHook | HandsetFree | PlaybackDone
+)

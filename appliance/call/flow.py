@@ -33,6 +33,7 @@ from appliance.call.events import (
     AgentOnHook,
     CallerHungUp,
     CallEvent,
+    HandsetFree,
     KeyPressed,
     LineLost,
     PlaybackDone,
@@ -48,6 +49,7 @@ class CallState(enum.Enum):
     RINGING = "ringing"
     ANSWERING = "answering"
     NOTICE = "notice"
+    HOLDING = "holding"
     RINGING_AGENT = "ringing-agent"
     BRIDGED = "bridged"
     VOICEMAIL = "voicemail"
@@ -59,7 +61,11 @@ TRANSITIONS: Final[Mapping[CallState, frozenset[CallState]]] = {
     CallState.RINGING: frozenset({CallState.ANSWERING, CallState.FINALIZING}),
     CallState.ANSWERING: frozenset({CallState.NOTICE, CallState.FINALIZING}),
     CallState.NOTICE: frozenset(
-        {CallState.RINGING_AGENT, CallState.BRIDGED, CallState.VOICEMAIL, CallState.FINALIZING}
+        {CallState.HOLDING, CallState.RINGING_AGENT, CallState.BRIDGED, CallState.VOICEMAIL,
+         CallState.FINALIZING}
+    ),
+    CallState.HOLDING: frozenset(
+        {CallState.RINGING_AGENT, CallState.VOICEMAIL, CallState.FINALIZING}
     ),
     CallState.RINGING_AGENT: frozenset(
         {CallState.BRIDGED, CallState.VOICEMAIL, CallState.FINALIZING}
@@ -87,8 +93,15 @@ class LinePort(Protocol):
 
 
 class HandsetPort(Protocol):
+    """The shop's handset as one call sees it (it may be shared by several lines)."""
+
     @property
-    def off_hook(self) -> bool: ...
+    def off_hook(self) -> bool:
+        """Off-hook *for this call* (False while another call has the handset)."""
+
+    @property
+    def available(self) -> bool:
+        """True when this call may ring/use the handset (free, or already this call's)."""
 
     def start_ringing(self) -> None: ...
 
@@ -118,6 +131,8 @@ class MediaPort(Protocol):
 
     def handset_tone(self, kind: str) -> None:
         """``busy`` or ``silence`` in the shop's earpiece."""
+
+    def whisper_to_handset(self, clip: np.ndarray) -> None: ...
 
     def bridge(self) -> None: ...
 
@@ -195,6 +210,9 @@ class CallPolicy:
     voicemail_max_s: float = 120.0
     max_call_s: float = 3600.0
     whisper_reference: bool = False
+    hold_max_s: float = 120.0
+    hold_reassure_s: float = 20.0
+    whisper_line: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,10 +320,12 @@ class InboundCall:
             CallState.BRIDGED: "bridged",
             CallState.VOICEMAIL: "voicemail",
             CallState.RINGING_AGENT: "missed",
+            CallState.HOLDING: "missed",
         }.get(self.state, "abandoned")
 
     async def _ring_agent(self) -> None:
-        if not self._ringing and not self.ports.handset.off_hook:
+        handset = self.ports.handset
+        if not self._ringing and handset.available and not handset.off_hook:
             self.ports.handset.start_ringing()
             self._ringing = True
             await self._event("handset-ringing")
@@ -406,6 +426,10 @@ class InboundCall:
                 await self._event("agent-on-hook", "put down during the notice")
                 if policy.ring_during_notice:
                     await self._ring_agent()
+            elif isinstance(event, HandsetFree):
+                await self._event("handset-free", "the other call has ended")
+                if policy.ring_during_notice:
+                    await self._ring_agent()
         self._notice_completed = True
         await ports.store.update_call(
             self.reference, notice_end_at=self._clock(), notice_completed=1
@@ -436,6 +460,8 @@ class InboundCall:
         if self._agent_lifted and self.ports.handset.off_hook:
             await self._bridged("shop already on the line")
             return
+        if not self.ports.handset.available:
+            await self._hold()
         await self._transition(CallState.RINGING_AGENT, "waiting for the shop")
         self.ports.media.line_tone("ringback")
         await self._ring_agent()
@@ -452,6 +478,10 @@ class InboundCall:
                 await self.ports.store.update_call(self.reference, agent_answer_at=self._clock())
                 await self._bridged("shop lifted the handset")
                 return
+            if isinstance(event, AgentOnHook):
+                # The shop put the phone down (e.g. after the previous caller): ring now.
+                self._ringing = False
+                await self._ring_agent()
             if isinstance(event, KeyPressed):
                 await self._event("dtmf", f"{event.digit} ({event.source})")
                 if event.digit == self.policy.optout_key and not self._declined:
@@ -463,16 +493,47 @@ class InboundCall:
                     )
                     await self._event("recording-declined", "opt-out key before the shop answered")
 
+    async def _hold(self) -> None:
+        """The handset is busy with another line's call: hold, reassure, or take a message."""
+        await self._transition(CallState.HOLDING, "the shop is on another call")
+        media, prompts = self.ports.media, self.ports.prompts
+        media.play_to_line("hold", prompts.clip("hold"))
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.policy.hold_max_s
+        reassure_at: float | None = None
+        while True:
+            until = give_up_at if reassure_at is None else min(give_up_at, reassure_at)
+            event = await self._next(max(0.0, until - loop.time()))
+            if event is None:
+                if loop.time() >= give_up_at:
+                    await self._voicemail()
+                    return
+                reassure_at = None
+                media.play_to_line("hold", prompts.clip("hold_reassure"))
+                continue
+            if await self._common(event):
+                continue
+            if isinstance(event, HandsetFree):
+                await self._event("handset-free", "putting the caller through")
+                return
+            if isinstance(event, PlaybackDone) and event.token == "hold":
+                reassure_at = loop.time() + self.policy.hold_reassure_s
+            elif isinstance(event, KeyPressed):
+                await self._event("dtmf", f"{event.digit} ({event.source})")
+
     async def _bridged(self, reason: str) -> None:
         await self._stop_ringing()
         await self._transition(CallState.BRIDGED, reason)
         media = self.ports.media
+        whisper: list[np.ndarray] = []
+        if self.policy.whisper_line:
+            whisper.append(self.ports.prompts.clip("whisper_line"))
         if self.policy.whisper_reference:
-            media.play_to_handset(
-                "whisper-reference",
-                self.ports.prompts.clip("whisper_reference"),
-                self.ports.prompts.reference_audio(self.reference),
-            )
+            whisper += [self.ports.prompts.clip("whisper_reference"),
+                        self.ports.prompts.reference_audio(self.reference)]
+        if whisper:
+            # Into the earpiece only, over the caller's voice; the caller does not hear it.
+            media.whisper_to_handset(np.concatenate(whisper))
         media.bridge()
         while True:
             event = await self._next()

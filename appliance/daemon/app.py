@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from appliance.call.events import (
     AgentOnHook,
     CallerHungUp,
     CallEvent,
+    HandsetFree,
     LineLost,
 )
 from appliance.call.flow import CallerInfo, CallPolicy, CallPorts, CallResult, InboundCall
@@ -113,9 +115,15 @@ def load_or_create_key(state_dir: Path) -> bytes:
 class Prompts:
     """The call flow's view of the prompt library, plus the tones it needs as clips."""
 
-    def __init__(self, library: PromptLibrary, zone: ToneZone) -> None:
+    def __init__(self, library: PromptLibrary, zone: ToneZone,
+                 extra: dict[str, np.ndarray] | None = None) -> None:
         self._library = library
         self._beep = one_shot(zone.beep, 400)
+        self._extra = dict(extra or {})
+
+    @property
+    def library(self) -> PromptLibrary:
+        return self._library
 
     @property
     def notice(self) -> np.ndarray:
@@ -128,6 +136,8 @@ class Prompts:
     def clip(self, name: str) -> np.ndarray:
         if name == "beep":
             return self._beep
+        if name in self._extra:
+            return self._extra[name]
         return self._library.clip(name)
 
     def reference_audio(self, reference: str) -> np.ndarray:
@@ -157,20 +167,71 @@ class _PanelPort:
         self._panel.set_recording(on)
 
 
-class _HandsetPort:
-    def __init__(self, slic: Slic, cadence: RingCadence) -> None:
-        self._slic = slic
+class SharedHandset:
+    """One handset for every line: first come, first served; later calls hold (issue 10).
+
+    The call that first asks to ring the handset owns it until it ends; a call that asks
+    while it is owned waits in FIFO order and gets ``HandsetFree`` when its turn comes. Hook
+    events, the earpiece and the mouthpiece belong to the owner only, so two calls never hear
+    each other.
+    """
+
+    def __init__(self, slic: Slic) -> None:
+        self.slic = slic
+        self.owner: str | None = None
+        self._waiting: deque[str] = deque()
+        self._queues: dict[str, asyncio.Queue[CallEvent]] = {}
+
+    def register(self, reference: str, events: asyncio.Queue[CallEvent]) -> None:
+        self._queues[reference] = events
+
+    def request(self, reference: str) -> bool:
+        if self.owner is None:
+            self.owner = reference
+        if self.owner != reference and reference not in self._waiting:
+            self._waiting.append(reference)
+        return self.owner == reference
+
+    def release(self, reference: str) -> None:
+        self._queues.pop(reference, None)
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(reference)
+        if self.owner != reference:
+            return
+        self.owner = None
+        while self._waiting:
+            nxt = self._waiting.popleft()
+            queue = self._queues.get(nxt)
+            if queue is not None:
+                self.owner = nxt
+                queue.put_nowait(HandsetFree())
+                _LOGGER.info("call %s: the handset is free for it now", nxt)
+                return
+
+
+class _CallHandset:
+    """The shared handset as one call sees it (implements the flow's HandsetPort)."""
+
+    def __init__(self, shared: SharedHandset, reference: str, cadence: RingCadence) -> None:
+        self._shared = shared
+        self._reference = reference
         self._cadence = cadence
 
     @property
     def off_hook(self) -> bool:
-        return self._slic.off_hook
+        return self._shared.owner == self._reference and self._shared.slic.off_hook
+
+    @property
+    def available(self) -> bool:
+        return self._shared.owner in (None, self._reference)
 
     def start_ringing(self) -> None:
-        self._slic.start_ringing(self._cadence)
+        if self._shared.request(self._reference):
+            self._shared.slic.start_ringing(self._cadence)
 
     async def stop_ringing(self) -> None:
-        await self._slic.stop_ringing()
+        if self._shared.owner == self._reference:
+            await self._shared.slic.stop_ringing()
 
 
 class _LinePort:
@@ -326,7 +387,7 @@ class LineSession:
         media = CallMedia(
             reference,
             send_to_line=modem.send_audio,
-            play_to_earpiece=app.handset_audio.play,
+            play_to_earpiece=lambda frame, ref=reference: app.earpiece(ref, frame),
             events=events,
             tone_zone=app.tone_zone,
             recordings_dir=app.config.recordings_dir,
@@ -342,26 +403,30 @@ class LineSession:
             cid_time=getattr(caller, "time", None),
             ring_at=getattr(self, "_first_ring_at", time.time()),
             clock_synced=app.clock_synced(),
-            language=app.config.device.language,
+            language=self.line.language or app.config.device.language,
         )
+        handset = app.config.handset
+        cadence = RingCadence(on_s=self.line.ring_on_s or handset.ring_on_s,
+                              off_s=self.line.ring_off_s or handset.ring_off_s)
+        app.handset.register(reference, events)
         ports = CallPorts(
             line=_LinePort(modem, media),
-            handset=app.handset_port,
+            handset=_CallHandset(app.handset, reference, cadence),
             media=media,
             store=app.store,
-            prompts=app.prompts,
+            prompts=app.prompts_for(self.line),
             panel=app.panel_port,
         )
         call = InboundCall(reference, info, ports, app.policy, events, observer=app.observe)
         task = asyncio.create_task(call.run(), name=f"call-{reference}")
         self.active = _ActiveCall(call, media, task)
-        app.active_media = media
         self.state = "in-call"
         task.add_done_callback(lambda t: self._call_done(t))
 
     def _call_done(self, task: asyncio.Task[CallResult]) -> None:
-        self.active = None
-        self.app.active_media = None
+        active, self.active = self.active, None
+        if active is not None:
+            self.app.handset.release(active.call.reference)
         self.state = "idle"
         if task.cancelled():
             return
@@ -398,6 +463,9 @@ class Application:
             voicemail_max_s=config.call.voicemail_max_s,
             max_call_s=config.call.max_call_s,
             whisper_reference=config.call.whisper_reference,
+            hold_max_s=config.call.hold_max_s,
+            hold_reassure_s=config.call.hold_reassure_s,
+            whisper_line=len(config.lines) > 1,
         )
         self.tone_zone = tone_zone(config.tones.zone)
         self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(
@@ -408,7 +476,7 @@ class Application:
         self.observers: list[CallObserver] = []
         self.completed: asyncio.Queue[CallResult] = asyncio.Queue()
         self.last_result: CallResult | None = None
-        self.active_media: CallMedia | None = None
+        self._prompts: dict[tuple[str, str], Prompts] = {}
         self.lines: list[LineSession] = []
         self.speech_warning: str | None = None
         self.recovered: list[str] = []
@@ -434,7 +502,7 @@ class Application:
         await self._recover()
         # The configuration in force is evidence too: audit any change since the last start.
         await asyncio.to_thread(record_config, self.store, cfg.to_dict(), actor="appliance")
-        self.prompts = Prompts(await asyncio.to_thread(self._build_prompts), self.tone_zone)
+        await asyncio.to_thread(self._build_all_prompts)
         self.panel = Panel(
             PanelPins(ready=cfg.panel.ready_pin, line=cfg.panel.line_pin,
                       recording=cfg.panel.recording_pin, fault=cfg.panel.fault_pin,
@@ -453,8 +521,7 @@ class Application:
             **self._slic_timings,
         )
         await self.slic.start()
-        self.handset_port = _HandsetPort(
-            self.slic, RingCadence(on_s=cfg.handset.ring_on_s, off_s=cfg.handset.ring_off_s))
+        self.handset = SharedHandset(self.slic)
         await self.handset_audio.start(self._on_handset_capture)
         self._tasks = [
             asyncio.create_task(self._run_hook_events(), name="hook-events"),
@@ -532,14 +599,42 @@ class Application:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _build_prompts(self) -> PromptLibrary:
+    @staticmethod
+    def _prompt_key(line: LineConfig, config: Config) -> tuple[str, str]:
+        return (line.language or config.device.language, line.company or config.device.company)
+
+    def prompts_for(self, line: LineConfig) -> Prompts:
+        """The prompts of ``line`` (a line may speak another company name or language)."""
+        return self._prompts[(self._prompt_key(line, self.config), line.name)]  # type: ignore[index]
+
+    @property
+    def prompts(self) -> Prompts:
+        """The default line's prompts."""
+        return self.prompts_for(self.config.lines[0])
+
+    def _build_all_prompts(self) -> None:
+        """Render (or reuse from the cache) every line's prompts; runs in a thread."""
         cfg = self.config
-        lang = cfg.device.language
+        libraries: dict[tuple[str, str], PromptLibrary] = {}
+        for line in cfg.lines:
+            lang, company = self._prompt_key(line, cfg)
+            if (lang, company) not in libraries:
+                libraries[(lang, company)] = self._build_prompts(lang, company)
+            library = libraries[(lang, company)]
+            extra: dict[str, np.ndarray] = {}
+            if len(cfg.lines) > 1:
+                text = load_prompt_texts(lang, cfg.speech.texts)["whisper_line"]
+                extra["whisper_line"] = library.render_text(text.format(line=line.name))
+            self._prompts[((lang, company), line.name)] = Prompts(  # type: ignore[index]
+                library, self.tone_zone, extra)
+
+    def _build_prompts(self, lang: str, company: str) -> PromptLibrary:
+        cfg = self.config
         texts = load_prompt_texts(lang, cfg.speech.texts)
         notice_text = render_notice_text(
             texts,
             lang=lang,
-            company=cfg.device.company,
+            company=company,
             purpose=cfg.notice.purpose,
             retention_days=cfg.retention.recordings_days,
             optout_key=cfg.call.optout_key,
@@ -594,11 +689,26 @@ class Application:
         for observer in list(self.observers):
             observer(reference, state, detail)
 
+    def _owner(self) -> _ActiveCall | None:
+        """The call that has the handset, if any."""
+        owner = self.handset.owner if hasattr(self, "handset") else None
+        return next((s.active for s in self.lines
+                     if s.active is not None and s.active.call.reference == owner), None)
+
+    def earpiece(self, reference: str, frame: np.ndarray) -> None:
+        """A call's frame for the earpiece: heard only if that call has the handset."""
+        if self.handset.owner == reference:
+            self.handset_audio.play(frame)
+
+    def line_of(self, reference: str) -> str | None:
+        return next((s.line.name for s in self.lines
+                     if s.active is not None and s.active.call.reference == reference), None)
+
     def _on_handset_capture(self, frame: np.ndarray) -> None:
         """One frame from the handset: to the call, or clock the idle earpiece player."""
-        media = self.active_media
-        if media is not None:
-            media.on_handset_capture(frame)
+        owner = self._owner()
+        if owner is not None:
+            owner.media.on_handset_capture(frame)
             return
         player = self._handset_player
         if player is not None:
@@ -649,15 +759,15 @@ class Application:
     async def _speak_to_shop(self, what: str) -> None:
         """Render ``last-call`` or ``health`` and say it into the earpiece (never to a caller)."""
         text = self.last_call_text() if what == "last-call" else self.health_text()
-        library = self.prompts._library
+        library = self.prompts.library
         try:
             clip = await asyncio.to_thread(library.render_text, text)
         except Exception:
             _LOGGER.exception("cannot render the %s announcement", what)
             return
-        media = self.active_media
-        if media is not None:
-            media.whisper_to_handset(clip)
+        owner = self._owner()
+        if owner is not None:
+            owner.media.whisper_to_handset(clip)
         else:
             self.play_to_idle_handset(clip)
         _LOGGER.info("front panel: %s announced to the shop", what)
@@ -757,7 +867,7 @@ class Application:
             event = await self.panel.events.get()
             what = "last-call" if event.kind == "short" else "health"
             _LOGGER.info("front panel: %s press → %s", event.kind, what)
-            if self.in_call or self.slic.off_hook:
+            if self._owner() is not None or self.slic.off_hook:
                 await self._speak_to_shop(what)
             else:
                 # On-hook: ring briefly; the announcement waits until the handset is lifted.
@@ -767,7 +877,7 @@ class Application:
     async def _run_hook_events(self) -> None:
         while True:
             event = await self.slic.events.get()
-            call = next((s.active for s in self.lines if s.active is not None), None)
+            call = self._owner()
             if call is None:
                 _LOGGER.info("handset %s while idle", event.kind)
                 if event.kind == "off_hook" and self._announce_on_lift:

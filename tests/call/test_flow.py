@@ -18,6 +18,7 @@ from appliance.call.events import (
     AgentOnHook,
     CallerHungUp,
     CallEvent,
+    HandsetFree,
     KeyPressed,
     LineLost,
     PlaybackDone,
@@ -62,6 +63,7 @@ class FakeHandset:
     def __init__(self, log: Log) -> None:
         self.log = log
         self.off_hook = False
+        self.available = True
 
     def start_ringing(self) -> None:
         self.log.add("handset:ring")
@@ -94,6 +96,9 @@ class FakeMedia:
 
     def handset_tone(self, kind: str) -> None:
         self.log.add(f"media:handset-tone:{kind}")
+
+    def whisper_to_handset(self, clip: np.ndarray) -> None:
+        self.log.add("media:whisper")
 
     def bridge(self) -> None:
         self.bridged = True
@@ -323,3 +328,38 @@ async def test_repeat_key_appends_the_reference(key: str) -> None:
     await asyncio.wait_for(h.media.appended.wait(), TIMEOUT_S)
     h.post(CallerHungUp("busy"))
     await h.result()
+
+
+async def test_busy_handset_holds_the_caller_then_rings_when_free() -> None:
+    h = Harness(CallPolicy(agent_timeout_s=5, hold_max_s=5, hold_reassure_s=0.05))
+    h.handset.available = False
+    await h.until_state("notice")
+    assert "handset:ring" not in h.log.entries  # the other line's call has the handset
+    h.post(PlaybackDone("notice"))
+    await h.until_state("holding")
+    assert h.media.line_plays[-1] == "hold"
+    h.post(PlaybackDone("hold"))  # then, after hold_reassure_s, a reassurance
+    async with asyncio.timeout(TIMEOUT_S):
+        while h.media.line_plays.count("hold") < 2:  # noqa: ASYNC110 - fake has no event
+            await asyncio.sleep(0.01)
+    h.handset.available = True
+    h.post(HandsetFree())
+    await h.until_state("ringing-agent")
+    assert "handset:ring" in h.log.entries
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(AgentOnHook())
+    result = await h.result()
+    assert result.outcome == "bridged"
+    assert result.recording_decision == "recorded"
+
+
+async def test_hold_too_long_goes_to_voicemail() -> None:
+    h = Harness(CallPolicy(hold_max_s=0.2, voicemail_max_s=0.2))
+    h.handset.available = False
+    await h.until_state("notice")
+    h.post(PlaybackDone("notice"))
+    await h.until_state("voicemail")
+    h.post(CallerHungUp("busy"))
+    assert (await h.result()).outcome == "voicemail"
