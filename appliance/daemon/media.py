@@ -80,6 +80,7 @@ class CallMedia:
         self._last_key: tuple[str, float] = ("", 0.0)
         self._primed = False
         self._whisper: ClipPlayer | None = None
+        self._last_tx = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self.stats: dict[str, int] = {"rx_frames": 0, "tx_frames": 0, "recorded_frames": 0}
 
     # -- clocked by the line ----------------------------------------------------------------
@@ -95,10 +96,13 @@ class CallMedia:
     def on_line_audio(self, frame: np.ndarray) -> None:
         """One 20 ms frame from the caller: move one frame along every path."""
         self.stats["rx_frames"] += 1
-        for digit in self._dtmf.feed(frame):
+        # Echo-aware: the line echoes our own prompt back; a key counts only when clearly
+        # louder than that echo could be (audio/dtmf.py, trans-hybrid loss ≥ 6 dB).
+        for digit in self._dtmf.feed(frame, reference=self._last_tx):
             self.key_reported(digit, "inband")
         shop = self._capture.read(FRAME_SAMPLES)
         tx = shop if self._bridged else self._line_source.read(FRAME_SAMPLES)
+        self._last_tx = tx
         self._send(tx)
         self.stats["tx_frames"] += 1
         earpiece = frame if self._bridged else self._handset_source.read(FRAME_SAMPLES)
