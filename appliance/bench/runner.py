@@ -1,0 +1,117 @@
+"""Put the benchmark together: one flat dict of figures, keys named with their units."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.audio.pcm import FRAME_MS
+from appliance.bench.calls import CallFigures, clean, run_bridged_calls, run_lines
+from appliance.bench.codecs import bytes_per_minute
+from appliance.bench.daemonproc import measure_daemon
+from appliance.bench.index import measure_index
+from appliance.bench.probes import percentile_ms
+from appliance.daemon.media import TX_LEAD_FRAMES
+
+Progress = Callable[[str], None]
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and count of this machine (/proc/cpuinfo, nproc)."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"machine_cpu": model, "machine_cpus": os.cpu_count(),
+            "machine_python": platform.python_version()}
+
+
+def _calls_figures(figs: list[CallFigures]) -> dict[str, Any]:
+    def flat(name: str) -> list[float]:
+        return [v for f in figs for v in getattr(f, name)]
+
+    notice = [f.notice_latency_s for f in figs if f.notice_latency_s is not None]
+    first = [f.first_tx_byte_s for f in figs if f.first_tx_byte_s is not None]
+    l2h, h2l = flat("line_to_handset_s"), flat("handset_to_line_s")
+    lead_s = TX_LEAD_FRAMES * FRAME_MS / 1000
+    channels = [f.caller_channel for f in figs] + [f.shop_channel for f in figs
+                                                   if f.shop_channel is not None]
+    measured_min = sum(f.measured_s for f in figs) / 60
+    return {
+        "calls": len(figs),
+        "outcomes": [f.outcome for f in figs],
+        "notice_latency_ms_p50": percentile_ms(notice, 50),
+        "notice_latency_ms_p95": percentile_ms(notice, 95),
+        "first_tx_byte_ms_p50": percentile_ms(first, 50),
+        "line_to_handset_latency_ms_p50": percentile_ms(l2h, 50),
+        "line_to_handset_latency_ms_p95": percentile_ms(l2h, 95),
+        "handset_to_line_latency_ms_p50": percentile_ms(h2l, 50),
+        "handset_to_line_latency_ms_p95": percentile_ms(h2l, 95),
+        "handset_to_line_tx_lead_ms": round(lead_s * 1000, 1),
+        "handset_to_line_latency_minus_lead_ms_p50": percentile_ms([v - lead_s for v in h2l], 50),
+        "latency_markers_sent": sum(f.markers_sent for f in figs),
+        "latency_markers_matched_line_to_handset": len(l2h),
+        "latency_markers_matched_handset_to_line": len(h2l),
+        "bridged_minutes_checked": round(measured_min, 3),
+        "recorded_samples_compared": sum(c.compared for c in channels),
+        "dropped_samples": sum(c.dropped for c in channels),
+        "duplicated_samples": sum(c.duplicated for c in channels),
+        "inserted_samples": sum(c.inserted for c in channels),
+        "corrupted_samples": sum(c.mismatched for c in channels),
+        "channels_aligned": all(c.aligned for c in channels),
+        "modem_underruns": sum(f.modem_underruns for f in figs),
+        "modem_late_ticks": sum(f.modem_late_ticks for f in figs),
+        "earpiece_underruns": sum(f.earpiece_underruns for f in figs),
+        "earpiece_overruns": sum(f.earpiece_overruns for f in figs),
+        "capture_underruns": sum(f.capture_underruns for f in figs),
+        "capture_overruns": sum(f.capture_overruns for f in figs),
+    }
+
+
+async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_calls: int,
+                    daemon_process: bool, progress: Progress) -> dict[str, Any]:
+    """Run every measurement; return the figures (see docs/performance.md for each key)."""
+    started = time.monotonic()
+    out: dict[str, Any] = machine()
+    out["call_seconds"] = call_s
+    figs, timings = await run_bridged_calls(work, calls, call_s, progress=progress)
+    out.update(_calls_figures(figs))
+    out["reference_assembly_ms_p50"] = percentile_ms(timings["assembly"], 50)
+    out["reference_assembly_ms_p95"] = percentile_ms(timings["assembly"], 95)
+    out["reference_allocation_ms_p50"] = percentile_ms(timings["allocation"], 50)
+    out["reference_allocation_ms_p95"] = percentile_ms(timings["allocation"], 95)
+    out["bench_process_peak_rss_mb"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 2)
+    if daemon_process:
+        out.update(await measure_daemon(work / "daemon", calls, call_s, progress=progress))
+    progress("recording sizes per codec")
+    out.update(await bytes_per_minute(work))
+    levels = await run_lines(work, lines, call_s, progress=progress) if lines >= 2 else {}
+    passing = [n for n, fs in levels.items() if all(clean(f) for f in fs)]
+    out["max_lines_zero_underruns"] = max(passing, default=1 if lines >= 1 else 0)
+    out["lines_tested"] = {str(n): {"clean": all(clean(f) for f in fs),
+                                    "modem_underruns": sum(f.modem_underruns for f in fs),
+                                    "dropped_or_duplicated_samples": sum(
+                                        f.caller_channel.dropped + f.caller_channel.duplicated
+                                        for f in fs),
+                                    "aligned": all(f.caller_channel.aligned for f in fs)}
+                           for n, fs in levels.items()}
+    out.update(await _index(work, index_calls, progress))
+    out["bench_wall_s"] = round(time.monotonic() - started, 1)
+    return out
+
+
+async def _index(work: Path, n: int, progress: Progress) -> dict[str, Any]:
+    import asyncio
+
+    return await asyncio.to_thread(measure_index, work, n, progress=progress)

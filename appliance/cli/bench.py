@@ -1,0 +1,69 @@
+"""``appliance bench``: the benchmark and the fault soak (issue 8; method in
+docs/performance.md). Progress goes to stderr; the figures to stdout (text or ``--json``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _progress(message: str) -> None:
+    click.echo(f"bench: {message}", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (keys carry units).")
+@click.option("--calls", default=3, show_default=True, help="Bridged calls to measure.")
+@click.option("--lines", default=4, show_default=True,
+              help="Most simultaneous lines to try (2, 4, … up to this).")
+@click.option("--call-seconds", default=20.0, show_default=True,
+              help="Bridged (or recorded) seconds per call, after the notice.")
+@click.option("--index-calls", default=1_000_000, show_default=True,
+              help="Synthetic calls in the look-up index.")
+@click.option("--no-daemon-process", is_flag=True,
+              help="Skip the CPU/RSS run of the daemon as a separate process.")
+@click.option("--soak", "soak_minutes", type=float, default=None,
+              help="Run the fault soak for this many minutes instead of the benchmark.")
+@click.option("--keep", type=click.Path(path_type=Path),
+              help="Work in this directory and keep it (default: a temporary one, removed).")
+def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_calls: int,
+          no_daemon_process: bool, soak_minutes: float | None, keep: Path | None) -> None:
+    """Measure the appliance on simulated hardware: latencies, CPU, memory, sample
+    continuity, recording sizes, index look-ups, simultaneous lines (DESIGN.md §9)."""
+    from appliance.logs import setup_logging
+
+    setup_logging("WARNING")
+    work = keep or Path(tempfile.mkdtemp(prefix="appliance-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if soak_minutes is not None:
+            from appliance.bench.daemonproc import run_soak
+
+            result: dict[str, Any] = asyncio.run(run_soak(work, soak_minutes,
+                                                          progress=_progress))
+        else:
+            from appliance.bench.runner import run_bench
+
+            result = asyncio.run(run_bench(work, calls=calls, lines=lines, call_s=call_seconds,
+                                           index_calls=index_calls,
+                                           daemon_process=not no_daemon_process,
+                                           progress=_progress))
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    for key, value in result.items():
+        click.echo(f"{key:<48} {value}")
+
+
+def register(group: click.Group) -> None:
+    """Add ``bench`` to the ``appliance`` group."""
+    group.add_command(bench)

@@ -1,0 +1,62 @@
+"""`appliance bench`: registered, index figures, and (opt-in) the whole run's JSON keys."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from appliance.bench import index
+from appliance.cli.main import cli
+
+
+def test_bench_is_registered_with_its_options() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--help"])
+    assert result.exit_code == 0
+    for option in ("--json", "--calls", "--lines", "--soak"):
+        assert option in result.output
+
+
+def test_index_figures_with_a_small_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    monkeypatch.setattr(index, "CLI_REPEATS", 1)
+    monkeypatch.setattr(index, "LOOKUPS", 50)
+    messages: list[str] = []
+    figures = index.measure_index(tmp_path, 3000, progress=messages.append)
+    assert figures["index_calls"] == 3000
+    assert 0 < figures["get_call_ms_p50"] < 100
+    assert 0 < figures["last_call_ms_p50"] < 1000
+    assert 0 < figures["cli_show_wall_ms_p50"] < 30_000
+    assert any("3000/3000" in m for m in messages)
+
+
+def test_synthetic_references_are_valid_and_unique() -> None:
+    from appliance.call.reference import parse_reference
+
+    refs = {index.synthetic_reference(i) for i in range(0, 10_000, 7)}
+    assert len(refs) == len(range(0, 10_000, 7))
+    for ref in list(refs)[:50]:
+        assert parse_reference(ref) == ref
+
+
+@pytest.mark.skipif(not os.environ.get("APPLIANCE_BENCH_SMOKE"),
+                    reason="a whole bench run takes ~80 s; set APPLIANCE_BENCH_SMOKE=1")
+@pytest.mark.timeout(300)
+def test_bench_one_call_json_keys() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--json", "--calls", "1", "--lines", "1",
+                                      "--call-seconds", "2", "--index-calls", "2000"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["outcomes"] == ["bridged"]
+    assert 0 < data["notice_latency_ms_p50"] < 1000
+    assert 0 < data["line_to_handset_latency_ms_p50"] < 500
+    assert 0 < data["handset_to_line_latency_ms_p50"] < 500
+    assert data["dropped_samples"] == data["duplicated_samples"] == 0
+    assert data["channels_aligned"]
+    assert data["cpu_s_per_call_minute"] > 0
+    assert data["daemon_rss_peak_mb"] > 0
+    assert data["recording_bytes_per_call_minute_wav"] > data[
+        "recording_bytes_per_call_minute_flac"]
