@@ -106,11 +106,13 @@ def run(obj: _Ctx) -> None:
 
 
 @cli.command()
-@click.option("--scenario", type=click.Choice(["answered", "declined", "abandoned", "voicemail"]),
+@click.option("--scenario",
+              type=click.Choice(["answered", "declined", "abandoned", "voicemail", "two-lines"]),
               default="answered", show_default=True,
               help="answered: the shop talks to the caller; declined: the caller presses 9 "
                    "during the notice; abandoned: hangs up during the notice; voicemail: "
-                   "nobody lifts, the caller leaves a message.")
+                   "nobody lifts, the caller leaves a message; two-lines: two callers on two "
+                   "lines share the one handset (the second holds).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--profile", type=click.Choice(["conexant", "usr", "v253"]), default="conexant",
               show_default=True, help="Which real modem the emulator imitates.")
@@ -139,27 +141,30 @@ def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool) -
     except ConfigError as exc:
         click.echo(f"appliance: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    s = result.summary
     if as_json:
-        click.echo(json.dumps(s, ensure_ascii=False, indent=2))
+        data: Any = result.summaries if scenario == "two-lines" else result.summary
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
+    for s in result.summaries:
+        click.echo("")
+        click.echo(f"Summary — line {s['line']}")
+        rows = [
+            ("reference", s["reference"]),
+            ("caller", f"{s['caller_number']} ({s['caller_name'] or 'no name'})"),
+            ("outcome", s["outcome"]),
+            ("recording", s["recording_decision"]),
+            ("notice completed", "yes" if s["notice_completed"] else "no"),
+            ("recording file", s["recording_path"] or "—"),
+            ("sha-256", s["recording_sha256"] or "—"),
+            ("call duration", f"{s['duration_s']:.1f} s"),
+            ("index", s["db_path"]),
+        ]
+        if s.get("speech_warning"):
+            rows.append(("speech", s["speech_warning"]))
+        for key, value in rows:
+            click.echo(f"  {key:<17} {value}")
     click.echo("")
-    click.echo("Summary")
-    rows = [
-        ("reference", s["reference"]),
-        ("caller", f"{s['caller_number']} ({s['caller_name'] or 'no name'})"),
-        ("outcome", s["outcome"]),
-        ("recording", s["recording_decision"]),
-        ("notice completed", "yes" if s["notice_completed"] else "no"),
-        ("recording file", s["recording_path"] or "—"),
-        ("sha-256", s["recording_sha256"] or "—"),
-        ("call duration", f"{s['duration_s']:.1f} s"),
-        ("index", s["db_path"]),
-    ]
-    if s.get("speech_warning"):
-        rows.append(("speech", s["speech_warning"]))
-    for key, value in rows:
-        click.echo(f"  {key:<17} {value}")
+    click.echo(f"Look again later: appliance --state-dir {state_dir} last")
 
 
 # --- configuration ---------------------------------------------------------------------------

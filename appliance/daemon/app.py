@@ -40,6 +40,7 @@ from appliance.call.reference import COUNTER_SPACE, format_reference, make_refer
 from appliance.config import Config, LineConfig
 from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.media import CallMedia
+from appliance.daemon.outbound import OutboundController
 from appliance.errors import ApplianceError, ModemError, StoreError
 from appliance.handset.slic import RingCadence, Slic, SlicPins
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
@@ -183,7 +184,10 @@ class SharedHandset:
         self._queues: dict[str, asyncio.Queue[CallEvent]] = {}
 
     def register(self, reference: str, events: asyncio.Queue[CallEvent]) -> None:
+        """A new call: it queues for the handset at once if another call has it."""
         self._queues[reference] = events
+        if self.owner is not None and self.owner != reference:
+            self._waiting.append(reference)
 
     def request(self, reference: str) -> bool:
         if self.owner is None:
@@ -339,6 +343,8 @@ class LineSession:
                              self.app.config.call.cid_wait_s)
                 await self._start_call(modem)
                 continue
+            if self.app.outbound.line_event(self, event):
+                continue
             active = self.active
             if isinstance(event, LinkDown):
                 _LOGGER.error("line %s: link down (%s)", self.line.name, event.reason)
@@ -358,6 +364,8 @@ class LineSession:
                     answer_at = None
                     await self._start_call(modem)
             elif isinstance(event, Ring):
+                if not self.app.outbound.ring_may_proceed(self):
+                    continue
                 now = time.monotonic()
                 if now - self._last_ring_at > RING_GONE_S:
                     self._rings = 0
@@ -523,6 +531,7 @@ class Application:
         await self.slic.start()
         self.handset = SharedHandset(self.slic)
         await self.handset_audio.start(self._on_handset_capture)
+        self.outbound = OutboundController(self)
         self._tasks = [
             asyncio.create_task(self._run_hook_events(), name="hook-events"),
             asyncio.create_task(self._run_button_events(), name="button-events"),
@@ -544,6 +553,8 @@ class Application:
             self.relay.close()
         if self.control is not None:
             await self.control.stop()
+        if hasattr(self, "outbound"):
+            await self.outbound.stop()
         for session in reversed(self.lines):
             await session.stop()
         for task in self._tasks:
@@ -706,6 +717,8 @@ class Application:
 
     def _on_handset_capture(self, frame: np.ndarray) -> None:
         """One frame from the handset: to the call, or clock the idle earpiece player."""
+        if self.outbound.on_handset_capture(frame):
+            return
         owner = self._owner()
         if owner is not None:
             owner.media.on_handset_capture(frame)
@@ -865,6 +878,8 @@ class Application:
     async def _run_button_events(self) -> None:
         while True:
             event = await self.panel.events.get()
+            if self.outbound.on_button(event):
+                continue
             what = "last-call" if event.kind == "short" else "health"
             _LOGGER.info("front panel: %s press → %s", event.kind, what)
             if self._owner() is not None or self.slic.off_hook:
@@ -879,6 +894,8 @@ class Application:
             event = await self.slic.events.get()
             call = self._owner()
             if call is None:
+                if self.outbound.on_idle_hook(event):
+                    continue
                 _LOGGER.info("handset %s while idle", event.kind)
                 if event.kind == "off_hook" and self._announce_on_lift:
                     what, self._announce_on_lift = self._announce_on_lift, None

@@ -45,13 +45,24 @@ ACTORS_GRACE_S: Final = 5.0
 class DemoResult:
     summary: dict[str, Any]
     timeline: list[tuple[float, str, str, str]] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
 
 
-def demo_config(state_dir: Path, scenario: str, device: str,
+#: The second line of the ``two-lines`` scenario: its own name and a distinct ring.
+SECOND_LINE: Final = {"name": "second", "ring_on_s": 0.8, "ring_off_s": 4.2}
+#: The second caller rings this long after the first (their calls overlap).
+SECOND_CALLER_DELAY_S: Final = 6.0
+ALL_SCENARIOS: Final = (*SCENARIOS, "two-lines")
+
+
+def demo_config(state_dir: Path, scenario: str, devices: list[str],
                 extra: dict[str, Any] | None = None) -> Config:
     """The demo's configuration: packaged defaults, simulated hardware, short waits."""
+    lines = [{"name": "main", "device": devices[0], "country_code": "51"}]
+    for device in devices[1:]:
+        lines.append({**SECOND_LINE, "device": device, "country_code": "51"})
     overrides: dict[str, Any] = {
-        "lines": [{"name": "main", "device": device, "country_code": "51"}],
+        "lines": lines,
         "handset": {"audio": "sim://"},
         "gpio": {"pin_factory": "mock"},
         # The voicemail scenario should not wait the production 30 s for nobody.
@@ -72,24 +83,33 @@ async def run_demo(
     config_extra: dict[str, Any] | None = None,
     profile: str = "conexant",
 ) -> DemoResult:
-    """Run one simulated call end to end and return its summary and timeline."""
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    """Run one simulated call (two for ``two-lines``) end to end; summaries and timeline.
+
+    ``two-lines``: two callers on two emulated modems at overlapping times and one shared
+    handset — the first is put through, the second holds and is put through after the first
+    hangs up. ``DemoResult.summaries`` has one summary per call (``summary`` is the first).
+    """
+    if scenario not in ALL_SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(ALL_SCENARIOS)}")
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+    n_lines = 2 if scenario == "two-lines" else 1
+    caller_scenario = "answered" if scenario == "two-lines" else scenario
     world = World(on_entry=on_entry)
     speech_texts = dict(LINES_HU)
     speech = await asyncio.to_thread(
         lambda: {k: render_speech(v, f0_hz=110.0 if k.startswith("caller") else 190.0,
                                   seed=len(k)) for k, v in speech_texts.items()})
-    server = PtyModemServer(profile=profile)
-    path = await server.start()
-    world.log("sim", "modem emulator on pty", path)
-    config = demo_config(state_dir, scenario, path, config_extra)
+    servers = [PtyModemServer(profile=profile) for _ in range(n_lines)]
+    paths = [await server.start() for server in servers]
+    for path in paths:
+        world.log("sim", "modem emulator on pty", path)
+    config = demo_config(state_dir, scenario, paths, config_extra)
     factory = MockFactory(pin_class=MockPWMPin)
     handset = SimHandsetAudio()
     app = Application(config, pin_factory=factory, handset_audio=handset)
-    app.observers.append(world.observe_call)
+    app.observers.append(
+        lambda ref, state, detail: world.observe_call(ref, state, detail, app.line_of(ref)))
     t_start = time.monotonic()
     try:
         await app.start()
@@ -105,15 +125,34 @@ async def run_demo(
             speech=speech,
         )
         handset.connect_user(agent.mouth, agent.ear)
-        caller = ScriptedCaller(server.sim, world, scenario, speech=speech,
-                                optout_key=config.call.optout_key)
-        actors = [
-            asyncio.create_task(caller.run(), name="sim-caller"),
-            asyncio.create_task(agent.run(), name="sim-agent"),
+        callers = [
+            ScriptedCaller(servers[0].sim, world, caller_scenario, speech=speech,
+                           optout_key=config.call.optout_key),
         ]
+        if n_lines == 2:
+            second_speech = await asyncio.to_thread(
+                lambda: {k: render_speech(v, f0_hz=150.0, seed=len(k) + 7)
+                         for k, v in speech_texts.items() if k.startswith("caller")})
+            callers.append(ScriptedCaller(
+                servers[1].sim, world, "answered", number="+36209876543",
+                name="NAGY PETER", line=SECOND_LINE["name"],
+                speech={**speech, **second_speech}, optout_key=config.call.optout_key))
+
+        async def second_caller() -> None:
+            await asyncio.sleep(SECOND_CALLER_DELAY_S)
+            await callers[1].run()
+
+        actors = [
+            asyncio.create_task(callers[0].run(), name="sim-caller"),
+            asyncio.create_task(agent.run(calls=n_lines), name="sim-agent"),
+        ]
+        if n_lines == 2:
+            actors.append(asyncio.create_task(second_caller(), name="sim-caller-2"))
+        results = []
         try:
-            async with asyncio.timeout(DEMO_TIMEOUT_S):
-                result = await app.completed.get()
+            async with asyncio.timeout(DEMO_TIMEOUT_S * n_lines):
+                for _ in range(n_lines):
+                    results.append(await app.completed.get())
                 # The people finish their last act (the shop puts the phone down) promptly.
                 await asyncio.wait(actors, timeout=ACTORS_GRACE_S)
         finally:
@@ -121,45 +160,53 @@ async def run_demo(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        row = app.store.get_call(result.reference) or {}
-        events = app.store.events(result.reference)
         pins = {
             name: [(round(t, 3), bool(s)) for t, s in _pin_history(factory, pin)]
             for name, pin in (("ring_rm", config.handset.rm_pin),
                               ("led_recording", config.panel.recording_pin),
                               ("led_line", config.panel.line_pin))
         }
-        t0 = events[0]["t"] if events else 0.0
-        summary = {
-            "scenario": scenario,
-            "reference": format_reference(result.reference),
-            "reference_digits": result.reference,
-            "caller_number": row.get("caller_number"),
-            "caller_name": row.get("caller_name"),
-            "outcome": result.outcome,
-            "recording_decision": result.recording_decision,
-            "notice_completed": result.notice_completed,
-            "notice_version": row.get("notice_version"),
-            "recording_path": result.recording.path if result.recording else None,
-            "recording_sha256": result.recording.sha256 if result.recording else None,
-            "recording_bytes": result.recording.bytes if result.recording else None,
-            "recording_duration_s": result.recording.duration_s if result.recording else None,
-            "duration_s": result.duration_s,
-            "db_path": str(config.db_path),
-            "modem": {"device": path, "profile": profile,
-                      "commands": len(server.sim.commands)},
-            "wall_time_s": round(time.monotonic() - t_start, 2),
-            "speech_warning": app.speech_warning,
-            "events": [
-                {"t": round(e["t"] - t0, 3), "state": e["state"], "detail": e["detail"]}
-                for e in events
-            ],
-            "pins": pins,
-        }
-        return DemoResult(summary=summary, timeline=world.timeline)
+        summaries = []
+        for result in sorted(results, key=lambda r: (app.store.get_call(r.reference) or {})
+                             .get("ring_at") or 0):
+            row = app.store.get_call(result.reference) or {}
+            events = app.store.events(result.reference)
+            t0 = events[0]["t"] if events else 0.0
+            line_index = next((i for i, line in enumerate(config.lines)
+                               if line.name == row.get("line")), 0)
+            summaries.append({
+                "scenario": scenario,
+                "reference": format_reference(result.reference),
+                "reference_digits": result.reference,
+                "line": row.get("line"),
+                "caller_number": row.get("caller_number"),
+                "caller_name": row.get("caller_name"),
+                "outcome": result.outcome,
+                "recording_decision": result.recording_decision,
+                "notice_completed": result.notice_completed,
+                "notice_version": row.get("notice_version"),
+                "recording_path": result.recording.path if result.recording else None,
+                "recording_sha256": result.recording.sha256 if result.recording else None,
+                "recording_bytes": result.recording.bytes if result.recording else None,
+                "recording_duration_s": (result.recording.duration_s if result.recording
+                                         else None),
+                "duration_s": result.duration_s,
+                "db_path": str(config.db_path),
+                "modem": {"device": paths[line_index], "profile": profile,
+                          "commands": len(servers[line_index].sim.commands)},
+                "wall_time_s": round(time.monotonic() - t_start, 2),
+                "speech_warning": app.speech_warning,
+                "events": [
+                    {"t": round(e["t"] - t0, 3), "state": e["state"], "detail": e["detail"]}
+                    for e in events
+                ],
+                "pins": pins,
+            })
+        return DemoResult(summary=summaries[0], timeline=world.timeline, summaries=summaries)
     finally:
         await app.stop()
-        await server.stop()
+        for server in servers:
+            await server.stop()
         factory.close()
 
 

@@ -109,12 +109,18 @@ class Mouth:
 
 @dataclass
 class World:
-    """Shared cues and the timeline of what the people did."""
+    """Shared cues and the timeline of what the people did.
+
+    Call states are kept per line (``state(name, line)``), so two callers on two lines each
+    follow their own call; ``bridged_lines`` tells the shop assistant which line it has just
+    been put through to.
+    """
 
     t0: float = field(default_factory=time.monotonic)
     timeline: list[tuple[float, str, str, str]] = field(default_factory=list)
     states: dict[str, asyncio.Event] = field(default_factory=dict)
     cues: dict[str, asyncio.Event] = field(default_factory=dict)
+    bridged_lines: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     on_entry: Callable[[float, str, str, str], None] | None = None
 
     def log(self, actor: str, what: str, detail: str = "") -> None:
@@ -123,16 +129,20 @@ class World:
         if self.on_entry is not None:
             self.on_entry(*entry)
 
-    def state(self, name: str) -> asyncio.Event:
-        return self.states.setdefault(name, asyncio.Event())
+    def state(self, name: str, line: str = "main") -> asyncio.Event:
+        return self.states.setdefault(f"{line}:{name}", asyncio.Event())
 
-    def cue(self, name: str) -> asyncio.Event:
-        return self.cues.setdefault(name, asyncio.Event())
+    def cue(self, name: str, line: str = "main") -> asyncio.Event:
+        return self.cues.setdefault(f"{line}:{name}", asyncio.Event())
 
-    def observe_call(self, reference: str, state: str, detail: str) -> None:
+    def observe_call(self, reference: str, state: str, detail: str,
+                     line: str | None = None) -> None:
         """Observer for the appliance's published call states."""
-        self.log("appliance", state, detail)
-        self.state(state).set()
+        line = line or "main"
+        self.log("appliance", state, f"[{line}] {detail}".rstrip())
+        self.state(state, line).set()
+        if state == "bridged":
+            self.bridged_lines.put_nowait(line)
 
 
 async def _wait(event: asyncio.Event, timeout_s: float = ACT_TIMEOUT_S) -> None:
@@ -153,6 +163,7 @@ class ScriptedCaller:
         name: str | None = "KOVACS ANNA",
         optout_key: str = "9",
         cid_before_first_ring: bool = True,
+        line: str = "main",
         speech: dict[str, np.ndarray],
     ) -> None:
         if scenario not in SCENARIOS:
@@ -164,6 +175,7 @@ class ScriptedCaller:
         self.name = name
         self.optout_key = optout_key
         self.cid_before_first_ring = cid_before_first_ring
+        self.line = line
         self.speech = speech
         self.mouth = Mouth()
         self.heard_samples = 0
@@ -183,41 +195,45 @@ class ScriptedCaller:
         await _wait(event)
 
     async def _say(self, key: str) -> None:
-        self.world.log("caller", "says", key.replace("caller_", ""))
+        self.world.log(self.actor, "says", key.replace("caller_", ""))
         await asyncio.wait_for(self.mouth.say(self.speech[key]), ACT_TIMEOUT_S)
 
+    @property
+    def actor(self) -> str:
+        return "caller" if self.line == "main" else f"caller@{self.line}"
+
     def _hang_up(self) -> None:
-        self.world.log("caller", "hangs up")
+        self.world.log(self.actor, "hangs up")
         self.modem.remote_hangup()
 
     async def run(self) -> None:
-        w = self.world
+        w, line = self.world, self.line
         self.modem.set_caller_audio(self.mouth.read)
         self.modem.add_tx_listener(self._ear)
-        w.log("caller", "dials", f"{self.number} ({self.name or 'no name'})")
+        w.log(self.actor, "dials", f"{self.number} ({self.name or 'no name'})")
         # ETSI EN 300 659 caller ID before the first ring (the European method; Hungary's is
         # unverified, reference/v253-modem.md §7.7). The daemon also copes with CID after it.
         self.modem.ring(self.number, self.name, cid_before_first_ring=self.cid_before_first_ring)
         await self.modem.wait_off_hook(ACT_TIMEOUT_S)
-        w.log("caller", "hears the box answer")
+        w.log(self.actor, "hears the box answer")
         if self.scenario == "abandoned":
             await self._hear_for(3.0)
             self._hang_up()
             return
         if self.scenario == "declined":
             await self._hear_for(2.5)
-            w.log("caller", "presses", self.optout_key)
+            w.log(self.actor, "presses", self.optout_key)
             self.modem.press_key(self.optout_key)
         if self.scenario == "voicemail":
-            await _wait(w.state("voicemail-recording"))
+            await _wait(w.state("voicemail-recording", line))
             await self._say("caller_message")
             self._hang_up()
             return
-        await _wait(w.state("bridged"))
-        await _wait(w.cue("agent_greeted"))
+        await _wait(w.state("bridged", line))
+        await _wait(w.cue("agent_greeted", line))
         await self._say("caller_complaint")
-        w.cue("caller_spoke").set()
-        await _wait(w.cue("agent_replied"))
+        w.cue("caller_spoke", line).set()
+        await _wait(w.cue("agent_replied", line))
         await self._say("caller_bye")
         self._hang_up()
 
@@ -263,38 +279,52 @@ class SimulatedAgent:
         self.world.log("shop", "says", key.replace("agent_", ""))
         await asyncio.wait_for(self.mouth.say(self.speech[key]), ACT_TIMEOUT_S)
 
-    async def run(self) -> None:
+    async def run(self, calls: int = 1) -> None:
+        """Take ``calls`` calls one after the other (lift, talk, hang up)."""
+        for _ in range(calls):
+            if not await self._take_one_call():
+                return
+
+    async def _take_one_call(self) -> bool:
         w = self.world
         shk = self.factory.pin(self.shk_pin)
         if self.lift_after_rings is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._count_rings(10_000), ACT_TIMEOUT_S)
-            return
-        rings = asyncio.ensure_future(self._count_rings(self.lift_after_rings))
-        ended = asyncio.ensure_future(w.state("ended").wait())
+            return False
+        ended = asyncio.ensure_future(self._all_ended())
+        rings = asyncio.ensure_future(self._count_rings(self.rings_heard + self.lift_after_rings))
         await asyncio.wait({rings, ended}, timeout=ACT_TIMEOUT_S,
                            return_when=asyncio.FIRST_COMPLETED)
         lifted_in_time = rings.done() and not rings.cancelled() and not ended.done()
         for fut in (rings, ended):
             fut.cancel()
         if not lifted_in_time:
-            return  # the caller gave up before the shop got to the phone
+            return False  # the caller gave up before the shop got to the phone
         w.log("shop", "lifts the handset")
         shk.drive_high()  # AG1171 SHK: high = off-hook
         try:
-            bridged = asyncio.ensure_future(w.state("bridged").wait())
-            ended = asyncio.ensure_future(w.state("ended").wait())
-            await asyncio.wait({bridged, ended}, timeout=ACT_TIMEOUT_S,
-                               return_when=asyncio.FIRST_COMPLETED)
-            for fut in (bridged, ended):
-                fut.cancel()
-            if w.state("bridged").is_set() and not w.state("ended").is_set():
+            line = await asyncio.wait_for(w.bridged_lines.get(), ACT_TIMEOUT_S)
+        except TimeoutError:
+            shk.drive_low()
+            return False
+        try:
+            if not w.state("ended", line).is_set():
                 await self._say("agent_greeting")
-                w.cue("agent_greeted").set()
-                await _wait(w.cue("caller_spoke"))
+                w.cue("agent_greeted", line).set()
+                await _wait(w.cue("caller_spoke", line))
                 await self._say("agent_reply")
-                w.cue("agent_replied").set()
-            await _wait(w.state("finalizing"))
+                w.cue("agent_replied", line).set()
+            await _wait(w.state("finalizing", line))
         finally:
             w.log("shop", "hangs up")
             shk.drive_low()
+        return True
+
+    async def _all_ended(self) -> None:
+        """Resolves when every call the world has seen has ended (nobody left to answer)."""
+        while True:
+            started = {k.split(":")[0] for k in self.world.states if k.endswith(":answering")}
+            if started and all(self.world.state("ended", line).is_set() for line in started):
+                return
+            await asyncio.sleep(PIN_POLL_S)
