@@ -145,27 +145,66 @@ class Prompts:
         return self._library.reference_audio(reference)
 
 
-class _PanelPort:
+class PanelBoard:
+    """The one front panel shared by every line: shows the busiest line's state.
+
+    Each line (and each call) reports its own state under a key; the LEDs show the most
+    active one (in call > voicemail > notice > waiting > ringing > idle), and the recording
+    LED is lit while any call records.
+    """
+
     _STATES: Final = {
         "idle": PanelState.IDLE,
-        "ringing": PanelState.RINGING,
         "ended": PanelState.IDLE,
+        "ringing": PanelState.RINGING,
         "answering": PanelState.NOTICE,
         "notice": PanelState.NOTICE,
+        "holding": PanelState.WAITING_AGENT,
         "ringing-agent": PanelState.WAITING_AGENT,
         "bridged": PanelState.IN_CALL,
         "voicemail": PanelState.VOICEMAIL,
         "finalizing": PanelState.IN_CALL,
     }
+    _PRIORITY: Final = (PanelState.IDLE, PanelState.RINGING, PanelState.WAITING_AGENT,
+                        PanelState.NOTICE, PanelState.VOICEMAIL, PanelState.IN_CALL)
 
     def __init__(self, panel: Panel) -> None:
         self._panel = panel
+        self._states: dict[str, PanelState] = {}
+        self._recording: set[str] = set()
+
+    def report(self, key: str, state: str) -> None:
+        panel_state = self._STATES.get(state, PanelState.IN_CALL)
+        if panel_state is PanelState.IDLE:
+            self._states.pop(key, None)
+        else:
+            self._states[key] = panel_state
+        shown = max(self._states.values(), key=self._PRIORITY.index, default=PanelState.IDLE)
+        self._panel.show(shown)
+
+    def recording(self, key: str, on: bool) -> None:
+        if on:
+            self._recording.add(key)
+        else:
+            self._recording.discard(key)
+        self._panel.set_recording(bool(self._recording))
+
+    def port(self, key: str) -> _PanelPort:
+        return _PanelPort(self, key)
+
+
+class _PanelPort:
+    """One call's view of the shared panel (implements the flow's PanelPort)."""
+
+    def __init__(self, board: PanelBoard, key: str) -> None:
+        self._board = board
+        self._key = key
 
     def show(self, state: str) -> None:
-        self._panel.show(self._STATES.get(state, PanelState.IN_CALL))
+        self._board.report(self._key, state)
 
     def set_recording(self, on: bool) -> None:
-        self._panel.set_recording(on)
+        self._board.recording(self._key, on)
 
 
 class SharedHandset:
@@ -376,7 +415,7 @@ class LineSession:
                     self._caller = event.caller
                 _LOGGER.info("line %s: RING %d (caller %s)", self.line.name, self._rings,
                              getattr(self._caller, "number", None))
-                self.app.panel_port.show("ringing")
+                self.app.panel_board.report(f"line:{self.line.name}", "ringing")
                 if self._rings < self.app.config.call.answer_after_rings or answer_at:
                     continue
                 cid_wait_s = self.app.config.call.cid_wait_s
@@ -417,13 +456,14 @@ class LineSession:
         cadence = RingCadence(on_s=self.line.ring_on_s or handset.ring_on_s,
                               off_s=self.line.ring_off_s or handset.ring_off_s)
         app.handset.register(reference, events)
+        app.panel_board.report(f"line:{self.line.name}", "idle")  # the call reports now
         ports = CallPorts(
             line=_LinePort(modem, media),
             handset=_CallHandset(app.handset, reference, cadence),
             media=media,
             store=app.store,
             prompts=app.prompts_for(self.line),
-            panel=app.panel_port,
+            panel=app.panel_board.port(reference),
         )
         call = InboundCall(reference, info, ports, app.policy, events, observer=app.observe)
         task = asyncio.create_task(call.run(), name=f"call-{reference}")
@@ -519,7 +559,7 @@ class Application:
             long_press_s=cfg.panel.long_press_s,
         )
         await self.panel.start()
-        self.panel_port = _PanelPort(self.panel)
+        self.panel_board = PanelBoard(self.panel)
         self.relay = BypassRelay(cfg.panel.bypass_relay_pin, pin_factory=self.pin_factory)
         self.relay.start()
         self.slic = Slic(
@@ -605,7 +645,7 @@ class Application:
         # In the line only while every line can answer; otherwise the shop gets a plain phone.
         self.relay.set_healthy(fault is None and all(s.modem is not None for s in self.lines))
         if fault is None and all(s.state == "idle" for s in self.lines):
-            self.panel.show(PanelState.IDLE)
+            self.panel_board.report("daemon", "idle")
         self.publish_status()
 
     # -- helpers ----------------------------------------------------------------------------
