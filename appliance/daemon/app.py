@@ -41,7 +41,7 @@ from appliance.config import Config, LineConfig
 from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.media import CallMedia
 from appliance.daemon.outbound import OutboundController
-from appliance.errors import ApplianceError, ModemError, StoreError
+from appliance.errors import ApplianceError, AudioError, ModemError, StoreError
 from appliance.handset.slic import RingCadence, Slic, SlicPins
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
 from appliance.panel.panel import Panel, PanelPins, PanelState
@@ -62,6 +62,9 @@ RING_GONE_S: Final = 8.0
 REFERENCE_KEY_FILE: Final = "reference.key"
 #: Storage per hour of a 2-channel 8 kHz call by codec (audio-speech.md §5.2, ×2 channels).
 BYTES_PER_HOUR: Final = {"wav": 115_200_000, "flac": 72_000_000, "opus": 19_000_000}
+#: Less free space than this many hours of recording is the "disk-full" fault.
+DISK_FULL_HOURS: Final = 24.0
+HEALTH_INTERVAL_S: Final = 60.0
 
 CallObserver = Callable[[str, str, str], None]
 
@@ -570,11 +573,19 @@ class Application:
         )
         await self.slic.start()
         self.handset = SharedHandset(self.slic)
-        await self.handset_audio.start(self._on_handset_capture)
+        try:
+            await self.handset_audio.start(self._on_handset_capture)
+            self.audio_fault: str | None = None
+        except AudioError as exc:
+            # Without handset audio the shop cannot talk through the box: show the fault and
+            # keep the relay released (plain phone) rather than crash-looping.
+            _LOGGER.error("handset audio unavailable: %s", exc)
+            self.audio_fault = str(exc)
         self.outbound = OutboundController(self)
         self._tasks = [
             asyncio.create_task(self._run_hook_events(), name="hook-events"),
             asyncio.create_task(self._run_button_events(), name="button-events"),
+            asyncio.create_task(self._run_health(), name="health"),
         ]
         for line in cfg.lines:
             session = LineSession(self, line)
@@ -640,13 +651,43 @@ class Application:
     def update_faults(self) -> None:
         if not self._started:
             return
-        fault = next((s.fault for s in self.lines if s.fault), None)
-        self.panel.set_fault("modem-missing" if fault else None)
-        # In the line only while every line can answer; otherwise the shop gets a plain phone.
-        self.relay.set_healthy(fault is None and all(s.modem is not None for s in self.lines))
-        if fault is None and all(s.state == "idle" for s in self.lines):
+        line_fault = next((s.fault for s in self.lines if s.fault), None)
+        faults = self.fault_codes()
+        # Blink the most serious fault (panel fault codes, hw/pinout.md).
+        self.panel.set_fault(faults[0] if faults else None)
+        # In the line only while every line can answer and the shop can hear the caller;
+        # otherwise the relay drops and the shop has a plain phone.
+        self.relay.set_healthy(line_fault is None and self.audio_fault is None
+                               and all(s.modem is not None for s in self.lines))
+        if line_fault is None and all(s.state == "idle" for s in self.lines):
             self.panel_board.report("daemon", "idle")
         self.publish_status()
+
+    def fault_codes(self) -> list[str]:
+        """Current faults as panel codes, most serious first."""
+        import shutil
+
+        codes = []
+        if any(s.fault for s in self.lines):
+            codes.append("modem-missing")
+        if getattr(self, "audio_fault", None):
+            codes.append("audio-missing")
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(self.config.device.state_dir).free
+            per_hour = BYTES_PER_HOUR.get(self.config.recording.codec, BYTES_PER_HOUR["wav"])
+            if free < DISK_FULL_HOURS * per_hour:
+                codes.append("disk-full")
+        if self.speech_warning:
+            codes.append("voice-missing")
+        if self.clock_synced() is False:
+            codes.append("clock-unsynced")
+        return codes
+
+    async def _run_health(self) -> None:
+        """Re-check the slow-changing faults (disk, clock) every HEALTH_INTERVAL_S."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            self.update_faults()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -779,7 +820,16 @@ class Application:
         return any(s.active is not None for s in self.lines)
 
     def faults(self) -> list[str]:
-        return [f"{s.line.name}: {s.fault}" for s in self.lines if s.fault]
+        """Human-readable faults (status, the spoken health summary)."""
+        out = [f"{s.line.name}: {s.fault}" for s in self.lines if s.fault]
+        if getattr(self, "audio_fault", None):
+            out.append(f"handset audio: {self.audio_fault}")
+        codes = self.fault_codes() if self._started else []
+        if "disk-full" in codes:
+            out.append("disk nearly full")
+        if "clock-unsynced" in codes:
+            out.append("clock not synchronised")
+        return out
 
     def last_call_text(self) -> str:
         """The sentence the button speaks (template ``last_call`` / ``no_calls_yet``)."""

@@ -99,3 +99,19 @@ async def test_long_press_off_hook_speaks_health(app: Any, mock_factory: Any) ->
 
     assert not app.faults()
     assert app.health_text() == load_prompt_texts("hu")["health_ok"]
+
+
+async def test_missing_handset_audio_is_a_fault_and_bypasses(
+    tmp_path: Path, mock_factory: Any
+) -> None:
+    config = make_config(tmp_path, handset={"audio": "alsa:no-such-card"})
+    application = Application(config, pin_factory=mock_factory)
+    await application.start()
+    try:
+        await application.wait_ready(TIMEOUT_S)
+        assert application.fault_codes()[0] == "audio-missing"
+        assert any("handset audio" in f for f in application.faults())
+        assert not application.relay.energised, "the shop keeps a plain phone"
+        assert not mock_factory.pin(config.panel.bypass_relay_pin).state
+    finally:
+        await application.stop()
