@@ -142,6 +142,26 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    """Calling out from the handset (issue 9, docs/outbound.md)."""
+
+    interdigit_timeout_s: float = 4.0
+    """The number is complete this long after the last digit (or at ``#``)."""
+    offhook_warning_s: float = 60.0
+    """Dial tone this long without a digit: howler tone, then silence and the fault LED."""
+    howler_s: float = 30.0
+    """How long the howler sounds before silence."""
+    no_answer_s: float = 90.0
+    """Give up an unanswered outgoing call after this long."""
+    failure_listen_s: float = 20.0
+    """The shop hears the network's busy tone at most this long before the line is released."""
+    record: bool = False
+    """Allow recording outbound calls (only after the shop asks and the callee was told)."""
+    record_code: str = "**"
+    """Keys the shop dials during the call to ask for recording (or press the panel button)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole effective configuration."""
 
@@ -157,6 +177,7 @@ class Config:
     speech: SpeechConfig
     tones: TonesConfig
     logging: LoggingConfig
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
 
     @property
     def db_path(self) -> Path:
@@ -388,6 +409,14 @@ def _validate(c: Config) -> None:
     _check(c.tones.zone in ("hu", "eu", "us"), "tones.zone", '"hu", "eu" or "us"', c.tones.zone)
     _check(c.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "logging.level",
            "DEBUG, INFO, WARNING or ERROR", c.logging.level)
+    o = c.outbound
+    for key in ("interdigit_timeout_s", "offhook_warning_s", "howler_s", "no_answer_s",
+                "failure_listen_s"):
+        value = getattr(o, key)
+        _check(0 < value <= 3600, f"outbound.{key}", "a positive number of seconds (≤ 3600)",
+               value)
+    _check(1 <= len(o.record_code) <= 4 and all(ch in DTMF_KEYS for ch in o.record_code),
+           "outbound.record_code", "1–4 DTMF keys 0-9 * #", o.record_code)
 
 
 #: BCM pins the appliance must not use: the UART pair (serial console / Bluetooth UART;

@@ -56,3 +56,35 @@ class PlaybackDone:
 CallEvent = (
     KeyPressed | CallerHungUp | LineLost | AgentOffHook | AgentOnHook | HandsetFree | PlaybackDone
 )
+
+
+# --- outbound calls (issue 9): added alongside, the inbound union above is unchanged --------
+
+
+@dataclass(frozen=True, slots=True)
+class DigitDialled:
+    """The shop dialled a digit on the handset (``source``: ``dtmf`` in-band or ``pulse``)."""
+
+    digit: str
+    source: str = "dtmf"
+
+
+@dataclass(frozen=True, slots=True)
+class LineProgress:
+    """Call progress on an outgoing call: ``ringback``, ``busy``, ``dialtone`` or ``answered``.
+
+    ``source``: ``modem`` (a ``<DLE>`` report) or ``inband`` (the daemon's own detector).
+    """
+
+    kind: str
+    source: str = "inband"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRequested:
+    """The shop asked to record the outgoing call (front-panel button or ``**``)."""
+
+    source: str
+
+
+OutboundEvent = CallEvent | DigitDialled | LineProgress | RecordRequested

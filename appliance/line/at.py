@@ -253,6 +253,25 @@ class AtProtocol(asyncio.Protocol):
             ModemGone: the link is FAILED or failed meanwhile.
             ModemError: the link is in voice mode (stop the voice stream first).
         """
+        _final, lines = await self.command_result(cmd, timeout_s=timeout_s, expect=expect)
+        return lines
+
+    async def command_result(
+        self,
+        cmd: str,
+        *,
+        timeout_s: float | None = None,
+        expect: Iterable[str] = ("OK",),
+    ) -> tuple[str, list[str]]:
+        """Like :meth:`command` but also return the final result code.
+
+        For commands whose success has several spellings, e.g. ``ATD`` in voice mode, which
+        ends with ``OK``/``VCON`` or a call-progress result (``BUSY``, ``NO DIALTONE`` …,
+        v253-modem.md §3); list every acceptable one in ``expect``.
+
+        Raises:
+            The same as :meth:`command`.
+        """
         timeout = self.command_timeout_s if timeout_s is None else timeout_s
         task = asyncio.create_task(
             self._locked_command(cmd, timeout, tuple(expect)), name=f"at-command {cmd}"
@@ -339,7 +358,7 @@ class AtProtocol(asyncio.Protocol):
 
     async def _locked_command(
         self, cmd: str, timeout_s: float, expect: tuple[str, ...]
-    ) -> list[str]:
+    ) -> tuple[str, list[str]]:
         async with self._lock:
             self._usable(cmd)
             if self.mode is Mode.VOICE:
@@ -363,7 +382,9 @@ class AtProtocol(asyncio.Protocol):
             self._set_state(LinkState.CONNECTED, "resync OK")
             return
 
-    async def _exchange(self, cmd: str, timeout_s: float, expect: tuple[str, ...]) -> list[str]:
+    async def _exchange(
+        self, cmd: str, timeout_s: float, expect: tuple[str, ...]
+    ) -> tuple[str, list[str]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[str, list[str]]] = loop.create_future()
         self._pending = _Pending(cmd, future, [])
@@ -385,7 +406,7 @@ class AtProtocol(asyncio.Protocol):
         self._timeouts = 0
         if final not in expect:
             raise ModemCommandError(cmd, final)
-        return lines
+        return final, lines
 
     async def _locked_stop(self, sequence: bytes, timeout_s: float) -> None:
         async with self._lock:

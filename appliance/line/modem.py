@@ -8,6 +8,7 @@ commands flow down as awaited methods. Sequences follow reference/v253-modem.md 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,13 +34,16 @@ if TYPE_CHECKING:
     from appliance.line.sim import SimModem
 
 __all__ = [
+    "CallProgress",
     "CallerIdReceived",
+    "DialResult",
     "Dtmf",
     "LineEvent",
     "LinkDown",
     "Modem",
     "RemoteHangup",
     "Ring",
+    "dial_string",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -50,6 +54,20 @@ CID_SETTLE_S: Final = 0.3
 """Caller-ID lines arrive in a burst; report them this long after the last one."""
 RING_GAP_RESET_S: Final = 12.0
 """No RING for this long (> two Hungarian cadences) → the next RING starts a new call."""
+
+DIAL_TIMEOUT_BASE_S: Final = 10.0
+"""ATD: waiting for dial tone (S6, 2–5 s on Hayes modems) and a margin, before the digits."""
+DIAL_PER_DIGIT_S: Final = 0.25
+"""ATD: tone dialling takes ≈ 100 ms tone + 100 ms gap per digit (+VTD/S11 defaults)."""
+DIAL_CHARS: Final = frozenset("0123456789*#ABCD")
+"""What a tone-dial string may carry (V.250 D command; pauses are not offered to the shop)."""
+MAX_DIAL_DIGITS: Final = 32
+
+# §5.1: call-progress <DLE> codes while dialling out (mgetty: r ringback, v/V voice detected).
+_PROGRESS_DLE: Final = {"r": "ringback", "v": "voice", "V": "voice"}
+# §3: final results of ATD in voice class and what they mean for the call.
+_DIAL_FINALS: Final = ("OK", "VCON", "BUSY", "NO DIALTONE", "NO DIAL TONE", "NO ANSWER",
+                       "NO CARRIER")
 
 # §5.1 / §9.3: modem events that mean the far end has gone.
 _HANGUP_DLE: Final = {
@@ -97,7 +115,57 @@ class LinkDown:
     reason: str
 
 
-LineEvent = Ring | CallerIdReceived | Dtmf | RemoteHangup | LinkDown
+@dataclass(frozen=True, slots=True)
+class CallProgress:
+    """Call progress while dialling out: ``ringback`` (``<DLE>r``) or ``voice`` (``<DLE>v``).
+
+    Only some modems report these (v253-modem.md §5.1, mgetty codes); the daemon also runs
+    its own in-band detector (:mod:`appliance.line.progress`) on the received audio.
+    """
+
+    kind: str
+
+
+LineEvent = Ring | CallerIdReceived | Dtmf | RemoteHangup | LinkDown | CallProgress
+
+
+class DialResult(enum.Enum):
+    """How ``ATD`` ended (v253-modem.md §3 result codes).
+
+    ``DIALLED``: the digits went out and the modem returned to voice command state (``OK``,
+    or ``VCON`` on IS-101/USR); whether the far end rings, is busy or answers is then heard
+    in-band and reported as ``<DLE>r`` / ``<DLE>b`` events. The others are final: the modem
+    detected the condition itself (with ``X4``-style progress detection) and is on-hook.
+    """
+
+    DIALLED = "dialled"
+    BUSY = "busy"
+    NO_DIALTONE = "no-dialtone"
+    NO_ANSWER = "no-answer"
+    NO_CARRIER = "no-carrier"
+
+
+_DIAL_RESULT_OF: Final = {
+    "OK": DialResult.DIALLED,
+    "VCON": DialResult.DIALLED,
+    "BUSY": DialResult.BUSY,
+    "NO DIALTONE": DialResult.NO_DIALTONE,
+    "NO DIAL TONE": DialResult.NO_DIALTONE,
+    "NO ANSWER": DialResult.NO_ANSWER,
+    "NO CARRIER": DialResult.NO_CARRIER,
+}
+
+
+def dial_string(number: str) -> str:
+    """Return ``number`` as a tone-dial string (spaces, dashes, dots and brackets dropped).
+
+    Raises:
+        ValueError: empty, too long, or a character a DTMF keypad cannot send.
+    """
+    digits = "".join(ch for ch in number.upper() if ch not in " -.()/")
+    if not digits or len(digits) > MAX_DIAL_DIGITS or any(ch not in DIAL_CHARS for ch in digits):
+        raise ValueError(f"not a diallable number: {number!r}")
+    return digits
 
 
 class Modem:
@@ -265,6 +333,61 @@ class Modem:
         self._reset_call()
         _LOGGER.info("line off-hook")
 
+    async def dial(self, number: str, *, timeout_s: float | None = None) -> DialResult:
+        """Dial ``number`` in voice mode; on ``DIALLED`` the line is off-hook like after answer.
+
+        Sequence (v253-modem.md §4.1, §12): ``AT+FCLASS=8``, ``AT+VSM``, the chipset's answer
+        commands, ``AT+VRN=0`` (optional), ``ATDT<digits>;``. Real V.253 modems hold the
+        ``OK`` of a voice ``ATD`` until ringback has gone away for ``+VRA`` (0.1 s units,
+        answer assumed) or never appeared within ``+VRN`` (1 s units, default 10 s) — audio
+        cannot flow meanwhile, so the shop would hear nothing. ``+VRN=0`` asks for the ``OK``
+        right after the digits; the ``;`` keeps the modem in command state (Hayes). Then
+        ``start_duplex`` lets the shop hear the network's own ringback, busy tone or the
+        callee, and progress arrives as ``<DLE>r``/``<DLE>b`` (:class:`CallProgress`,
+        :class:`RemoteHangup`). A modem that ignores ``+VRN=0`` still works, only later. With
+        progress detection on, a modem may end ATD with ``BUSY``/``NO DIALTONE``/
+        ``NO ANSWER`` instead; it is then on-hook again and this returns that result.
+        Which of these the CX93010 does is to be verified on hardware (§13).
+
+        Args:
+            number: digits to dial (see :func:`dial_string`).
+            timeout_s: for the ``ATD`` result; default grows with the number's length.
+
+        Raises:
+            ValueError: ``number`` is not diallable.
+            ModemError: a command failed or timed out (the line may be off-hook: hang up).
+        """
+        digits = dial_string(number)
+        at = self._at()
+        await at.command("AT+FCLASS=8")
+        await at.command(f"AT+VSM={self.vsm_id},{SAMPLE_RATE_HZ}{self._table.vsm_suffix}")
+        for cmd in self._table.answer_commands:
+            await self._optional(at, cmd)
+        # Quirk #9: timer ranges differ per modem (vgetty's +VRA=70 exceeds MT5634's 0–50);
+        # a refusal only means we hear the ringback later.
+        await self._optional(at, "AT+VRN=0")
+        self._hangup_reported = False
+        self._reset_call()
+        # Progress (<DLE>b, <DLE>r) may arrive as soon as the digits are out.
+        self._off_hook = True
+        if timeout_s is None:
+            timeout_s = max(self.command_timeout_s,
+                            DIAL_TIMEOUT_BASE_S + DIAL_PER_DIGIT_S * len(digits))
+        try:
+            final, _ = await at.command_result(f"ATDT{digits};", timeout_s=timeout_s,
+                                               expect=_DIAL_FINALS)
+        except BaseException:
+            self._off_hook = False
+            raise
+        result = _DIAL_RESULT_OF[final]
+        _LOGGER.info("dialled %d digits: %s (%s)", len(digits), result.value, final)
+        if result is not DialResult.DIALLED:
+            # Hayes: after BUSY/NO DIALTONE/NO ANSWER the modem is on-hook; idle in class 0
+            # again (quirk #27).
+            self._off_hook = False
+            await self._optional(at, "AT+FCLASS=0")
+        return result
+
     async def start_duplex(self, on_audio: Callable[[npt.NDArray[np.int16]], None]) -> None:
         """Start full-duplex voice (``AT+VTR`` → CONNECT).
 
@@ -387,6 +510,11 @@ class Modem:
         if reason is not None:
             if self._off_hook:
                 self._remote_hangup(reason)
+            return
+        progress = _PROGRESS_DLE.get(code)
+        if progress is not None:
+            if self._off_hook:
+                self._put(CallProgress(progress))
             return
         if code == "R":
             # Quirk #27: a ring reported as <DLE>R in voice class.

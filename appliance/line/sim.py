@@ -43,6 +43,7 @@ from appliance.line.commands import parse_vsm_list
 __all__ = [
     "PROFILES",
     "PtyModemServer",
+    "SimCallee",
     "SimModem",
     "SimPort",
     "SimProfile",
@@ -69,6 +70,15 @@ BUSY_REPORT_S: Final = 4.0
 DIAL_TONE_AFTER_S: Final = 30.0
 """After this long of busy the exchange returns dial tone: ``<DLE>d`` every 3 s [INF]."""
 DIAL_REPORT_S: Final = 3.0
+RINGBACK_ON_S: Final = 1.25
+RINGBACK_PERIOD_S: Final = 5.0
+"""Hungarian ringback 425 Hz 1250 ms on / 3750 ms off (hardware.md §3, Asterisk [hu])."""
+ANSWER_AFTER_BURST_S: Final = 0.5
+"""A callee lifts in the pause after a ringback burst (the exchange stops ringback then)."""
+DIAL_DIGIT_S: Final = 0.2
+"""Tone dialling: 100 ms DTMF + 100 ms gap per digit (S11/+VTD defaults)."""
+DIAL_TONE_WAIT_S: Final = 2.0
+"""How long the modem listens for dial tone before ``NO DIALTONE`` (S6; real: 2–5 s)."""
 TX_BUFFER_MAX_S: Final = 1.0
 """The modem stops reading host bytes when this much audio is queued (back-pressure)."""
 PTY_MAX_WRITE_BUFFER_BYTES: Final = 65536
@@ -190,6 +200,43 @@ _TX_MODES: Final = frozenset({_Mode.VTX, _Mode.VTX_DRAIN, _Mode.VTR})
 _RX_MODES: Final = frozenset({_Mode.VRX, _Mode.VTR})
 
 
+@dataclass(frozen=True, slots=True)
+class SimCallee:
+    """Who answers when the host dials out (the far end plus the exchange in between).
+
+    Attributes:
+        kind: ``answer`` (after ``rings`` ringback bursts), ``busy``, ``no-answer`` (the
+            exchange gives up after ``rings`` bursts and plays busy/congestion, which are the
+            same tone in Hungary) or ``no-dialtone`` (a dead line: ``NO DIALTONE``).
+        rings: ringback bursts before the callee answers or the exchange gives up.
+        source: the callee's voice once answered (``source(n) → int16[n]``); None keeps
+            whatever :meth:`SimModem.set_caller_audio` set.
+        busy_as_result: report busy as the ``ATD`` result ``BUSY`` (progress detection in the
+            modem) instead of ``OK`` followed by ``<DLE>b`` and the in-band tone.
+    """
+
+    kind: str = "answer"
+    rings: int = 2
+    source: Callable[[int], npt.NDArray[np.int16]] | None = None
+    busy_as_result: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("answer", "busy", "no-answer", "no-dialtone"):
+            raise ValueError(f"unknown callee behaviour {self.kind!r}")
+        if self.rings < 1:
+            raise ValueError(f"rings must be >= 1, got {self.rings}")
+
+
+@dataclass(slots=True)
+class _Progress:
+    """An outgoing call in the exchange: ringback until answered or given up."""
+
+    callee: SimCallee
+    start: float
+    bursts_reported: int = 0
+    answered: bool = False
+
+
 class SimPort(Protocol):
     """What the emulator may ask of the port it is attached to."""
 
@@ -263,8 +310,11 @@ class SimModem:
         self._vts_handle: asyncio.TimerHandle | None = None
         self._cmd_buf = bytearray()
         self._cmd_queue: deque[str] = deque()
-        self._busy = False  # a deferred final result (+VTS) is pending
+        self._busy = False  # a deferred final result (+VTS, ATD) is pending
         self._stalled = False
+        self._callee = SimCallee()
+        self.dialled: list[str] = []
+        self._answered_event = asyncio.Event()
         self._reset_state()
 
     # --- wiring
@@ -302,6 +352,7 @@ class SimModem:
         self._next_busy_report = 0.0
         self._next_dial_report = 0.0
         self._rx_index = 0
+        self._progress: _Progress | None = None
 
     @property
     def off_hook(self) -> bool:
@@ -400,6 +451,20 @@ class SimModem:
     def set_caller_audio(self, source: Callable[[int], npt.NDArray[np.int16]] | None) -> None:
         """Use ``source(n) → int16[n]`` as the caller's voice (None → silence)."""
         self._source = source
+
+    def set_callee(self, callee: SimCallee | None) -> None:
+        """Script the far end of the next ``ATD`` (None → the default: answer after 2 rings)."""
+        self._callee = callee if callee is not None else SimCallee()
+
+    @property
+    def callee_answered(self) -> bool:
+        """True once the dialled callee has answered (until the line goes on-hook)."""
+        return self._progress is not None and self._progress.answered
+
+    async def wait_callee_answered(self, timeout: float) -> None:  # noqa: ASYNC109 (public API)
+        """Wait until the dialled callee answers. Raises TimeoutError."""
+        async with asyncio.timeout(timeout):
+            await self._answered_event.wait()
 
     def press_key(self, digit: str, duration_ms: int = 120) -> None:
         """The caller presses ``digit``: DLE framing in the RX stream plus the dual tone."""
@@ -553,6 +618,10 @@ class SimModem:
         if line[:2].upper() != "AT":
             return  # V.250: lines not starting with AT are ignored
         body = line[2:]
+        if body[:1].upper() == "D":
+            # V.250: D takes the rest of the line as its dial string.
+            self._result_or_defer(self._cmd_dial(body[1:]))
+            return
         final: str | None = "OK"
         pos = 0
         while pos < len(body):
@@ -747,6 +816,63 @@ class SimModem:
         self._vts_handle = asyncio.get_running_loop().call_later(total_s, self._vts_done)
         return None
 
+    def _result_or_defer(self, final: str | None) -> None:
+        if final is not None:
+            self._result(final)
+
+    def _defer(self, delay_s: float, done: Callable[[], str]) -> None:
+        """Hold the command queue for ``delay_s``, then send the result ``done()`` returns."""
+        self._busy = True
+
+        def finish() -> None:
+            self._vts_handle = None
+            self._busy = False
+            self._result(done())
+            self._process_queue()
+
+        self._vts_handle = asyncio.get_running_loop().call_later(delay_s, finish)
+
+    def _cmd_dial(self, text: str) -> str | None:
+        # V.250 D: optional T/P (tone/pulse), digits, "," pauses, ";" = stay in command state.
+        dial = text.strip().upper()
+        if dial[:1] in ("T", "P"):
+            dial = dial[1:]
+        digits = "".join(ch for ch in dial if ch in DTMF_DIGITS)
+        if not digits:
+            return "ERROR"
+        callee = self._callee
+        if self.fclass != 8:
+            # A data call to a voice number: nothing answers with a carrier.
+            self._defer(DIAL_DIGIT_S * len(digits) + DIAL_TONE_WAIT_S, lambda: "NO CARRIER")
+            return None
+        if callee.kind == "no-dialtone":
+            self._defer(DIAL_TONE_WAIT_S, lambda: "NO DIALTONE")
+            return None
+        self._go_off_hook(1)
+        self.dialled.append(digits)
+        self._answered_event.clear()
+
+        def dialled() -> str:
+            if not self.off_hook:
+                return "NO CARRIER"
+            now = asyncio.get_running_loop().time()
+            self._progress = _Progress(callee, now)
+            if callee.kind == "busy":
+                if callee.busy_as_result:
+                    self._hang_up()
+                    return "BUSY"
+                self._network_busy(now)
+            return "VCON" if self.profile.name == "usr" else "OK"
+
+        self._defer(DIAL_DIGIT_S * len(digits), dialled)
+        return None
+
+    def _network_busy(self, now: float) -> None:
+        # Busy/congestion from the exchange: the same tone and reports as a remote hang-up.
+        self._hung_up_at = now
+        self._next_busy_report = now
+        self._next_dial_report = now + DIAL_TONE_AFTER_S
+
     def _vts_done(self) -> None:
         self._vts_handle = None
         self._busy = False
@@ -796,6 +922,7 @@ class SimModem:
         self.vls = 0
         self._hung_up_at = None
         self._key = None
+        self._progress = None
         if self._clock_task is not None:
             self._clock_task.cancel()
             self._clock_task = None
@@ -881,6 +1008,9 @@ class SimModem:
                     events.append(key.digit)
                 if now >= key.end:
                     self._key = None
+        progress = self._progress
+        if progress is not None and not progress.answered and self._hung_up_at is None:
+            events += self._progress_events(progress, now)
         if self._hung_up_at is not None:
             if now >= self._next_busy_report:
                 events.append("b")
@@ -890,8 +1020,38 @@ class SimModem:
                 self._next_dial_report += DIAL_REPORT_S
         return events
 
+    def _progress_events(self, progress: _Progress, now: float) -> list[str]:
+        callee = progress.callee
+        t = now - progress.start
+        if callee.kind == "answer" and t >= (
+            (callee.rings - 1) * RINGBACK_PERIOD_S + RINGBACK_ON_S + ANSWER_AFTER_BURST_S
+        ):
+            progress.answered = True
+            if callee.source is not None:
+                self._source = callee.source
+            self._answered_event.set()
+            return []
+        burst = int(t // RINGBACK_PERIOD_S)
+        if callee.kind == "no-answer" and burst >= callee.rings:
+            self._network_busy(now)  # the exchange gives up: congestion = busy in Hungary
+            return []
+        if burst >= progress.bursts_reported:
+            progress.bursts_reported = burst + 1
+            return ["r"]  # §5.1 (mgetty): ringback, once per burst
+        return []
+
     def _caller_frame(self, now: float) -> npt.NDArray[np.int16]:
         n = FRAME_SAMPLES
+        progress = self._progress
+        if self._hung_up_at is None and progress is not None and not progress.answered:
+            # The exchange's ringback in the line audio, 425 Hz 1250/3750 ms.
+            offsets = np.arange(n) / SAMPLE_RATE_HZ
+            since = (now - progress.start) + offsets
+            on = (since % RINGBACK_PERIOD_S) < RINGBACK_ON_S
+            phase = 2 * np.pi * BUSY_TONE_HZ * (self._rx_index / SAMPLE_RATE_HZ + offsets)
+            self._rx_index += n
+            out = BUSY_LEVEL * np.sin(phase) * on * 32767.0
+            return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
         if self._hung_up_at is not None:
             # The caller is gone: the exchange plays busy tone 425 Hz 300/300 ms.
             offsets = np.arange(n) / SAMPLE_RATE_HZ

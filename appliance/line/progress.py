@@ -1,0 +1,167 @@
+"""In-band call-progress detection on the line audio while dialling out.
+
+Modems differ in what they report during an outgoing voice call (v253-modem.md §5.1: ``<DLE>r``
+ringback and ``<DLE>v`` voice exist only on some chipsets; ``<DLE>b``/``<DLE>d`` depend on the
+``+GCI`` tone tables, §12). So the daemon also listens itself, as §12 recommends ("an own 425 Hz
+cadence + energy detector … as the backstop"). :class:`CallProgressDetector` classifies each
+20 ms frame as quiet, tone (most of its power at the zone's progress-tone frequency, 425 Hz in
+Hungary) or other, and reports:
+
+* ``ringback`` — a tone burst of at least :data:`RINGBACK_MIN_S` (Hungary: 1250 ms on);
+* ``dialtone`` — continuous tone for :data:`DIALTONE_MIN_S` (the exchange is back to dial tone);
+* ``busy`` — :data:`BUSY_MIN_CYCLES` short on/off cycles (Hungary: 300/300 ms; congestion is
+  the same tone, hardware.md §3);
+* ``voice`` — :data:`VOICE_MIN_S` of sound that is not the tone: somebody answered. Sound
+  that could be the echo of what we send (the shop's voice through the line hybrid, no echo
+  cancellation in ``+VTR``) does not count: a frame must be louder than the loudest recent
+  transmitted frame minus :data:`ECHO_LOSS_DB` plus :data:`ECHO_MARGIN_DB` (the rule of the
+  DTMF echo gate, audio/dtmf.py).
+
+Written by hand (a single-bin DFT and a few counters): no library detects call-progress
+cadences on a stream of 20 ms frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ
+
+__all__ = [
+    "BUSY_MIN_CYCLES",
+    "DIALTONE_MIN_S",
+    "RINGBACK_MIN_S",
+    "VOICE_MIN_S",
+    "CallProgressDetector",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE_HZ
+QUIET_DBFS: Final = -45.0
+"""Frames below this mean-square level are silence (line noise)."""
+TONE_FRACTION: Final = 0.6
+"""A frame is "tone" when at least this share of its power is at the tone frequency."""
+RINGBACK_MIN_S: Final = 1.0
+"""A tone burst this long is ringback (Hungary 1.25 s; busy bursts are 0.3 s)."""
+DIALTONE_MIN_S: Final = 2.0
+"""Continuous tone this long is dial tone (longer than any ringback burst)."""
+BUSY_ON_RANGE_S: Final = (0.15, 0.6)
+"""Tone bursts and gaps of this length are busy/congestion cadence (hu 0.3/0.3, eu 0.5/0.5)."""
+BUSY_MIN_CYCLES: Final = 2
+"""On/off cycles before busy is reported (≈ 1.2 s in Hungary)."""
+VOICE_MIN_S: Final = 0.2
+"""Consecutive non-tone sound this long means somebody talks (a click or a tone edge is shorter)."""
+ECHO_LOSS_DB: Final = 6.0
+ECHO_MARGIN_DB: Final = 3.0
+ECHO_FRAMES: Final = 5
+"""Transmitted frames (100 ms) an echo may lag behind (as the DTMF gate's window)."""
+
+
+class CallProgressDetector:
+    """Classify line audio during an outgoing call; fed one 20 ms frame at a time.
+
+    Not thread-safe: own it from the loop (the modem's receive callback). Each report is
+    returned once per occurrence: ``ringback`` once per burst, ``busy`` and ``dialtone``
+    once until a different signal is heard, ``voice`` once per stretch of speech.
+
+    Args:
+        tone_hz: the zone's progress-tone frequency (425 Hz in Hungary and most of Europe).
+        sample_rate_hz: the line's rate (8 kHz).
+    """
+
+    def __init__(self, tone_hz: float = 425.0, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
+        self._rate = sample_rate_hz
+        self._tone_hz = tone_hz
+        self._basis_cache: dict[int, npt.NDArray[np.complex128]] = {}
+        self._quiet = 10.0 ** (QUIET_DBFS / 10.0)
+        self._echo_ratio = 10.0 ** ((ECHO_MARGIN_DB - ECHO_LOSS_DB) / 10.0)
+        self._tx_powers: deque[float] = deque(maxlen=ECHO_FRAMES)
+        self._kind = "quiet"
+        self._run_s = 0.0
+        self._last_tone_s = 0.0
+        self._last_gap_s = 0.0
+        self._busy_cycles = 0
+        self._reported: set[str] = set()
+        self.frames = 0
+
+    def _basis(self, n: int) -> npt.NDArray[np.complex128]:
+        basis = self._basis_cache.get(n)
+        if basis is None:
+            # The DFT evaluated exactly at the tone frequency (what a Goertzel filter computes).
+            basis = np.exp(-2j * np.pi * self._tone_hz * np.arange(n) / self._rate)
+            self._basis_cache[n] = basis
+        return basis
+
+    def classify(self, frame: npt.ArrayLike, reference: npt.ArrayLike | None = None) -> str:
+        """``quiet``, ``tone`` or ``other`` for one frame (``reference``: what we sent)."""
+        x = np.asarray(frame, dtype=np.float64).reshape(-1) / 32767.0
+        if x.size == 0:
+            return "quiet"
+        power = float(np.mean(x * x))
+        tx_power = 0.0
+        if reference is not None:
+            ref = np.asarray(reference, dtype=np.float64).reshape(-1) / 32767.0
+            tx_power = float(np.mean(ref * ref)) if ref.size else 0.0
+        self._tx_powers.append(tx_power)
+        if power < self._quiet:
+            return "quiet"
+        # A sine of amplitude A has power A²/2 and |X| ≈ A·N/2, so its power is 2|X|²/N².
+        tone_power = 2.0 * abs(complex(x @ self._basis(x.size))) ** 2 / (x.size * x.size)
+        if tone_power >= TONE_FRACTION * power:
+            return "tone"
+        if power <= max(self._tx_powers) * self._echo_ratio:
+            return "quiet"  # could be our own transmitted audio echoed by the hybrid
+        return "other"
+
+    def feed(self, frame: npt.ArrayLike, *, reference: npt.ArrayLike | None = None) -> list[str]:
+        """Consume one received frame (``reference``: the frame sent meanwhile); return reports."""
+        self.frames += 1
+        kind = self.classify(frame, reference)
+        reports: list[str] = []
+        if kind != self._kind:
+            self._run_ended(self._kind, self._run_s, reports)
+            self._kind = kind
+            self._run_s = 0.0
+        self._run_s += FRAME_S
+        if kind == "tone":
+            if self._run_s >= DIALTONE_MIN_S - 1e-9:
+                self._report("dialtone", reports)
+            elif self._run_s >= RINGBACK_MIN_S - 1e-9 and "ringback-run" not in self._reported:
+                self._reported.add("ringback-run")
+                reports.append("ringback")
+                self._reported.discard("busy")
+        elif kind == "other" and self._run_s >= VOICE_MIN_S - 1e-9:
+            self._report("voice", reports)
+            self._busy_cycles = 0
+        return reports
+
+    def _report(self, what: str, reports: list[str]) -> None:
+        if what not in self._reported:
+            self._reported.add(what)
+            reports.append(what)
+
+    def _run_ended(self, kind: str, length_s: float, reports: list[str]) -> None:
+        lo, hi = BUSY_ON_RANGE_S
+        if kind == "tone":
+            self._reported.discard("ringback-run")
+            self._reported.discard("dialtone")
+            if lo <= length_s <= hi and lo <= self._last_gap_s <= hi:
+                self._busy_cycles += 1
+                if self._busy_cycles >= BUSY_MIN_CYCLES:
+                    self._report("busy", reports)
+            elif length_s > hi:
+                self._busy_cycles = 0
+            self._last_tone_s = length_s
+        elif kind == "other":
+            self._reported.discard("voice")
+        else:
+            self._last_gap_s = length_s
+            if length_s > hi:
+                self._busy_cycles = 0
+                self._reported.discard("busy")
