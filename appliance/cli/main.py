@@ -107,12 +107,14 @@ def run(obj: _Ctx) -> None:
 
 @cli.command()
 @click.option("--scenario",
-              type=click.Choice(["answered", "declined", "abandoned", "voicemail", "two-lines"]),
+              type=click.Choice(["answered", "declined", "abandoned", "voicemail", "two-lines",
+                                 "outbound"]),
               default="answered", show_default=True,
               help="answered: the shop talks to the caller; declined: the caller presses 9 "
                    "during the notice; abandoned: hangs up during the notice; voicemail: "
                    "nobody lifts, the caller leaves a message; two-lines: two callers on two "
-                   "lines share the one handset (the second holds).")
+                   "lines share the one handset (the second holds); outbound: the shop "
+                   "lifts, dials by DTMF and talks with the called customer.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--profile", type=click.Choice(["conexant", "usr", "v253"]), default="conexant",
               show_default=True, help="Which real modem the emulator imitates.")
@@ -137,7 +139,14 @@ def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool) -
         click.echo(f"appliance demo — scenario {scenario!r}, state dir {state_dir}")
         click.echo(f"{'offset':>8}  {'who':<9} {'what':<22} detail")
     try:
-        result = asyncio.run(run_demo(scenario, state_dir, on_entry=on_entry, profile=profile))
+        if scenario == "outbound":
+            from appliance.sim.outbound import run_outbound_demo
+
+            result = asyncio.run(run_outbound_demo(state_dir, on_entry=on_entry,
+                                                   profile=profile))
+        else:
+            result = asyncio.run(run_demo(scenario, state_dir, on_entry=on_entry,
+                                          profile=profile))
     except ConfigError as exc:
         click.echo(f"appliance: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)

@@ -191,6 +191,7 @@ async def run_outbound_demo(
         rec = result.recording
         summary = {
             "scenario": "outbound",
+            "line": result.line,
             "direction": row.get("direction", "out"),
             "reference": format_reference(reference) if reference else None,
             "reference_digits": reference or None,
@@ -220,7 +221,7 @@ async def run_outbound_demo(
                        for e in events],
             "pins": pins,
         }
-        return DemoResult(summary=summary, timeline=world.timeline)
+        return DemoResult(summary=summary, timeline=world.timeline, summaries=[summary])
     finally:
         await app.stop()
         await server.stop()
