@@ -64,6 +64,7 @@ class CallConfig:
     whisper_reference: bool
     hold_max_s: float
     hold_reassure_s: float
+    silence_hangup_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +365,8 @@ def _validate(c: Config) -> None:
            c.call.optout_key)
     _check(c.call.repeat_key in DTMF_KEYS and c.call.repeat_key != c.call.optout_key,
            "call.repeat_key", "one DTMF key other than call.optout_key", c.call.repeat_key)
+    _check(c.call.silence_hangup_s == 0 or c.call.silence_hangup_s >= 5,
+           "call.silence_hangup_s", "0 (off) or at least 5 seconds", c.call.silence_hangup_s)
     _check(0.0 <= c.call.cid_wait_s <= 5.0, "call.cid_wait_s", "0..5 seconds",
            c.call.cid_wait_s)
     for key in ("agent_timeout_s", "voicemail_max_s", "max_call_s", "hold_max_s",

@@ -43,6 +43,8 @@ _LOGGER = logging.getLogger(__name__)
 
 #: How long the goodbye prompt may take before the line is dropped anyway.
 GOODBYE_TIMEOUT_S: Final = 10.0
+#: A voicemail ends after this much silence (the caller has finished or hung up unnoticed).
+VOICEMAIL_SILENCE_S: Final = 8.0
 
 
 class CallState(enum.Enum):
@@ -134,6 +136,9 @@ class MediaPort(Protocol):
 
     def whisper_to_handset(self, clip: np.ndarray) -> None: ...
 
+    def watch_silence(self, seconds: float) -> None:
+        """Post ``CallerHungUp("silence")`` after ``seconds`` of silence (0 = stop watching)."""
+
     def bridge(self) -> None: ...
 
     def unbridge(self) -> None: ...
@@ -213,6 +218,7 @@ class CallPolicy:
     hold_max_s: float = 120.0
     hold_reassure_s: float = 20.0
     whisper_line: bool = False
+    silence_hangup_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,9 +344,9 @@ class InboundCall:
     async def _common(self, event: CallEvent) -> bool:
         """Handle events that mean the same in every phase; True if consumed."""
         if isinstance(event, LineLost):
+            # The modem vanished (USB pulled): the call is over, its audio so far is kept.
             await self._event("line-lost", event.reason)
-            raise _CallOver(self._outcome_now() if self.state is not CallState.NOTICE
-                            else "abandoned", f"line lost: {event.reason}")
+            raise _CallOver("interrupted", f"line lost: {event.reason}")
         if isinstance(event, CallerHungUp):
             raise _CallOver(self._outcome_now(), f"caller hung up ({event.reason})")
         return False
@@ -535,6 +541,8 @@ class InboundCall:
             # Into the earpiece only, over the caller's voice; the caller does not hear it.
             media.whisper_to_handset(np.concatenate(whisper))
         media.bridge()
+        if self.policy.silence_hangup_s:
+            media.watch_silence(self.policy.silence_hangup_s)
         while True:
             event = await self._next()
             if event is None or await self._common(event):
@@ -572,6 +580,8 @@ class InboundCall:
             if isinstance(event, PlaybackDone) and event.token == "voicemail":
                 break
         await self._event("voicemail-recording", f"up to {self.policy.voicemail_max_s:.0f} s")
+        if self.policy.silence_hangup_s:
+            self.ports.media.watch_silence(min(self.policy.silence_hangup_s, VOICEMAIL_SILENCE_S))
         loop = asyncio.get_running_loop()
         until = loop.time() + self.policy.voicemail_max_s
         while True:

@@ -517,6 +517,7 @@ class Application:
             hold_max_s=config.call.hold_max_s,
             hold_reassure_s=config.call.hold_reassure_s,
             whisper_line=len(config.lines) > 1,
+            silence_hangup_s=config.call.silence_hangup_s,
         )
         self.tone_zone = tone_zone(config.tones.zone)
         self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(

@@ -24,7 +24,7 @@ from appliance.audio.buffers import ClipPlayer, FrameSource, JitterBuffer, Silen
 from appliance.audio.dtmf import DtmfDetector
 from appliance.audio.pcm import FRAME_SAMPLES
 from appliance.audio.tones import ToneGenerator, ToneZone
-from appliance.call.events import CallEvent, KeyPressed, PlaybackDone
+from appliance.call.events import CallerHungUp, CallEvent, KeyPressed, PlaybackDone
 from appliance.call.flow import RecordingInfo
 from appliance.store.recorder import Recorder
 
@@ -34,6 +34,15 @@ _LOGGER = logging.getLogger(__name__)
 TX_LEAD_FRAMES: Final = 3
 #: The same digit from the modem's report and the in-band detector within this window is one key.
 DTMF_DEDUP_S: Final = 0.6
+#: A frame quieter than this (RMS, dBFS) counts as silence for the end-of-call watch.
+SILENCE_DBFS: Final = -50.0
+#: 20 ms frames per second.
+FRAMES_PER_S: Final = 50
+
+
+def _quiet(frame: np.ndarray) -> bool:
+    rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) / 32767.0
+    return rms < 10 ** (SILENCE_DBFS / 20)
 
 
 class _ToneSource:
@@ -81,6 +90,8 @@ class CallMedia:
         self._primed = False
         self._whisper: ClipPlayer | None = None
         self._last_tx = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._silence_limit = 0  # frames; 0 = not watching
+        self._quiet_frames = 0
         self.stats: dict[str, int] = {"rx_frames": 0, "tx_frames": 0, "recorded_frames": 0}
 
     # -- clocked by the line ----------------------------------------------------------------
@@ -116,6 +127,18 @@ class CallMedia:
         if self._recorder is not None:
             self._recorder.write(np.column_stack((frame, shop)))
             self.stats["recorded_frames"] += 1
+        if self._silence_limit:
+            self._watch_silence(frame, shop)
+
+    def _watch_silence(self, frame: np.ndarray, shop: np.ndarray) -> None:
+        # Some chips ignore +VSD and report no hang-up at all (v253-modem.md §10 #3): prolonged
+        # silence on the line itself (and from the shop, when bridged) ends the call.
+        if _quiet(frame) and (not self._bridged or _quiet(shop)):
+            self._quiet_frames += 1
+            if self._quiet_frames == self._silence_limit:
+                self._events.put_nowait(CallerHungUp("silence"))
+        else:
+            self._quiet_frames = 0
 
     def on_handset_capture(self, frame: np.ndarray) -> None:
         self._capture.push(frame)
@@ -161,6 +184,11 @@ class CallMedia:
             self._handset_source = Silence()
         else:
             self._handset_source = _ToneSource(ToneGenerator(getattr(self._zone, kind)))
+
+    def watch_silence(self, seconds: float) -> None:
+        """End the call (``CallerHungUp("silence")``) after ``seconds`` of silence; 0 = off."""
+        self._silence_limit = int(seconds * FRAMES_PER_S)
+        self._quiet_frames = 0
 
     def whisper_to_handset(self, clip: np.ndarray) -> None:
         """Say ``clip`` into the shop's earpiece over whatever it hears (the caller does not)."""

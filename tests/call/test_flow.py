@@ -100,6 +100,9 @@ class FakeMedia:
     def whisper_to_handset(self, clip: np.ndarray) -> None:
         self.log.add("media:whisper")
 
+    def watch_silence(self, seconds: float) -> None:
+        self.log.add(f"media:silence:{seconds:g}")
+
     def bridge(self) -> None:
         self.bridged = True
         self.log.add("media:bridge")
@@ -304,7 +307,7 @@ async def test_line_lost_while_bridged_still_finalizes() -> None:
     await h.until_state("bridged")
     h.post(LineLost("port vanished"))
     result = await h.result()
-    assert result.outcome == "bridged"
+    assert result.outcome == "interrupted"
     assert result.recording is not None
     assert "media:finish" in h.log.entries
 

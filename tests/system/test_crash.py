@@ -177,3 +177,38 @@ async def test_sigterm_mid_call_finalizes_the_call(modem: Any, tmp_path: Path) -
     # The line was put back on-hook on the way out.
     assert not modem.sim.off_hook, err
     assert not os.listdir(state_dir / "recordings") or not list(state_dir.rglob("*.partial"))
+
+
+async def test_modem_unplugged_mid_call_is_interrupted_with_audio_so_far(
+    modem: Any, tmp_path: Path, mock_factory: Any
+) -> None:
+    from appliance.audio.backend import SimHandsetAudio
+    from appliance.config import load_config
+    from appliance.daemon.app import Application
+
+    config = load_config(write_config(tmp_path, modem.path), state_dir=tmp_path / "state")
+    app = Application(config, pin_factory=mock_factory, handset_audio=SimHandsetAudio())
+    recording = asyncio.Event()
+    app.observers.append(
+        lambda ref, state, detail: recording.set() if state == "recording-started" else None)
+    try:
+        await app.start()
+        await app.wait_ready(TIMEOUT_S)
+        modem.sim.ring("+3611234567", None)
+        await asyncio.wait_for(recording.wait(), TIMEOUT_S)
+        await asyncio.sleep(2.0)
+        modem.unplug()  # the USB modem is pulled out
+        result = await asyncio.wait_for(app.completed.get(), TIMEOUT_S)
+        row = app.store.get_call(result.reference)
+        # The supervisor notices and keeps trying to reopen; the panel shows the fault.
+        async with asyncio.timeout(TIMEOUT_S):
+            while "modem-missing" not in app.fault_codes():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await app.stop()
+    assert result.outcome == "interrupted"
+    assert row is not None
+    assert row["outcome"] == "interrupted"
+    assert result.recording is not None
+    assert result.recording.duration_s > 1.5
+    assert sha256_file(Path(result.recording.path)) == row["recording_sha256"]
