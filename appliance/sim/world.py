@@ -31,10 +31,10 @@ SCENARIOS: Final = ("answered", "declined", "abandoned", "voicemail")
 
 #: What the people in the simulation say (Hungarian, like the shop's callers).
 LINES_HU: Final = {
-    "agent_greeting": "Példa Bolt, miben segíthetek?",
-    "caller_complaint": "Jó napot! A kávéfőző, amit múlt héten vettem, nem működik.",
-    "agent_reply": "Hozza be a blokkal, és kicseréljük.",
-    "caller_bye": "Köszönöm, viszonthallásra!",
+    "agent_greeting": "Példa Bolt, tessék!",
+    "caller_complaint": "Jó napot, a tegnap vett kávéfőző nem működik.",
+    "agent_reply": "Hozza be, és kicseréljük.",
+    "caller_bye": "Köszönöm, viszlát!",
     "caller_message": "Jó napot, Kovács Anna vagyok, kérem, hívjanak vissza.",
 }
 
