@@ -56,7 +56,9 @@ BUSY_ON_RANGE_S: Final = (0.15, 0.6)
 BUSY_MIN_CYCLES: Final = 2
 """On/off cycles before busy is reported (≈ 1.2 s in Hungary)."""
 VOICE_MIN_S: Final = 0.2
-"""Consecutive non-tone sound this long means somebody talks (a click or a tone edge is shorter)."""
+"""Non-tone sound this long within :data:`VOICE_WINDOW_S` means somebody talks (syllables
+are 0.1–0.3 s with pauses; a click or a tone edge is one frame)."""
+VOICE_WINDOW_S: Final = 1.0
 ECHO_LOSS_DB: Final = 6.0
 ECHO_MARGIN_DB: Final = 3.0
 ECHO_FRAMES: Final = 5
@@ -88,6 +90,7 @@ class CallProgressDetector:
         self._last_gap_s = 0.0
         self._busy_cycles = 0
         self._reported: set[str] = set()
+        self._recent: deque[str] = deque(maxlen=round(VOICE_WINDOW_S / FRAME_S))
         self.frames = 0
 
     def _basis(self, n: int) -> npt.NDArray[np.complex128]:
@@ -129,6 +132,10 @@ class CallProgressDetector:
             self._kind = kind
             self._run_s = 0.0
         self._run_s += FRAME_S
+        self._recent.append(kind)
+        others = self._recent.count("other")
+        if others == 0:
+            self._reported.discard("voice")
         if kind == "tone":
             if self._run_s >= DIALTONE_MIN_S - 1e-9:
                 self._report("dialtone", reports)
@@ -136,7 +143,7 @@ class CallProgressDetector:
                 self._reported.add("ringback-run")
                 reports.append("ringback")
                 self._reported.discard("busy")
-        elif kind == "other" and self._run_s >= VOICE_MIN_S - 1e-9:
+        elif kind == "other" and others * FRAME_S >= VOICE_MIN_S - 1e-9:
             self._report("voice", reports)
             self._busy_cycles = 0
         return reports
@@ -158,9 +165,7 @@ class CallProgressDetector:
             elif length_s > hi:
                 self._busy_cycles = 0
             self._last_tone_s = length_s
-        elif kind == "other":
-            self._reported.discard("voice")
-        else:
+        elif kind == "quiet":
             self._last_gap_s = length_s
             if length_s > hi:
                 self._busy_cycles = 0
