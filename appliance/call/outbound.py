@@ -299,7 +299,8 @@ class OutboundCall:
         try:
             number = await self._collect_number()
             if number is None:
-                await self._transition(OutboundState.ENDED, "handset put down")
+                if self.state is not OutboundState.ENDED:
+                    await self._transition(OutboundState.ENDED, "handset put down")
                 return OutboundResult(None, self.number, "abandoned", "none", None, 0.0)
             outcome, reason = await self._place_call(number)
         except asyncio.CancelledError:
