@@ -55,18 +55,21 @@ class DaemonProcess:
 
     async def start(self) -> None:
         """Start the child and wait for READY. Raises TimeoutError / RuntimeError."""
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 (stdout read in a thread below)
-            [sys.executable, "-m", "appliance.bench.worker", str(self.state_dir),
-             "--codec", self.codec, *self.devices],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
+        # The child's log (warnings and up) is appended beside its state dir for post-mortems.
+        log = self.state_dir.parent / "worker.log"
+        with open(log, "a", encoding="utf-8") as err:  # noqa: ASYNC230 (set-up, not measured)
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 (stdout read in a thread below)
+                [sys.executable, "-m", "appliance.bench.worker", str(self.state_dir),
+                 "--codec", self.codec, *self.devices],
+                stdout=subprocess.PIPE, stderr=err, text=True,
+            )
         proc = self.proc
         assert proc.stdout is not None
         async with asyncio.timeout(READY_TIMEOUT_S):
             # In a thread: the emulated modems live on this loop and must keep answering.
             line = await asyncio.to_thread(proc.stdout.readline)
         if line.strip() != "READY":
-            raise RuntimeError(f"bench worker did not start (exit {proc.poll()})")
+            raise RuntimeError(f"bench worker did not start (exit {proc.poll()}; see {log})")
 
     def kill9(self) -> None:
         """SIGKILL: a power cut / OOM kill for the daemon."""
@@ -215,7 +218,12 @@ async def run_soak(state_dir: Path, minutes: float, *, progress: Progress,
             if fault == "kill9":
                 daemon.kill9()
                 await daemon.stop()
-                modem.remote_hangup()
+                # A real modem sees DTR drop when its host dies and (AT&D2) hangs up into
+                # command mode. The emulator models no DTR and stays in +VTR data mode, where
+                # the new daemon's ATZ is audio and open() never succeeds (found by this soak,
+                # see docs/performance.md) — so the modem is reset by replugging it.
+                slot.unplug()
+                await slot.plug()
                 daemon = DaemonProcess(daemon_state, [str(slot.link)])
                 await daemon.start()
             elif fault == "unplug":

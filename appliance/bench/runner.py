@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from appliance.bench.daemonproc import measure_daemon
 from appliance.bench.index import measure_index
 from appliance.bench.probes import percentile_ms
 from appliance.daemon.media import TX_LEAD_FRAMES
+
+_LOGGER = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -80,38 +84,61 @@ def _calls_figures(figs: list[CallFigures]) -> dict[str, Any]:
 
 async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_calls: int,
                     daemon_process: bool, progress: Progress) -> dict[str, Any]:
-    """Run every measurement; return the figures (see docs/performance.md for each key)."""
+    """Run every measurement; return the figures (see docs/performance.md for each key).
+
+    A section that fails (e.g. the daemon refuses its configuration) is reported as
+    ``<section>_error`` and the others still run, so one fault does not lose the whole run.
+    """
     started = time.monotonic()
     out: dict[str, Any] = machine()
     out["call_seconds"] = call_s
-    figs, timings = await run_bridged_calls(work, calls, call_s, progress=progress)
-    out.update(_calls_figures(figs))
-    out["reference_assembly_ms_p50"] = percentile_ms(timings["assembly"], 50)
-    out["reference_assembly_ms_p95"] = percentile_ms(timings["assembly"], 95)
-    out["reference_allocation_ms_p50"] = percentile_ms(timings["allocation"], 50)
-    out["reference_allocation_ms_p95"] = percentile_ms(timings["allocation"], 95)
-    out["bench_process_peak_rss_mb"] = round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 2)
-    if daemon_process:
+
+    async def calls_section() -> None:
+        figs, timings = await run_bridged_calls(work, calls, call_s, progress=progress)
+        out.update(_calls_figures(figs))
+        out["reference_assembly_ms_p50"] = percentile_ms(timings["assembly"], 50)
+        out["reference_assembly_ms_p95"] = percentile_ms(timings["assembly"], 95)
+        out["reference_allocation_ms_p50"] = percentile_ms(timings["allocation"], 50)
+        out["reference_allocation_ms_p95"] = percentile_ms(timings["allocation"], 95)
+        out["bench_process_peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 2)
+
+    async def daemon_section() -> None:
         out.update(await measure_daemon(work / "daemon", calls, call_s, progress=progress))
-    progress("recording sizes per codec")
-    out.update(await bytes_per_minute(work))
-    levels = await run_lines(work, lines, call_s, progress=progress) if lines >= 2 else {}
-    passing = [n for n, fs in levels.items() if all(clean(f) for f in fs)]
-    out["max_lines_zero_underruns"] = max(passing, default=1 if lines >= 1 else 0)
-    out["lines_tested"] = {str(n): {"clean": all(clean(f) for f in fs),
-                                    "modem_underruns": sum(f.modem_underruns for f in fs),
-                                    "dropped_or_duplicated_samples": sum(
-                                        f.caller_channel.dropped + f.caller_channel.duplicated
-                                        for f in fs),
-                                    "aligned": all(f.caller_channel.aligned for f in fs)}
-                           for n, fs in levels.items()}
-    out.update(await _index(work, index_calls, progress))
+
+    async def codecs_section() -> None:
+        progress("recording sizes per codec")
+        out.update(await bytes_per_minute(work))
+
+    async def lines_section() -> None:
+        levels = await run_lines(work, lines, call_s, progress=progress) if lines >= 2 else {}
+        passing = [n for n, fs in levels.items() if all(clean(f) for f in fs)]
+        out["max_lines_zero_underruns"] = max(passing, default=1 if lines >= 1 else 0)
+        out["lines_tested"] = {
+            str(n): {"clean": all(clean(f) for f in fs),
+                     "modem_underruns": sum(f.modem_underruns for f in fs),
+                     "dropped_or_duplicated_samples": sum(
+                         f.caller_channel.dropped + f.caller_channel.duplicated for f in fs),
+                     "aligned": all(f.caller_channel.aligned for f in fs)}
+            for n, fs in levels.items()}
+
+    async def index_section() -> None:
+        out.update(await asyncio.to_thread(measure_index, work, index_calls,
+                                           progress=progress))
+
+    sections: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        ("calls", calls_section), ("codecs", codecs_section), ("lines", lines_section),
+        ("index", index_section)]
+    if daemon_process:
+        sections.insert(1, ("daemon", daemon_section))
+    for name, section in sections:
+        try:
+            await section()
+        except Exception as exc:  # a benchmark reports what broke and goes on
+            _LOGGER.exception("bench section %s failed", name)
+            progress(f"{name} failed: {exc!r}")
+            out[f"{name}_error"] = repr(exc)
     out["bench_wall_s"] = round(time.monotonic() - started, 1)
     return out
 
 
-async def _index(work: Path, n: int, progress: Progress) -> dict[str, Any]:
-    import asyncio
-
-    return await asyncio.to_thread(measure_index, work, n, progress=progress)
