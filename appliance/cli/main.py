@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 a check failed / not found, 2 usage, 78 configuration error 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -342,48 +341,6 @@ def last(obj: _Ctx, as_json: bool) -> None:
     _print_call(store, row, as_json)
 
 
-# --- the modem emulator ----------------------------------------------------------------------
-
-
-@cli.command("sim-modem")
-@click.option("--profile", type=click.Choice(["conexant", "usr", "v253"]), default="conexant",
-              show_default=True)
-@click.option("--link", type=click.Path(path_type=Path),
-              help="Also create this symlink to the pty (e.g. /tmp/modem).")
-def sim_modem(profile: str, link: Path | None) -> None:
-    """Serve the emulated V.253 voice modem on a pty until interrupted.
-
-    Point any modem software (or `appliance run` with lines[0].device set to the printed
-    path) at it.
-    """
-    setup_logging("INFO")
-    from appliance.line.sim import PtyModemServer
-
-    async def _serve() -> None:
-        server = PtyModemServer(profile=profile)
-        path = await server.start()
-        try:
-            _relink(link, path)
-            click.echo(f"{path}" + (f"  (linked as {link})" if link else ""))
-            click.echo("serving the emulated modem; Ctrl-C stops", err=True)
-            await asyncio.Event().wait()
-        finally:
-            _relink(link, None)
-            await server.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve())
-
-
-def _relink(link: Path | None, target: str | None) -> None:
-    """Point ``link`` at ``target`` (None removes it); a stale link never blocks start-up."""
-    if link is None:
-        return
-    link.unlink(missing_ok=True)
-    if target is not None:
-        link.symlink_to(target)
-
-
 from appliance.cli import records  # noqa: E402
 
 records.register(cli)
@@ -398,6 +355,10 @@ tech.register(cli)
 from appliance.cli import bench  # noqa: E402
 
 bench.register(cli)
+
+from appliance.cli import modem as modem_cli  # noqa: E402
+
+modem_cli.register(cli)
 
 
 def main() -> None:
