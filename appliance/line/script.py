@@ -266,10 +266,11 @@ def _read_wav(path: Path) -> npt.NDArray[np.int16]:
     import soxr
 
     audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
+    mono: npt.NDArray[np.float32] = np.asarray(audio, dtype=np.float32).mean(axis=1)
     if rate != SAMPLE_RATE_HZ:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE_HZ)
-    return np.clip(np.rint(mono * 32767.0), -32768, 32767).astype(np.int16)
+        mono = np.asarray(soxr.resample(mono, rate, SAMPLE_RATE_HZ), dtype=np.float32)
+    out: npt.NDArray[np.int16] = np.clip(np.rint(mono * 32767.0), -32768, 32767).astype(np.int16)
+    return out
 
 
 def audio_source(spec: str | None, base_dir: Path) -> Callable[[int], npt.NDArray[np.int16]]:
