@@ -19,6 +19,9 @@ PYTHON="${PYTHON:-python3}"
 # System libraries the Python packages cannot bring themselves: PortAudio for sounddevice,
 # espeak-ng for the speech fallback and the simulated callers, ALSA tools for diagnostics.
 APT_PACKAGES=(libportaudio2 espeak-ng alsa-utils python3-venv)
+# For the test suite only: vgetty (mgetty-voice), a real third-party V.253 client the modem
+# emulator must satisfy, and util-linux's unshare to run it in a private mount namespace.
+APT_TEST_PACKAGES=(mgetty-voice util-linux)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31msetup: %s\033[0m\n' "$*" >&2; exit 1; }
@@ -465,12 +468,15 @@ case "$cmd" in
         exec "$VENV/bin/appliance" demo "$@"
         ;;
     test)
+        APT_PACKAGES+=("${APT_TEST_PACKAGES[@]}")
         ensure_system_packages
         ensure_venv "test"
         say "ruff check"
         "$VENV/bin/ruff" check appliance tests
-        say "pytest"
-        exec "$VENV/bin/python" -m pytest "$@"
+        # The system tests spend most of their time waiting on real-time audio, so a few
+        # workers (pytest-xdist) cut the wall time even on two cores.
+        say "pytest (${APPLIANCE_TEST_WORKERS:-3} workers)"
+        exec "$VENV/bin/python" -m pytest -n "${APPLIANCE_TEST_WORKERS:-3}" "$@"
         ;;
     dev)
         ensure_system_packages

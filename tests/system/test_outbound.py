@@ -287,7 +287,9 @@ async def test_recording_after_star_star_tells_both_sides(rig: Any) -> None:
     sim.clear_played()
     await shop.dial("**")
     reference = app.outbound.session.reference
-    await until(lambda: "recording-started" in [e["state"] for e in app.store.events(reference)])
+    # Notice + the reference said twice (≈ 15 s of speech) precede the recording.
+    await until(lambda: "recording-started" in [e["state"] for e in app.store.events(reference)],
+                timeout_s=45.0)
     played = sim.played.astype(np.float64)
     assert np.sqrt(np.mean(played**2)) > 300, "the callee heard the notice"
     assert app.panel.pattern("recording") == "on"
