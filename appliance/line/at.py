@@ -328,6 +328,18 @@ class AtProtocol(asyncio.Protocol):
         elapsed = asyncio.get_running_loop().time() - self._voice_started_at
         return max(0.0, self._voice_tx_bytes / rate - elapsed)
 
+    async def wait_connected(self, timeout_s: float = 5.0) -> None:
+        """Wait until the transport has called ``connection_made`` (it may come a tick late).
+
+        Raises:
+            ModemGone: the port did not come up in time.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._made.wait()
+        except TimeoutError:
+            raise ModemGone("the modem port did not open") from None
+
     def write_raw(self, data: bytes) -> None:
         """Write ``data`` as is (no shielding).
 

@@ -49,6 +49,12 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 INIT_TIMEOUT_S: Final = 5.0
+#: Every way out of a voice data state a previous host may have left the modem in (a daemon
+#: killed mid-call never sent its <DLE>^): end duplex, abort receive, end transmit
+#: (v253-modem.md §5.2/§5.3). In command state a modem ignores these non-AT bytes.
+LEAVE_DATA_STATE: Final = b"\x10^\x10!\x10\x03\r"
+#: Time for the modem to answer LEAVE_DATA_STATE (its <DLE><ETX>/OK is then drained).
+LEAVE_DATA_SETTLE_S: Final = 0.3
 """ATZ may take a moment on a real modem (reset)."""
 CID_SETTLE_S: Final = 0.3
 """Caller-ID lines arrive in a burst; report them this long after the last one."""
@@ -259,6 +265,9 @@ class Modem:
             raise ModemGone(f"modem at {self.url} does not answer: {exc}") from exc
 
     async def _init_script(self, at: AtProtocol) -> None:
+        await at.wait_connected()
+        at.write_raw(LEAVE_DATA_STATE)
+        await asyncio.sleep(LEAVE_DATA_SETTLE_S)  # let a stale <DLE><ETX>/OK arrive and drain
         await at.command("ATZ", timeout_s=max(INIT_TIMEOUT_S, self.command_timeout_s))
         await at.command("ATE0")  # echo off first: later lines need no echo filtering
         await at.command("ATV1")

@@ -615,8 +615,12 @@ class SimModem:
         self.commands.append(line)
         if line.upper() == "A/":
             return
-        if line[:2].upper() != "AT":
-            return  # V.250: lines not starting with AT are ignored
+        # V.250 §5.2.1: the DCE hunts for the "AT" prefix; what comes before it is discarded,
+        # and a line without it is ignored.
+        start = line.upper().find("AT")
+        if start < 0:
+            return
+        line = line[start:]
         body = line[2:]
         if body[:1].upper() == "D":
             # V.250: D takes the rest of the line as its dial string.

@@ -132,6 +132,14 @@ async def test_kill_9_mid_call_loses_at_most_one_second(modem: Any, tmp_path: Pa
                 if rows and rows[0]["outcome"] == "interrupted" and rows[0]["recording_sha256"]:
                     break
                 await asyncio.sleep(POLL_S)
+        # The modem was left in duplex by the killed daemon; the new one takes it back and
+        # answers the next call (a lost line would lose every later caller).
+        await modem.sim.wait_on_hook(TIMEOUT_S)
+        modem.sim.ring("+3619999999", None)
+        await modem.sim.wait_off_hook(TIMEOUT_S)
+        second = await wait_for_state(db, "notice")
+        assert second["reference"] != reference or len(
+            query(db, "SELECT * FROM calls")) == 2
     finally:
         daemon.send_signal(signal.SIGTERM)
         # In a thread: the emulated modem lives on this test's loop and must keep answering.
