@@ -231,7 +231,7 @@ def _open_store(obj: _Ctx) -> Any:
         click.echo(f"appliance: no index at {config.db_path} (no call yet, or wrong "
                    "--state-dir)", err=True)
         sys.exit(1)
-    return Store.open(config.db_path)
+    return Store.open(config.db_path, check=False)
 
 
 def _when(t: float | None) -> str:

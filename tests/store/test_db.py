@@ -42,7 +42,7 @@ async def test_open_empty_creates_schema_and_version(tmp_path: Path) -> None:
     store = Store.open(path)
     await store.close()
     with _raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -292,3 +292,14 @@ async def test_two_writers_on_one_file_keep_one_chain(tmp_path: Path) -> None:
     finally:
         await daemon.close()
         await asyncio.to_thread(cli.close_sync)
+
+
+def test_newest_first_uses_the_index(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "appliance.db")
+    try:
+        plan = store._query(  # the plan is what matters here, not the rows
+            "EXPLAIN QUERY PLAN SELECT * FROM calls "
+            "ORDER BY COALESCE(ring_at, created_at) DESC, id DESC LIMIT 1")
+    finally:
+        store.close_sync()
+    assert any("idx_calls_newest" in str(row) for row in plan), plan

@@ -84,7 +84,7 @@ def test_v1_database_migrates_to_v2_with_tombstone_columns(tmp_path: Path) -> No
     finally:
         store.close_sync()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master "
                                                "WHERE type='index'")}
     assert "idx_audit_reference" in indexes
