@@ -11,13 +11,12 @@ No code here is hand-written DSP: soxr resamples, scipy designs and runs the fil
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import soxr
-from scipy import signal
 
 from appliance.errors import SpeechError
 
@@ -36,9 +35,19 @@ SILENCE_KEEP_S: Final[float] = 0.030
 INT16_FULL_SCALE: Final[int] = 32767
 
 # The filter depends only on constants: design it once.
-_BAND_SOS: Final[npt.NDArray[np.float64]] = signal.butter(
-    BAND_ORDER, [BAND_LOW_HZ, BAND_HIGH_HZ], btype="bandpass", fs=PHONE_RATE_HZ, output="sos"
-)
+@functools.cache
+def _band_sos() -> Any:
+    """The band-pass as second-order sections, designed on first use.
+
+    scipy and soxr are imported here, not at module load: the daemon only conditions audio
+    when a prompt is missing from the cache, and importing scipy.signal alone costs ≈ 88 MB
+    of RSS (measured), more than the daemon's whole memory target (DESIGN.md §9: 60 MB).
+    """
+    from scipy import signal
+
+    return signal.butter(
+        BAND_ORDER, [BAND_LOW_HZ, BAND_HIGH_HZ], btype="bandpass", fs=PHONE_RATE_HZ, output="sos"
+    )
 
 
 def dbfs_to_amplitude(dbfs: float) -> float:
@@ -72,8 +81,12 @@ def condition_for_phone(audio: npt.ArrayLike, rate: int) -> npt.NDArray[np.int16
     if rate != PHONE_RATE_HZ:
         # reference/audio-speech.md §4.1: soxr HQ, −143 dB aliasing; np.interp would alias
         # 4–11 kHz into the band and can fake DTMF tones.
+        import soxr  # late: see _band_sos
+
         floats = soxr.resample(floats, rate, PHONE_RATE_HZ, quality="HQ")
-    filtered = signal.sosfilt(_BAND_SOS, floats)
+    from scipy import signal
+
+    filtered = signal.sosfilt(_band_sos(), floats)
     peak = float(np.max(np.abs(filtered))) if filtered.size else 0.0
     if peak <= dbfs_to_amplitude(SILENCE_DBFS):
         raise SpeechError("synthesised audio is silent")
