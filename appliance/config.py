@@ -96,6 +96,8 @@ class LineConfig:
     """A distinct handset ring burst for this line (0 = ``handset.ring_on_s``)."""
     ring_off_s: float = 0.0
     """The pause after it (0 = ``handset.ring_off_s``)."""
+    tx_lead_ms: int = 20
+    """Audio kept ahead in the modem's transmit buffer (20 ms steps; raise on underruns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +388,8 @@ def _validate(c: Config) -> None:
         _check(bool(line.device), f"lines[{i}].device", "a serial path or sim://", line.device)
         _check(line.language in ("", *LANGUAGES), f"lines[{i}].language",
                f'"" or one of {LANGUAGES}', line.language)
+        _check(20 <= line.tx_lead_ms <= 200 and line.tx_lead_ms % 20 == 0,
+               f"lines[{i}].tx_lead_ms", "20..200 in steps of 20 (ms)", line.tx_lead_ms)
         if line.ring_on_s or line.ring_off_s:
             on_s = line.ring_on_s or c.handset.ring_on_s
             off_s = line.ring_off_s or c.handset.ring_off_s

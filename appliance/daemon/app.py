@@ -443,6 +443,7 @@ class LineSession:
             recordings_dir=app.config.recordings_dir,
             codec=app.config.recording.codec,
             fsync_interval_s=app.config.recording.fsync_interval_s,
+            tx_lead_frames=self.line.tx_lead_ms // 20,
         )
         info = CallerInfo(
             line=self.line.name,

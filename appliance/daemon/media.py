@@ -30,8 +30,12 @@ from appliance.store.recorder import Recorder
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Frames sent ahead when duplex audio starts, so the modem never starves (3 × 20 ms).
-TX_LEAD_FRAMES: Final = 3
+#: Frames kept ahead in the modem's transmit buffer (default lines[].tx_lead_ms = 20 ms).
+#: Transmit is clocked by receive, so the lead only has to cover the host's turnaround from
+#: a received frame to the next sent one (≈ 1 ms on a pty); every frame of lead is 20 ms of
+#: added shop→caller delay (DESIGN.md §9 target: ≤ 30 ms). Raise it for a modem that reports
+#: <DLE>u underruns.
+TX_LEAD_FRAMES: Final = 1
 #: The same digit from the modem's report and the in-band detector within this window is one key.
 DTMF_DEDUP_S: Final = 0.6
 #: A frame quieter than this (RMS, dBFS) counts as silence for the end-of-call watch.
@@ -71,6 +75,7 @@ class CallMedia:
         recordings_dir: Path,
         codec: str = "flac",
         fsync_interval_s: float = 1.0,
+        tx_lead_frames: int = TX_LEAD_FRAMES,
     ) -> None:
         self.reference = reference
         self._send = send_to_line
@@ -80,6 +85,7 @@ class CallMedia:
         self._recordings_dir = recordings_dir
         self._codec = codec
         self._fsync_interval_s = fsync_interval_s
+        self._tx_lead_frames = tx_lead_frames
         self._line_source: FrameSource = Silence()
         self._handset_source: FrameSource = Silence()
         self._capture = JitterBuffer()
@@ -100,7 +106,7 @@ class CallMedia:
         """Send the lead frames right after duplex starts (first notice byte without delay)."""
         if not self._primed:
             self._primed = True
-            for _ in range(TX_LEAD_FRAMES):
+            for _ in range(self._tx_lead_frames):
                 self._send(self._line_source.read(FRAME_SAMPLES))
                 self.stats["tx_frames"] += 1
 
