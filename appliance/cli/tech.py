@@ -81,6 +81,10 @@ def status(obj: Any, as_json: bool) -> None:
                        f"{call['caller'] or 'unknown'}; frames rx {media['rx_frames']} "
                        f"tx {media['tx_frames']} recorded {media['recorded_frames']}; "
                        f"handset underruns {media['underruns']} overruns {media['overruns']}")
+    outbound = reply.get("outbound")
+    if outbound:
+        click.echo(f"outbound {outbound['state']} {outbound.get('number') or ''} on line "
+                   f"{outbound.get('line') or '—'} (reference {outbound.get('reference') or '—'})")
     handset = reply["handset"]
     click.echo(f"handset  {'off-hook' if handset['off_hook'] else 'on-hook'}"
                f"{', ringing' if handset['ringing'] else ''}; audio underruns "

@@ -542,6 +542,8 @@ class Application:
         self._announce_clip: np.ndarray | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
+        #: Set by the outbound controller after a minute of unanswered dial tone.
+        self.handset_left_off_hook = False
         self.loop_monitor: Any = None  # set by `appliance run` (LoopLagMonitor)
         self.control: ControlServer | None = None
 
@@ -683,6 +685,8 @@ class Application:
             codes.append("voice-missing")
         if self.clock_synced() is False:
             codes.append("clock-unsynced")
+        if self.handset_left_off_hook:
+            codes.append("handset-off-hook")
         return codes
 
     async def _run_health(self) -> None:
@@ -924,6 +928,7 @@ class Application:
                       for led in ("ready", "line", "recording", "fault")},
             "bypass_relay": "in line" if self.relay.energised else "bypassed",
             "faults": self.faults(),
+            "outbound": self.outbound.status() if hasattr(self, "outbound") else None,
             "speech_warning": self.speech_warning,
             "last_call": None if last is None else {
                 "reference": format_reference(last["reference"]),

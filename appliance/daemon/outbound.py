@@ -186,8 +186,10 @@ class _Session:
             panel.show(PanelState.IN_CALL)
         elif state == "offhook-warning":
             # Issue 9 item 5: the LED shows a handset left off the hook.
-            panel.set_fault(OFFHOOK_FAULT)
+            self.app.handset_left_off_hook = True
+            self.app.update_faults()
         elif state in ("offhook-cleared", "ended"):
+            self.app.handset_left_off_hook = False
             self.app.update_faults()
             if not self.app.in_call:
                 panel.show(PanelState.IDLE)

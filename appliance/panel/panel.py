@@ -32,6 +32,7 @@ Fault blink codes (:meth:`Panel.set_fault`): the fault LED blinks N times (``fau
 | `disk-full`      | 3      |
 | `voice-missing`  | 4      |
 | `clock-unsynced` | 5      |
+| `handset-off-hook` | 6    |
 
 An unknown fault name lights the fault LED steadily (and logs a warning).
 
@@ -75,6 +76,7 @@ FAULT_CODES: Final[dict[str, int]] = {
     "disk-full": 3,
     "voice-missing": 4,
     "clock-unsynced": 5,
+    "handset-off-hook": 6,
 }
 
 
