@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import multiprocessing
 import os
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -41,14 +44,14 @@ from appliance.config import Config, LineConfig
 from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.media import CallMedia
 from appliance.daemon.outbound import OutboundController
-from appliance.errors import ApplianceError, AudioError, ModemError, StoreError
+from appliance.errors import ApplianceError, AudioError, ModemError, SpeechError, StoreError
 from appliance.handset.slic import RingCadence, Slic, SlicPins
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
 from appliance.panel.panel import Panel, PanelPins, PanelState
 from appliance.panel.relay import BypassRelay
 from appliance.speech.library import PromptLibrary
 from appliance.speech.prompts import load_prompt_texts, render_notice_text
-from appliance.speech.tts import select_engine
+from appliance.speech.tts import find_piper_voice, select_engine
 from appliance.store.audit import record_config
 from appliance.store.db import Store
 from appliance.store.recorder import recover_leftovers
@@ -67,6 +70,23 @@ DISK_FULL_HOURS: Final = 24.0
 HEALTH_INTERVAL_S: Final = 60.0
 
 CallObserver = Callable[[str, str, str], None]
+
+
+def render_library(cache_dir: str, lang: str, voice: str, wpm: int, texts: dict[str, str],
+                   notice_text: str) -> None:
+    """Render a prompt library into ``cache_dir`` (runs in a spawned child process)."""
+    engine, _warning = select_engine(lang, voice, speed_wpm=wpm)
+    PromptLibrary.build(Path(cache_dir), lang=lang, engine=engine, texts=texts,
+                        notice_text=notice_text)
+
+
+def render_text(lang: str, voice: str, wpm: int, text: str) -> np.ndarray:
+    """Synthesize and condition one sentence (runs in a spawned child process)."""
+    from appliance.speech.condition import condition_for_phone
+
+    engine, _warning = select_engine(lang, voice, speed_wpm=wpm)
+    audio, rate = engine.synthesize(text)
+    return condition_for_phone(audio, rate)
 
 
 def make_pin_factory(name: str) -> Any:
@@ -711,37 +731,82 @@ class Application:
         return self.prompts_for(self.config.lines[0])
 
     def _build_all_prompts(self) -> None:
-        """Render (or reuse from the cache) every line's prompts; runs in a thread."""
+        """Load every line's prompts from the cache, rendering missing ones in a child process.
+
+        Runs in a thread. The daemon itself never loads a speech engine: rendering (espeak-ng
+        or Piper, soxr, scipy) happens in a spawned child process, so the daemon stays small
+        (scipy alone is ≈ 88 MB RSS; DESIGN.md §9 targets 60 MB) and the GPL-3 Piper code runs
+        in its own process (reference/audio-speech.md §1.7).
+        """
         cfg = self.config
-        libraries: dict[tuple[str, str], PromptLibrary] = {}
+        default_key = (cfg.device.language, cfg.device.company)
         for line in cfg.lines:
-            lang, company = self._prompt_key(line, cfg)
-            if (lang, company) not in libraries:
-                libraries[(lang, company)] = self._build_prompts(lang, company)
-            library = libraries[(lang, company)]
-            extra: dict[str, np.ndarray] = {}
+            key = self._prompt_key(line, cfg)
+            lang, company = key
+            texts = load_prompt_texts(lang, cfg.speech.texts)
+            notice_text = render_notice_text(
+                texts, lang=lang, company=company, purpose=cfg.notice.purpose,
+                retention_days=cfg.retention.recordings_days, optout_key=cfg.call.optout_key)
+            wanted = dict(texts)
             if len(cfg.lines) > 1:
-                text = load_prompt_texts(lang, cfg.speech.texts)["whisper_line"]
-                extra["whisper_line"] = library.render_text(text.format(line=line.name))
-            self._prompts[((lang, company), line.name)] = Prompts(  # type: ignore[index]
+                for other in cfg.lines:
+                    if self._prompt_key(other, cfg) == key:
+                        wanted[f"whisper_line@{other.name}"] = texts["whisper_line"].format(
+                            line=other.name)
+            # The default voice/company shares `appliance sounds build`'s cache directory.
+            slug = hashlib.sha256(f"{lang}|{company}".encode()).hexdigest()[:12]
+            cache = cfg.prompt_cache_dir if key == default_key else cfg.prompt_cache_dir / slug
+            library = self._load_or_render(cache, lang, wanted, notice_text)
+            extra = {}
+            if len(cfg.lines) > 1:
+                extra["whisper_line"] = library.clip(f"whisper_line@{line.name}")
+            self._prompts[(key, line.name)] = Prompts(  # type: ignore[index]
                 library, self.tone_zone, extra)
 
-    def _build_prompts(self, lang: str, company: str) -> PromptLibrary:
-        cfg = self.config
-        texts = load_prompt_texts(lang, cfg.speech.texts)
-        notice_text = render_notice_text(
-            texts,
-            lang=lang,
-            company=company,
-            purpose=cfg.notice.purpose,
-            retention_days=cfg.retention.recordings_days,
-            optout_key=cfg.call.optout_key,
-        )
-        engine, warning = select_engine(lang, cfg.speech.voice, speed_wpm=cfg.speech.espeak_wpm)
-        self.speech_warning = warning
-        return PromptLibrary.build(
-            cfg.prompt_cache_dir, lang=lang, engine=engine, texts=texts, notice_text=notice_text
-        )
+    def _wanted_voice(self, lang: str) -> tuple[str, str | None]:
+        """(voice id the configuration asks for, warning if it falls back to espeak-ng)."""
+        voice = self.config.speech.voice
+        if voice in ("", "espeak"):
+            return f"espeak-ng:{lang}", None
+        path = Path(voice).expanduser() if (voice.endswith(".onnx") or "/" in voice) else (
+            find_piper_voice(voice))
+        if path is None or not path.is_file():
+            return f"espeak-ng:{lang}", (
+                f"Piper voice {voice!r} is not installed; prompts are rendered with espeak-ng "
+                f"({lang}) instead — sudo ./setup.sh install fetches it")
+        return f"piper:{path.name.removesuffix('.onnx')}", None
+
+    def _load_or_render(self, cache: Path, lang: str, texts: dict[str, str],
+                        notice_text: str) -> PromptLibrary:
+        voice_id, warning = self._wanted_voice(lang)
+        self.speech_warning = self.speech_warning or warning
+        if warning:
+            _LOGGER.warning("%s", warning)
+        try:
+            library = PromptLibrary.load(cache, lang=lang, notice_text=notice_text)
+            missing = [name for name in texts
+                       if "{" not in texts[name] and name not in library.names]
+            if library.voice_id == voice_id and not missing:
+                return library
+            _LOGGER.info("prompts in %s are out of date (voice %s, missing %s); rendering",
+                         cache, library.voice_id, missing[:3])
+        except SpeechError as exc:
+            _LOGGER.info("prompts not yet rendered (%s); rendering", exc)
+        started = time.monotonic()
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            pool.submit(render_library, str(cache), lang, self.config.speech.voice,
+                        self.config.speech.espeak_wpm, texts, notice_text).result()
+        _LOGGER.info("prompts rendered in %.1f s (child process)", time.monotonic() - started)
+        return PromptLibrary.load(cache, lang=lang, notice_text=notice_text)
+
+    def render_text(self, text: str) -> np.ndarray:
+        """Speak ``text`` now (button announcements), rendered in a child process."""
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(render_text, self.config.device.language,
+                               self.config.speech.voice, self.config.speech.espeak_wpm,
+                               text).result()
 
     async def _recover(self) -> None:
         """Finalize recordings a crash left behind; mark unfinished calls interrupted."""
@@ -868,9 +933,8 @@ class Application:
     async def _speak_to_shop(self, what: str) -> None:
         """Render ``last-call`` or ``health`` and say it into the earpiece (never to a caller)."""
         text = self.last_call_text() if what == "last-call" else self.health_text()
-        library = self.prompts.library
         try:
-            clip = await asyncio.to_thread(library.render_text, text)
+            clip = await asyncio.to_thread(self.render_text, text)
         except Exception:
             _LOGGER.exception("cannot render the %s announcement", what)
             return
