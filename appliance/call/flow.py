@@ -286,6 +286,7 @@ class InboundCall:
         self._ringing = False
         self._answer_at: float | None = None
         self._deadline: float | None = None
+        self._reference_audio: np.ndarray | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -394,6 +395,10 @@ class InboundCall:
             created_at=self._clock(),
         )
         await self._transition(CallState.ANSWERING, f"caller {c.number or 'unknown'}")
+        # Queue the notice before going off-hook, so the very first frames sent after CONNECT
+        # are the notice itself (DESIGN.md §9: off-hook → first notice audio ≤ 20 ms).
+        self._reference_audio = self.ports.prompts.reference_audio(self.reference)
+        self.ports.media.play_to_line("notice", self.ports.prompts.notice, self._reference_audio)
         await self.ports.line.answer()
         self._answer_at = self._clock()
         self._deadline = asyncio.get_running_loop().time() + self.policy.max_call_s
@@ -403,8 +408,7 @@ class InboundCall:
         ports, policy = self.ports, self.policy
         await self._transition(CallState.NOTICE, "line off-hook")
         await ports.store.update_call(self.reference, notice_start_at=self._clock())
-        reference_audio = ports.prompts.reference_audio(self.reference)
-        ports.media.play_to_line("notice", ports.prompts.notice, reference_audio)
+        reference_audio = self._reference_audio  # the notice is already playing (_answer)
         if policy.ring_during_notice:
             await self._ring_agent()
         while True:
