@@ -98,6 +98,10 @@ class LineConfig:
     """The pause after it (0 = ``handset.ring_off_s``)."""
     tx_lead_ms: int = 20
     """Audio kept ahead in the modem's transmit buffer (20 ms steps; raise on underruns)."""
+    audio: str = ""
+    """Where the line's call audio flows: "" = the modem's voice data stream (``+VTR``), or
+    ``"alsa:<device>"`` for an FXO board / modem that exposes it as a sound card (call
+    control stays AT commands on ``device``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +403,10 @@ def _validate(c: Config) -> None:
                                                    for ch in line.country_code),
                f"lines[{i}].country_code", "two hex digits (T.35, Hungary = 51)",
                line.country_code)
+        _check(line.audio == "" or (line.audio.startswith("alsa:")
+                                    and line.audio[len("alsa:"):].strip() != ""),
+               f"lines[{i}].audio", '"" (the modem\'s voice stream) or "alsa:<device>"',
+               line.audio)
     h = c.handset
     _check(h.audio == "sim://" or h.audio.startswith("alsa:"), "handset.audio",
            '"sim://" or "alsa:<device>"', h.audio)

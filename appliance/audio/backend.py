@@ -97,15 +97,23 @@ class SimHandsetAudio:
                 self._on_capture(frame)
 
 
-class SoundDeviceHandsetAudio:
-    """``alsa:<device>``: the USB sound card wired to the SLIC, through PortAudio/ALSA.
+class SoundDeviceAudio:
+    """``alsa:<device>``: a duplex 8 kHz sound card through PortAudio/ALSA.
 
-    The PortAudio callback touches only the preallocated :class:`SampleRing` for playback
-    and posts a copy of each captured block to the loop (sounddevice's callback contract).
+    The USB sound card wired to the SLIC (the handset), or a line's own sound card (an FXO
+    board or modem exposing the line audio, ``lines[].audio``; then its capture clocks the
+    call). The PortAudio callback touches only the preallocated :class:`SampleRing` for
+    playback and posts a copy of each captured block to the loop (sounddevice's callback
+    contract).
+
+    Args:
+        device: the PortAudio/ALSA device name (``plughw:CARD=Device``, a PCM name).
+        role: what it is, for logs and errors (``"handset"``, ``"line main"``).
     """
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, *, role: str = "handset") -> None:
         self.device = device
+        self.role = role
         self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "frames": 0, "status": 0}
         self._ring = SampleRing(PLAYBACK_RING_SAMPLES)
         self._stream: Any = None
@@ -134,8 +142,8 @@ class SoundDeviceHandsetAudio:
             )
             self._stream.start()
         except Exception as exc:  # sounddevice raises PortAudioError/ValueError
-            raise AudioError(f"cannot open handset audio {self.device!r}: {exc}") from exc
-        _LOGGER.info("handset audio open on %s", self.device)
+            raise AudioError(f"cannot open {self.role} audio {self.device!r}: {exc}") from exc
+        _LOGGER.info("%s audio open on %s", self.role, self.device)
 
     def _callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time: Any,
                   status: Any) -> None:
@@ -157,6 +165,10 @@ class SoundDeviceHandsetAudio:
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await asyncio.to_thread(stream.close)
+
+
+#: The earlier name, kept working.
+SoundDeviceHandsetAudio = SoundDeviceAudio
 
 
 def open_handset_audio(url: str) -> HandsetAudio:

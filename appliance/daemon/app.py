@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from appliance.audio.backend import HandsetAudio, open_handset_audio
+from appliance.audio.backend import HandsetAudio, SoundDeviceAudio, open_handset_audio
 from appliance.audio.buffers import ClipPlayer
 from appliance.audio.pcm import FRAME_SAMPLES
 from appliance.audio.tones import ToneZone, one_shot, tone_zone
@@ -301,18 +301,39 @@ class _CallHandset:
 
 
 class _LinePort:
-    def __init__(self, modem: Modem, media: CallMedia) -> None:
+    """One call's line: call control by AT commands, audio from the modem or a sound card.
+
+    With ``audio`` (``lines[].audio = "alsa:…"``, issue 3 item 8) the modem only holds the
+    line in voice command state — its ``<DLE>`` hang-up and DTMF events still arrive
+    (:meth:`Modem.answer`) — and the sound card is the call's audio and its clock: each
+    captured frame drives ``media.on_line_audio`` exactly as a ``+VTR`` frame would, and
+    ``media`` sends to its ``play`` (wired in ``LineSession._start_call``). It is opened at
+    answer and closed at hang-up.
+    """
+
+    def __init__(self, modem: Modem, media: CallMedia,
+                 audio: SoundDeviceAudio | None = None) -> None:
         self._modem = modem
         self._media = media
+        self._audio = audio
 
     async def answer(self) -> None:
         await self._modem.answer()
-        await self._modem.start_duplex(self._media.on_line_audio)
+        if self._audio is None:
+            await self._modem.start_duplex(self._media.on_line_audio)
+            self._media.prime()
+            return
+        # Prime before the stream starts: its first block then already carries the notice.
         self._media.prime()
+        await self._audio.start(self._media.on_line_audio)
 
     async def hang_up(self) -> None:
-        with contextlib.suppress(ModemError, OSError):
-            await self._modem.stop_duplex()
+        if self._audio is not None:
+            with contextlib.suppress(AudioError, OSError):
+                await self._audio.stop()
+        else:
+            with contextlib.suppress(ModemError, OSError):
+                await self._modem.stop_duplex()
         await self._modem.hang_up()
 
 
@@ -454,9 +475,13 @@ class LineSession:
         self._rings = 0
         reference = await app.allocate_reference()
         events: asyncio.Queue[CallEvent] = asyncio.Queue()
+        # lines[].audio = "alsa:<device>": the line's audio is a sound card (issue 3 item 8).
+        line_audio = (SoundDeviceAudio(self.line.audio.removeprefix("alsa:"),
+                                       role=f"line {self.line.name}")
+                      if self.line.audio else None)
         media = CallMedia(
             reference,
-            send_to_line=modem.send_audio,
+            send_to_line=modem.send_audio if line_audio is None else line_audio.play,
             play_to_earpiece=lambda frame, ref=reference: app.earpiece(ref, frame),
             events=events,
             tone_zone=app.tone_zone,
@@ -482,7 +507,7 @@ class LineSession:
         app.handset.register(reference, events)
         app.panel_board.report(f"line:{self.line.name}", "idle")  # the call reports now
         ports = CallPorts(
-            line=_LinePort(modem, media),
+            line=_LinePort(modem, media, line_audio),
             handset=_CallHandset(app.handset, reference, cadence),
             media=media,
             store=app.store,

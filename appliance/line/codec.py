@@ -86,6 +86,10 @@ class LineFramer:
         * ``<DLE>x`` pairs in command state (V.253 reports events there too, §5.1, e.g.
           ``<DLE>R`` rings in class 8, USR ``<DLE>H`` after ``+VLS=1``) are not put in lines:
           the event characters are collected and taken with :meth:`take_dle_events`.
+          DTMF shielding (``<DLE>/ … <DLE>~``) collapses to one digit per block exactly as
+          in the voice stream (:class:`VoiceDecoder`): a line held off-hook in voice command
+          state without ``+VTR`` (line audio through ALSA, issue 3 item 8) still reports
+          each key once.
         * When a line equals ``CONNECT`` the framer stops: ``feed`` returns the lines before it
           plus ``"CONNECT"`` and, as the second element, every byte after its terminator (the
           ``\\n`` of a ``\\r\\n`` pair included in the terminator even if it arrives in the next
@@ -99,6 +103,7 @@ class LineFramer:
         self._after_dle = False
         self._connect_pending = False  # saw "CONNECT\r" at the end of the last feed
         self._dle_events: list[str] = []
+        self._shield = _DtmfShield()
         self.overflow_bytes = 0
 
     def reset(self) -> None:
@@ -106,6 +111,7 @@ class LineFramer:
         self._buf.clear()
         self._after_dle = False
         self._connect_pending = False
+        self._shield.reset()
 
     def take_dle_events(self) -> list[str]:
         """Return and clear the ``<DLE>x`` event characters seen in command state."""
@@ -140,7 +146,7 @@ class LineFramer:
             if self._after_dle:
                 self._after_dle = False
                 if b != DLE:  # <DLE><DLE> in command state is a stray data byte: ignore it
-                    self._dle_events.append(chr(b))
+                    self._shield.event(b, self._dle_events)
                 continue
             if b == DLE:
                 self._after_dle = True
@@ -168,6 +174,42 @@ class LineFramer:
             lines.append(_CONNECT)
             return lines, bytes(data[i:])
         return lines, None
+
+
+class _DtmfShield:
+    """§5.4 DTMF shielding state shared by the command-state and voice-stream decoders.
+
+    ``<DLE>/`` opens a block, ``<DLE>~`` (or 0x7F, quirk #15) closes it; a digit repeated
+    every 70 ms inside a block is reported once; anything else passes through.
+    """
+
+    __slots__ = ("in_shield", "reported")
+
+    def __init__(self) -> None:
+        self.in_shield = False
+        self.reported = False
+
+    def reset(self) -> None:
+        self.in_shield = False
+        self.reported = False
+
+    def event(self, code: int, events: list[str]) -> None:
+        """Append what the event byte ``code`` reports (if anything) to ``events``."""
+        if code == _SHIELD_START:
+            self.in_shield = True
+            self.reported = False
+            return
+        if code in _SHIELD_END:
+            self.in_shield = False
+            return
+        char = chr(code)
+        if char in DTMF_DIGITS and self.in_shield:
+            # §5.4: the digit is repeated every 70 ms while the tone lasts; report it once.
+            if not self.reported:
+                self.reported = True
+                events.append(char)
+            return
+        events.append(char)
 
 
 def _decode_line(buf: bytearray) -> str:
@@ -213,15 +255,13 @@ class VoiceDecoder:
     def __init__(self, fmt: str = "u8") -> None:
         self.fmt = fmt
         self._after_dle = False
-        self._in_shield = False
-        self._shield_reported = False
+        self._shield = _DtmfShield()
         self._ended = False
 
     def reset(self) -> None:
         """Start a new voice stream."""
         self._after_dle = False
-        self._in_shield = False
-        self._shield_reported = False
+        self._shield.reset()
         self._ended = False
 
     @property
@@ -248,10 +288,10 @@ class VoiceDecoder:
                     out += b"\x10\x10"
                 elif c == ETX:
                     self._ended = True
-                    self._in_shield = False
+                    self._shield.reset()
                     return VoiceChunk(bytes(out), events, True, bytes(data[i:]))
                 else:
-                    self._event(c, events)
+                    self._shield.event(c, events)
                 continue
             j = data.find(DLE, i)
             if j < 0:
@@ -261,24 +301,6 @@ class VoiceDecoder:
             self._after_dle = True
             i = j + 1
         return VoiceChunk(bytes(out), events, False, b"")
-
-    def _event(self, code: int, events: list[str]) -> None:
-        if code == _SHIELD_START:
-            self._in_shield = True
-            self._shield_reported = False
-            return
-        if code in _SHIELD_END:
-            self._in_shield = False
-            return
-        char = chr(code)
-        if char in DTMF_DIGITS and self._in_shield:
-            # §5.4: the digit is repeated every 70 ms while the tone lasts; report it once.
-            if not self._shield_reported:
-                self._shield_reported = True
-                events.append(char)
-            return
-        events.append(char)
-
 
 class VoiceEncoder:
     """Host→modem voice-stream shielding: every 0x10 in audio is doubled (§5.2).

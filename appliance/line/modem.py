@@ -328,6 +328,12 @@ class Modem:
     async def answer(self) -> None:
         """Take the line off-hook in voice mode: ``+FCLASS=8``, ``+VSM``, ``+VLS=1`` (§12).
 
+        The modem stays in voice command state: hang-up (``<DLE>b``/``d``/``s``/``q``/``l``,
+        ``NO CARRIER``) and DTMF (``<DLE>5``, shielded blocks collapsed to one key) arrive on
+        :attr:`events` from here on, with or without :meth:`start_duplex` — a line whose
+        audio flows through a sound card (``lines[].audio = "alsa:…"``) never enters
+        ``+VTR`` and relies on exactly that.
+
         Raises:
             ModemError: a command failed (the line may still be on-hook).
         """
