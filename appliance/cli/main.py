@@ -118,8 +118,11 @@ def run(obj: _Ctx) -> None:
 @click.option("--profile", type=click.Choice(["conexant", "usr", "v253"]), default="conexant",
               show_default=True, help="Which real modem the emulator imitates.")
 @click.option("--verbose", "-v", is_flag=True, help="Show the daemon's log on stderr.")
+@click.option("--state-dir", "demo_state_dir", type=click.Path(path_type=Path),
+              help="Keep the index and recordings here (default: a new temporary directory).")
 @click.pass_obj
-def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool) -> None:
+def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool,
+         demo_state_dir: Path | None) -> None:
     """Run one whole simulated call through the real daemon.
 
     The line is the V.253 modem emulator on a real pty opened by pyserial; the handset is the
@@ -127,7 +130,8 @@ def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool) -
     SQLite row and a real recording under --state-dir (a temporary directory by default).
     """
     setup_logging("INFO" if verbose else "WARNING")
-    state_dir = obj.state_dir or Path(tempfile.mkdtemp(prefix="appliance-demo-"))
+    state_dir = (demo_state_dir or obj.state_dir
+                 or Path(tempfile.mkdtemp(prefix="appliance-demo-")))
     from appliance.sim.demo import run_demo
 
     def on_entry(t: float, actor: str, what: str, detail: str) -> None:

@@ -107,3 +107,10 @@ async def test_doctor_fails_on_a_missing_modem(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "FAIL  modem main" in result.output
     assert "fix:" in result.output
+
+
+def test_demo_accepts_its_own_state_dir_option() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--help"])
+    assert result.exit_code == 0
+    assert "--state-dir" in result.output
+    assert "two-lines" in result.output
