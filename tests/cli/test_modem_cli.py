@@ -197,6 +197,9 @@ async def test_sim_modem_plays_a_script_against_the_driver(tmp_path: Path) -> No
     script = tmp_path / "calls.toml"
     script.write_text(
         "[[calls]]\n"
+        # The driver opens the port first (≈ 0.5 s with the init script); a call ringing
+        # before +VCID=1 would, as on a real line, lose its caller ID.
+        "at_s = 1.5\n"
         'number = "3612345678"\n'
         'name = "TEST CALLER"\n'
         'audio = "tone:440"\n'
