@@ -113,10 +113,13 @@ class CallMedia:
     def on_line_audio(self, frame: np.ndarray) -> None:
         """One 20 ms frame from the caller: move one frame along every path."""
         self.stats["rx_frames"] += 1
-        # Echo-aware: the line echoes our own prompt back; a key counts only when clearly
-        # louder than that echo could be (audio/dtmf.py, trans-hybrid loss ≥ 6 dB).
-        for digit in self._dtmf.feed(frame, reference=self._last_tx):
-            self.key_reported(digit, "inband")
+        if not self._bridged:
+            # Keys matter before the shop answers (opt-out, repeat); while the two talk, the
+            # flow ignores them, so the detector (≈ 1 % of a core) is skipped. Echo-aware: the
+            # line echoes our own prompt back; a key counts only when clearly louder than that
+            # echo could be (audio/dtmf.py, trans-hybrid loss ≥ 6 dB).
+            for digit in self._dtmf.feed(frame, reference=self._last_tx):
+                self.key_reported(digit, "inband")
         shop = self._capture.read(FRAME_SAMPLES)
         tx = shop if self._bridged else self._line_source.read(FRAME_SAMPLES)
         self._last_tx = tx
