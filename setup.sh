@@ -490,7 +490,7 @@ case "$cmd" in
         do_uninstall "$@"
         ;;
     ""|-h|--help|help)
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try: ./setup.sh --help)"
