@@ -217,6 +217,13 @@ def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check
     if status is not None and status.get("ok"):
         line = next((x for x in status["lines"] if x["name"] == name), None)
         if line and line["link"] == "connected":
+            if line.get("duplex") is False and line.get("audio", "modem") == "modem":
+                # Issue 3 item 2: without +VTR the bridge cannot carry the shop's voice.
+                return Check(label, "warn", f"{line['chipset']} answers on {device} but has "
+                             "no full-duplex voice (AT+VTR): the shop cannot talk to callers "
+                             "through it" + (f"; {line['fault']}" if line.get("fault") else ""),
+                             "use a full-duplex modem (`appliance modem probe` shows it) or "
+                             "set lines[].audio to the line's sound card")
             return Check(label, "pass", f"{line['chipset']} ({line['voice_format']}) answers "
                          f"on {device}")
         return Check(label, "fail", f"{device}: {line['fault'] if line else 'unknown line'}",

@@ -44,7 +44,14 @@ from appliance.config import Config, LineConfig
 from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.media import CallMedia
 from appliance.daemon.outbound import OutboundController
-from appliance.errors import ApplianceError, AudioError, ModemError, SpeechError, StoreError
+from appliance.errors import (
+    ApplianceError,
+    AudioError,
+    ModemCommandError,
+    ModemError,
+    SpeechError,
+    StoreError,
+)
 from appliance.handset.slic import RingCadence, Slic, SlicPins
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
 from appliance.panel.panel import Panel, PanelPins, PanelState
@@ -312,15 +319,23 @@ class _LinePort:
     """
 
     def __init__(self, modem: Modem, media: CallMedia,
-                 audio: SoundDeviceAudio | None = None) -> None:
+                 audio: SoundDeviceAudio | None = None,
+                 on_no_duplex: Callable[[], None] | None = None) -> None:
         self._modem = modem
         self._media = media
         self._audio = audio
+        self._on_no_duplex = on_no_duplex
 
     async def answer(self) -> None:
         await self._modem.answer()
         if self._audio is None:
-            await self._modem.start_duplex(self._media.on_line_audio)
+            try:
+                await self._modem.start_duplex(self._media.on_line_audio)
+            except ModemCommandError:
+                # A half-duplex modem (issue 3 item 2): this call ends; the line degrades.
+                if self._on_no_duplex is not None:
+                    self._on_no_duplex()
+                raise
             self._media.prime()
             return
         # Prime before the stream starts: its first block then already carries the notice.
@@ -354,6 +369,8 @@ class LineSession:
         self.active: _ActiveCall | None = None
         self.state = "starting"
         self.fault: str | None = None
+        #: The modem refused +VTR at a call (see _no_duplex); reset when it is reopened.
+        self.no_duplex = False
         self._caller: Any = None
         self._rings = 0
         self._last_ring_at = 0.0
@@ -393,6 +410,7 @@ class LineSession:
                 continue
             attempt = 0
             self.modem = modem
+            self.no_duplex = False
             self._set_fault(None)
             self.state = "idle"
             _LOGGER.info("line %s: modem ready on %s (%s, %s)", self.line.name,
@@ -473,6 +491,12 @@ class LineSession:
         caller = self._caller
         self._caller = None
         self._rings = 0
+        if self.no_duplex:
+            # Issue 3 item 2: the bypass relay has already put the phone on the line.
+            _LOGGER.info("line %s: not answering (the modem has no full duplex)",
+                         self.line.name)
+            app.panel_board.report(f"line:{self.line.name}", "idle")
+            return
         reference = await app.allocate_reference()
         events: asyncio.Queue[CallEvent] = asyncio.Queue()
         # lines[].audio = "alsa:<device>": the line's audio is a sound card (issue 3 item 8).
@@ -507,7 +531,7 @@ class LineSession:
         app.handset.register(reference, events)
         app.panel_board.report(f"line:{self.line.name}", "idle")  # the call reports now
         ports = CallPorts(
-            line=_LinePort(modem, media, line_audio),
+            line=_LinePort(modem, media, line_audio, on_no_duplex=self._no_duplex),
             handset=_CallHandset(app.handset, reference, cadence),
             media=media,
             store=app.store,
@@ -519,6 +543,20 @@ class LineSession:
         self.active = _ActiveCall(call, media, task)
         self.state = "in-call"
         task.add_done_callback(lambda t: self._call_done(t))
+
+    def _no_duplex(self) -> None:
+        """The modem refused ``+VTR``: stop answering and let the phone ring through.
+
+        Without full duplex the bridge cannot carry the shop's voice (issue 3 item 2); the
+        line's fault drops the bypass relay so the shop has a plain phone, and
+        ``appliance status``/``doctor`` say why. Cleared when the modem is reopened.
+        """
+        if not self.no_duplex:
+            _LOGGER.warning("line %s: the modem refused full duplex (AT+VTR): calls now ring "
+                            "straight through to the phone; use a full-duplex modem or set "
+                            "lines[].audio to the line's sound card", self.line.name)
+        self.no_duplex = True
+        self._set_fault("modem has no full duplex (AT+VTR refused): calls bypass the box")
 
     def _call_done(self, task: asyncio.Task[CallResult]) -> None:
         active, self.active = self.active, None
@@ -992,6 +1030,8 @@ class Application:
                 "fault": session.fault,
                 "chipset": modem.chipset if modem else None,
                 "voice_format": modem.voice_format if modem else None,
+                "audio": session.line.audio or "modem",
+                "duplex": modem.full_duplex if modem else None,
                 "link": modem.link_state.value if modem else "down",
                 "modem_stats": dict(modem.stats) if modem else {},
                 "call": None if active is None else {

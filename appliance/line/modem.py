@@ -213,6 +213,9 @@ class Modem:
         self.chipset = "generic"
         self.voice_format = voice_format or "u8"
         self.vsm_id = 1
+        #: Full-duplex voice (``+VTR``): True/False from ``AT+VTR=?`` at init, None when the
+        #: modem gave no answer either way; False for good once ``AT+VTR`` is refused.
+        self.full_duplex: bool | None = None
         self._stats: dict[str, int] = {
             "rx_frames": 0,
             "tx_bytes": 0,
@@ -287,6 +290,17 @@ class Modem:
             _LOGGER.warning("no usable +VSM=? list; assuming V.253 id 1 (unsigned PCM)")
         self.vsm_id, self.voice_format = chosen
         at.set_voice_format(self.voice_format)
+        # Issue 3 item 2: without +VTR the bridge cannot carry the shop's voice; find out now
+        # so `appliance status`/`doctor` can say so before the first call.
+        try:
+            await at.command("AT+VTR=?")
+            self.full_duplex = True
+        except ModemCommandError:
+            self.full_duplex = False
+            _LOGGER.warning("the modem has no full-duplex voice (AT+VTR=? refused): the shop "
+                            "cannot talk to callers through it")
+        except ModemTimeout:
+            self.full_duplex = None  # no answer either way: the first call will tell
         # Quirk #27: idle in data class so rings arrive as text RING.
         await at.command("AT+FCLASS=0")
         _LOGGER.info(
@@ -409,10 +423,22 @@ class Modem:
         ``on_audio(frame)`` is called with each received ``np.int16`` frame of 160 samples
         (20 ms) from the protocol's receive path: it must be quick and must not raise. DTMF
         and hang-up events go to :attr:`events`.
+
+        Raises:
+            ModemCommandError: the modem refused ``+VTR`` (half-duplex modem); afterwards
+                :attr:`full_duplex` is False.
         """
         at = self._at()
         self._on_audio = on_audio
-        await at.command("AT+VTR", expect=("CONNECT",))
+        try:
+            await at.command("AT+VTR", expect=("CONNECT",))
+        except ModemCommandError:
+            self._on_audio = None
+            if self.full_duplex is not False:
+                # Said once per modem: every later call would fail the same way.
+                _LOGGER.warning("the modem refused AT+VTR: no full-duplex voice on this modem")
+            self.full_duplex = False
+            raise
 
     def send_audio(self, samples: npt.NDArray[np.int16]) -> None:
         """Queue ``samples`` (int16) to the line during duplex. Non-blocking; the caller paces

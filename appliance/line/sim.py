@@ -118,6 +118,8 @@ class SimProfile:
         info_prefix: information text as ``+VCID: 1`` instead of a bare ``1`` (§3).
         vcid_lost_at_atz: ``+VCID`` resets to 0 at ``ATZ`` (quirk #4).
         dle_ring_in_voice_class: on-hook rings as ``<DLE>R`` in ``+FCLASS=8`` (quirk #27).
+        full_duplex: ``+VTR`` exists; False models a half-duplex voice modem that answers
+            ``ERROR`` to ``AT+VTR`` and ``AT+VTR=?`` (§3, issue 3 item 2).
     """
 
     name: str
@@ -131,6 +133,7 @@ class SimProfile:
     info_prefix: bool = False
     vcid_lost_at_atz: bool = False
     dle_ring_in_voice_class: bool = False
+    full_duplex: bool = True
 
 
 PROFILES: Final[dict[str, SimProfile]] = {
@@ -794,6 +797,8 @@ class SimModem:
         return "OK"
 
     def _cmd_voice_data(self, name: str, form: str | None, arg: str | None) -> str:
+        if name == "VTR" and not self.profile.full_duplex:
+            return "ERROR"
         if form is not None:
             return "OK" if form == "=?" else "ERROR"
         if not self.off_hook:
