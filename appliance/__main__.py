@@ -2,4 +2,6 @@
 
 from appliance.cli.main import main
 
-main()
+# Guarded: spawned worker processes (prompt rendering) re-import the main module.
+if __name__ == "__main__":
+    main()
