@@ -120,6 +120,27 @@ class SoundDeviceAudio:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_capture: CaptureCallback | None = None
 
+    async def check(self) -> None:
+        """Check that the device takes 8 kHz mono int16 both ways, without opening a stream.
+
+        Raises:
+            AudioError: PortAudio is missing or the device is absent or unsuitable.
+        """
+        await asyncio.to_thread(self._check_settings)
+
+    def _check_settings(self) -> None:
+        try:
+            import sounddevice as sd  # imported late: PortAudio reads ALSA config at import
+        except OSError as exc:  # libportaudio2 missing
+            raise AudioError(f"PortAudio is not available: {exc}") from exc
+        try:
+            sd.check_input_settings(device=self.device, samplerate=SAMPLE_RATE_HZ, channels=1,
+                                    dtype="int16")
+            sd.check_output_settings(device=self.device, samplerate=SAMPLE_RATE_HZ, channels=1,
+                                     dtype="int16")
+        except Exception as exc:  # sounddevice raises PortAudioError/ValueError
+            raise AudioError(f"cannot open {self.role} audio {self.device!r}: {exc}") from exc
+
     async def start(self, on_capture: CaptureCallback) -> None:
         try:
             import sounddevice as sd  # imported late: PortAudio reads ALSA config at import

@@ -204,6 +204,8 @@ def _checks(obj: Any) -> list[Check]:
                          "sudo systemctl start appliance; journalctl -u appliance"))
     for line in config.lines:
         out.append(_check_modem(line.name, line.device, status))
+        if line.audio:  # issue 3 item 8: the line's own sound card
+            out.append(_check_audio(line.audio, f"line {line.name} audio", "lines[].audio"))
     out.append(_check_audio(config.handset.audio))
     out.append(_check_pins(config.gpio.pin_factory, status))
     out.append(_check_voice(config))
@@ -240,9 +242,9 @@ def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check
     return Check(label, "pass", f"{device} present (start the daemon for a full check)")
 
 
-def _check_audio(url: str) -> Check:
+def _check_audio(url: str, label: str = "handset audio", key: str = "handset.audio") -> Check:
     if url == "sim://":
-        return Check("handset audio", "pass", "simulated handset (sim://)")
+        return Check(label, "pass", "simulated handset (sim://)")
     device = url.removeprefix("alsa:")
     try:
         import sounddevice as sd
@@ -250,9 +252,9 @@ def _check_audio(url: str) -> Check:
         sd.check_output_settings(device=device, samplerate=8000, channels=1, dtype="int16")
         sd.check_input_settings(device=device, samplerate=8000, channels=1, dtype="int16")
     except Exception as exc:
-        return Check("handset audio", "fail", f"{device}: {exc}",
-                     "`aplay -l` lists the cards; set handset.audio = \"alsa:plughw:CARD=…\"")
-    return Check("handset audio", "pass", f"{device} opens at 8 kHz mono")
+        return Check(label, "fail", f"{device}: {exc}",
+                     f"`aplay -l` lists the cards; set {key} = \"alsa:plughw:CARD=…\"")
+    return Check(label, "pass", f"{device} opens at 8 kHz mono")
 
 
 def _check_pins(name: str, status: dict[str, Any] | None) -> Check:

@@ -398,10 +398,16 @@ class LineSession:
             modem = Modem(self.line.device, country_code=self.line.country_code)
             try:
                 await modem.open()
+                if self.line.audio:
+                    # Issue 3 item 8: the line's sound card is part of the line being ready;
+                    # without it the line bypasses the box and is retried like a modem.
+                    await SoundDeviceAudio(self.line.audio.removeprefix("alsa:"),
+                                           role=f"line {self.line.name}").check()
             except (ApplianceError, OSError) as exc:
                 delay = REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]
                 attempt += 1
-                self._set_fault(f"modem on {self.line.device} not ready: {exc}")
+                self._set_fault(str(exc) if isinstance(exc, AudioError)
+                                else f"modem on {self.line.device} not ready: {exc}")
                 _LOGGER.warning("line %s: cannot open modem %s (%s); retry in %.0f s",
                                 self.line.name, self.line.device, exc, delay)
                 with contextlib.suppress(Exception):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from appliance.audio.backend import SimHandsetAudio
-from appliance.cli.tech import _check_modem
+from appliance.cli.tech import _check_audio, _check_modem
 from appliance.config import load_config
 from appliance.daemon.app import Application
 from appliance.errors import ModemCommandError
@@ -99,4 +99,40 @@ async def test_daemon_stops_answering_and_bypasses_when_vtr_is_refused(
         await app.stop()
     assert check.level == "warn"
     assert "full-duplex" in check.detail
+    assert "lines[].audio" in check.fix
+
+
+def _portaudio_available() -> bool:
+    import ctypes.util
+
+    return ctypes.util.find_library("portaudio") is not None
+
+
+@pytest.mark.skipif(not _portaudio_available(), reason="libportaudio2 is not installed")
+async def test_a_missing_line_sound_card_is_a_line_fault_and_a_doctor_failure(
+    tmp_path: Path, mock_factory: Any
+) -> None:
+    config = load_config(Path("/dev/null"), state_dir=tmp_path / "state", overrides={
+        "lines": [{"name": "main", "device": "sim://", "country_code": "51",
+                   "audio": "alsa:no-such-line-card"}],
+        "speech": {"voice": "espeak", "texts": {"notice": "Rögzítjük."}},
+    })
+    app = Application(config, pin_factory=mock_factory, handset_audio=SimHandsetAudio())
+    try:
+        await app.start()
+        session = app.lines[0]
+        async with asyncio.timeout(TIMEOUT_S):
+            while session.fault is None:  # noqa: ASYNC110 - set by the line's supervisor
+                await asyncio.sleep(0.05)
+        fault = session.fault
+        assert session.modem is None, "the line is not ready without its sound card"
+        assert not app.relay.energised, "the phone is on the line directly"
+        assert "modem-missing" in app.fault_codes()
+    finally:
+        await app.stop()
+    assert "line main audio" in fault
+    assert "no-such-line-card" in fault
+    check = _check_audio("alsa:no-such-line-card", "line main audio", "lines[].audio")
+    assert check.level == "fail"
+    assert check.name == "line main audio"
     assert "lines[].audio" in check.fix
