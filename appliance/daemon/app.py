@@ -369,6 +369,7 @@ class LineSession:
         self.active: _ActiveCall | None = None
         self.state = "starting"
         self.fault: str | None = None
+        self.fault_code: str | None = None
         #: The modem refused +VTR at a call (see _no_duplex); reset when it is reopened.
         self.no_duplex = False
         self._caller: Any = None
@@ -407,7 +408,9 @@ class LineSession:
                 delay = REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]
                 attempt += 1
                 self._set_fault(str(exc) if isinstance(exc, AudioError)
-                                else f"modem on {self.line.device} not ready: {exc}")
+                                else f"modem on {self.line.device} not ready: {exc}",
+                                code="audio-missing" if isinstance(exc, AudioError)
+                                else "modem-missing")
                 _LOGGER.warning("line %s: cannot open modem %s (%s); retry in %.0f s",
                                 self.line.name, self.line.device, exc, delay)
                 with contextlib.suppress(Exception):
@@ -433,8 +436,10 @@ class LineSession:
             self._set_fault("modem link lost")
             await asyncio.sleep(REOPEN_BACKOFF_S[0])
 
-    def _set_fault(self, fault: str | None) -> None:
+    def _set_fault(self, fault: str | None, *, code: str = "modem-missing") -> None:
+        """Record the line's fault (None clears it); ``code`` is its panel blink code."""
         self.fault = fault
+        self.fault_code = code if fault else None
         self.app.update_faults()
 
     async def _dispatch(self, modem: Modem) -> None:
@@ -761,9 +766,10 @@ class Application:
         import shutil
 
         codes = []
-        if any(s.fault for s in self.lines):
+        if any(s.fault and s.fault_code == "modem-missing" for s in self.lines):
             codes.append("modem-missing")
-        if getattr(self, "audio_fault", None):
+        if getattr(self, "audio_fault", None) or any(
+                s.fault and s.fault_code == "audio-missing" for s in self.lines):
             codes.append("audio-missing")
         with contextlib.suppress(OSError):
             free = shutil.disk_usage(self.config.device.state_dir).free

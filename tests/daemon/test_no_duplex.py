@@ -127,7 +127,7 @@ async def test_a_missing_line_sound_card_is_a_line_fault_and_a_doctor_failure(
         fault = session.fault
         assert session.modem is None, "the line is not ready without its sound card"
         assert not app.relay.energised, "the phone is on the line directly"
-        assert "modem-missing" in app.fault_codes()
+        assert app.fault_codes() == ["audio-missing"]  # blink code 2: a sound card is missing
     finally:
         await app.stop()
     assert "line main audio" in fault
