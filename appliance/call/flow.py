@@ -118,26 +118,13 @@ class RecordingInfo:
     duration_s: float
 
 
-class MediaPort(Protocol):
-    """Audio routing for one call, clocked by the line (see ``daemon/media.py``)."""
+class CallAudioPort(Protocol):
+    """What every call (inbound or outbound) needs of its line-clocked audio (``CallMedia``)."""
 
     def play_to_line(self, token: str, *clips: np.ndarray) -> None:
-        """Replace what the caller hears; post ``PlaybackDone(token)`` when played out."""
-
-    def append_to_line(self, clip: np.ndarray) -> None: ...
-
-    def line_tone(self, kind: str) -> None:
-        """``ringback`` or ``silence`` to the caller."""
+        """Replace what the far end hears; post ``PlaybackDone(token)`` when played out."""
 
     def play_to_handset(self, token: str, *clips: np.ndarray) -> None: ...
-
-    def handset_tone(self, kind: str) -> None:
-        """``busy`` or ``silence`` in the shop's earpiece."""
-
-    def whisper_to_handset(self, clip: np.ndarray) -> None: ...
-
-    def watch_silence(self, seconds: float) -> None:
-        """Post ``CallerHungUp("silence")`` after ``seconds`` of silence (0 = stop watching)."""
 
     def bridge(self) -> None: ...
 
@@ -149,6 +136,23 @@ class MediaPort(Protocol):
     def recording(self) -> bool: ...
 
     async def finish_recording(self) -> RecordingInfo | None: ...
+
+
+class MediaPort(CallAudioPort, Protocol):
+    """Audio routing for one inbound call, clocked by the line (see ``daemon/media.py``)."""
+
+    def append_to_line(self, clip: np.ndarray) -> None: ...
+
+    def line_tone(self, kind: str) -> None:
+        """``ringback`` or ``silence`` to the caller."""
+
+    def handset_tone(self, kind: str) -> None:
+        """``busy`` or ``silence`` in the shop's earpiece."""
+
+    def whisper_to_handset(self, clip: np.ndarray) -> None: ...
+
+    def watch_silence(self, seconds: float) -> None:
+        """Post ``CallerHungUp("silence")`` after ``seconds`` of silence (0 = stop watching)."""
 
     async def discard_recording(self) -> None: ...
 

@@ -38,8 +38,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-import numpy as np
-
 from appliance.call.events import (
     AgentOffHook,
     AgentOnHook,
@@ -52,7 +50,7 @@ from appliance.call.events import (
     PlaybackDone,
     RecordRequested,
 )
-from appliance.call.flow import PanelPort, PromptPort, RecordingInfo, StorePort
+from appliance.call.flow import CallAudioPort, PanelPort, PromptPort, RecordingInfo, StorePort
 
 __all__ = [
     "INDEX_OUTCOME",
@@ -155,23 +153,8 @@ class ReferencePort(Protocol):
         """A fresh call reference (the same space as inbound calls)."""
 
 
-class OutboundMediaPort(Protocol):
-    """Line-clocked audio of the call (``daemon/media.py`` CallMedia)."""
-
-    def play_to_line(self, token: str, *clips: np.ndarray) -> None: ...
-
-    def play_to_handset(self, token: str, *clips: np.ndarray) -> None: ...
-
-    def bridge(self) -> None: ...
-
-    def unbridge(self) -> None: ...
-
-    async def start_recording(self) -> None: ...
-
-    @property
-    def recording(self) -> bool: ...
-
-    async def finish_recording(self) -> RecordingInfo | None: ...
+#: An outbound call needs only the audio operations every call has.
+OutboundMediaPort = CallAudioPort
 
 
 @dataclass(slots=True)
