@@ -23,6 +23,8 @@ import soundfile
 
 from appliance.line.sim import PtyModemServer
 from appliance.store.recorder import sha256_file
+from tests.system import index_probe
+from tests.system.index_probe import query
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,25 +62,8 @@ def start_daemon(config: Path, state_dir: Path) -> subprocess.Popen[str]:
     )
 
 
-def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
-    con = sqlite3.connect(db, timeout=5)
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
 async def wait_for_state(db: Path, state: str) -> sqlite3.Row:
-    """Poll the index (another process owns it) until a call event ``state`` appears."""
-    async with asyncio.timeout(TIMEOUT_S):
-        while True:
-            if os.path.exists(db):
-                rows = query(db, "SELECT c.*, e.t AS event_t FROM events e JOIN calls c "
-                                 "ON c.id = e.call_id WHERE e.state = ?", state)
-                if rows:
-                    return rows[0]
-            await asyncio.sleep(POLL_S)
+    return await index_probe.wait_for_state(db, state, TIMEOUT_S)
 
 
 def caller_voice(n: int) -> np.ndarray:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +27,8 @@ import soundfile
 from appliance.line.sim import PtyModemServer
 from appliance.speech.library import PromptLibrary
 from appliance.store.recorder import sha256_file
+from tests.system import index_probe
+from tests.system.index_probe import query
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,25 +89,8 @@ def start_daemon(config: Path, state_dir: Path, log: Path,
         )
 
 
-def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
-    con = sqlite3.connect(db, timeout=5)
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
 async def wait_for_state(db: Path, state: str) -> sqlite3.Row:
-    """Poll the index (the daemon owns it) until a call event ``state`` appears."""
-    async with asyncio.timeout(TIMEOUT_S):
-        while True:
-            if db.exists():
-                rows = query(db, "SELECT c.*, e.t AS event_t FROM events e JOIN calls c "
-                                 "ON c.id = e.call_id WHERE e.state = ?", state)
-                if rows:
-                    return rows[0]
-            await asyncio.sleep(POLL_S)
+    return await index_probe.wait_for_state(db, state, TIMEOUT_S)
 
 
 async def wait_for_log(log: Path, text: str) -> None:
