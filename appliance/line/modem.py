@@ -19,7 +19,15 @@ import numpy.typing as npt
 
 from appliance.errors import ModemCommandError, ModemError, ModemGone, ModemTimeout
 from appliance.line.at import AtProtocol, LinkState, Mode
-from appliance.line.codec import DLE_END_DUPLEX, DTMF_DIGITS, CallerId, CallerIdAccumulator
+from appliance.line.codec import (
+    DLE_ABORT_RX,
+    DLE_CAN,
+    DLE_END_DUPLEX,
+    DLE_ETX,
+    DTMF_DIGITS,
+    CallerId,
+    CallerIdAccumulator,
+)
 from appliance.line.commands import (
     CHIPSETS,
     SAMPLE_RATE_HZ,
@@ -180,7 +188,9 @@ class Modem:
     Lifecycle: ``open()`` → idle (``+FCLASS=0``, rings and caller ID become events) →
     ``answer()`` → ``start_duplex(on_audio)`` / ``send_audio()`` → ``stop_duplex()`` →
     ``hang_up()`` → idle … ``close()``. After :class:`LinkDown`, ``close()`` then ``open()``
-    again (the supervisor's job).
+    again (the supervisor's job). A modem without full duplex uses the half-duplex voice
+    states instead, one at a time: ``start_play()`` / ``send_audio()`` / ``stop_play()``
+    (``+VTX``) and ``start_record(on_audio)`` / ``stop_record()`` (``+VRX``).
 
     Args:
         url: a tty path, ``socket://…`` or ``sim://[profile]``.
@@ -234,6 +244,7 @@ class Modem:
         self._table: Chipset = CHIPSETS["generic"]
         self._off_hook = False
         self._on_audio: Callable[[npt.NDArray[np.int16]], None] | None = None
+        self._voice_op: str | None = None
         self._cid = CallerIdAccumulator()
         self._cid_reported = 0
         self._cid_timer: asyncio.TimerHandle | None = None
@@ -417,6 +428,15 @@ class Modem:
             await self._optional(at, "AT+FCLASS=0")
         return result
 
+    @property
+    def voice_op(self) -> str | None:
+        """The voice data state the modem is in: ``duplex`` (``+VTR``), ``play`` (``+VTX``),
+        ``record`` (``+VRX``), or None in command state."""
+        at = self._protocol
+        if at is None or at.mode is not Mode.VOICE:
+            return None
+        return self._voice_op
+
     async def start_duplex(self, on_audio: Callable[[npt.NDArray[np.int16]], None]) -> None:
         """Start full-duplex voice (``AT+VTR`` → CONNECT).
 
@@ -439,12 +459,99 @@ class Modem:
                 _LOGGER.warning("the modem refused AT+VTR: no full-duplex voice on this modem")
             self.full_duplex = False
             raise
+        self._voice_op = "duplex"
+
+    async def start_play(self) -> None:
+        """Start transmit-only voice (``AT+VTX`` → CONNECT); then :meth:`send_audio`.
+
+        V.253 §5.1: in the transmit state the modem still reports DTMF and hang-up as
+        ``<DLE>`` events (they arrive on :attr:`events`); nothing is received from the line.
+        The modem consumes at its own 8000 samples/s and throttles the port when its buffer
+        is full; a buffer that runs dry is reported as ``<DLE>u`` (counted in
+        ``stats["tx_underruns"]``). The sender keeps a bounded lead (:meth:`tx_backlog_s`).
+
+        Raises:
+            ModemError: refused or timed out (the modem stays in command state).
+        """
+        at = self._at()
+        await at.command("AT+VTX", expect=("CONNECT",))
+        self._voice_op = "play"
+
+    async def stop_play(self, *, flush: bool = False) -> None:
+        """End ``+VTX``: ``<DLE><ETX>``; the modem plays out what it holds, then ``OK``.
+
+        Args:
+            flush: drop what the modem still holds first (``<DLE><CAN>``, as vgetty's
+                interrupt): for hang-up, not for the end of a prompt.
+
+        Raises:
+            ModemTimeout: the modem never left the transmit state (the link turns SUSPECT).
+        """
+        if self.voice_op != "play":
+            return
+        assert self._protocol is not None
+        await self._protocol.stop_voice(DLE_CAN + DLE_ETX if flush else DLE_ETX)
+        self._voice_op = None
+
+    async def start_record(self, on_audio: Callable[[npt.NDArray[np.int16]], None]) -> None:
+        """Start receive-only voice (``AT+VRX`` → CONNECT).
+
+        ``on_audio`` is called as in :meth:`start_duplex`; nothing may be sent meanwhile
+        (:meth:`send_audio` drops it: some modems end ``+VRX`` on any host byte, §11).
+
+        Raises:
+            ModemError: refused or timed out.
+        """
+        at = self._at()
+        self._on_audio = on_audio
+        try:
+            await at.command("AT+VRX", expect=("CONNECT",))
+        except BaseException:
+            self._on_audio = None
+            raise
+        self._voice_op = "record"
+
+    async def stop_record(self) -> None:
+        """End ``+VRX``: ``<DLE>!`` → ``<DLE><ETX>`` + ``OK`` (§5.3)."""
+        self._on_audio = None
+        if self.voice_op != "record":
+            return
+        assert self._protocol is not None
+        await self._protocol.stop_voice(DLE_ABORT_RX)
+        self._voice_op = None
+
+    async def stop_voice(self, *, flush: bool = True) -> None:
+        """Leave whichever voice data state the modem is in (no-op in command state).
+
+        Args:
+            flush: for ``+VTX``, drop the audio the modem still holds (see :meth:`stop_play`).
+        """
+        op = self.voice_op
+        if op == "play":
+            await self.stop_play(flush=flush)
+        elif op == "record":
+            await self.stop_record()
+        else:
+            await self.stop_duplex()
+
+    def tx_backlog_s(self) -> float:
+        """Seconds of audio sent ahead of real time in the current voice state (0 outside)."""
+        return self._protocol.tx_backlog_s() if self._protocol is not None else 0.0
+
+    @property
+    def writing_paused(self) -> bool:
+        """The port is throttling us (the modem's buffer is full): send nothing until False."""
+        return self._protocol is not None and self._protocol.writing_paused
 
     def send_audio(self, samples: npt.NDArray[np.int16]) -> None:
-        """Queue ``samples`` (int16) to the line during duplex. Non-blocking; the caller paces
-        at 8000 samples/s with a small lead (§8). Audio outside duplex is dropped and counted."""
+        """Queue ``samples`` (int16) to the line during duplex or play. Non-blocking; the
+        caller paces at 8000 samples/s with a small lead (§8). Audio outside those states
+        (command state, ``+VRX``) is dropped and counted."""
         at = self._protocol
         if at is None:
+            return
+        if self.voice_op == "record":
+            self._stats["tx_dropped_bytes"] += len(samples)
             return
         written = at.send_voice(samples)
         if written:
@@ -459,6 +566,7 @@ class Modem:
         if at is None or at.mode is not Mode.VOICE:
             return
         await at.stop_voice(DLE_END_DUPLEX)
+        self._voice_op = None
 
     async def hang_up(self) -> None:
         """Put the line on-hook: ``AT+VLS=0`` (``ATH0`` fallback), ``AT+FCLASS=0``.
@@ -473,7 +581,7 @@ class Modem:
             return
         try:
             if at.mode is Mode.VOICE:
-                await self.stop_duplex()
+                await self.stop_voice()
             try:
                 await at.command("AT+VLS=0")
             except ModemCommandError:
@@ -578,6 +686,7 @@ class Modem:
 
     def _link_failed(self, reason: str) -> None:
         self._off_hook = False
+        self._voice_op = None
         if not self._link_down_reported:
             self._link_down_reported = True
             self._put(LinkDown(reason))
