@@ -53,6 +53,7 @@ class NoticeConfig:
 @dataclass(frozen=True, slots=True)
 class CallConfig:
     answer_after_rings: int
+    half_duplex_answer_after_rings: int
     cid_wait_s: float
     ring_during_notice: bool
     optout_key: str
@@ -367,6 +368,9 @@ def _validate(c: Config) -> None:
     _check(bool(c.device.company.strip()), "device.company", "a non-empty name", c.device.company)
     _check(1 <= c.call.answer_after_rings <= 20, "call.answer_after_rings", "1..20",
            c.call.answer_after_rings)
+    _check(1 <= c.call.half_duplex_answer_after_rings <= 20,
+           "call.half_duplex_answer_after_rings", "1..20",
+           c.call.half_duplex_answer_after_rings)
     _check(c.call.optout_key in DTMF_KEYS, "call.optout_key", "one DTMF key 0-9 * #",
            c.call.optout_key)
     _check(c.call.repeat_key in DTMF_KEYS and c.call.repeat_key != c.call.optout_key,

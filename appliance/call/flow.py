@@ -88,10 +88,16 @@ class IllegalTransition(RuntimeError):
 
 class LinePort(Protocol):
     async def answer(self) -> None:
-        """Take the line off-hook and start full-duplex audio."""
+        """Take the line off-hook and start the call's audio (full duplex where possible)."""
 
     async def hang_up(self) -> None:
         """Stop audio and put the line on-hook; must not raise if the modem is gone."""
+
+    @property
+    def can_bridge(self) -> bool:
+        """After :meth:`answer`: False when the line cannot carry the shop's voice to the
+        caller (a modem without full duplex, issue 3 item 2). The call is then an answering
+        machine: notice, reference, a message — the handset is never rung."""
 
 
 class HandsetPort(Protocol):
@@ -336,6 +342,8 @@ class InboundCall:
 
     async def _ring_agent(self) -> None:
         handset = self.ports.handset
+        if not self.ports.line.can_bridge:
+            return  # the shop could lift but never be heard: do not call it to the phone
         if not self._ringing and handset.available and not handset.off_hook:
             self.ports.handset.start_ringing()
             self._ringing = True
@@ -471,6 +479,9 @@ class InboundCall:
             await self.ports.store.update_call(self.reference, recording_decision="declined")
         else:
             await self._start_recording()
+        if not self.ports.line.can_bridge:
+            await self._voicemail("the line cannot carry the shop's voice (no full duplex)")
+            return
         if self._agent_lifted and self.ports.handset.off_hook:
             await self._bridged("shop already on the line")
             return
@@ -571,14 +582,14 @@ class InboundCall:
                 return
             await self._common(event)
 
-    async def _voicemail(self) -> None:
+    async def _voicemail(self, reason: str = "nobody answered") -> None:
         await self._stop_ringing()
         if not self.policy.voicemail or self._declined:
             # A caller who refused recording is not recorded as voicemail either.
-            await self._event("no-answer", "nobody lifted the handset")
+            await self._event("no-answer", reason)
             await self._say_goodbye()
-            raise _CallOver("missed", "nobody answered")
-        await self._transition(CallState.VOICEMAIL, "nobody answered")
+            raise _CallOver("missed", reason)
+        await self._transition(CallState.VOICEMAIL, reason)
         self.ports.media.play_to_line("voicemail", self.ports.prompts.clip("voicemail"),
                                       self.ports.prompts.clip("beep"))
         while True:

@@ -377,7 +377,8 @@ def _print_report(r: ProbeReport, took_s: float) -> None:
         row("full duplex", "unknown")
     else:
         row("full duplex", "NO — the shop cannot talk to callers through this modem; "
-                           "it can only play notices and record messages")
+                           "the appliance is then an answering machine behind the phone "
+                           "(notice, reference, message; docs/line.md)")
     row("caller ID", f"yes, AT+VCID {r.caller_id}" if r.caller_id else "no (AT+VCID refused)")
     country = r.country or "—"
     hint = "" if (r.country or "").upper() == "51" else " (Hungary is 51: AT+GCI=51)"

@@ -223,7 +223,8 @@ def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check
                 # Issue 3 item 2: without +VTR the bridge cannot carry the shop's voice.
                 return Check(label, "warn", f"{line['chipset']} answers on {device} but has "
                              "no full-duplex voice (AT+VTR): the shop cannot talk to callers "
-                             "through it" + (f"; {line['fault']}" if line.get("fault") else ""),
+                             "through it, so the box only takes messages after the phone has "
+                             "rung" + (f"; {line['fault']}" if line.get("fault") else ""),
                              "use a full-duplex modem (`appliance modem probe` shows it) or "
                              "set lines[].audio to the line's sound card")
             return Check(label, "pass", f"{line['chipset']} ({line['voice_format']}) answers "

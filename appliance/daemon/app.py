@@ -42,6 +42,7 @@ from appliance.call.flow import CallerInfo, CallPolicy, CallPorts, CallResult, I
 from appliance.call.reference import COUNTER_SPACE, format_reference, make_reference
 from appliance.config import Config, LineConfig
 from appliance.daemon.control import ControlServer, socket_path
+from appliance.daemon.halfduplex import HalfDuplexAudio
 from appliance.daemon.media import CallMedia
 from appliance.daemon.outbound import OutboundController
 from appliance.errors import (
@@ -316,6 +317,10 @@ class _LinePort:
     captured frame drives ``media.on_line_audio`` exactly as a ``+VTR`` frame would, and
     ``media`` sends to its ``play`` (wired in ``LineSession._start_call``). It is opened at
     answer and closed at hang-up.
+
+    A modem without full duplex (known at init, or ``+VTR`` refused now) gets
+    :class:`HalfDuplexAudio` instead: ``+VTX`` for prompts, ``+VRX`` otherwise, and
+    :attr:`can_bridge` is False, which makes the call an answering machine (issue 3 item 2).
     """
 
     def __init__(self, modem: Modem, media: CallMedia,
@@ -325,30 +330,43 @@ class _LinePort:
         self._media = media
         self._audio = audio
         self._on_no_duplex = on_no_duplex
+        self._half: HalfDuplexAudio | None = None
+
+    @property
+    def can_bridge(self) -> bool:
+        return self._half is None
 
     async def answer(self) -> None:
         await self._modem.answer()
-        if self._audio is None:
+        if self._audio is not None:
+            # Prime before the stream starts: its first block then already carries the notice.
+            self._media.prime()
+            await self._audio.start(self._media.on_line_audio)
+            return
+        if self._modem.full_duplex is not False:
             try:
                 await self._modem.start_duplex(self._media.on_line_audio)
             except ModemCommandError:
-                # A half-duplex modem (issue 3 item 2): this call ends; the line degrades.
+                # A firmware whose +VTR=? lied: this call goes on in half duplex.
                 if self._on_no_duplex is not None:
                     self._on_no_duplex()
-                raise
-            self._media.prime()
-            return
-        # Prime before the stream starts: its first block then already carries the notice.
-        self._media.prime()
-        await self._audio.start(self._media.on_line_audio)
+            else:
+                self._media.prime()
+                return
+        self._media.use_host_clocked_transmit()
+        self._half = HalfDuplexAudio(self._modem, self._media, self._media.reference)
+        self._half.start()
 
     async def hang_up(self) -> None:
         if self._audio is not None:
             with contextlib.suppress(AudioError, OSError):
                 await self._audio.stop()
         else:
+            if self._half is not None:
+                await self._half.stop()
             with contextlib.suppress(ModemError, OSError):
-                await self._modem.stop_duplex()
+                # A prompt still in the modem (the goodbye) is played out, not cut.
+                await self._modem.stop_voice(flush=False)
         await self._modem.hang_up()
 
 
@@ -370,7 +388,8 @@ class LineSession:
         self.state = "starting"
         self.fault: str | None = None
         self.fault_code: str | None = None
-        #: The modem refused +VTR at a call (see _no_duplex); reset when it is reopened.
+        #: The modem has no full duplex (AT+VTR=? or AT+VTR refused; see _no_duplex): the
+        #: line is an answering machine. Found again at every reopen.
         self.no_duplex = False
         self._caller: Any = None
         self._rings = 0
@@ -420,7 +439,10 @@ class LineSession:
             attempt = 0
             self.modem = modem
             self.no_duplex = False
-            self._set_fault(None)
+            if modem.full_duplex is False and not self.line.audio:
+                self._no_duplex()  # the relay never energises for such a line
+            else:
+                self._set_fault(None)
             self.state = "idle"
             _LOGGER.info("line %s: modem ready on %s (%s, %s)", self.line.name,
                          self.line.device, modem.chipset, modem.voice_format)
@@ -489,7 +511,7 @@ class LineSession:
                 _LOGGER.info("line %s: RING %d (caller %s)", self.line.name, self._rings,
                              getattr(self._caller, "number", None))
                 self.app.panel_board.report(f"line:{self.line.name}", "ringing")
-                if self._rings < self.app.config.call.answer_after_rings or answer_at:
+                if self._rings < self._rings_to_answer() or answer_at:
                     continue
                 cid_wait_s = self.app.config.call.cid_wait_s
                 if self._caller is None and cid_wait_s > 0:
@@ -497,14 +519,22 @@ class LineSession:
                 else:
                     await self._start_call(modem)
 
+    def _rings_to_answer(self) -> int:
+        call = self.app.config.call
+        if self.no_duplex:
+            # Answering machine: the phone (on the line through the bypass relay) rings first.
+            return max(call.answer_after_rings, call.half_duplex_answer_after_rings)
+        return call.answer_after_rings
+
     async def _start_call(self, modem: Modem) -> None:
         app = self.app
         caller = self._caller
         self._caller = None
         self._rings = 0
-        if self.no_duplex:
-            # Issue 3 item 2: the bypass relay has already put the phone on the line.
-            _LOGGER.info("line %s: not answering (the modem has no full duplex)",
+        if self.no_duplex and not app.config.call.voicemail:
+            # Issue 3 item 2: nothing the box could do for this caller but talk at them; the
+            # bypass relay has already put the phone on the line.
+            _LOGGER.info("line %s: not answering (no full duplex and call.voicemail is off)",
                          self.line.name)
             app.panel_board.report(f"line:{self.line.name}", "idle")
             return
@@ -556,18 +586,23 @@ class LineSession:
         task.add_done_callback(lambda t: self._call_done(t))
 
     def _no_duplex(self) -> None:
-        """The modem refused ``+VTR``: stop answering and let the phone ring through.
+        """The modem has no full duplex: the line becomes an answering machine.
 
-        Without full duplex the bridge cannot carry the shop's voice (issue 3 item 2); the
-        line's fault drops the bypass relay so the shop has a plain phone, and
-        ``appliance status``/``doctor`` say why. Cleared when the modem is reopened.
+        Without ``+VTR`` the bridge cannot carry the shop's voice (issue 3 item 2). The box
+        still does what the modem can: it lets the phone ring first (the line's fault drops
+        the bypass relay, so the phone is on the line), then answers with the notice and the
+        reference (``+VTX``) and records a message (``+VRX``). ``appliance status``/``doctor``
+        and fault code 7 say why. Found again whenever the modem is reopened.
         """
         if not self.no_duplex:
-            _LOGGER.warning("line %s: the modem refused full duplex (AT+VTR): calls now ring "
-                            "straight through to the phone; use a full-duplex modem or set "
-                            "lines[].audio to the line's sound card", self.line.name)
+            _LOGGER.warning("line %s: the modem has no full duplex (AT+VTR): answering machine "
+                            "only — the phone rings first, the box takes a message after %d "
+                            "rings; use a full-duplex modem or set lines[].audio to the line's "
+                            "sound card", self.line.name,
+                            self.app.config.call.half_duplex_answer_after_rings)
         self.no_duplex = True
-        self._set_fault("modem has no full duplex (AT+VTR refused): calls bypass the box")
+        self._set_fault("modem has no full duplex (AT+VTR refused): answering machine only, "
+                        "the phone is on the line", code="half-duplex")
 
     def _call_done(self, task: asyncio.Task[CallResult]) -> None:
         active, self.active = self.active, None
@@ -771,6 +806,8 @@ class Application:
         if getattr(self, "audio_fault", None) or any(
                 s.fault and s.fault_code == "audio-missing" for s in self.lines):
             codes.append("audio-missing")
+        if any(s.fault and s.fault_code == "half-duplex" for s in self.lines):
+            codes.append("half-duplex")
         with contextlib.suppress(OSError):
             free = shutil.disk_usage(self.config.device.state_dir).free
             per_hour = BYTES_PER_HOUR.get(self.config.recording.codec, BYTES_PER_HOUR["wav"])

@@ -98,6 +98,10 @@ class CallMedia:
         self._last_tx = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._silence_limit = 0  # frames; 0 = not watching
         self._quiet_frames = 0
+        self._host_clocked_tx = False
+        #: Set whenever something is given to the line (a prompt, a tone): a half-duplex line
+        #: waits on it to leave its receive state (:mod:`appliance.daemon.halfduplex`).
+        self.line_wanted = asyncio.Event()
         self.stats: dict[str, int] = {"rx_frames": 0, "tx_frames": 0, "recorded_frames": 0}
 
     # -- clocked by the line ----------------------------------------------------------------
@@ -110,9 +114,41 @@ class CallMedia:
                 self._send(self._line_source.read(FRAME_SAMPLES))
                 self.stats["tx_frames"] += 1
 
+    def use_host_clocked_transmit(self) -> None:
+        """The line cannot send and receive at once (a modem without ``+VTR``).
+
+        From now on :meth:`on_line_audio` (the modem's ``+VRX`` state) sends nothing and
+        leaves what the line should hear untouched; :meth:`transmit_frame` takes it instead,
+        paced by the half-duplex line (``+VTX`` state).
+        """
+        self._host_clocked_tx = True
+
+    @property
+    def line_busy(self) -> bool:
+        """True while the caller has something to hear (a prompt not yet read out, a tone)."""
+        source = self._line_source
+        return not isinstance(source, Silence) and not getattr(source, "finished", False)
+
+    def transmit_frame(self) -> np.ndarray:
+        """The next 20 ms frame for a line in its transmit-only state (host clocked).
+
+        Nothing is received meanwhile, so a recording running now gets silence in both
+        channels: its timeline stays the call's timeline.
+        """
+        tx = self._line_source.read(FRAME_SAMPLES)
+        self._last_tx = tx
+        self.stats["tx_frames"] += 1
+        if self._recorder is not None:
+            self._recorder.write(np.zeros((FRAME_SAMPLES, 2), dtype=np.int16))
+            self.stats["recorded_frames"] += 1
+        return tx
+
     def on_line_audio(self, frame: np.ndarray) -> None:
         """One 20 ms frame from the caller: move one frame along every path."""
         self.stats["rx_frames"] += 1
+        if self._host_clocked_tx:
+            self._on_received_only(frame)
+            return
         if not self._bridged:
             # Keys matter before the shop answers (opt-out, repeat); while the two talk, the
             # flow ignores them, so the detector (≈ 1 % of a core) is skipped. Echo-aware: the
@@ -138,6 +174,18 @@ class CallMedia:
             self.stats["recorded_frames"] += 1
         if self._silence_limit:
             self._watch_silence(frame, shop)
+
+    def _on_received_only(self, frame: np.ndarray) -> None:
+        # Half duplex, receive state: the caller (and whoever else is on the copper) is
+        # heard and recorded; nothing can be sent, and the handset is not part of the call.
+        # Keys matter only during prompts, i.e. in the transmit state, where the modem's own
+        # <DLE> reports are all there is; the in-band detector is not run here.
+        silent = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        if self._recorder is not None:
+            self._recorder.write(np.column_stack((frame, silent)))
+            self.stats["recorded_frames"] += 1
+        if self._silence_limit:
+            self._watch_silence(frame, silent)
 
     def _watch_silence(self, frame: np.ndarray, shop: np.ndarray) -> None:
         # Some chips ignore +VSD and report no hang-up at all (v253-modem.md §10 #3): prolonged
@@ -172,18 +220,21 @@ class CallMedia:
 
     def play_to_line(self, token: str, *clips: np.ndarray) -> None:
         self._line_source = ClipPlayer(*clips, on_done=self._done(token))
+        self.line_wanted.set()
 
     def append_to_line(self, clip: np.ndarray) -> None:
         if isinstance(self._line_source, ClipPlayer):
             self._line_source.append(clip)
         else:
             self._line_source = ClipPlayer(clip)
+        self.line_wanted.set()
 
     def line_tone(self, kind: str) -> None:
         if kind == "silence":
             self._line_source = Silence()
         else:
             self._line_source = _ToneSource(ToneGenerator(getattr(self._zone, kind)))
+            self.line_wanted.set()
 
     def play_to_handset(self, token: str, *clips: np.ndarray) -> None:
         self._handset_source = ClipPlayer(*clips, on_done=self._done(token))

@@ -439,11 +439,16 @@ class OutboundController:
         return self.session is not None
 
     def free_line(self) -> LineSession | None:
-        """A line whose modem is up, with no call and no RING in the last RING_GONE_S."""
+        """A line whose modem is up, with no call and no RING in the last RING_GONE_S.
+
+        A line without full duplex never carries an outbound call: the shop could not be
+        heard (its phone is on that line through the bypass relay instead, docs/line.md).
+        """
         now = time.monotonic()
         for line in self.app.lines:
             name = line.line.name
             if (line.modem is not None and line.active is None and name not in self.seized
+                    and not line.no_duplex
                     and now - self._rang_at.get(name, -RING_GONE_S) >= RING_GONE_S):
                 return line
         return None

@@ -379,6 +379,11 @@ class SimModem:
         return entry.fmt if entry is not None and entry.fmt else "u8"
 
     @property
+    def tx_buffered_s(self) -> float:
+        """Seconds of host audio waiting in the modem's transmit buffer (the host's lead)."""
+        return len(self._txbuf) / (SAMPLE_RATE_HZ * bytes_per_sample(self.voice_format))
+
+    @property
     def played(self) -> npt.NDArray[np.int16]:
         """Every sample the host played, as the modem played it out, concatenated."""
         if not self._played:

@@ -77,6 +77,7 @@ FAULT_CODES: Final[dict[str, int]] = {
     "voice-missing": 4,
     "clock-unsynced": 5,
     "handset-off-hook": 6,
+    "half-duplex": 7,
 }
 
 

@@ -49,8 +49,9 @@ class Log:
 
 
 class FakeLine:
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, *, can_bridge: bool = True) -> None:
         self.log = log
+        self.can_bridge = can_bridge
 
     async def answer(self) -> None:
         self.log.add("line:answer")
@@ -176,7 +177,7 @@ class FakePanel:
 
 
 class Harness:
-    def __init__(self, policy: CallPolicy | None = None) -> None:
+    def __init__(self, policy: CallPolicy | None = None, *, can_bridge: bool = True) -> None:
         self.log = Log()
         self.events: asyncio.Queue[CallEvent] = asyncio.Queue()
         self.handset = FakeHandset(self.log)
@@ -185,8 +186,9 @@ class Harness:
         self.panel = FakePanel()
         self.states: list[str] = []
         self._seen: dict[str, asyncio.Event] = {}
-        ports = CallPorts(line=FakeLine(self.log), handset=self.handset, media=self.media,
-                          store=self.store, prompts=FakePrompts(), panel=self.panel)
+        ports = CallPorts(line=FakeLine(self.log, can_bridge=can_bridge), handset=self.handset,
+                          media=self.media, store=self.store, prompts=FakePrompts(),
+                          panel=self.panel)
         self.call = InboundCall(
             "12345678", CallerInfo(line="main", number="+3612345"), ports,
             policy or CallPolicy(agent_timeout_s=0.2, voicemail_max_s=0.2), self.events,
@@ -296,6 +298,44 @@ async def test_nobody_answers_voicemail_then_goodbye() -> None:
     result = await h.result()
     assert result.outcome == "voicemail"
     assert result.recording_decision == "recorded"
+
+
+async def test_a_line_that_cannot_bridge_takes_a_message_without_ringing_the_shop() -> None:
+    # Issue 3 item 2: a half-duplex modem — notice, reference, then a message; the shop's
+    # handset is never rung (it could not be heard), even if it is lifted meanwhile.
+    h = Harness(can_bridge=False)
+    await h.until_state("notice")
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    h.post(PlaybackDone("notice"))
+    await h.until_state("voicemail")
+    assert "handset:ring" not in h.log.entries
+    assert h.log.index("media:record") < h.log.index("media:play:voicemail")
+    h.post(PlaybackDone("voicemail"))
+    await h.until_state("voicemail-recording")
+    h.post(CallerHungUp("silence"))
+    result = await h.result()
+    assert result.outcome == "voicemail"
+    assert result.recording_decision == "recorded"
+    assert not h.media.bridged
+    assert ("voicemail", "the line cannot carry the shop's voice (no full duplex)") in \
+        h.store.events
+
+
+async def test_a_line_that_cannot_bridge_respects_the_opt_out() -> None:
+    h = Harness(can_bridge=False)
+    await h.until_state("notice")
+    h.post(KeyPressed("9"))
+    await h.until_state("recording-declined")
+    h.post(PlaybackDone("notice"))
+    await h.until_state("no-answer")
+    assert "voicemail" not in h.states
+    h.post(PlaybackDone("goodbye"))
+    result = await h.result()
+    assert result.outcome == "missed"
+    assert result.recording_decision == "declined"
+    assert "media:record" not in h.log.entries
+    assert "handset:ring" not in h.log.entries
 
 
 async def test_line_lost_while_bridged_still_finalizes() -> None:

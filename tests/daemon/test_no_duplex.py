@@ -1,5 +1,5 @@
 """A modem without full duplex (issue 3 item 2): detected, said clearly, and the line
-degrades to a plain phone (the bypass relay) instead of failing every call."""
+degrades to what it can do — an answering machine behind the phone (bypass relay)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile
 
 from appliance.audio.backend import SimHandsetAudio
 from appliance.cli.tech import _check_audio, _check_modem
@@ -59,14 +61,36 @@ async def test_a_refused_vtr_raises_and_marks_the_modem_half_duplex() -> None:
         await modem.close()
 
 
-async def test_daemon_stops_answering_and_bypasses_when_vtr_is_refused(
+async def test_a_refused_vtr_makes_the_line_an_answering_machine(
     tmp_path: Path, mock_factory: Any
 ) -> None:
+    # +VTR=? said yes (a lying firmware), +VTR is refused at the first call: that call goes on
+    # in half duplex (notice by +VTX, message by +VRX), and from then on the phone rings first.
     config = load_config(Path("/dev/null"), state_dir=tmp_path / "state", overrides={
         "speech": {"voice": "espeak", "texts": {"notice": "Rögzítjük."}},
-        "call": {"cid_wait_s": 0.0},
+        "call": {"cid_wait_s": 0.0, "half_duplex_answer_after_rings": 3},
     })
     app = Application(config, pin_factory=mock_factory, handset_audio=SimHandsetAudio())
+    recording_message: dict[str, asyncio.Event] = {}
+    app.observers.append(lambda ref, state, detail: state == "voicemail-recording"
+                         and recording_message.setdefault(ref, asyncio.Event()).set())
+
+    async def message_then_hang_up(sim: SimModem) -> Any:
+        await sim.wait_off_hook(TIMEOUT_S)
+        async with asyncio.timeout(TIMEOUT_S):
+            while not recording_message:  # noqa: ASYNC110 - set by the observer above
+                await asyncio.sleep(0.02)
+        await next(iter(recording_message.values())).wait()
+        recording_message.clear()
+        async with asyncio.timeout(TIMEOUT_S):
+            # The caller speaks for a moment after the beep (+VRX frames reach the call).
+            while (app.lines[0].active is None  # noqa: ASYNC110 - no frame-count event
+                   or app.lines[0].active.media.stats["rx_frames"] < 10):
+                await asyncio.sleep(0.02)
+        assert sim.mode == "vrx"
+        sim.remote_hangup()
+        return await asyncio.wait_for(app.completed.get(), TIMEOUT_S)
+
     try:
         await app.start()
         await app.wait_ready(TIMEOUT_S)
@@ -77,28 +101,42 @@ async def test_daemon_stops_answering_and_bypasses_when_vtr_is_refused(
         assert app.status_dict()["lines"][0]["duplex"] is True
         assert app.relay.energised
         _half_duplex(sim)
-        sim.ring_period_s = 0.2
+        sim.ring_period_s = 0.3
+        sim.set_caller_audio(lambda n: np.full(n, 8000, dtype=np.int16))
         sim.ring("+3612345678", None, cid_before_first_ring=True)
-        result = await asyncio.wait_for(app.completed.get(), TIMEOUT_S)
-        assert result.outcome == "error"
-        await sim.wait_on_hook(TIMEOUT_S)  # the line was put back on-hook
+        first = await message_then_hang_up(sim)
+        assert first.outcome == "voicemail"
+        assert first.recording_decision == "recorded"
+        assert first.notice_completed
+        assert first.recording is not None
+        audio, _ = soundfile.read(first.recording.path, dtype="int16")
+        assert np.count_nonzero(np.abs(audio[:, 0]) > 5000) >= 10 * 160, "the caller's message"
+        assert not audio[:, 1].any(), "nothing on the shop's channel"
+        assert np.count_nonzero(np.abs(sim.played) > 1000) > 1600, "the caller heard the notice"
+        assert sim.commands.count("AT+VTR") == 1, "refused once, never asked again"
+        assert "AT+VTX" in sim.commands
+        assert "AT+VRX" in sim.commands
+        assert sim.stats["rings"] == 1, "answered at once: half duplex was not yet known"
+        await sim.wait_on_hook(TIMEOUT_S)
         status = app.status_dict()["lines"][0]
         assert status["duplex"] is False
         assert status["audio"] == "modem"
-        assert "full duplex" in (status["fault"] or "")
+        assert "answering machine" in (status["fault"] or "")
+        assert app.fault_codes()[0] == "half-duplex"
         assert not app.relay.energised, "the phone is on the line directly"
-        # The next caller is not answered by the box: the phone rings through.
-        sim.ring("+3687654321", None, cid_before_first_ring=True, max_rings=3)
-        async with asyncio.timeout(TIMEOUT_S):
-            while sim.ringing:  # noqa: ASYNC110 - the emulator has no "rings over" event
-                await asyncio.sleep(0.05)
-        assert not sim.off_hook
-        assert app.completed.empty()
+        # The next caller: the phone rings 3 times first, then the box takes a message.
+        sim.stats["rings"] = 0
+        sim.ring("+3687654321", None, cid_before_first_ring=True)
+        second = await message_then_hang_up(sim)
+        assert second.outcome == "voicemail"
+        assert sim.stats["rings"] == 3
+        assert sim.commands.count("AT+VTR") == 1
         check = _check_modem("main", "sim://", {"ok": True, **app.status_dict()})
     finally:
         await app.stop()
     assert check.level == "warn"
     assert "full-duplex" in check.detail
+    assert "messages" in check.detail
     assert "lines[].audio" in check.fix
 
 
