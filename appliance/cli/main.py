@@ -107,13 +107,15 @@ def run(obj: _Ctx) -> None:
 @cli.command()
 @click.option("--scenario",
               type=click.Choice(["answered", "declined", "abandoned", "voicemail", "two-lines",
-                                 "outbound"]),
+                                 "outbound", "half-duplex"]),
               default="answered", show_default=True,
               help="answered: the shop talks to the caller; declined: the caller presses 9 "
                    "during the notice; abandoned: hangs up during the notice; voicemail: "
                    "nobody lifts, the caller leaves a message; two-lines: two callers on two "
                    "lines share the one handset (the second holds); outbound: the shop "
-                   "lifts, dials by DTMF and talks with the called customer.")
+                   "lifts, dials by DTMF and talks with the called customer; half-duplex: "
+                   "the modem has no full duplex, so the phone rings first and the box "
+                   "answers as an answering machine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--profile", type=click.Choice(["conexant", "usr", "v253"]), default="conexant",
               show_default=True, help="Which real modem the emulator imitates.")

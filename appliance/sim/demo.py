@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -52,7 +53,10 @@ class DemoResult:
 SECOND_LINE: Final = {"name": "second", "ring_on_s": 0.8, "ring_off_s": 4.2}
 #: The second caller rings this long after the first (their calls overlap).
 SECOND_CALLER_DELAY_S: Final = 6.0
-ALL_SCENARIOS: Final = (*SCENARIOS, "two-lines")
+ALL_SCENARIOS: Final = (*SCENARIOS, "two-lines", "half-duplex")
+#: ``half-duplex``: the phone (on the line through the bypass relay) rings this many times
+#: before the box answers as an answering machine (production default 4, shortened here).
+HALF_DUPLEX_RINGS: Final = 2
 
 
 def demo_config(state_dir: Path, scenario: str, devices: list[str],
@@ -68,6 +72,8 @@ def demo_config(state_dir: Path, scenario: str, devices: list[str],
         # The voicemail scenario should not wait the production 30 s for nobody.
         "call": {"agent_timeout_s": 8.0, "voicemail_max_s": 20.0},
     }
+    if scenario == "half-duplex":
+        overrides["call"]["half_duplex_answer_after_rings"] = HALF_DUPLEX_RINGS
     if extra:
         from appliance.config import merge
 
@@ -88,19 +94,25 @@ async def run_demo(
     ``two-lines``: two callers on two emulated modems at overlapping times and one shared
     handset — the first is put through, the second holds and is put through after the first
     hangs up. ``DemoResult.summaries`` has one summary per call (``summary`` is the first).
+    ``half-duplex``: the emulated modem has no ``+VTR`` (issue 3 item 2); the box lets the
+    phone ring first, then answers as an answering machine and the caller leaves a message.
     """
     if scenario not in ALL_SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(ALL_SCENARIOS)}")
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     n_lines = 2 if scenario == "two-lines" else 1
-    caller_scenario = "answered" if scenario == "two-lines" else scenario
+    caller_scenario = {"two-lines": "answered", "half-duplex": "voicemail"}.get(scenario,
+                                                                               scenario)
     world = World(on_entry=on_entry)
     speech_texts = dict(LINES_HU)
     speech = await asyncio.to_thread(
         lambda: {k: render_speech(v, f0_hz=110.0 if k.startswith("caller") else 190.0,
                                   seed=len(k)) for k, v in speech_texts.items()})
     servers = [PtyModemServer(profile=profile) for _ in range(n_lines)]
+    if scenario == "half-duplex":
+        for server in servers:
+            server.sim.profile = dataclasses.replace(server.sim.profile, full_duplex=False)
     paths = [await server.start() for server in servers]
     for path in paths:
         world.log("sim", "modem emulator on pty", path)
@@ -121,7 +133,8 @@ async def run_demo(
             pin_factory=factory,
             rm_pin=config.handset.rm_pin,
             shk_pin=config.handset.shk_pin,
-            lift_after_rings=None if scenario == "voicemail" else LIFT_AFTER_RINGS,
+            lift_after_rings=(None if scenario in ("voicemail", "half-duplex")
+                              else LIFT_AFTER_RINGS),
             speech=speech,
         )
         handset.connect_user(agent.mouth, agent.ear)
@@ -164,7 +177,9 @@ async def run_demo(
             name: [(round(t, 3), bool(s)) for t, s in _pin_history(factory, pin)]
             for name, pin in (("ring_rm", config.handset.rm_pin),
                               ("led_recording", config.panel.recording_pin),
-                              ("led_line", config.panel.line_pin))
+                              ("led_line", config.panel.line_pin),
+                              ("led_fault", config.panel.fault_pin),
+                              ("bypass_relay", config.panel.bypass_relay_pin))
         }
         summaries = []
         for result in sorted(results, key=lambda r: (app.store.get_call(r.reference) or {})
@@ -193,8 +208,16 @@ async def run_demo(
                 "duration_s": result.duration_s,
                 "db_path": str(config.db_path),
                 "modem": {"device": paths[line_index], "profile": profile,
-                          "commands": len(servers[line_index].sim.commands)},
+                          "commands": len(servers[line_index].sim.commands),
+                          "full_duplex": servers[line_index].sim.profile.full_duplex,
+                          # The voice data states the call used, in order (+VTR, or
+                          # +VTX/+VRX on a half-duplex modem).
+                          "voice_states": [c for c in servers[line_index].sim.commands
+                                           if c in ("AT+VTR", "AT+VTX", "AT+VRX")]},
                 "wall_time_s": round(time.monotonic() - t_start, 2),
+                # How much of what the line sent the caller actually heard as sound.
+                "caller_heard_loud_s": _loud_seconds(callers[line_index].heard
+                                                     if line_index < len(callers) else []),
                 "speech_warning": app.speech_warning,
                 "events": [
                     {"t": round(e["t"] - t0, 3), "state": e["state"], "detail": e["detail"]}
@@ -208,6 +231,18 @@ async def run_demo(
         for server in servers:
             await server.stop()
         factory.close()
+
+
+def _loud_seconds(chunks: list[Any]) -> float:
+    """Seconds of 20 ms frames above -40 dBFS in what a simulated caller heard."""
+    import numpy as np
+
+    if not chunks:
+        return 0.0
+    audio = np.concatenate(chunks).astype(np.float64) / 32767.0
+    n = len(audio) // 160
+    rms = np.sqrt(np.mean(audio[: n * 160].reshape(n, 160) ** 2, axis=1))
+    return round(float(np.count_nonzero(rms > 10 ** (-40 / 20))) * 0.02, 2)
 
 
 def _pin_history(factory: Any, pin_number: int) -> list[tuple[float, Any]]:

@@ -169,3 +169,42 @@ async def test_voicemail(tmp_path: Path) -> None:
     caller, shop = frame_levels(audio[:, 0]), frame_levels(audio[:, 1])
     assert np.count_nonzero(caller > LOUD_DBFS) > 50, "the message is on the caller channel"
     assert np.count_nonzero(shop > LOUD_DBFS) == 0, "nobody spoke on the shop side"
+
+
+async def test_half_duplex_modem_answers_as_an_answering_machine(tmp_path: Path) -> None:
+    # Issue 3 item 2: a modem without +VTR. The phone (on the line through the bypass relay)
+    # rings first; the box answers after half_duplex_answer_after_rings with the notice
+    # (+VTX), then records the caller's message (+VRX). The handset is never rung.
+    summary = await scenario("half-duplex", tmp_path)
+    row = assert_common(summary)
+    assert summary["modem"]["full_duplex"] is False
+    assert summary["outcome"] == "voicemail"
+    assert summary["recording_decision"] == "recorded"
+    assert row["notice_completed"] == 1
+    voice_states = summary["modem"]["voice_states"]
+    assert "AT+VTR" not in voice_states
+    assert voice_states[:2] == ["AT+VTX", "AT+VRX"], voice_states
+    assert summary["caller_heard_loud_s"] > 3.0, "the caller heard the notice"
+    s = states(summary)
+    assert "handset-ringing" not in s
+    assert s.index("notice-finished") < s.index("recording-started") < s.index("voicemail")
+    voicemail = next(e for e in summary["events"] if e["state"] == "voicemail")
+    assert "full duplex" in voicemail["detail"]
+    # The phone had its rings first: answered after the second RING (5 s cadence).
+    assert row["answer_at"] - row["ring_at"] > 4.0
+    # Recording: the message on the caller's channel, nothing on the shop's.
+    audio, rate = soundfile.read(summary["recording_path"], dtype="int16")
+    assert rate == 8000
+    caller, shop = frame_levels(audio[:, 0]), frame_levels(audio[:, 1])
+    assert np.count_nonzero(caller > LOUD_DBFS) > 50, "the message is on the caller channel"
+    assert np.count_nonzero(shop > LOUD_DBFS) == 0
+    recorded_s = row["end_at"] - row["record_start_at"]
+    assert abs(len(audio) / 8000 - recorded_s) < 1.0, "the recording keeps the call's timeline"
+    # Pins: the SLIC never rang, the relay never put the box in the line, the fault LED
+    # blinked (code 7), the recording LED was lit during the message.
+    assert not any(state for _, state in summary["pins"]["ring_rm"])
+    assert not any(state for _, state in summary["pins"]["bypass_relay"])
+    assert any(state for _, state in summary["pins"]["led_fault"])
+    led = summary["pins"]["led_recording"]
+    assert any(state for _, state in led)
+    assert led[-1][1] is False
