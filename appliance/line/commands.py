@@ -169,3 +169,32 @@ def choose_voice_format(
             if entry.fmt == fmt and (not entry.rates or SAMPLE_RATE_HZ in entry.rates):
                 return entry.cml, fmt
     return None
+
+
+# §4.2: one +VLS=? line per label: <label>,"<primitives>",<tx-events>,<rx-events>,<idle-events>
+# (some modems prefix "+VLS: ").
+_VLS_RE: Final = re.compile(r'^(?:\+VLS:\s*)?(\d+)\s*,\s*"([^"]*)"')
+#: V.253 §4.2: label 1 = "T", the modem off-hook on the telephone line.
+DEFAULT_LINE_LABEL: Final = 1
+
+
+def parse_vls_list(lines: list[str]) -> dict[int, str]:
+    """Parse ``AT+VLS=?`` lines into ``{label: primitives}`` (unparseable lines skipped)."""
+    labels: dict[int, str] = {}
+    for line in lines:
+        match = _VLS_RE.match(line.strip())
+        if match:
+            labels[int(match.group(1))] = match.group(2).upper()
+    return labels
+
+
+def choose_line_label(labels: dict[int, str]) -> int:
+    """The ``+VLS`` label that puts the modem alone on the line (primitives ``"T"``).
+
+    V.253 numbers it 1; legacy firmwares number differently (§4.2), so the modem's own list
+    decides. Without a list (``+VLS=?`` refused) or without a ``"T"`` entry: 1.
+    """
+    for label, primitives in sorted(labels.items()):
+        if primitives == "T":
+            return label
+    return DEFAULT_LINE_LABEL

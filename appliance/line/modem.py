@@ -30,10 +30,13 @@ from appliance.line.codec import (
 )
 from appliance.line.commands import (
     CHIPSETS,
+    DEFAULT_LINE_LABEL,
     SAMPLE_RATE_HZ,
     Chipset,
+    choose_line_label,
     choose_voice_format,
     detect_chipset,
+    parse_vls_list,
     parse_vsm_list,
 )
 from appliance.line.transport import open_transport
@@ -83,14 +86,20 @@ _PROGRESS_DLE: Final = {"r": "ringback", "v": "voice", "V": "voice"}
 _DIAL_FINALS: Final = ("OK", "VCON", "BUSY", "NO DIALTONE", "NO DIAL TONE", "NO ANSWER",
                        "NO CARRIER")
 
-# §5.1 / §9.3: modem events that mean the far end has gone.
+# §5.1 / §9.3: modem events that mean the far end has gone. `h` is the loop current breaking
+# (USR-SM p.129: "local handset on-hook", i.e. line current break): the exchange released us.
 _HANGUP_DLE: Final = {
     "b": "busy",
     "d": "dialtone",
     "l": "loop",
+    "h": "loop",
     "s": "silence",
     "q": "silence",
 }
+#: `<DLE>H` (line current detected) within this time of our own off-hook is the modem
+#: confirming it (quirk #23, seen on the USR5637, whose table drops `H` altogether); later it
+#: means the loop changed under a call, which ends it.
+OFF_HOOK_CONFIRM_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +232,9 @@ class Modem:
         self.chipset = "generic"
         self.voice_format = voice_format or "u8"
         self.vsm_id = 1
+        #: ``AT+VLS=?`` as ``{label: primitives}`` and the label used to go off-hook (§4.2).
+        self.line_labels: dict[int, str] = {}
+        self.line_label = DEFAULT_LINE_LABEL
         #: Full-duplex voice (``+VTR``): True/False from ``AT+VTR=?`` at init, None when the
         #: modem gave no answer either way; False for good once ``AT+VTR`` is refused.
         self.full_duplex: bool | None = None
@@ -252,6 +264,9 @@ class Modem:
         self._last_ring_at = 0.0
         self._hangup_reported = False
         self._link_down_reported = False
+        self._dialled = False
+        self._off_hook_at = 0.0
+        self._reversals = 0
 
     # --- lifecycle
 
@@ -301,6 +316,11 @@ class Modem:
             _LOGGER.warning("no usable +VSM=? list; assuming V.253 id 1 (unsigned PCM)")
         self.vsm_id, self.voice_format = chosen
         at.set_voice_format(self.voice_format)
+        # §4.2: which +VLS label is "off-hook on the line" ("T"); 1 unless the modem says else.
+        self.line_labels = parse_vls_list(await self._optional(at, "AT+VLS=?"))
+        self.line_label = choose_line_label(self.line_labels)
+        if self.line_label != DEFAULT_LINE_LABEL:
+            _LOGGER.info("the modem's line label is +VLS=%d", self.line_label)
         # Issue 3 item 2: without +VTR the bridge cannot carry the shop's voice; find out now
         # so `appliance status`/`doctor` can say so before the first call.
         try:
@@ -368,8 +388,12 @@ class Modem:
         for cmd in self._table.answer_commands:
             await self._optional(at, cmd)
         self._hangup_reported = False
-        await at.command("AT+VLS=1", expect=("OK", "VCON"))  # §3: VCON on IS-101/USR
+        self._dialled = False
+        # §3: VCON on IS-101/USR.
+        await at.command(f"AT+VLS={self.line_label}", expect=("OK", "VCON"))
         self._off_hook = True
+        self._off_hook_at = asyncio.get_running_loop().time()
+        self._reversals = 0
         self._reset_call()
         _LOGGER.info("line off-hook")
 
@@ -410,6 +434,9 @@ class Modem:
         self._reset_call()
         # Progress (<DLE>b, <DLE>r) may arrive as soon as the digits are out.
         self._off_hook = True
+        self._dialled = True
+        self._off_hook_at = asyncio.get_running_loop().time()
+        self._reversals = 0
         if timeout_s is None:
             timeout_s = max(self.command_timeout_s,
                             DIAL_TIMEOUT_BASE_S + DIAL_PER_DIGIT_S * len(digits))
@@ -436,6 +463,45 @@ class Modem:
         if at is None or at.mode is not Mode.VOICE:
             return None
         return self._voice_op
+
+    async def play_tone(self, freq_hz: int, *, freq2_hz: int = 0, duration_s: float) -> None:
+        """Play a tone to the line from voice command state: ``AT+VTS=[f1,f2,d]``.
+
+        V.253 §5.1 ``+VTS``: frequencies 0 or 200–3000 Hz, the duration in 10 ms units
+        (0–255, so at most 2.55 s per tone); the modem answers ``OK`` once the tone has
+        played, so this returns then (vgetty's beep is ``AT+VTS=[933,,150]``).
+
+        Raises:
+            ValueError: a frequency or the duration is out of range.
+            ModemError: refused or timed out.
+        """
+        units = round(duration_s * 100)
+        for hz in (freq_hz, freq2_hz):
+            if hz != 0 and not 200 <= hz <= 3000:
+                raise ValueError(f"+VTS frequency must be 0 or 200–3000 Hz, not {hz}")
+        if not 1 <= units <= 255:
+            raise ValueError(f"+VTS duration must be 0.01–2.55 s, not {duration_s}")
+        await self._at().command(f"AT+VTS=[{freq_hz},{freq2_hz},{units}]",
+                                 timeout_s=self.command_timeout_s + units / 100)
+
+    async def send_dtmf(self, digits: str, *, tone_ms: int = 100) -> None:
+        """Send DTMF to the line from voice command state: ``AT+VTD``, ``AT+VTS=1,2,3``.
+
+        Raises:
+            ValueError: a character a keypad cannot send, or ``tone_ms`` outside 50–2550 ms.
+            ModemError: refused or timed out.
+        """
+        if not digits or any(ch not in DIAL_CHARS for ch in digits.upper()):
+            raise ValueError(f"not DTMF digits: {digits!r}")
+        if not 50 <= tone_ms <= 2550:
+            raise ValueError(f"DTMF tone length must be 50–2550 ms, not {tone_ms}")
+        at = self._at()
+        await self._optional(at, f"AT+VTD={tone_ms // 10}")  # refused: the modem's default
+        # An explicit pause ([0,0,d]: no frequency for d·10 ms) between digits: without one a
+        # modem may play them back to back, and a receiver hears one long changing tone.
+        gap = f",[0,0,{tone_ms // 10}],"
+        await at.command("AT+VTS=" + gap.join(digits.upper()),
+                         timeout_s=self.command_timeout_s + 2 * len(digits) * tone_ms / 1000)
 
     async def start_duplex(self, on_audio: Callable[[npt.NDArray[np.int16]], None]) -> None:
         """Start full-duplex voice (``AT+VTR`` → CONNECT).
@@ -660,6 +726,10 @@ class Modem:
             if self._off_hook:
                 self._remote_hangup(reason)
             return
+        if code in ("L", "H"):
+            if self._off_hook:
+                self._loop_changed(code)
+            return
         progress = _PROGRESS_DLE.get(code)
         if progress is not None:
             if self._off_hook:
@@ -673,6 +743,23 @@ class Modem:
         else:
             self._stats["unknown_dle"] += 1
             _LOGGER.debug("DLE event %r ignored", code)
+
+    def _loop_changed(self, code: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if code == "H":
+            if now - self._off_hook_at < OFF_HOOK_CONFIRM_S:
+                return  # quirk #23: the modem confirming our own off-hook
+            self._remote_hangup("loop")
+            return
+        # <DLE>L, loop polarity reversal (mgetty IS_101.c). On a call we dialled the exchange
+        # reverses the loop when the callee answers (answer supervision) and back when they
+        # hang up; on a call we answered, a reversal is the exchange signalling the caller's
+        # release.
+        self._reversals += 1
+        if self._dialled and self._reversals == 1:
+            self._put(CallProgress("voice"))
+        else:
+            self._remote_hangup("loop-reversal")
 
     def _remote_hangup(self, reason: str) -> None:
         if not self._hangup_reported:

@@ -293,6 +293,7 @@ class SimModem:
         self.ring_period_s = ring_period_s
         self.cid_delay_s = cid_delay_s
         self.commands: list[str] = []
+        self._injected: list[str] = []
         self.first_tx_byte_at: float | None = None
         self.played_log: list[tuple[float, int]] = []
         self.stats: dict[str, int] = {
@@ -493,6 +494,13 @@ class SimModem:
         self._hung_up_at = now
         self._next_busy_report = now
         self._next_dial_report = now + DIAL_TONE_AFTER_S
+
+    def report_event(self, code: str) -> None:
+        """Send ``<DLE>code`` at the next clock tick, in any state (e.g. ``l``, ``L``, ``h``,
+        ``H``: loop-current events a real line produces, v253-modem.md §5.1)."""
+        if len(code) != 1:
+            raise ValueError(f"a DLE event is one character: {code!r}")
+        self._injected.append(code)
 
     def stall(self) -> None:
         """Stop answering commands (and stop the RX stream): a wedged modem."""
@@ -817,14 +825,26 @@ class SimModem:
             return "OK" if form == "=?" else "ERROR"
         total_s = 0.0
         default_s = int(self.params["VTD"] or "100") / 100
+        parts: list[npt.NDArray[np.int16]] = []
         for m in _VTS_DUR_RE.finditer(arg or ""):
             group = m.group(1) or m.group(2)
             if group is not None:
                 fields = [f.strip() for f in group.split(",")]
                 dur = fields[-1] if len(fields) >= 2 else ""
-                total_s += int(dur) / 100 if dur.isdigit() else default_s
+                seconds = int(dur) / 100 if dur.isdigit() else default_s
+                # [f1,f2,d]: one or two sines (0 or empty = none); {c,d}: not modelled (silence).
+                freqs = ([int(f) for f in fields[:2] if f.isdigit() and int(f) > 0]
+                         if m.group(1) is not None else [])
+                parts.append(_tone_samples(freqs, seconds))
             else:
-                total_s += default_s
+                seconds = default_s
+                digit = m.group(3)
+                parts.append(dtmf_samples(digit, seconds * 1000) if digit != "!"
+                             else _tone_samples([], seconds))
+            total_s += seconds
+        if parts and self.off_hook:
+            # The far end hears the tones (played in one piece; the OK below keeps the time).
+            self._play(np.concatenate(parts), asyncio.get_running_loop().time())
         # §11 timers: OK only after the tones have been played.
         self._busy = True
         self._vts_handle = asyncio.get_running_loop().call_later(total_s, self._vts_done)
@@ -1001,7 +1021,8 @@ class SimModem:
                 _LOGGER.exception("simulated modem tick failed")
 
     def _due_events(self, now: float) -> list[str]:
-        events: list[str] = []
+        events: list[str] = list(self._injected)
+        self._injected.clear()
         key = self._key
         if key is not None and now >= key.start:
             if self.profile.dtmf_shielded:
@@ -1141,6 +1162,13 @@ class SimModem:
     def _send(self, data: bytes) -> None:
         if self._write is not None and data:
             self._write(data)
+
+
+def _tone_samples(freqs_hz: list[int], seconds: float) -> npt.NDArray[np.int16]:
+    """Sum of sines at -10 dBFS each (silence for no frequency), for ``AT+VTS=[f1,f2,d]``."""
+    t = np.arange(round(seconds * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
+    x = sum((0.316 * np.sin(2 * np.pi * f * t) for f in freqs_hz), np.zeros_like(t))
+    return np.clip(np.rint(x * 32767.0), -32768, 32767).astype(np.int16)
 
 
 class PtyModemServer:

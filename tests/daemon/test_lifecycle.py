@@ -34,6 +34,10 @@ from appliance.daemon.lifecycle import (
 )
 from tests.conftest import TIMEOUT_S
 
+#: A fresh daemon process (imports, prompts rendered by espeak-ng in a child process) on a
+#: machine busy with other test workers: READY may take several seconds.
+DAEMON_START_TIMEOUT_S = 30.0
+
 HUNGARIAN = "kész — utolsó hívás 427-193-58, 14:32; hűtés ő ű"
 
 
@@ -349,7 +353,7 @@ async def test_appliance_run_sends_ready_with_utf8_status(
 ) -> None:
     proc = _start_daemon(tmp_path, notify_socket.env())
     try:
-        (_, fields), = await _wait(notify_socket, 1, "READY=1")
+        (_, fields), = await _wait(notify_socket, 1, "READY=1", timeout_s=DAEMON_START_TIMEOUT_S)
     finally:
         code, err = _terminate(proc)
     status_fields = [f for f in fields if f.startswith("STATUS=")]
@@ -364,7 +368,7 @@ async def test_appliance_run_feeds_the_watchdog(
 ) -> None:
     proc = _start_daemon(tmp_path, notify_socket.env(WATCHDOG_USEC="400000"))
     try:
-        await _wait(notify_socket, 1, "READY=1")
+        await _wait(notify_socket, 1, "READY=1", timeout_s=DAEMON_START_TIMEOUT_S)
         # WatchdogSec=0.4 s → a ping every 0.2 s; 2 s is ample.
         await _wait(notify_socket, 2, "WATCHDOG=1", timeout_s=2.0)
     finally:

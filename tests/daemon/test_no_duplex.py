@@ -39,6 +39,9 @@ async def test_init_finds_out_whether_the_modem_has_full_duplex(full: bool) -> N
     try:
         assert modem.full_duplex is full
         assert "AT+VTR=?" in sim.commands
+        assert "AT+VLS=?" in sim.commands
+        assert modem.line_labels[1] == "T"
+        assert modem.line_label == 1
     finally:
         await modem.close()
 

@@ -1,5 +1,6 @@
-"""The half-duplex voice states through the Modem API (``+VTX`` play, ``+VRX`` record) against
-the emulator, in process and over a pty (issue 3 item 1: play; record)."""
+"""The half-duplex voice states through the Modem API (``+VTX`` play, ``+VRX`` record) and tones
+(``+VTS``) against the emulator, in process and over a pty (issue 3 item 1: play; record;
+tones)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from appliance.audio.dtmf import DtmfDetector
 from appliance.audio.pcm import FRAME_SAMPLES, decode_voice, encode_voice
 from appliance.line.at import LinkState
 from appliance.line.modem import Dtmf, Modem, RemoteHangup
@@ -137,3 +139,24 @@ async def test_remote_hang_up_while_recording(rig: tuple[Modem, SimModem]) -> No
     await sim.wait_on_hook(TIMEOUT_S)
     assert modem.link_state is LinkState.CONNECTED, "the link never had to resync"
     assert modem.voice_op is None
+
+
+async def test_tones_from_command_state_reach_the_line(rig: tuple[Modem, SimModem]) -> None:
+    modem, sim = rig
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await modem.play_tone(933, duration_s=0.3)  # vgetty's beep: OK only after it played
+    assert loop.time() - started >= 0.25
+    beep = sim.played.astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(beep))
+    assert abs(np.argmax(spectrum) * 8000 / len(beep) - 933) < 10
+    sim.clear_played()
+    await modem.send_dtmf("16#", tone_ms=80)
+    assert "AT+VTD=8" in sim.commands
+    detector = DtmfDetector()
+    heard = detector.feed(np.concatenate([sim.played, np.zeros(800, dtype=np.int16)]))
+    assert "".join(heard) == "16#"
+    with pytest.raises(ValueError, match="200–3000"):
+        await modem.play_tone(100, duration_s=0.1)
+    with pytest.raises(ValueError, match="DTMF"):
+        await modem.send_dtmf("12x")
