@@ -375,6 +375,8 @@ class _ActiveCall:
     call: InboundCall
     media: CallMedia
     task: asyncio.Task[CallResult]
+    #: The modem's counters when the call began (the call's own share is logged at its end).
+    modem_stats: dict[str, int]
 
 
 class LineSession:
@@ -581,9 +583,27 @@ class LineSession:
         )
         call = InboundCall(reference, info, ports, app.policy, events, observer=app.observe)
         task = asyncio.create_task(call.run(), name=f"call-{reference}")
-        self.active = _ActiveCall(call, media, task)
+        self.active = _ActiveCall(call, media, task, modem.stats)
         self.state = "in-call"
         task.add_done_callback(lambda t: self._call_done(t))
+
+    def _log_audio_counters(self, active: _ActiveCall) -> None:
+        """Say in the log how the call's audio went (issue 3 item 5): frames each way, the
+        modem's transmit underruns (``<DLE>u``), audio dropped, and the handset jitter
+        buffer's under/overruns. A warning when anything was lost."""
+        modem = self.modem
+        now = modem.stats if modem is not None else active.modem_stats
+        delta = {key: now.get(key, 0) - active.modem_stats.get(key, 0)
+                 for key in ("tx_underruns", "tx_dropped_bytes", "garbage_lines", "resyncs")}
+        media = {**active.media.stats, **active.media.capture_stats}
+        lost = (delta["tx_underruns"] or delta["tx_dropped_bytes"] or media["underruns"]
+                or media["overruns"])
+        _LOGGER.log(logging.WARNING if lost else logging.INFO,
+                    "call %s: audio %d frames in, %d out; modem underruns %d, dropped %d bytes, "
+                    "garbage lines %d, resyncs %d; handset buffer underruns %d, overruns %d",
+                    active.call.reference, media["rx_frames"], media["tx_frames"],
+                    delta["tx_underruns"], delta["tx_dropped_bytes"], delta["garbage_lines"],
+                    delta["resyncs"], media["underruns"], media["overruns"])
 
     def _no_duplex(self) -> None:
         """The modem has no full duplex: the line becomes an answering machine.
@@ -608,6 +628,7 @@ class LineSession:
         active, self.active = self.active, None
         if active is not None:
             self.app.handset.release(active.call.reference)
+            self._log_audio_counters(active)
         self.state = "idle"
         if task.cancelled():
             return

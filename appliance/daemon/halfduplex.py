@@ -121,6 +121,8 @@ class HalfDuplexAudio:
         except ModemError as exc:
             # The modem vanished or wedged: the line's LinkDown ends the call; nothing to add.
             _LOGGER.warning("call %s: half-duplex audio stopped: %s", self.reference, exc)
+        except Exception:
+            _LOGGER.exception("call %s: half-duplex audio failed", self.reference)
 
     async def _transmit(self) -> None:
         self.states.append("play")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from appliance.line.sim import SimModem
 pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT_S = 20.0
+#: From off-hook to the beep of an answering-machine call, with room for a loaded machine.
+PROMPTS_TIMEOUT_S = 60.0
 
 
 def _half_duplex(sim: SimModem) -> None:
@@ -64,11 +67,13 @@ async def test_a_refused_vtr_raises_and_marks_the_modem_half_duplex() -> None:
         await modem.close()
 
 
+@pytest.mark.timeout(180)
 async def test_a_refused_vtr_makes_the_line_an_answering_machine(
-    tmp_path: Path, mock_factory: Any
+    tmp_path: Path, mock_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # +VTR=? said yes (a lying firmware), +VTR is refused at the first call: that call goes on
     # in half duplex (notice by +VTX, message by +VRX), and from then on the phone rings first.
+    caplog.set_level(logging.INFO, logger="appliance.daemon.app")
     config = load_config(Path("/dev/null"), state_dir=tmp_path / "state", overrides={
         "speech": {"voice": "espeak", "texts": {"notice": "Rögzítjük."}},
         "call": {"cid_wait_s": 0.0, "half_duplex_answer_after_rings": 3},
@@ -80,7 +85,8 @@ async def test_a_refused_vtr_makes_the_line_an_answering_machine(
 
     async def message_then_hang_up(sim: SimModem) -> Any:
         await sim.wait_off_hook(TIMEOUT_S)
-        async with asyncio.timeout(TIMEOUT_S):
+        # The notice, the reference (said twice, ≈ 13 s with espeak-ng) and the message prompt.
+        async with asyncio.timeout(PROMPTS_TIMEOUT_S):
             while not recording_message:  # noqa: ASYNC110 - set by the observer above
                 await asyncio.sleep(0.02)
         await next(iter(recording_message.values())).wait()
@@ -112,6 +118,11 @@ async def test_a_refused_vtr_makes_the_line_an_answering_machine(
         assert first.recording_decision == "recorded"
         assert first.notice_completed
         assert first.recording is not None
+        # Issue 3 item 5: the call's audio counters are in the log, with its reference.
+        summary = [r.getMessage() for r in caplog.records
+                   if f"call {first.reference}: audio" in r.getMessage()]
+        assert len(summary) == 1, summary
+        assert "modem underruns 0" in summary[0]
         audio, _ = soundfile.read(first.recording.path, dtype="int16")
         assert np.count_nonzero(np.abs(audio[:, 0]) > 5000) >= 10 * 160, "the caller's message"
         assert not audio[:, 1].any(), "nothing on the shop's channel"
