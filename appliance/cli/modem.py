@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -70,11 +71,15 @@ def _relink(link: Path | None, target: str | None) -> None:
 @click.option("--ring-period", "ring_period_s", type=click.FloatRange(min=0.05),
               default=5.0, show_default=True,
               help="Seconds from one RING to the next (Hungary: 1.25 s on, 3.75 s off).")
+@click.option("--half-duplex", is_flag=True,
+              help="Imitate a modem without full duplex (AT+VTR and AT+VTR=? answer ERROR); "
+                   "the appliance then works as an answering machine (docs/line.md).")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON lines on stdout: {event: serving, pty, …}, then one per script step.")
 @click.option("--verbose", "-v", is_flag=True, help="Log the emulator's work on stderr.")
 def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None,
-              link: Path | None, ring_period_s: float, as_json: bool, verbose: bool) -> None:
+              link: Path | None, ring_period_s: float, half_duplex: bool, as_json: bool,
+              verbose: bool) -> None:
     """Serve the emulated V.253 voice modem on a pty until Ctrl-C or SIGTERM.
 
     The first line on stdout is the pty path: point any modem software at it (vgetty with
@@ -95,11 +100,12 @@ def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None
         except ConfigError as exc:
             click.echo(f"appliance: script error: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
-    asyncio.run(_serve(dialect, script, link, ring_period_s, as_json))
+    asyncio.run(_serve(dialect, script, link, ring_period_s, as_json,
+                       half_duplex=half_duplex))
 
 
 async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: float,
-                 as_json: bool) -> None:
+                 as_json: bool, *, half_duplex: bool = False) -> None:
     from appliance.line.script import CallResult, play_script
     from appliance.line.sim import CID_DELAY_S, PtyModemServer, SimModem
 
@@ -109,6 +115,8 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
         loop.add_signal_handler(sig, stop.set)
     sim = SimModem(DIALECTS[dialect], ring_period_s=ring_period_s,
                    cid_delay_s=min(CID_DELAY_S, ring_period_s / 2))
+    if half_duplex:
+        sim.profile = dataclasses.replace(sim.profile, full_duplex=False)
     server = PtyModemServer(sim)
     path = await server.start()
     t0 = loop.time()
@@ -130,10 +138,12 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
         _relink(link, path)
         if as_json:
             click.echo(json.dumps({"event": "serving", "pty": path, "dialect": dialect,
+                                   "full_duplex": not half_duplex,
                                    "link": str(link) if link else None}))
         else:
             click.echo(path)
             click.echo(f"serving the emulated {dialect} modem"
+                       + (" (half duplex: no +VTR)" if half_duplex else "")
                        + (f", linked as {link}" if link else "")
                        + ("; playing the script" if script else "") + "; Ctrl-C stops",
                        err=True)

@@ -185,6 +185,21 @@ async def test_sim_modem_prints_path_serves_and_stops(tmp_path: Path) -> None:
     assert not link.is_symlink()  # removed on SIGTERM
 
 
+async def test_sim_modem_half_duplex_refuses_vtr(tmp_path: Path) -> None:
+    proc = await _spawn("--half-duplex", "--json")
+    try:
+        serving = json.loads(await _line(proc))
+        assert serving["full_duplex"] is False
+        modem = Modem(serving["pty"], command_timeout_s=2.0)
+        await modem.open()
+        try:
+            assert modem.full_duplex is False  # AT+VTR=? answered ERROR
+        finally:
+            await modem.close()
+    finally:
+        assert await _stop(proc) == 0
+
+
 async def _next(modem: Modem, kind: type[_T]) -> _T:
     async with asyncio.timeout(TIMEOUT_S):
         while True:
