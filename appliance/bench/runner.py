@@ -16,6 +16,7 @@ from appliance.audio.pcm import FRAME_MS
 from appliance.bench.calls import CallFigures, clean, run_bridged_calls, run_lines
 from appliance.bench.codecs import bytes_per_minute
 from appliance.bench.daemonproc import measure_daemon
+from appliance.bench.halfduplex import measure_half_duplex
 from appliance.bench.index import measure_index
 from appliance.bench.probes import percentile_ms
 from appliance.daemon.media import TX_LEAD_FRAMES
@@ -122,13 +123,17 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
                      "aligned": all(f.caller_channel.aligned for f in fs)}
             for n, fs in levels.items()}
 
+    async def half_duplex_section() -> None:
+        progress("half-duplex transmit pacing (20 s prompt on the pty emulator)")
+        out.update(await measure_half_duplex())
+
     async def index_section() -> None:
         out.update(await asyncio.to_thread(measure_index, work, index_calls,
                                            progress=progress))
 
     sections: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("calls", calls_section), ("codecs", codecs_section), ("lines", lines_section),
-        ("index", index_section)]
+        ("half-duplex", half_duplex_section), ("index", index_section)]
     if daemon_process:
         sections.insert(1, ("daemon", daemon_section))
     for name, section in sections:
