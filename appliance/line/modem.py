@@ -96,6 +96,8 @@ _HANGUP_DLE: Final = {
     "s": "silence",
     "q": "silence",
 }
+#: Tries of leaving voice mode and going on-hook in :meth:`Modem.hang_up`.
+HANG_UP_ATTEMPTS: Final = 3
 #: `<DLE>H` (line current detected) within this time of our own off-hook is the modem
 #: confirming it (quirk #23, seen on the USR5637, whose table drops `H` altogether); later it
 #: means the loop changed under a call, which ends it.
@@ -516,6 +518,10 @@ class Modem:
         """
         at = self._at()
         self._on_audio = on_audio
+        # Set before the command: if our caller is cancelled while it is in flight, the
+        # (shielded) command still completes and the state must then name the right way out.
+        # Outside voice mode :attr:`voice_op` reads None whatever this says.
+        self._voice_op = "duplex"
         try:
             await at.command("AT+VTR", expect=("CONNECT",))
         except ModemCommandError:
@@ -525,7 +531,6 @@ class Modem:
                 _LOGGER.warning("the modem refused AT+VTR: no full-duplex voice on this modem")
             self.full_duplex = False
             raise
-        self._voice_op = "duplex"
 
     async def start_play(self) -> None:
         """Start transmit-only voice (``AT+VTX`` → CONNECT); then :meth:`send_audio`.
@@ -540,8 +545,8 @@ class Modem:
             ModemError: refused or timed out (the modem stays in command state).
         """
         at = self._at()
+        self._voice_op = "play"  # before the command: see start_duplex
         await at.command("AT+VTX", expect=("CONNECT",))
-        self._voice_op = "play"
 
     async def stop_play(self, *, flush: bool = False) -> None:
         """End ``+VTX``: ``<DLE><ETX>``; the modem plays out what it holds, then ``OK``.
@@ -570,12 +575,12 @@ class Modem:
         """
         at = self._at()
         self._on_audio = on_audio
+        self._voice_op = "record"  # before the command: see start_duplex
         try:
             await at.command("AT+VRX", expect=("CONNECT",))
-        except BaseException:
+        except ModemError:
             self._on_audio = None
             raise
-        self._voice_op = "record"
 
     async def stop_record(self) -> None:
         """End ``+VRX``: ``<DLE>!`` → ``<DLE><ETX>`` + ``OK`` (§5.3)."""
@@ -646,12 +651,21 @@ class Modem:
             _LOGGER.warning("hang up: modem link is down")
             return
         try:
-            if at.mode is Mode.VOICE:
-                await self.stop_voice()
-            try:
-                await at.command("AT+VLS=0")
-            except ModemCommandError:
-                await at.command("ATH0")
+            for attempt in range(HANG_UP_ATTEMPTS):
+                if at.mode is Mode.VOICE:
+                    await self.stop_voice()
+                try:
+                    try:
+                        await at.command("AT+VLS=0")
+                    except ModemCommandError:
+                        await at.command("ATH0")
+                    break
+                except ModemError:
+                    # A voice state began while we waited for the link: a +VTX/+VRX/+VTR that
+                    # was in flight when its caller was cancelled completes anyway (shielded).
+                    # Leave it, then hang up again.
+                    if at.mode is not Mode.VOICE or attempt == HANG_UP_ATTEMPTS - 1:
+                        raise
             await at.command("AT+FCLASS=0")
         except ModemError as exc:
             _LOGGER.warning("hang up incomplete: %s", exc)

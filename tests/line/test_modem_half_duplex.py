@@ -160,3 +160,25 @@ async def test_tones_from_command_state_reach_the_line(rig: tuple[Modem, SimMode
         await modem.play_tone(100, duration_s=0.1)
     with pytest.raises(ValueError, match="DTMF"):
         await modem.send_dtmf("12x")
+
+
+@pytest.mark.parametrize("state", ["play", "record"])
+async def test_hang_up_while_a_voice_state_is_being_entered(
+    rig: tuple[Modem, SimModem], state: str
+) -> None:
+    # The caller hangs up just as the call switches state: the task entering it is cancelled
+    # while AT+VTX/AT+VRX is in flight. The command completes anyway (shielded); hang-up must
+    # still leave that state and put the line on-hook, without the link turning SUSPECT.
+    modem, sim = rig
+    entering = asyncio.create_task(
+        modem.start_play() if state == "play" else modem.start_record(lambda frame: None))
+    await asyncio.sleep(0)  # one loop turn: the command is written, its CONNECT not yet read
+    entering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    await modem.hang_up()
+    await sim.wait_on_hook(TIMEOUT_S)
+    assert sim.mode == "command"
+    assert modem.link_state is LinkState.CONNECTED
+    assert modem.voice_op is None
+    assert sim.commands[-2:] == ["AT+VLS=0", "AT+FCLASS=0"]
