@@ -16,16 +16,10 @@ from appliance.line.commands import (
     parse_vls_list,
     parse_vsm_list,
 )
+from appliance.line.sim import PROFILES
 
-HSF_VSM = [
-    '1,"UNSIGNED PCM",8,0,(8000),(0),(0)',
-    '128,"8-BIT LINEAR",8,0,(8000),(0),(0)',
-    '129,"ADPCM",4,0,(8000),(0),(0)',
-    '130,"UNSIGNED PCM",8,0,(8000),(0),(0)',
-    '131,"ULAW",8,0,(8000),(0),(0)',
-    '132,"ALAW",8,0,(8000),(0),(0)',
-    '133,"LINEAR",16,0,(8000),(0),(0)',
-]
+#: The Conexant host-processed / USR list (§4.3), as the emulator prints it.
+HSF_VSM = list(PROFILES["conexant"].vsm_list)
 CX_VLS = [
     '0,"",B0804100,B0804100,B0804100',
     '1,"T",0B8433C1,0FE431C1,0B8431C1',
