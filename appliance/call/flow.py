@@ -442,6 +442,10 @@ class InboundCall:
                 elif event.digit == policy.repeat_key:
                     ports.media.append_to_line(reference_audio)
             elif isinstance(event, AgentOffHook):
+                if not ports.line.can_bridge:
+                    await self._event("agent-off-hook", "ignored: the line cannot carry the "
+                                                        "shop's voice")
+                    continue
                 await self._agent_lifted_early()
             elif isinstance(event, AgentOnHook):
                 self._agent_lifted = False

@@ -310,6 +310,8 @@ async def test_a_line_that_cannot_bridge_takes_a_message_without_ringing_the_sho
     h.post(PlaybackDone("notice"))
     await h.until_state("voicemail")
     assert "handset:ring" not in h.log.entries
+    assert "media:handset:whisper" not in h.log.entries
+    assert "agent_answer_at" not in h.store.rows["12345678"]
     assert h.log.index("media:record") < h.log.index("media:play:voicemail")
     h.post(PlaybackDone("voicemail"))
     await h.until_state("voicemail-recording")
