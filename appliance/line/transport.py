@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -138,6 +139,34 @@ class SimLoopbackTransport(asyncio.Transport):
         self._loop.call_soon(self._protocol.connection_lost, exc)
 
 
+class DirectWriteSerialTransport(serial_asyncio.SerialTransport):  # type: ignore[misc]
+    """pyserial-asyncio's transport, writing at once when nothing is queued.
+
+    The stock ``write`` always queues and registers a writer, so each 20 ms voice frame costs
+    an extra event-loop turn and two ``epoll_ctl`` calls before it reaches the tty. asyncio's
+    own socket transports try the write first (``_SelectorSocketTransport.write``); this does
+    the same on a POSIX tty (pyserial opens it ``O_NONBLOCK``): what the tty does not take now
+    — and everything while something is already queued, to keep the order — goes the stock
+    way, with its flow control (``pause_writing``) unchanged.
+    """
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` now if the tty takes it; queue the rest (never blocks)."""
+        fd = getattr(self._serial, "fd", None)
+        if self._closing or self._write_buffer or not isinstance(fd, int) or not data:
+            super().write(data)
+            return
+        try:
+            sent = os.write(fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            super().write(data)  # the stock path reports the error (connection_lost)
+            return
+        if sent < len(data):
+            super().write(bytes(data[sent:]))
+
+
 async def open_transport(
     url: str,
     protocol_factory: Callable[[], _P],
@@ -176,11 +205,11 @@ async def open_transport(
         if url.startswith("/"):
             kwargs["exclusive"] = True  # a second opener (ModemManager, §2) must fail
         try:
-            transport, protocol = await serial_asyncio.create_serial_connection(
-                loop, protocol_factory, url, **kwargs
-            )
+            port = serial.serial_for_url(url, **kwargs)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise ModemGone(f"cannot open modem port {url}: {exc}") from exc
+        protocol = protocol_factory()
+        transport = DirectWriteSerialTransport(loop, protocol, port)
         _LOGGER.info("modem link: %s at %d baud", url, BAUD_RATE)
         return transport, protocol
     raise ConfigError(

@@ -83,3 +83,42 @@ async def test_serve_forever_links_and_cleans_up(tmp_path) -> None:  # type: ign
         with pytest.raises(asyncio.CancelledError):
             await task
     assert not link.exists()
+
+
+async def test_writes_go_out_at_once_and_in_order() -> None:
+    # DirectWriteSerialTransport: a write the tty can take leaves before the next loop turn;
+    # one larger than the pty buffer is split — the rest queued — and arrives whole, in order.
+    import os
+    import pty
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    transport, _ = await open_transport(os.ttyname(slave), asyncio.Protocol)
+    received = bytearray()
+    try:
+        transport.write(b"ATI0\r")
+        assert transport.get_write_buffer_size() == 0, "written at once, nothing queued"
+        assert os.read(master, 64) == b"ATI0\r"
+        payload = bytes(range(256)) * 400  # 102 400 bytes, far more than the pty holds
+        transport.write(payload[:60000])
+        transport.write(payload[60000:])
+        assert transport.get_write_buffer_size() > 0, "the tty pushed back"
+
+        def drain() -> bool:
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except BlockingIOError:
+                    break
+                received.extend(chunk)
+            return len(received) >= len(payload)
+
+        await _wait(drain)
+        assert bytes(received) == payload
+        await _wait(lambda: transport.get_write_buffer_size() == 0)
+    finally:
+        transport.close()
+        os.close(master)
+        os.close(slave)
