@@ -159,6 +159,8 @@ def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool,
         data: Any = result.summaries if scenario == "two-lines" else result.summary
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
+    from appliance.text import printable
+
     for s in result.summaries:
         click.echo("")
         click.echo(f"Summary — line {s['line']}")
@@ -176,7 +178,7 @@ def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool,
         if s.get("speech_warning"):
             rows.append(("speech", s["speech_warning"]))
         for key, value in rows:
-            click.echo(f"  {key:<17} {value}")
+            click.echo(f"  {key:<17} {printable(value)}")
     click.echo("")
     click.echo(f"Look again later: appliance --state-dir {state_dir} last")
 
@@ -282,12 +284,9 @@ def calls(obj: _Ctx, limit: int, number: str | None, line_name: str | None,
     if not rows:
         click.echo("no calls")
         return
-    click.echo(f"{'reference':<11} {'when':<19} {'line':<6} {'caller':<16} {'outcome':<11} "
-               f"{'recording':<9} {'dur':>6}")
-    for r in rows:
-        click.echo(f"{r['reference']:<11} {_when(r['ring_at']):<19} {r['line'] or '':<6} "
-                   f"{(r['caller_number'] or 'unknown'):<16} {r['outcome'] or '':<11} "
-                   f"{r['recording_decision'] or '':<9} {(r['duration_s'] or 0):6.1f}")
+    from appliance.cli.records import calls_table
+
+    calls_table(rows)
 
 
 def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
@@ -297,18 +296,22 @@ def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
         view["events"] = events
         click.echo(json.dumps(view, ensure_ascii=False, indent=2))
         return
+    from appliance.text import printable
+
     view = _row_view(row)
+    # Caller ID (and event details quoting it) is whatever the line sent: shown escaped.
     for key in ("reference", "line", "direction", "caller_number", "caller_name", "outcome",
                 "recording_decision", "notice_completed", "notice_version", "recording_path",
                 "recording_sha256", "recording_bytes", "duration_s"):
-        click.echo(f"{key:<19} {view.get(key)}")
+        click.echo(f"{key:<19} {printable(view.get(key))}")
     for key in ("ring_at", "answer_at", "notice_start_at", "notice_end_at", "record_start_at",
                 "agent_answer_at", "end_at"):
         click.echo(f"{key:<19} {_when(row.get(key))}")
     click.echo("events:")
     t0 = events[0]["t"] if events else 0.0
     for e in events:
-        click.echo(f"  +{e['t'] - t0:7.2f}s  {e['state']:<20} {e['detail']}")
+        click.echo(f"  +{e['t'] - t0:7.2f}s  {printable(e['state']):<20} "
+                   f"{printable(e['detail'])}")
 
 
 @cli.command()

@@ -132,8 +132,10 @@ def _guard_store_errors(fn: Any) -> Any:
     return wrapper
 
 
-def _calls_table(rows: list[dict[str, Any]]) -> None:
+def calls_table(rows: list[dict[str, Any]]) -> None:
+    """Print calls as the ``calls``/``find`` table; caller ID escaped (it comes from the line)."""
     from appliance.store.export import display_reference
+    from appliance.text import printable
 
     click.echo(f"{'reference':<11} {'when':<19} {'line':<6} {'caller':<16} {'outcome':<11} "
                f"{'recording':<9} {'dur':>6}")
@@ -146,7 +148,7 @@ def _calls_table(rows: list[dict[str, Any]]) -> None:
         elif r.get("recording_deleted_at"):
             recording = "purged"
         click.echo(f"{display_reference(r['reference']):<11} {when:<19} {r['line'] or '':<6} "
-                   f"{(r['caller_number'] or 'unknown'):<16} {r['outcome'] or '':<11} "
+                   f"{printable(r['caller_number'] or 'unknown'):<16} {r['outcome'] or '':<11} "
                    f"{recording:<9} {(r['duration_s'] or 0):6.1f}")
 
 
@@ -355,7 +357,7 @@ def find(obj: _Ctx, number: str, as_json: bool) -> None:
     if not rows:
         click.echo(f"no calls from {number}")
         sys.exit(1)
-    _calls_table(rows)
+    calls_table(rows)
 
 
 def register(group: click.Group) -> None:

@@ -68,6 +68,8 @@ def status(obj: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(reply, ensure_ascii=False, indent=2))
         return
+    from appliance.text import printable
+
     click.echo(f"{reply['status']}   (pid {reply['pid']}, up {reply['uptime_s']:.0f} s, "
                f"version {reply['version']})")
     for line in reply["lines"]:
@@ -78,7 +80,7 @@ def status(obj: Any, as_json: bool) -> None:
         if call:
             media = call["media"]
             click.echo(f"  call {call['reference']} {call['state']} from "
-                       f"{call['caller'] or 'unknown'}; frames rx {media['rx_frames']} "
+                       f"{printable(call['caller'] or 'unknown')}; frames rx {media['rx_frames']} "
                        f"tx {media['tx_frames']} recorded {media['recorded_frames']}; "
                        f"handset underruns {media['underruns']} overruns {media['overruns']}")
     outbound = reply.get("outbound")
@@ -95,7 +97,8 @@ def status(obj: Any, as_json: bool) -> None:
     last = reply["last_call"]
     if last:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last["ring_at"] or 0))
-        click.echo(f"last     {last['reference']} at {when} from {last['caller'] or 'unknown'}"
+        click.echo(f"last     {last['reference']} at {when} from "
+                   f"{printable(last['caller'] or 'unknown')}"
                    f" ({last['outcome']}, {last['recording_decision']})")
     disk = reply["disk"]
     click.echo(f"disk     {disk['free_bytes'] / 1e9:.1f} GB free ≈ "

@@ -38,6 +38,7 @@ from appliance.store.recorder import (
     sha256_file,
 )
 from appliance.store.retention import RecordNotFound, locate_recording, sidecar_for
+from appliance.text import printable
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -303,8 +304,10 @@ def _summary(row: dict[str, Any], shown: str, original_name: str | None,
     outcome_hu, outcome_en = _OUTCOME_WORDS.get(row["outcome"], (row["outcome"],) * 2)
     decision_hu, decision_en = _DECISION_WORDS.get(row["recording_decision"],
                                                    (row["recording_decision"],) * 2)
-    number = row["caller_number"] or None
-    name = row["caller_name"] or None
+    # Caller ID is whatever the line sent: escaped, so the summary cannot drive a terminal
+    # (`cat SUMMARY.txt`); metadata.json keeps it as received, as a JSON string.
+    number = printable(row["caller_number"]) if row["caller_number"] else None
+    name = printable(row["caller_name"]) if row["caller_name"] else None
     duration = f"{row['duration_s']:.1f} s" if row["duration_s"] is not None else "—"
     deleted_hu = deleted_en = ""
     if row["erased_at"] is not None:

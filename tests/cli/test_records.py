@@ -238,3 +238,44 @@ def test_parse_when_a_date_spans_one_local_day(day: dt.date) -> None:
 def test_parse_when_rejects_non_dates(text: str) -> None:
     with pytest.raises(click.BadParameter):
         parse_when(text)
+
+
+HOSTILE_NAME = "\x1b]0;PWNED\x07\x1b[2J"
+HOSTILE_NUMBER = "+3630\x1b[31m555"
+
+
+def test_caller_id_from_the_line_is_shown_escaped_everywhere(tmp_path: Path,
+                                                             config_file: Path) -> None:
+    """Issue 15 item 5: stored as received; escaped in tables, details, summaries; valid in
+    --json."""
+    state = tmp_path / "state"
+    made = make_calls(state, [{"counter": 1, "ring_at": time.time(), "number": HOSTILE_NUMBER,
+                               "name": HOSTILE_NAME}])
+    ref = made[0].reference
+    outputs = {
+        "show": run(state, config_file, "show", ref),
+        "last": run(state, config_file, "last"),
+        "calls": run(state, config_file, "calls"),
+        "find": run(state, config_file, "find", "--number", HOSTILE_NUMBER),
+    }
+    for name, result in outputs.items():
+        assert result.exit_code == 0, (name, result.output)
+        assert "\x1b" not in result.output, name
+        assert "\x07" not in result.output, name
+        assert "\\x1b[31m" in result.output, name
+    assert "\\x1b]0;PWNED\\x07\\x1b[2J" in outputs["show"].output
+    for args in (("show", ref, "--json"), ("last", "--json")):
+        view = json.loads(run(state, config_file, *args).output)
+        assert view["caller_name"] == HOSTILE_NAME  # as received, a valid JSON string
+        assert view["caller_number"] == HOSTILE_NUMBER
+    rows = json.loads(run(state, config_file, "calls", "--json").output)
+    assert rows[0]["caller_name"] == HOSTILE_NAME
+    out = tmp_path / "export"
+    assert run(state, config_file, "export", ref, "--out", str(out)).exit_code == 0
+    folder = out / display_reference(ref)
+    summary = (folder / "SUMMARY.txt").read_text(encoding="utf-8")
+    assert "\x1b" not in summary
+    assert "\x07" not in summary
+    assert "\\x1b]0;PWNED\\x07\\x1b[2J" in summary
+    metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["call"]["caller_name"] == HOSTILE_NAME
