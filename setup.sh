@@ -23,8 +23,14 @@ APT_PACKAGES=(libportaudio2 espeak-ng alsa-utils python3-venv)
 # emulator must satisfy, and util-linux's unshare to run it in a private mount namespace.
 APT_TEST_PACKAGES=(mgetty-voice util-linux)
 
-say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
-die() { printf '\033[1;31msetup: %s\033[0m\n' "$*" >&2; exit 1; }
+# Bold/red only when stderr is a terminal (and NO_COLOR is unset): logs and CI stay plain text.
+if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then
+    BOLD=$'\033[1m' RED=$'\033[1;31m' PLAIN=$'\033[0m'
+else
+    BOLD="" RED="" PLAIN=""
+fi
+say() { printf '%ssetup:%s %s\n' "$BOLD" "$PLAIN" "$*" >&2; }
+die() { printf '%ssetup: %s%s\n' "$RED" "$*" "$PLAIN" >&2; exit 1; }
 
 missing_apt_packages() {
     local pkg missing=()

@@ -201,7 +201,8 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain TOML-able dict (paths as strings) for ``appliance config show``."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 def _plain(value: Any) -> Any:
@@ -272,7 +273,7 @@ def load_config(
         state_dir = Path(os.environ[ENV_STATE_DIR])
     if state_dir is not None:
         data = merge(data, {"device": {"state_dir": str(state_dir)}})
-    config = _build(Config, data, "")
+    config: Config = _build(Config, data, "")
     _validate(config)
     return config
 
@@ -317,7 +318,7 @@ def _build(tp: Any, value: Any, path: str) -> Any:
                     continue
                 raise ConfigError(_join(path, name), "a value (the key is missing)", None)
             kwargs[name] = _build(hints[name], value[name], _join(path, name))
-        return tp(**kwargs)
+        return typing.cast(Any, tp)(**kwargs)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list) or not value:

@@ -263,7 +263,8 @@ class DtmfDetector:
         grouped = recent.reshape(-1, 2, 4)
         tx_at_key = np.take_along_axis(grouped, idx[:, :, np.newaxis], axis=2)[:, :, 0]
         # Strict ">": digital silence on both sides (0 > 0) is rejected anyway by the floor.
-        return np.all(best > self._echo_ratio * tx_at_key, axis=1)
+        keys: npt.NDArray[np.bool_] = np.all(best > self._echo_ratio * tx_at_key, axis=1)
+        return keys
 
     def _debounce(self, key: int) -> str | None:
         """Advance the per-block state machine; return a symbol when one is confirmed."""

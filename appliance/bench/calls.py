@@ -311,6 +311,7 @@ class BenchStack:
 
 
 def _read_recording(path: Path) -> np.ndarray:
+    audio: np.ndarray
     audio, _rate = soundfile.read(str(path), dtype="int16", always_2d=True)
     return audio
 

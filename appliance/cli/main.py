@@ -1,6 +1,6 @@
 """The ``appliance`` command: the daemon, the demo, and the technician's tools.
 
-Exit codes: 0 ok, 1 a check failed / not found, 2 usage, 78 configuration error (EX_CONFIG).
+Exit codes: see :mod:`appliance.cli.context` (also printed by ``appliance --help``).
 """
 
 from __future__ import annotations
@@ -17,34 +17,28 @@ from typing import Any
 import click
 
 from appliance import __version__
-from appliance.config import EXIT_CONFIG, Config, load_config
+from appliance.cli.context import (
+    CONFIG_HELP,
+    EXIT_CODES_HELP,
+    STATE_DIR_HELP,
+    CliContext,
+    CommonOptionsGroup,
+    open_store,
+    row_view,
+)
+from appliance.config import EXIT_CONFIG
 from appliance.errors import ConfigError, ReferenceFormatError
 from appliance.logs import setup_logging
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-class _Ctx:
-    def __init__(self, config_path: Path | None, state_dir: Path | None) -> None:
-        self.config_path = config_path
-        self.state_dir = state_dir
-
-    def config(self) -> Config:
-        try:
-            return load_config(self.config_path, state_dir=self.state_dir)
-        except ConfigError as exc:
-            click.echo(f"appliance: configuration error: {exc}", err=True)
-            sys.exit(EXIT_CONFIG)
-
-
-@click.group(context_settings=CONTEXT_SETTINGS)
+@click.group(cls=CommonOptionsGroup, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="appliance")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="APPLIANCE_CONFIG",
-              help="TOML file laid over the defaults [env APPLIANCE_CONFIG; default "
-                   "/etc/appliance/config.toml].")
+              help=CONFIG_HELP)
 @click.option("--state-dir", type=click.Path(path_type=Path), envvar="APPLIANCE_STATE_DIR",
-              help="Index, recordings and caches [env APPLIANCE_STATE_DIR; default "
-                   "/var/lib/appliance].")
+              help=STATE_DIR_HELP)
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None) -> None:
     """Call-recording telephone appliance: answers, tells the caller, records, indexes.
@@ -53,8 +47,10 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None) ->
     Quick start:   appliance demo                 a whole simulated call
     Technician:    appliance calls | last | show REF | config show
     Service:       appliance run                  (systemd starts this)
+
+    --config and --state-dir may also be given after the subcommand.
     """
-    ctx.obj = _Ctx(config_path, state_dir)
+    ctx.obj = CliContext(config_path, state_dir)
 
 
 # --- the daemon ------------------------------------------------------------------------------
@@ -62,7 +58,7 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None) ->
 
 @cli.command()
 @click.pass_obj
-def run(obj: _Ctx) -> None:
+def run(obj: CliContext) -> None:
     """Run the daemon in the foreground (what the systemd service starts)."""
     config = obj.config()
     setup_logging(config.logging.level)
@@ -123,7 +119,7 @@ def run(obj: _Ctx) -> None:
 @click.option("--state-dir", "demo_state_dir", type=click.Path(path_type=Path),
               help="Keep the index and recordings here (default: a new temporary directory).")
 @click.pass_obj
-def demo(obj: _Ctx, scenario: str, as_json: bool, profile: str, verbose: bool,
+def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, verbose: bool,
          demo_state_dir: Path | None) -> None:
     """Run one whole simulated call through the real daemon.
 
@@ -192,9 +188,9 @@ def config() -> None:
 
 
 @config.command("show")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML-like text.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML.")
 @click.pass_obj
-def config_show(obj: _Ctx, as_json: bool) -> None:
+def config_show(obj: CliContext, as_json: bool) -> None:
     """Print the effective configuration (defaults + file + overrides)."""
     data = obj.config().to_dict()
     if as_json:
@@ -203,55 +199,25 @@ def config_show(obj: _Ctx, as_json: bool) -> None:
     click.echo(_to_toml(data))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value, ensure_ascii=False)
-
-
 def _to_toml(data: dict[str, Any]) -> str:
-    out: list[str] = []
-    for section, table in data.items():
-        if isinstance(table, list):
-            for item in table:
-                out.append(f"[[{section}]]")
-                out.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
-                out.append("")
-            continue
-        out.append(f"[{section}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
+    """The configuration as TOML that ``load_config`` reads back; unset (None) keys left out."""
+    import tomli_w
+
+    def drop_unset(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: drop_unset(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [drop_unset(v) for v in value]
+        return value
+
+    return str(tomli_w.dumps(drop_unset(data)))
 
 
 # --- reading the index -----------------------------------------------------------------------
 
 
-def _open_store(obj: _Ctx) -> Any:
-    from appliance.store.db import Store
-
-    config = obj.config()
-    if not config.db_path.exists():
-        click.echo(f"appliance: no index at {config.db_path} (no call yet, or wrong "
-                   "--state-dir)", err=True)
-        sys.exit(1)
-    return Store.open(config.db_path, check=False)
-
-
 def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "—"
-
-
-def _row_view(row: dict[str, Any]) -> dict[str, Any]:
-    from appliance.call.reference import format_reference
-
-    view = dict(row)
-    view["reference"] = format_reference(row["reference"])
-    return view
 
 
 @cli.command()
@@ -267,15 +233,15 @@ def _row_view(row: dict[str, Any]) -> dict[str, Any]:
               help="Only calls with this outcome.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list.")
 @click.pass_obj
-def calls(obj: _Ctx, limit: int, number: str | None, line_name: str | None,
+def calls(obj: CliContext, limit: int, number: str | None, line_name: str | None,
           since: str | None, until: str | None, outcome: str | None, as_json: bool) -> None:
     """List calls from the index, newest first."""
     from appliance.cli.records import parse_when
 
     since_t = None if since is None else parse_when(since)
     until_t = None if until is None else parse_when(until, end=True)
-    store = _open_store(obj)
-    rows = [_row_view(r) for r in store.list_calls(limit, number=number, line=line_name,
+    store = open_store(obj)
+    rows = [row_view(r) for r in store.list_calls(limit, number=number, line=line_name,
                                                    since=since_t, until=until_t,
                                                    outcome=outcome)]
     if as_json:
@@ -292,13 +258,13 @@ def calls(obj: _Ctx, limit: int, number: str | None, line_name: str | None,
 def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
     events = store.events(row["reference"])
     if as_json:
-        view = _row_view(row)
+        view = row_view(row)
         view["events"] = events
         click.echo(json.dumps(view, ensure_ascii=False, indent=2))
         return
     from appliance.text import printable
 
-    view = _row_view(row)
+    view = row_view(row)
     # Caller ID (and event details quoting it) is whatever the line sent: shown escaped.
     for key in ("reference", "line", "direction", "caller_number", "caller_name", "outcome",
                 "recording_decision", "notice_completed", "notice_version", "recording_path",
@@ -318,11 +284,11 @@ def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
 @click.argument("reference")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with its events.")
 @click.pass_obj
-def show(obj: _Ctx, reference: str, as_json: bool) -> None:
+def show(obj: CliContext, reference: str, as_json: bool) -> None:
     """Show one call by REFERENCE (427-193-53, 42719353 and "427 193 53" all work)."""
     from appliance.call.reference import parse_reference
 
-    store = _open_store(obj)
+    store = open_store(obj)
     try:
         ref = parse_reference(reference)
     except ReferenceFormatError as exc:
@@ -340,9 +306,9 @@ def show(obj: _Ctx, reference: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with its events.")
 @click.pass_obj
-def last(obj: _Ctx, as_json: bool) -> None:
+def last(obj: CliContext, as_json: bool) -> None:
     """Show the most recent call."""
-    store = _open_store(obj)
+    store = open_store(obj)
     row = store.last_call()
     if row is None:
         click.echo("no calls yet")

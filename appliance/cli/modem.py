@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import click
 
+from appliance.config import EXIT_CONFIG
 from appliance.errors import ConfigError, ModemCommandError, ModemError
 
 __all__ = ["DIALECTS", "ProbeReport", "port_lock_holder", "probe_modem", "register"]
@@ -36,8 +37,6 @@ PROBE_TIMEOUT_S: Final = 2.0
 """Per-command timeout while probing (a healthy modem answers in milliseconds)."""
 UUCP_LOCK_DIRS: Final = (Path("/var/lock"), Path("/run/lock"))
 """Where mgetty, minicom and friends put ``LCK..<tty>`` files (FHS)."""
-EXIT_CONFIG: Final = 78
-"""EX_CONFIG, as ``appliance`` uses for configuration errors."""
 
 
 def register(cli: click.Group) -> None:

@@ -2,7 +2,7 @@
 
 Registered on the main group by :func:`register`. Heavy imports stay inside the commands so
 ``appliance last``/``show`` keep their start-up time (issue 6 item 8). Exit codes as in
-:mod:`appliance.cli.main`: 0 ok, 1 a check failed / not found, 2 usage.
+:mod:`appliance.cli.context`.
 
 The write commands open the index read-write and must run as the ``appliance`` user (the
 database is 0640): ``sudo -u appliance appliance erase …``. The audit entry then names the
@@ -19,12 +19,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from appliance.cli.context import CliContext, fail, open_store, row_view
+
 if TYPE_CHECKING:
-    from appliance.cli.main import _Ctx
     from appliance.config import Config
     from appliance.store.db import Store
 
@@ -56,26 +57,20 @@ def parse_when(text: str, *, end: bool = False) -> float:
     return moment.timestamp()
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"appliance: {message}", err=True)
-    sys.exit(code)
-
-
-def _open(obj: _Ctx) -> tuple[Config, Store]:
+def _open(obj: CliContext) -> tuple[Config, Store]:
     """Load the configuration and open the index, turning access problems into a message."""
-    from appliance.cli.main import _open_store
     from appliance.errors import StoreError
 
     config = obj.config()
     try:
-        store: Store = _open_store(obj)
+        store: Store = open_store(obj)
     except PermissionError as exc:
-        _fail(f"cannot open {config.db_path}: {exc.strerror}. {_ACCESS_HINT}")
+        fail(f"cannot open {config.db_path}: {exc.strerror}. {_ACCESS_HINT}")
     except StoreError as exc:
         text = str(exc)
         if "readonly" in text or "unable to open" in text or "permission" in text.lower():
-            _fail(f"cannot open {config.db_path}: {text}. {_ACCESS_HINT}")
-        _fail(f"cannot open the index: {text}")
+            fail(f"cannot open {config.db_path}: {text}. {_ACCESS_HINT}")
+        fail(f"cannot open the index: {text}")
     return config, store
 
 
@@ -83,7 +78,7 @@ _ACCESS_HINT = ("Records commands change the index: run them as the service user
                 "(sudo -u appliance appliance …).")
 
 
-def _config_source(obj: _Ctx) -> str | None:
+def _config_source(obj: CliContext) -> str | None:
     from appliance.config import DEFAULT_CONFIG_PATH, ENV_CONFIG
 
     if obj.config_path is not None:
@@ -93,7 +88,7 @@ def _config_source(obj: _Ctx) -> str | None:
     return str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None
 
 
-def _audit_config(obj: _Ctx, config: Config, store: Store, actor: str) -> None:
+def _audit_config(obj: CliContext, config: Config, store: Store, actor: str) -> None:
     """Record a configuration change in the chain before acting under that configuration."""
     from appliance.store.audit import record_config
 
@@ -110,7 +105,7 @@ def _parse_ref(store: Store, text: str) -> str:
     except ReferenceFormatError as exc:
         known = [c for c in exc.candidates if store.get_call(c.replace("-", ""))]
         hint = f" — did you mean {', '.join(known)}?" if known else ""
-        _fail(f"{exc.text!r}: {exc.reason}{hint}")
+        fail(f"{exc.text!r}: {exc.reason}{hint}")
 
 
 def _guard_store_errors(fn: Any) -> Any:
@@ -124,10 +119,10 @@ def _guard_store_errors(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except StoreError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except OSError as exc:
             hint = f" {_ACCESS_HINT}" if exc.errno in (errno.EACCES, errno.EPERM) else ""
-            _fail(f"{exc.filename or ''}: {exc.strerror}{hint}")
+            fail(f"{exc.filename or ''}: {exc.strerror}{hint}")
 
     return wrapper
 
@@ -160,7 +155,7 @@ def calls_table(rows: list[dict[str, Any]]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_obj
 @_guard_store_errors
-def purge(obj: _Ctx, dry_run: bool, as_json: bool) -> None:
+def purge(obj: CliContext, dry_run: bool, as_json: bool) -> None:
     """Delete recordings and personal data past their retention (the daily timer runs this).
 
     Periods come from [retention]: recordings_days, voicemail_days (voicemail calls),
@@ -175,7 +170,7 @@ def purge(obj: _Ctx, dry_run: bool, as_json: bool) -> None:
     try:
         exists = config.db_path.exists()
     except PermissionError as exc:
-        _fail(f"cannot open {config.db_path}: {exc.strerror}. {_ACCESS_HINT}")
+        fail(f"cannot open {config.db_path}: {exc.strerror}. {_ACCESS_HINT}")
     if not exists:
         # A fresh box has no index yet: nothing is due, and the timer must not fail daily.
         if as_json:
@@ -220,7 +215,7 @@ def purge(obj: _Ctx, dry_run: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_obj
 @_guard_store_errors
-def export(obj: _Ctx, reference: str, out_dir: Path, as_zip: bool, as_json: bool) -> None:
+def export(obj: CliContext, reference: str, out_dir: Path, as_zip: bool, as_json: bool) -> None:
     """Export one call for its caller: WAV + original + metadata + hash proof + summary.
 
     The summary (SUMMARY.txt) is in Hungarian and English; SHA256SUMS lets anyone re-check
@@ -266,7 +261,7 @@ def export(obj: _Ctx, reference: str, out_dir: Path, as_zip: bool, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_obj
 @_guard_store_errors
-def erase(obj: _Ctx, reference: str, reason: str, yes: bool, as_json: bool) -> None:
+def erase(obj: CliContext, reference: str, reason: str, yes: bool, as_json: bool) -> None:
     """Erase one call's audio, sidecar and personal data; keep an audited tombstone.
 
     Irreversible. The reference, times, outcome and recording decision stay (they prove what
@@ -283,7 +278,7 @@ def erase(obj: _Ctx, reference: str, reason: str, yes: bool, as_json: bool) -> N
     try:
         ref = _parse_ref(store, reference)
         if store.get_call(ref) is None:
-            _fail(f"no call with reference {reference}")
+            fail(f"no call with reference {reference}")
         if not yes and sys.stdin.isatty():
             click.confirm(f"Erase call {display_reference(ref)} for good?", abort=True)
         actor = current_actor()
@@ -308,7 +303,7 @@ def erase(obj: _Ctx, reference: str, reason: str, yes: bool, as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_obj
 @_guard_store_errors
-def verify(obj: _Ctx, as_json: bool) -> None:
+def verify(obj: CliContext, as_json: bool) -> None:
     """Recompute every recording's SHA-256, look for missing and unknown files, check the
     audit chain. Exit 1 on any problem (each named by reference), 0 when clean."""
     from appliance.store.audit import current_actor
@@ -341,9 +336,8 @@ def verify(obj: _Ctx, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON list.")
 @click.pass_obj
 @_guard_store_errors
-def find(obj: _Ctx, number: str, as_json: bool) -> None:
+def find(obj: CliContext, number: str, as_json: bool) -> None:
     """List every call from one caller number (for an access or erasure request)."""
-    from appliance.cli.main import _row_view
     from appliance.store.retention import number_variants
 
     _config, store = _open(obj)
@@ -352,7 +346,7 @@ def find(obj: _Ctx, number: str, as_json: bool) -> None:
     finally:
         store.close_sync()
     if as_json:
-        click.echo(json.dumps([_row_view(r) for r in rows], ensure_ascii=False, indent=2))
+        click.echo(json.dumps([row_view(r) for r in rows], ensure_ascii=False, indent=2))
         return
     if not rows:
         click.echo(f"no calls from {number}")

@@ -8,7 +8,7 @@
 * ``appliance sounds say NAME --out FILE.wav`` writes one clip (or a call reference assembled
   from the digit clips) to a WAV file for listening.
 
-Registered on the main group by :func:`register`. Exit codes as in :mod:`appliance.cli.main`:
+Registered on the main group by :func:`register`. Exit codes as in :mod:`appliance.cli.context`:
 0 ok, 1 rendering failed / nothing built / no such clip, 2 usage, 78 configuration error.
 Progress goes to stderr, results to stdout, so ``--json`` output can be piped.
 """
@@ -16,34 +16,26 @@ Progress goes to stderr, results to stdout, so ``--json`` output can be piped.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 
+from appliance.cli.context import CliContext, fail
 from appliance.speech.prompts import LANGUAGES
 
 if TYPE_CHECKING:
-    from appliance.cli.main import _Ctx
     from appliance.config import Config
     from appliance.speech.tts import TtsEngine
 
-#: Exit code when rendering fails or there is nothing to list/say (main.py's "check failed").
-EXIT_FAILED: Final[int] = 1
 ENGINE_PIPER: Final[str] = "piper"
 ENGINE_ESPEAK: Final[str] = "espeak"
-
-
-def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"appliance: {message}", err=True)
-    sys.exit(code)
 
 
 def _config_error(exc: Exception) -> NoReturn:
     from appliance.config import EXIT_CONFIG
 
-    _fail(f"configuration error: {exc}", EXIT_CONFIG)
+    fail(f"configuration error: {exc}", EXIT_CONFIG)
 
 
 def _texts_and_notice(config: Config, lang: str) -> tuple[dict[str, str], str]:
@@ -93,7 +85,7 @@ def sounds() -> None:
               help="Prompt language [default: device.language from the configuration].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the summary.")
 @click.pass_obj
-def build(obj: _Ctx, voice: str | None, engine_choice: str, lang: str | None,
+def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | None,
           as_json: bool) -> None:
     """Render every prompt and the digit words into the prompt cache.
 
@@ -134,9 +126,9 @@ def build(obj: _Ctx, voice: str | None, engine_choice: str, lang: str | None,
         library = PromptLibrary.build(cache_dir, lang=lang, engine=engine, texts=texts,
                                       notice_text=notice_text, progress=progress)
     except SpeechError as exc:
-        _fail(f"rendering failed: {exc} (the previous build in {cache_dir} is unchanged)")
+        fail(f"rendering failed: {exc} (the previous build in {cache_dir} is unchanged)")
     except OSError as exc:
-        _fail(f"cannot write the prompt cache {cache_dir}: {exc}")
+        fail(f"cannot write the prompt cache {cache_dir}: {exc}")
     summary = {
         "lang": lang,
         "voice": library.voice_id,
@@ -180,9 +172,9 @@ def _read_manifest(cache_dir: Path, lang: str) -> dict[str, Any]:
     try:
         manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        _fail(f"no prompts built for {lang!r} in {cache_dir}; run `appliance sounds build`")
+        fail(f"no prompts built for {lang!r} in {cache_dir}; run `appliance sounds build`")
     except (OSError, ValueError) as exc:
-        _fail(f"unreadable prompt manifest {path}: {exc}; run `appliance sounds build`")
+        fail(f"unreadable prompt manifest {path}: {exc}; run `appliance sounds build`")
     return manifest
 
 
@@ -191,7 +183,7 @@ def _read_manifest(cache_dir: Path, lang: str) -> dict[str, Any]:
               help="Prompt language [default: device.language from the configuration].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_obj
-def list_clips(obj: _Ctx, lang: str | None, as_json: bool) -> None:
+def list_clips(obj: CliContext, lang: str | None, as_json: bool) -> None:
     """List the clips of the last build with their durations.
 
     Exit 1 when nothing was built or a clip is missing or corrupt (rebuild then).
@@ -237,7 +229,7 @@ def list_clips(obj: _Ctx, lang: str | None, as_json: bool) -> None:
             click.echo("the configured notice differs from the built one: run "
                        "`appliance sounds build`", err=True)
     if broken:
-        _fail("missing or corrupt clips: " + ", ".join(broken) + "; run `appliance sounds build`")
+        fail("missing or corrupt clips: " + ", ".join(broken) + "; run `appliance sounds build`")
 
 
 @sounds.command("say")
@@ -247,7 +239,7 @@ def list_clips(obj: _Ctx, lang: str | None, as_json: bool) -> None:
 @click.option("--lang", type=click.Choice(list(LANGUAGES)),
               help="Prompt language [default: device.language from the configuration].")
 @click.pass_obj
-def say(obj: _Ctx, name: str, out_path: Path, lang: str | None) -> None:
+def say(obj: CliContext, name: str, out_path: Path, lang: str | None) -> None:
     """Write the rendered clip NAME to a WAV file, for listening.
 
     NAME is a clip from `appliance sounds list` (notice, goodbye, 0..9, beep, …) or a call
@@ -262,19 +254,19 @@ def say(obj: _Ctx, name: str, out_path: Path, lang: str | None) -> None:
     try:
         library = PromptLibrary.load(config.prompt_cache_dir, lang=lang)
     except SpeechError as exc:
-        _fail(f"{exc}; run `appliance sounds build`")
+        fail(f"{exc}; run `appliance sounds build`")
     if name in library.names:
         audio = library.clip(name)
     else:
         try:
             audio = library.reference_audio(name)
         except ReferenceFormatError:
-            _fail(f"no clip {name!r}; clips: {', '.join(sorted(library.names))} "
+            fail(f"no clip {name!r}; clips: {', '.join(sorted(library.names))} "
                   "(or give an 8-digit reference)")
     try:
         write_clip(out_path, audio)
     except OSError as exc:
-        _fail(f"cannot write {out_path}: {exc}")
+        fail(f"cannot write {out_path}: {exc}")
     click.echo(f"wrote {out_path} ({audio.size / _rate():.2f} s)")
 
 

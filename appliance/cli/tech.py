@@ -19,8 +19,9 @@ from typing import Any
 
 import click
 
-#: Exit code of `status` when the daemon is not running (as `systemctl status` uses 3).
-EXIT_NOT_RUNNING = 3
+# `status` exits EXIT_NOT_RUNNING when the daemon is not running (as `systemctl status` does).
+from appliance.cli.context import EXIT_NOT_RUNNING
+
 MIN_FREE_HOURS = 24.0
 
 

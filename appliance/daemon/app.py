@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -549,7 +550,7 @@ class LineSession:
         media = CallMedia(
             reference,
             send_to_line=modem.send_audio if line_audio is None else line_audio.play,
-            play_to_earpiece=lambda frame, ref=reference: app.earpiece(ref, frame),
+            play_to_earpiece=functools.partial(app.earpiece, reference),
             events=events,
             tone_zone=app.tone_zone,
             recordings_dir=app.config.recordings_dir,

@@ -438,7 +438,8 @@ class AtProtocol(asyncio.Protocol):
                         await self._stop_future
                     return
                 except TimeoutError:
-                    if self.mode is Mode.COMMAND:
+                    # The reader task switches the mode while we wait.
+                    if self.mode is Mode.COMMAND:  # type: ignore[comparison-overlap]
                         _LOGGER.debug("voice stream ended without OK (accepted, quirk #2)")
                         return
                     _LOGGER.warning("modem ignored voice stop (attempt %d)", attempt + 1)

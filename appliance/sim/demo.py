@@ -50,7 +50,7 @@ class DemoResult:
 
 
 #: The second line of the ``two-lines`` scenario: its own name and a distinct ring.
-SECOND_LINE: Final = {"name": "second", "ring_on_s": 0.8, "ring_off_s": 4.2}
+SECOND_LINE: Final[dict[str, Any]] = {"name": "second", "ring_on_s": 0.8, "ring_off_s": 4.2}
 #: The second caller rings this long after the first (their calls overlap).
 SECOND_CALLER_DELAY_S: Final = 6.0
 ALL_SCENARIOS: Final = (*SCENARIOS, "two-lines", "half-duplex")

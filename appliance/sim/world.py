@@ -54,10 +54,11 @@ def voice_like_signal(seconds: float, *, f0_hz: float = 140.0, seed: int = 1) ->
     rng = np.random.default_rng(seed)
     wobble = 1.0 + 0.05 * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6))
     phase = 2 * np.pi * f0_hz * np.cumsum(wobble) / SAMPLE_RATE_HZ
-    wave = sum(np.sin(k * phase) / k for k in range(1, 12))
+    wave = np.sum([np.sin(k * phase) / k for k in range(1, 12)], axis=0)
     syllables = (np.sin(2 * np.pi * 4.0 * t) > -0.3).astype(float)
     out = 0.16 * wave * syllables / np.max(np.abs(wave))
-    return (out * 32767).astype(np.int16)
+    speech: np.ndarray = (out * 32767).astype(np.int16)
+    return speech
 
 
 def render_speech(text: str, *, f0_hz: float, seed: int) -> np.ndarray:
