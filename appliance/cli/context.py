@@ -66,14 +66,16 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def open_store(obj: CliContext) -> Store:
-    """Open the configured index for reading; no index at all is a message and exit 1."""
+def open_store(obj: CliContext, *, check: bool = False) -> Store:
+    """Open the configured index for reading; no index at all is a message and exit 1.
+
+    ``check`` runs SQLite's quick_check first (``verify``; quick reads skip it)."""
     from appliance.store.db import Store
 
     config = obj.config()
     if not config.db_path.exists():
         fail(f"no index at {config.db_path} (no call yet, or wrong --state-dir)")
-    return Store.open(config.db_path, check=False)
+    return Store.open(config.db_path, check=check)
 
 
 def row_view(row: dict[str, Any]) -> dict[str, Any]:

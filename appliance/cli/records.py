@@ -57,13 +57,15 @@ def parse_when(text: str, *, end: bool = False) -> float:
     return moment.timestamp()
 
 
-def _open(obj: CliContext) -> tuple[Config, Store]:
-    """Load the configuration and open the index, turning access problems into a message."""
+def _open(obj: CliContext, *, check: bool = False) -> tuple[Config, Store]:
+    """Load the configuration and open the index, turning access problems into a message.
+
+    ``check``: run SQLite's quick_check first (the commands that promise a check)."""
     from appliance.errors import StoreError
 
     config = obj.config()
     try:
-        store: Store = open_store(obj)
+        store: Store = open_store(obj, check=check)
     except PermissionError as exc:
         fail(f"cannot open {config.db_path}: {exc.strerror}. {_ACCESS_HINT}")
     except StoreError as exc:
@@ -310,7 +312,7 @@ def verify(obj: CliContext, as_json: bool) -> None:
     from appliance.store.export import display_reference
     from appliance.store.verify import verify_records
 
-    config, store = _open(obj)
+    config, store = _open(obj, check=True)
     try:
         actor = current_actor()
         _audit_config(obj, config, store, actor)

@@ -32,8 +32,12 @@ def register(group: click.Group) -> None:
     group.add_command(doctor)
 
 
-def _ask_daemon(obj: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
-    """The daemon's reply, or None when it is not running."""
+def _ask_daemon(obj: Any, payload: dict[str, Any], *, exit_if_denied: bool = True
+                ) -> dict[str, Any] | None:
+    """The daemon's reply, or None when it is not running.
+
+    Without permission on the socket: a message and exit 1, or with ``exit_if_denied`` False
+    the PermissionError (doctor reports it as a failed check)."""
     from appliance.daemon.control import request, socket_path
 
     path = socket_path(obj.config().device.state_dir)
@@ -42,6 +46,8 @@ def _ask_daemon(obj: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     except PermissionError:
+        if not exit_if_denied:
+            raise
         click.echo(f"appliance: no permission to use {path} — run as the appliance user "
                    "(appliancectl) or join the 'appliance' group", err=True)
         sys.exit(1)
@@ -190,22 +196,18 @@ def _checks(obj: Any) -> list[Check]:
         out.append(Check("state dir", level, f"{state} mode {mode:o}",
                          "" if level == "pass" else f"chmod 0750 {state} (recordings are "
                          "personal data)"))
-    if config.db_path.exists():
-        try:
-            from appliance.store.db import Store
-
-            store = Store.open(config.db_path)
-            n = len(store.list_calls(limit=None))
-            store.close_sync()
-            out.append(Check("index", "pass", f"{config.db_path} ok, {n} calls"))
-        except Exception as exc:
-            out.append(Check("index", "fail", f"{config.db_path}: {exc}",
-                             "restore appliance.db from a backup; recordings are self-"
-                             "describing (JSON sidecars)"))
-    status = _ask_daemon(obj, {"cmd": "status"})
-    if status is None:
-        out.append(Check("daemon", "warn", "not running",
-                         "sudo systemctl start appliance; journalctl -u appliance"))
+    out.extend(_check_index(config.db_path))
+    out.extend(_check_recordings(config.recordings_dir))
+    try:
+        status = _ask_daemon(obj, {"cmd": "status"}, exit_if_denied=False)
+    except PermissionError as exc:
+        status = None
+        out.append(Check("daemon", "fail", f"cannot ask the daemon: {exc.strerror}",
+                         _AS_SERVICE_FIX))
+    else:
+        if status is None:
+            out.append(Check("daemon", "warn", "not running",
+                             "sudo systemctl start appliance; journalctl -u appliance"))
     for line in config.lines:
         out.append(_check_modem(line.name, line.device, status))
         if line.audio:  # issue 3 item 8: the line's own sound card
@@ -216,6 +218,54 @@ def _checks(obj: Any) -> list[Check]:
     out.append(_check_disk(state if state.exists() else state.parent, config.recording.codec))
     out.append(_check_clock())
     return out
+
+
+#: The fix for a check that could not read what it checks: the service user can.
+_AS_SERVICE_FIX = ("run the check as the service user: sudo appliancectl doctor (or "
+                   "sudo -u appliance appliance doctor)")
+
+
+def _check_index(path: Path) -> list[Check]:
+    """The index opens, passes quick_check and lists its calls; none yet is not a failure.
+
+    What cannot be read is a failure, never a skipped check: the probe is a stat that tells
+    "not there" (ENOENT) from "may not look" (EACCES).
+    """
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return [Check("index", "pass", f"no index yet at {path} (created at the first call)")]
+    except OSError as exc:
+        return [Check("index", "fail", f"cannot read {path}: {exc.strerror}", _AS_SERVICE_FIX)]
+    try:
+        from appliance.store.db import Store
+
+        store = Store.open(path)
+        try:
+            n = len(store.list_calls(limit=None))
+        finally:
+            store.close_sync()
+    except Exception as exc:
+        denied = isinstance(exc, PermissionError) or not os.access(path, os.R_OK)
+        return [Check("index", "fail", f"{path}: {exc}",
+                      _AS_SERVICE_FIX if denied else "restore appliance.db from a backup; "
+                      "recordings are self-describing (JSON sidecars)")]
+    return [Check("index", "pass", f"{path} ok, {n} calls")]
+
+
+def _check_recordings(path: Path) -> list[Check]:
+    """A recordings tree this user cannot list or write is a failure; none yet is fine."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        return [Check("recordings", "fail", f"cannot look into {path}: {exc.strerror}",
+                      _AS_SERVICE_FIX)]
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        return [Check("recordings", "fail", f"{path} is not readable and writable by uid "
+                      f"{os.getuid()}", _AS_SERVICE_FIX)]
+    return []
 
 
 def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check:

@@ -291,15 +291,22 @@ class Store:
         if not path.parent.exists():
             path.parent.mkdir(parents=True, mode=DB_DIR_MODE)
             os.chmod(path.parent, DB_DIR_MODE)  # mkdir's mode is masked by the umask
-        if not path.exists():
+        created = not path.exists()
+        if created:
             # Create the file ourselves so it is 0640 from the first byte; SQLite gives the
             # -wal and -shm files the database file's mode.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, DB_FILE_MODE))
-        if path.stat().st_mode & 0o777 != DB_FILE_MODE:
+        mode = path.stat().st_mode & 0o777
+        # A new file gets exactly 0640 (the umask may have narrowed it). An existing file only
+        # loses bits beyond 0640, never gains any: an owner who made it unreadable meant it,
+        # and a check must then fail on it — widening it back made `appliance verify` pass on
+        # an index it had been denied.
+        wanted = DB_FILE_MODE if created else mode & DB_FILE_MODE
+        if mode != wanted:
             # Only the owner may chmod; a technician in the appliance group opening the
             # daemon's file must not fail here (issue 6 item 8: a clear message, not EPERM).
             with contextlib.suppress(PermissionError):
-                os.chmod(path, DB_FILE_MODE)
+                os.chmod(path, wanted)
         writer: sqlite3.Connection | None = None
         reader: sqlite3.Connection | None = None
         try:

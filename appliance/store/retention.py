@@ -14,6 +14,7 @@ audio on disk that nothing indexes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import re
 import time
@@ -93,8 +94,13 @@ def locate_recording(recordings_dir: Path, stored_path: str | None) -> Path | No
     inside = [r for r in (c.resolve() for c in candidates)
               if r != root and r.is_relative_to(root)]
     for resolved in inside:
-        if resolved.exists():
-            return resolved
+        try:
+            resolved.stat()
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+        # Present, or hidden from this user (EACCES): the caller's own access tells which.
+        return resolved
     # None exists: still answer in-tree (verify reports it missing, erase finds leftovers).
     return inside[0] if inside else None
 

@@ -9,8 +9,10 @@ matches an index someone rewrote along with it still disagrees with the chain.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,9 @@ SIDECAR_MISMATCH: Final = "sidecar-mismatch"
 INDEX_MISMATCH: Final = "index-differs-from-audit"
 ORPHAN: Final = "orphan-file"
 CHAIN: Final = "audit-chain"
+#: A file or directory verify had to look at but could not (permissions, I/O error): never
+#: a pass — what could not be read was not checked.
+UNREADABLE: Final = "unreadable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +129,15 @@ def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = No
         _check_recording(report, recordings_dir, row, finalized.get(ref), known)
 
     root = Path(recordings_dir)
-    if root.is_dir():
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            if path.resolve() in known:
-                continue
-            ref = path.name.split(".", 1)[0]
-            if ref in live:
-                continue  # the recorder's .wav.partial / encoder's .tmp of a running call
-            what = ("an unfinished recording (the daemon recovers it at start-up)"
-                    if path.name.endswith(PARTIAL_SUFFIX) else "a file the index does not know")
-            report.problems.append(Problem(ref, ORPHAN, f"{path}: {what}"))
+    for path in _tree_files(root, report):
+        if path.resolve() in known:
+            continue
+        ref = path.name.split(".", 1)[0]
+        if ref in live:
+            continue  # the recorder's .wav.partial / encoder's .tmp of a running call
+        what = ("an unfinished recording (the daemon recovers it at start-up)"
+                if path.name.endswith(PARTIAL_SUFFIX) else "a file the index does not know")
+        report.problems.append(Problem(ref, ORPHAN, f"{path}: {what}"))
 
     by_id = {e["id"]: e["reference"] for e in entries}
     for message in store.verify_audit_chain():
@@ -153,6 +157,43 @@ def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = No
     return report
 
 
+def _tree_files(root: Path, report: VerifyReport) -> list[Path]:
+    """Every regular file under ``root``, sorted; a directory that cannot be listed is an
+    :data:`UNREADABLE` problem (``Path.rglob`` would skip it silently). No tree at all is an
+    empty list: the index's own rows then report their files missing."""
+    try:
+        root.stat()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        report.problems.append(Problem(None, UNREADABLE, f"{root}: {exc.strerror}"))
+        return []
+
+    def unreadable(exc: OSError) -> None:
+        report.problems.append(Problem(None, UNREADABLE,
+                                       f"{exc.filename}: {exc.strerror} (not checked)"))
+
+    files: list[Path] = []
+    for top, _dirs, names in os.walk(root, onerror=unreadable):
+        for name in names:
+            path = Path(top) / name
+            if path.is_file():
+                files.append(path)
+    return sorted(files)
+
+
+def _absent(path: Path) -> str | None:
+    """None when ``path`` exists; :data:`MISSING` when it does not; otherwise why it cannot be
+    looked at (a file in a directory verify may not enter is neither there nor missing)."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return MISSING
+        return f"cannot be read: {exc.strerror}"
+    return None
+
+
 def _check_recording(report: VerifyReport, recordings_dir: Path, row: dict[str, Any],
                      audit_sha: str | None, known: set[Path]) -> None:
     """Check one indexed recording; add problems to ``report``; add its files to ``known``."""
@@ -165,24 +206,38 @@ def _check_recording(report: VerifyReport, recordings_dir: Path, row: dict[str, 
         return
     sidecar = sidecar_for(path)
     known.update({path, sidecar})
-    if not path.exists():
+    absent = _absent(path)
+    if absent == MISSING:
         report.problems.append(Problem(ref, MISSING, f"{path} is missing"))
+    elif absent is not None:
+        report.problems.append(Problem(ref, UNREADABLE, f"{path} {absent}"))
     else:
-        report.recordings_checked += 1
-        actual = sha256_file(path)
-        if actual != index_sha:
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            actual = None
+            report.problems.append(Problem(ref, UNREADABLE,
+                                           f"{path} cannot be read: {exc.strerror}"))
+        else:
+            report.recordings_checked += 1
+        if actual is not None and actual != index_sha:
             report.problems.append(Problem(
                 ref, ALTERED, f"{path}: SHA-256 {actual} differs from the index's {index_sha}"))
     if audit_sha is not None and audit_sha != index_sha:
         report.problems.append(Problem(
             ref, INDEX_MISMATCH,
             f"index SHA-256 {index_sha} differs from the audit chain's {audit_sha}"))
-    if not sidecar.exists():
+    absent = _absent(sidecar)
+    if absent == MISSING:
         report.problems.append(Problem(ref, SIDECAR_MISSING, f"{sidecar} is missing"))
         return
     try:
         side_sha = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
-    except (OSError, ValueError, AttributeError) as exc:
+    except OSError as exc:
+        report.problems.append(Problem(ref, UNREADABLE,
+                                       f"{sidecar} cannot be read: {exc.strerror}"))
+        return
+    except (ValueError, AttributeError) as exc:
         report.problems.append(Problem(ref, SIDECAR_MISMATCH, f"{sidecar}: unreadable ({exc})"))
         return
     if side_sha != index_sha:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -210,7 +209,7 @@ def test_calls_outcome_choices_match_the_schema() -> None:
     assert tuple(option.type.choices) == OUTCOMES  # type: ignore[attr-defined]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+@pytest.mark.unprivileged
 def test_unreadable_index_is_a_message_not_a_traceback(tmp_path: Path,
                                                        config_file: Path) -> None:
     state = tmp_path / "state"
@@ -218,11 +217,59 @@ def test_unreadable_index_is_a_message_not_a_traceback(tmp_path: Path,
     (state / "appliance.db").chmod(0)
     try:
         result = run(state, config_file, "verify")
+        mode = (state / "appliance.db").stat().st_mode & 0o777
     finally:
         (state / "appliance.db").chmod(0o640)
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert "sudo -u appliance" in result.output
+    assert mode == 0  # the owner's "unreadable" stands: nothing widened it to pass
+
+
+@pytest.mark.unprivileged
+@pytest.mark.parametrize("what", ["recording", "sidecar", "directory", "tree"])
+def test_verify_fails_on_what_it_cannot_read(tmp_path: Path, config_file: Path,
+                                             what: str) -> None:
+    from appliance.store.retention import sidecar_for
+
+    state = tmp_path / "state"
+    made = make_calls(state, [{"counter": 1, "ring_at": time.time()}])
+    recording = made[0].recording
+    assert recording is not None
+    denied = {"recording": recording, "sidecar": sidecar_for(recording),
+              "directory": recording.parent, "tree": state / "recordings"}[what]
+    mode = denied.stat().st_mode & 0o777
+    denied.chmod(0)
+    try:
+        result = run(state, config_file, "verify", "--json")
+    finally:
+        denied.chmod(mode)
+    assert result.exit_code == 1, result.output
+    kinds = {p["kind"] for p in json.loads(result.output)["problems"]}
+    assert "unreadable" in kinds
+    assert "missing" not in kinds  # a file it may not look at is not reported as gone
+    assert run(state, config_file, "verify").exit_code == 0
+
+
+@pytest.mark.unprivileged
+@pytest.mark.parametrize("denied", ["appliance.db", "."])
+def test_doctor_fails_on_an_index_it_cannot_read(tmp_path: Path, config_file: Path,
+                                                 denied: str) -> None:
+    state = tmp_path / "state"
+    make_calls(state, [{"counter": 1, "ring_at": time.time(), "record_s": None}])
+    # The state dir from the file: click itself refuses an unreadable --state-dir.
+    config_file.write_text(config_file.read_text(encoding="utf-8")
+                           + f'[device]\nstate_dir = "{state}"\n', encoding="utf-8")
+    (state / denied).chmod(0)
+    try:
+        result = CliRunner().invoke(cli, ["--config", str(config_file), "doctor", "--json"],
+                                    env=ENV, catch_exceptions=False)
+    finally:
+        (state / denied).chmod(0o750)
+    checks = {c["name"]: c for c in json.loads(result.output)}
+    assert checks["index"]["level"] == "fail", checks["index"]
+    assert "appliancectl" in checks["index"]["fix"]
+    assert result.exit_code == 1
 
 
 @given(st.dates(min_value=dt.date(1980, 1, 1), max_value=dt.date(2100, 12, 31)))

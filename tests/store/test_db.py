@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import stat
 import threading
@@ -50,6 +51,18 @@ async def test_open_empty_creates_schema_and_version(tmp_path: Path) -> None:
     assert {"idx_calls_caller_number", "idx_calls_ring_at"} <= indexes
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+
+
+@pytest.mark.parametrize(("before", "after"), [(0o644, 0o640), (0o600, 0o600), (0o000, 0o000)])
+async def test_open_narrows_but_never_widens_the_file_mode(tmp_path: Path, before: int,
+                                                           after: int) -> None:
+    path = tmp_path / "appliance.db"
+    await Store.open(path).close()
+    path.chmod(before)
+    # Root opens a 000 file anyway; anyone else gets a StoreError — never a chmod back.
+    with contextlib.suppress(StoreError):
+        await Store.open(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == after
 
 
 async def test_reopen_is_idempotent_and_keeps_rows(tmp_path: Path) -> None:
