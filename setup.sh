@@ -20,8 +20,10 @@ PYTHON="${PYTHON:-python3}"
 # espeak-ng for the speech fallback and the simulated callers, ALSA tools for diagnostics.
 APT_PACKAGES=(libportaudio2 espeak-ng alsa-utils python3-venv)
 # For the test suite only: vgetty (mgetty-voice), a real third-party V.253 client the modem
-# emulator must satisfy, and util-linux's unshare to run it in a private mount namespace.
-APT_TEST_PACKAGES=(mgetty-voice util-linux)
+# emulator must satisfy; util-linux's unshare to run it in a private mount namespace (and
+# runuser for the permission tests as root); curl for the voice-download tests; systemd for
+# `systemd-analyze verify` of the unit. Without them those tests would only be skipped.
+APT_TEST_PACKAGES=(mgetty-voice util-linux curl systemd)
 
 # Bold/red only when stderr is a terminal (and NO_COLOR is unset): logs and CI stay plain text.
 if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then
@@ -78,6 +80,76 @@ ensure_venv() {
         "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
     fi
     echo "$want" >"$stamp"
+}
+
+# --- the permission tests as an unprivileged user --------------------------------------------
+#
+# Tests marked `unprivileged` stage a denied read (a file at mode 000); root reads any file,
+# so as root pytest skips them and this runs them again as TEST_USER. That user may not enter
+# the checkout (a clone in /root) nor run the venv's interpreter (pyenv in /root), so it gets
+# a copy of the checkout and a venv of its own in a temporary directory: a python it can run
+# with the same X.Y, and the venv's site-packages hard-linked in (copied across filesystems).
+
+TEST_USER="${APPLIANCE_TEST_USER:-nobody}"
+
+# An interpreter TEST_USER can run, of the same X.Y as the venv's; printed, or nothing.
+python_for_test_user() {
+    local want cand got
+    want="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    for cand in "$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)')" \
+                "/usr/bin/python$want" /usr/bin/python3 "/usr/local/bin/python$want"; do
+        [ -x "$cand" ] || continue
+        got="$(runuser -u "$TEST_USER" -- "$cand" -c \
+            'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" || continue
+        if [ "$got" = "$want" ]; then
+            printf '%s\n' "$cand"
+            return 0
+        fi
+    done
+}
+
+site_packages() {   # VENV — its site-packages directory
+    "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))'
+}
+
+run_unprivileged_tests() {   # [PYTEST ARGS…] — as root only; returns pytest's status
+    local tmp py site rc=0
+    # shellcheck disable=SC2064  # $tmp is expanded now, on purpose
+    command -v runuser >/dev/null 2>&1 \
+        || die "runuser (util-linux) is needed to run the permission tests as $TEST_USER"
+    id -u "$TEST_USER" >/dev/null 2>&1 \
+        || die "no user '$TEST_USER' to run the permission tests as (set APPLIANCE_TEST_USER)"
+    py="$(python_for_test_user)"
+    [ -n "$py" ] || die "no python $("$VENV/bin/python" -V 2>&1) that user '$TEST_USER' can run
+       (the venv's is $("$VENV/bin/python" -c 'import sys; print(sys._base_executable)'));
+       install python3-venv, or set APPLIANCE_TEST_USER to a user that can run it."
+    tmp="$(mktemp -d)"
+    trap "rm -rf '$tmp'" EXIT
+    chmod 0755 "$tmp"
+    mkdir "$tmp/src" "$tmp/home"
+    # The checkout as git sees it (tracked + new, not ignored), else everything but the venv.
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git ls-files -z --cached --others --exclude-standard \
+            | xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh \
+            | tar -c --null -T - | tar -x -C "$tmp/src"
+    else
+        tar -c --exclude=./.venv --exclude=./.git --exclude=__pycache__ . | tar -x -C "$tmp/src"
+    fi
+    "$py" -m venv --without-pip "$tmp/venv"
+    site="$(site_packages "$tmp/venv")"
+    cp -al "$(site_packages "$VENV")/." "$site/" 2>/dev/null \
+        || cp -a "$(site_packages "$VENV")/." "$site/"
+    # The editable install points at this checkout; the copy takes its place.
+    rm -f "$site"/__editable__*appliance* "$site"/appliance*.egg-link
+    printf '%s\n' "$tmp/src" >"$site/appliance-checkout.pth"
+    chown -R "$TEST_USER" "$tmp/src" "$tmp/home"
+    say "pytest -m unprivileged as user $TEST_USER (permission tests root would pass)"
+    (cd "$tmp/src" && runuser -u "$TEST_USER" -- env HOME="$tmp/home" \
+        "$tmp/venv/bin/python" -m pytest -p no:cacheprovider -n 0 -m unprivileged "$@") || rc=$?
+    rm -rf "$tmp"
+    trap - EXIT
+    [ "$rc" -eq 5 ] && rc=0   # none of the selected tests is a permission test
+    return "$rc"
 }
 
 # --- install / uninstall on a Raspberry Pi (issue 7, docs/install.md) ------------------------
@@ -482,7 +554,13 @@ case "$cmd" in
         # The system tests spend most of their time waiting on real-time audio, so a few
         # workers (pytest-xdist) cut the wall time even on two cores.
         say "pytest (${APPLIANCE_TEST_WORKERS:-3} workers)"
-        exec "$VENV/bin/python" -m pytest -n "${APPLIANCE_TEST_WORKERS:-3}" "$@"
+        status=0
+        # -rs lists every skip and its reason: a skipped test must say why it cannot run.
+        "$VENV/bin/python" -m pytest -rs -n "${APPLIANCE_TEST_WORKERS:-3}" "$@" || status=$?
+        if [ "$(id -u)" -eq 0 ]; then
+            run_unprivileged_tests "$@" || status=$?
+        fi
+        exit "$status"
         ;;
     dev)
         ensure_system_packages

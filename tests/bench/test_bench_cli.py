@@ -43,7 +43,8 @@ def test_synthetic_references_are_valid_and_unique() -> None:
 
 
 @pytest.mark.skipif(not os.environ.get("APPLIANCE_BENCH_SMOKE"),
-                    reason="a whole bench run takes ~80 s; set APPLIANCE_BENCH_SMOKE=1")
+                    reason="a whole bench run takes ~80 s, too long for the test command's "
+                           "10-minute budget; set APPLIANCE_BENCH_SMOKE=1")
 @pytest.mark.timeout(300)
 def test_bench_one_call_json_keys() -> None:
     result = CliRunner().invoke(cli, ["bench", "--json", "--calls", "1", "--lines", "1",
