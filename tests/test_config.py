@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from appliance.cli.main import cli
-from appliance.config import EXIT_CONFIG, load_config
+from appliance.config import EXIT_CONFIG, RANGES, Config, load_config
 from appliance.errors import ConfigError
 
 
@@ -110,3 +111,85 @@ def test_uart_pins_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "[panel]\nbutton_pin = 14\n")
     with pytest.raises(ConfigError, match="UART"):
         load_config(path, state_dir=tmp_path)
+
+
+# --- every numeric key has a range, and a number outside it is exit 78 --------------------------
+
+
+def _numeric_keys() -> dict[str, type]:
+    """Every int/float key of the schema, ``lines[].key`` for the per-line ones."""
+    keys: dict[str, type] = {}
+    for section, hint in typing.get_type_hints(Config).items():
+        if typing.get_origin(hint) is tuple:
+            hint, prefix = typing.get_args(hint)[0], f"{section}[]"
+        else:
+            prefix = section
+        for name, tp in typing.get_type_hints(hint).items():
+            if tp in (int, float):
+                keys[f"{prefix}.{name}"] = tp
+    return keys
+
+
+def _toml_for(key: str, literal: str) -> str:
+    section, name = key.split(".")
+    if section == "lines[]":
+        return (f"[[lines]]\nname = 'main'\ndevice = 'sim://'\ncountry_code = '51'\n"
+                f"{name} = {literal}\n")
+    return f"[{section}]\n{name} = {literal}\n"
+
+
+def test_every_numeric_key_has_a_range() -> None:
+    assert set(_numeric_keys()) == set(RANGES)
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+@pytest.mark.parametrize("literal", ["-1", "-10", "-1.25", "1e12", "9223372036854775807",
+                                     "nan", "inf", "-inf"])
+def test_numbers_out_of_range_name_their_key(tmp_path: Path, key: str, literal: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, _toml_for(key, literal)), state_dir=tmp_path)
+    assert info.value.key == key.replace("lines[]", "lines[0]")
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_zero_is_in_range_or_refused_by_name(tmp_path: Path, key: str) -> None:
+    literal = "0" if _numeric_keys()[key] is int else "0.0"
+    path = write(tmp_path, _toml_for(key, literal))
+    if RANGES[key].allows(0):
+        load_config(path, state_dir=tmp_path)
+    else:
+        with pytest.raises(ConfigError) as info:
+            load_config(path, state_dir=tmp_path)
+        assert info.value.key == key.replace("lines[]", "lines[0]")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[handset]\nring_off_s = -10\n", "handset.ring_off_s"),   # was accepted: calls missed
+    ("[handset]\nring_off_s = -1.25\n", "handset.ring_off_s"),  # was a ZeroDivisionError
+    ("[panel]\nlong_press_s = -1.0\n", "panel.long_press_s"),  # was a gpiozero traceback
+])
+def test_run_exits_78_on_a_bad_number(tmp_path: Path, text: str, key: str) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(write(tmp_path, text)),
+                                      "--state-dir", str(tmp_path), "run"])
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert key in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_file_that_is_not_utf8_is_exit_78(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes("[device]\ncompany = 'Kovács'\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, state_dir=tmp_path)
+    assert str(path) in str(info.value)
+    assert "UTF-8" in str(info.value)
+    result = CliRunner().invoke(cli, ["--config", str(path), "--state-dir", str(tmp_path), "run"])
+    assert result.exit_code == EXIT_CONFIG
+    assert "UTF-8" in result.output
+
+
+def test_the_ranges_are_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs/configuration.md").read_text(
+        encoding="utf-8")
+    for key, allowed in RANGES.items():
+        assert f"| `{key}` | {allowed.describe()} |" in doc, key
