@@ -141,7 +141,7 @@ def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, verbose: b
         click.echo(f"{'offset':>8}  {'who':<9} {'what':<22} detail")
     try:
         if scenario == "outbound":
-            from appliance.sim.outbound import run_outbound_demo
+            from appliance.sim.outbound_demo import run_outbound_demo
 
             result = asyncio.run(run_outbound_demo(state_dir, on_entry=on_entry,
                                                    profile=profile))

@@ -105,7 +105,7 @@ def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None
 
 async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: float,
                  as_json: bool, *, half_duplex: bool = False) -> None:
-    from appliance.line.script import CallResult, play_script
+    from appliance.line.script import ScriptedCallResult, play_script
     from appliance.line.sim import CID_DELAY_S, PtyModemServer, SimModem
 
     loop = asyncio.get_running_loop()
@@ -132,7 +132,7 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
         pairs = " ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, False))
         out({"event": kind, "t_s": round(t, 3), **detail}, f"{t:8.2f}s  {kind:<13} {pairs}")
 
-    player: asyncio.Task[list[CallResult]] | None = None
+    player: asyncio.Task[list[ScriptedCallResult]] | None = None
     try:
         _relink(link, path)
         if as_json:
@@ -150,7 +150,7 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
             player = asyncio.create_task(play_script(sim, script, on_event=on_event),
                                          name="sim-modem-script")
 
-            def summary(task: asyncio.Task[list[CallResult]]) -> None:
+            def summary(task: asyncio.Task[list[ScriptedCallResult]]) -> None:
                 if task.cancelled():
                     return
                 if task.exception() is not None:

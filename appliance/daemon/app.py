@@ -45,7 +45,7 @@ from appliance.config import Config, LineConfig
 from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.halfduplex import HalfDuplexAudio
 from appliance.daemon.media import CallMedia
-from appliance.daemon.outbound import OutboundController
+from appliance.daemon.outbound_control import OutboundController
 from appliance.errors import (
     ApplianceError,
     AudioError,
@@ -689,7 +689,7 @@ class Application:
         self._handset_player: ClipPlayer | None = None
         # After a short ring: what to say when the handset is lifted ("last-call", "health",
         # "clip" = _announce_clip, a recording being played back).
-        self._announce_on_lift: str | None = None
+        self.announce_on_lift: str | None = None
         self._announce_clip: np.ndarray | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
@@ -992,6 +992,11 @@ class Application:
         return next((s.active for s in self.lines
                      if s.active is not None and s.active.call.reference == owner), None)
 
+    def handset_owner_events(self) -> asyncio.Queue[CallEvent] | None:
+        """The event queue of the inbound call that has the handset (the outbound port)."""
+        owner = self._owner()
+        return None if owner is None else owner.call.events
+
     def earpiece(self, reference: str, frame: np.ndarray) -> None:
         """A call's frame for the earpiece: heard only if that call has the handset."""
         if self.handset.owner == reference:
@@ -1164,7 +1169,7 @@ class Application:
             where = "playing into the handset"
         else:
             self._announce_clip = mono
-            self._announce_on_lift = "clip"
+            self.announce_on_lift = "clip"
             self.slic.short_ring()
             where = "the handset rings briefly; lift it to listen"
         await self.store.append_audit("played", actor=str(request.get("actor", "cli")),
@@ -1183,7 +1188,7 @@ class Application:
                 await self._speak_to_shop(what)
             else:
                 # On-hook: ring briefly; the announcement waits until the handset is lifted.
-                self._announce_on_lift = what
+                self.announce_on_lift = what
                 self.slic.short_ring()
 
     async def _run_hook_events(self) -> None:
@@ -1194,8 +1199,8 @@ class Application:
                 if self.outbound.on_idle_hook(event):
                     continue
                 _LOGGER.info("handset %s while idle", event.kind)
-                if event.kind == "off_hook" and self._announce_on_lift:
-                    what, self._announce_on_lift = self._announce_on_lift, None
+                if event.kind == "off_hook" and self.announce_on_lift:
+                    what, self.announce_on_lift = self.announce_on_lift, None
                     await self.slic.stop_ringing()
                     if what == "clip" and self._announce_clip is not None:
                         self.play_to_idle_handset(self._announce_clip)

@@ -30,9 +30,9 @@ from appliance.line.codec import DTMF_DIGITS
 from appliance.line.sim import SimModem
 
 __all__ = [
-    "CallResult",
     "CallScript",
     "ScriptedCall",
+    "ScriptedCallResult",
     "ScriptedKey",
     "audio_source",
     "load_script",
@@ -106,7 +106,7 @@ class CallScript:
 
 
 @dataclass(slots=True)
-class CallResult:
+class ScriptedCallResult:
     """What happened to one scripted call (for the CLI's summary and tests)."""
 
     index: int
@@ -330,9 +330,9 @@ async def _play_call(
     base_dir: Path,
     emit: Event,
     host_hangup_timeout_s: float,
-) -> CallResult:
+) -> ScriptedCallResult:
     loop = asyncio.get_running_loop()
-    result = CallResult(index, call.number)
+    result = ScriptedCallResult(index, call.number)
     source = audio_source(call.audio, base_dir)
     start = loop.time()
     emit("ringing", {"call": index, "number": call.number, "name": call.name,
@@ -405,7 +405,7 @@ async def play_script(
     *,
     on_event: Event | None = None,
     host_hangup_timeout_s: float = HOST_HANGUP_TIMEOUT_S,
-) -> list[CallResult]:
+) -> list[ScriptedCallResult]:
     """Play every call of ``script`` against whatever host drives ``sim``; return the results.
 
     Calls start at their ``at_s`` (seconds after this coroutine starts), one at a time: a call
@@ -421,7 +421,7 @@ async def play_script(
         if on_event is not None:
             on_event(kind, detail)
 
-    results: list[CallResult] = []
+    results: list[ScriptedCallResult] = []
     for index, call in enumerate(script.calls):
         await _sleep_until(loop, t0 + call.at_s)
         if sim.off_hook:

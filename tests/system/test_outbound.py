@@ -21,7 +21,7 @@ import soundfile
 
 from appliance.audio.backend import SimHandsetAudio
 from appliance.audio.tones import dtmf_sequence
-from appliance.call.outbound import OutboundResult
+from appliance.call.outbound_flow import OutboundResult
 from appliance.config import load_config
 from appliance.daemon.app import Application
 from appliance.handset.slic import HookEvent

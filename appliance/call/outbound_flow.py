@@ -2,7 +2,7 @@
 
 One :class:`OutboundCall` per lift of the handset while the box is idle. Like
 :class:`~appliance.call.flow.InboundCall` it owns no hardware: it talks to ports the daemon
-implements (``daemon/outbound.py``) and reacts to events posted into its queue
+implements (``daemon/outbound_control.py``) and reacts to events posted into its queue
 (:mod:`appliance.call.events`: ``DigitDialled``, ``LineProgress``, ``RecordRequested`` plus the
 shared ``AgentOnHook``, ``CallerHungUp``, ``LineLost``, ``KeyPressed``, ``PlaybackDone``).
 

@@ -29,7 +29,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 
@@ -47,7 +48,7 @@ from appliance.call.events import (
     RecordRequested,
 )
 from appliance.call.flow import RecordingInfo
-from appliance.call.outbound import OutboundCall, OutboundPolicy, OutboundPorts, OutboundResult
+from appliance.call.outbound_flow import OutboundCall, OutboundPolicy, OutboundPorts, OutboundResult
 from appliance.daemon.media import CallMedia
 from appliance.errors import ModemError
 from appliance.line.modem import (
@@ -62,9 +63,15 @@ from appliance.line.progress import CallProgressDetector
 from appliance.panel.panel import PanelState
 
 if TYPE_CHECKING:
-    from appliance.daemon.app import Application, LineSession
-    from appliance.handset.slic import HookEvent
-    from appliance.panel.panel import ButtonEvent
+    from appliance.audio.backend import HandsetAudio
+    from appliance.audio.tones import ToneZone
+    from appliance.call.events import CallEvent
+    from appliance.call.flow import PromptPort
+    from appliance.config import Config, LineConfig
+    from appliance.handset.slic import HookEvent, Slic
+    from appliance.line.modem import Modem
+    from appliance.panel.panel import ButtonEvent, Panel
+    from appliance.store.db import Store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,6 +90,69 @@ _DIAL_RESULT: Final = {
     DialResult.NO_ANSWER: "no-answer",
     DialResult.NO_CARRIER: "failed",
 }
+
+
+class OutboundLine(Protocol):
+    """What the controller needs of one line's supervisor (the daemon's ``LineSession``)."""
+
+    state: str
+
+    @property
+    def line(self) -> LineConfig: ...
+    @property
+    def modem(self) -> Modem | None: ...
+    @property
+    def active(self) -> object | None:
+        """The inbound call on this line, if any (the controller only asks whether one is)."""
+    @property
+    def no_duplex(self) -> bool: ...
+
+
+class HandsetClaim(Protocol):
+    """The shared handset's arbitration: first come, first served."""
+
+    def request(self, reference: str) -> bool: ...
+    def release(self, reference: str) -> None: ...
+
+
+class OutboundHost(Protocol):
+    """The narrow port through which the controller reaches the rest of the daemon.
+
+    The daemon's ``Application`` implements it; the controller never touches its internals,
+    so this module does not depend on ``daemon/app.py`` (which creates the controller).
+    """
+
+    #: Set while the handset is left off the hook after an outbound call (a fault LED).
+    handset_left_off_hook: bool
+    #: Something the owner was rung to hear when lifting (then a lift is not a dial-out).
+    announce_on_lift: str | None
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def tone_zone(self) -> ToneZone: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def prompts(self) -> PromptPort: ...
+    @property
+    def handset_audio(self) -> HandsetAudio: ...
+    @property
+    def panel(self) -> Panel: ...
+    @property
+    def slic(self) -> Slic: ...
+    @property
+    def handset(self) -> HandsetClaim: ...
+    @property
+    def lines(self) -> Sequence[OutboundLine]: ...
+    @property
+    def in_call(self) -> bool: ...
+    def observe(self, reference: str, state: str, detail: str) -> None: ...
+    def update_faults(self) -> None: ...
+    async def allocate_reference(self) -> str: ...
+    def publish_status(self) -> None: ...
+    def handset_owner_events(self) -> asyncio.Queue[CallEvent] | None:
+        """The event queue of the inbound call that has the handset, if any."""
 
 
 class _MediaPort:
@@ -129,7 +199,7 @@ class _Session:
         self.app = controller.app
         self.events: asyncio.Queue[OutboundEvent] = asyncio.Queue()
         self.media = _MediaPort()
-        self.line_session: LineSession | None = None
+        self.line_session: OutboundLine | None = None
         self.reference: str | None = None
         self.handed_over = False
         self.no_dialtone = False
@@ -316,7 +386,7 @@ class OutboundController:
         seized: line name → the session using it.
     """
 
-    def __init__(self, app: Application) -> None:
+    def __init__(self, app: OutboundHost) -> None:
         self.app = app
         cfg = app.config.outbound
         self.policy = OutboundPolicy(
@@ -356,7 +426,7 @@ class OutboundController:
             return False
         if event.kind != "off_hook" or self._stopping:
             return False
-        if getattr(self.app, "_announce_on_lift", None):
+        if self.app.announce_on_lift:
             return False  # the owner was rung for an announcement: app.py says it
         if not self.app.handset.request(OWNER):
             return False
@@ -368,12 +438,12 @@ class OutboundController:
     def on_handset_capture(self, frame: np.ndarray) -> bool:
         """A mouthpiece frame; True if an outbound session consumed it."""
         if self._handover:
-            owner = self.app._owner()
-            if owner is not None:
+            owner_events = self.app.handset_owner_events()
+            if owner_events is not None:
                 # The inbound call that won over the dial tone: the shop is already listening.
                 self._handover = False
                 if self.app.slic.off_hook:
-                    owner.call.events.put_nowait(AgentOffHook())
+                    owner_events.put_nowait(AgentOffHook())
             return False
         session = self.session
         if session is None:
@@ -381,7 +451,7 @@ class OutboundController:
         session.on_handset_capture(frame)
         return True
 
-    def line_event(self, line: LineSession, event: LineEvent) -> bool:
+    def line_event(self, line: OutboundLine, event: LineEvent) -> bool:
         """A modem event of ``line``; True if it belongs to an outbound call (consumed)."""
         session = self.seized.get(line.line.name)
         if session is None:
@@ -397,7 +467,7 @@ class OutboundController:
             session.progress(event.kind, "modem")
         return True
 
-    def ring_may_proceed(self, line: LineSession) -> bool:
+    def ring_may_proceed(self, line: OutboundLine) -> bool:
         """A RING on ``line``: the incoming call wins only if no digit was dialled yet."""
         self._rang_at[line.line.name] = time.monotonic()
         session = self.session
@@ -438,7 +508,7 @@ class OutboundController:
     def active(self) -> bool:
         return self.session is not None
 
-    def free_line(self) -> LineSession | None:
+    def free_line(self) -> OutboundLine | None:
         """A line whose modem is up, with no call and no RING in the last RING_GONE_S.
 
         A line without full duplex never carries an outbound call: the shop could not be

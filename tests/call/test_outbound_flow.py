@@ -25,7 +25,7 @@ from appliance.call.events import (
     RecordRequested,
 )
 from appliance.call.flow import RecordingInfo
-from appliance.call.outbound import (
+from appliance.call.outbound_flow import (
     INDEX_OUTCOME,
     OUTBOUND_OUTCOMES,
     TRANSITIONS,

@@ -1,0 +1,73 @@
+"""The package's import graph: no cycles, and the rooms import in one direction.
+
+Every ``import`` counts, also those inside functions and under ``TYPE_CHECKING``: a cycle
+that only shows up lazily or for the type checker is still two modules that each need
+the other (docs/architecture.md, "Rooms").
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import appliance
+
+PACKAGE_DIR = Path(appliance.__file__).parent
+#: Rooms that drive hardware or compute audio: they never reach up into the call or daemon.
+LOWER_ROOMS = ("line", "handset", "panel", "audio")
+UPPER_ROOMS = ("daemon", "call", "cli", "sim", "bench")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the package modules it imports (anywhere in its source)."""
+    modules = {_module_name(p): p for p in PACKAGE_DIR.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets = [t if t in modules else node.module for t in targets]
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def test_the_graph_is_read() -> None:
+    graph = import_graph()
+    assert "appliance.daemon.app" in graph
+    assert "appliance.line.modem" in graph["appliance.daemon.app"]
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    # A package imports its own modules only to re-export them; that is not a dependency.
+    for name, targets in graph.items():
+        graph[name] = {t for t in targets if not name.startswith(f"{t}.")}
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        raise AssertionError(f"import cycle: {' → '.join(exc.args[1])}") from None
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_lower_rooms_never_import_upper_rooms() -> None:
+    wrong = [
+        f"{name} imports {target}"
+        for name, targets in import_graph().items()
+        if _room(name) in LOWER_ROOMS
+        for target in targets
+        if _room(target) in UPPER_ROOMS
+    ]
+    assert wrong == []
