@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 
 from appliance.audio.buffers import FrameSource, JitterBuffer, SampleRing, silence
+from appliance.audio.hybrid import Hybrid, HybridSpec, add_echo
 from appliance.audio.pcm import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 from appliance.errors import AudioError
 
@@ -49,15 +50,34 @@ class SimHandsetAudio:
 
     The simulated shop assistant plugs in with :meth:`connect_user`: its *mouth* is a frame
     source read once per tick, its *ear* receives each frame played to the earpiece.
+
+    Args:
+        echo: the SLIC's hybrid (what the earpiece plays returns in the mouthpiece capture,
+            :mod:`appliance.audio.hybrid`); None: no echo.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, echo: HybridSpec | None = None) -> None:
         self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "frames": 0}
         self._playback = JitterBuffer()
         self._mouth: FrameSource | None = None
         self._ear: Callable[[np.ndarray], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_capture: CaptureCallback | None = None
+        self.hybrid: Hybrid | None = None
+        self._echo: np.ndarray | None = None
+        self.set_echo(echo)
+
+    def set_echo(self, spec: HybridSpec | None) -> None:
+        """Model the SLIC's hybrid with ``spec`` from the next tick on (None: no echo).
+
+        Changing it mid-call is an echo path change (the shop moved the handset).
+        """
+        if spec is None:
+            self.hybrid, self._echo = None, None
+        elif self.hybrid is None:
+            self.hybrid = Hybrid(spec)
+        else:
+            self.hybrid.change(spec)
 
     def connect_user(
         self, mouth: FrameSource | None, ear: Callable[[np.ndarray], None] | None
@@ -90,6 +110,10 @@ class SimHandsetAudio:
             if self._ear is not None:
                 self._ear(out)
             frame = self._mouth.read(FRAME_SAMPLES) if self._mouth is not None else silence()
+            if self.hybrid is not None:
+                # The earpiece's previous frame returns through the SLIC's hybrid now.
+                frame = add_echo(frame, self._echo)
+                self._echo = self.hybrid.echo(out)
             self.stats["frames"] += 1
             self.stats["underruns"] = self._playback.underruns
             self.stats["overruns"] = self._playback.overruns

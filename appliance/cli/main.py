@@ -115,12 +115,18 @@ def run(obj: CliContext) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--profile", type=click.Choice(["conexant", "usr", "v253"]), default="conexant",
               show_default=True, help="Which real modem the emulator imitates.")
+@click.option("--line-echo", default="on", show_default=True, metavar="off|on|ERL[,TAIL]",
+              help="The modem's hybrid: the shop's voice returns in the caller channel ERL dB "
+                   "down with a TAIL ms impulse response (on: 10 dB, 16 ms; docs/line.md).")
+@click.option("--handset-echo", default="on", show_default=True, metavar="off|on|ERL[,TAIL]",
+              help="The SLIC's hybrid: the caller's voice returns in the mouthpiece (on: "
+                   "14 dB, 8 ms).")
 @click.option("--verbose", "-v", is_flag=True, help="Show the daemon's log on stderr.")
 @click.option("--state-dir", "demo_state_dir", type=click.Path(path_type=Path),
               help="Keep the index and recordings here (default: a new temporary directory).")
 @click.pass_obj
-def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, verbose: bool,
-         demo_state_dir: Path | None) -> None:
+def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, line_echo: str,
+         handset_echo: str, verbose: bool, demo_state_dir: Path | None) -> None:
     """Run one whole simulated call through the real daemon.
 
     The line is the V.253 modem emulator on a real pty opened by pyserial; the handset is the
@@ -130,7 +136,14 @@ def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, verbose: b
     setup_logging("INFO" if verbose else "WARNING")
     state_dir = (demo_state_dir or obj.state_dir
                  or Path(tempfile.mkdtemp(prefix="appliance-demo-")))
-    from appliance.sim.demo import run_demo
+    from appliance.audio.hybrid import parse_hybrid
+    from appliance.sim.demo import DEMO_HANDSET_ECHO, DEMO_LINE_ECHO, run_demo
+
+    try:
+        line_spec = parse_hybrid(line_echo, default=DEMO_LINE_ECHO)
+        handset_spec = parse_hybrid(handset_echo, default=DEMO_HANDSET_ECHO)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
     def on_entry(t: float, actor: str, what: str, detail: str) -> None:
         if not as_json:
@@ -147,7 +160,8 @@ def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, verbose: b
                                                    profile=profile))
         else:
             result = asyncio.run(run_demo(scenario, state_dir, on_entry=on_entry,
-                                          profile=profile))
+                                          profile=profile, line_echo=line_spec,
+                                          handset_echo=handset_spec))
     except ConfigError as exc:
         click.echo(f"appliance: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)

@@ -21,12 +21,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
 from appliance.config import EXIT_CONFIG
 from appliance.errors import ConfigError, ModemCommandError, ModemError
+
+if TYPE_CHECKING:
+    from appliance.audio.hybrid import HybridSpec
 
 __all__ = ["DIALECTS", "ProbeReport", "port_lock_holder", "probe_modem", "register"]
 
@@ -73,12 +76,15 @@ def _relink(link: Path | None, target: str | None) -> None:
 @click.option("--half-duplex", is_flag=True,
               help="Imitate a modem without full duplex (AT+VTR and AT+VTR=? answer ERROR); "
                    "the appliance then works as an answering machine (docs/line.md).")
+@click.option("--echo", "echo", default="off", show_default=True, metavar="off|on|ERL[,TAIL]",
+              help="Model the line's hybrid: what the host plays returns in what it receives, "
+                   "ERL dB down through a TAIL ms impulse response (on: 10 dB, 16 ms).")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON lines on stdout: {event: serving, pty, …}, then one per script step.")
 @click.option("--verbose", "-v", is_flag=True, help="Log the emulator's work on stderr.")
 def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None,
-              link: Path | None, ring_period_s: float, half_duplex: bool, as_json: bool,
-              verbose: bool) -> None:
+              link: Path | None, ring_period_s: float, half_duplex: bool, echo: str,
+              as_json: bool, verbose: bool) -> None:
     """Serve the emulated V.253 voice modem on a pty until Ctrl-C or SIGTERM.
 
     The first line on stdout is the pty path: point any modem software at it (vgetty with
@@ -90,6 +96,12 @@ def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None
     setup_logging("INFO" if verbose else "WARNING")
     if dialect is None:
         dialect = _PROFILE_DIALECT[profile] if profile else "cx93010"
+    from appliance.audio.hybrid import LINE_ERL_DB, LINE_TAIL_MS, HybridSpec, parse_hybrid
+
+    try:
+        echo_spec = parse_hybrid(echo, default=HybridSpec(LINE_ERL_DB, LINE_TAIL_MS))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--echo") from exc
     script = None
     if script_path is not None:
         from appliance.line.script import load_script
@@ -100,11 +112,12 @@ def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None
             click.echo(f"appliance: script error: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
     asyncio.run(_serve(dialect, script, link, ring_period_s, as_json,
-                       half_duplex=half_duplex))
+                       half_duplex=half_duplex, echo=echo_spec))
 
 
 async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: float,
-                 as_json: bool, *, half_duplex: bool = False) -> None:
+                 as_json: bool, *, half_duplex: bool = False,
+                 echo: HybridSpec | None = None) -> None:
     from appliance.line.script import ScriptedCallResult, play_script
     from appliance.line.sim import CID_DELAY_S, PtyModemServer, SimModem
 
@@ -113,7 +126,7 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sim = SimModem(DIALECTS[dialect], ring_period_s=ring_period_s,
-                   cid_delay_s=min(CID_DELAY_S, ring_period_s / 2))
+                   cid_delay_s=min(CID_DELAY_S, ring_period_s / 2), echo=echo)
     if half_duplex:
         sim.profile = dataclasses.replace(sim.profile, full_duplex=False)
     server = PtyModemServer(sim)

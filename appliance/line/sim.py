@@ -34,6 +34,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from appliance.audio.hybrid import Hybrid, HybridSpec, add_echo
 from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ, bytes_per_sample, decode_voice
 from appliance.audio.pcm import encode_voice as _encode_voice
 from appliance.audio.tones import dtmf_samples
@@ -277,6 +278,8 @@ class SimModem:
         profile: ``"conexant"`` (default), ``"usr"``, ``"v253"`` (or their long aliases).
         ring_period_s: time between RINGs (shrink in tests).
         cid_delay_s: caller ID this long after the first RING.
+        echo: the line's hybrid (what the host plays returns in what it receives,
+            :mod:`appliance.audio.hybrid`); None: no echo.
     """
 
     def __init__(
@@ -285,6 +288,7 @@ class SimModem:
         *,
         ring_period_s: float = RING_PERIOD_S,
         cid_delay_s: float = CID_DELAY_S,
+        echo: HybridSpec | None = None,
     ) -> None:
         key = _PROFILE_ALIASES.get(profile, profile)
         if key not in PROFILES:
@@ -319,6 +323,9 @@ class SimModem:
         self._callee = SimCallee()
         self.dialled: list[str] = []
         self._answered_event = asyncio.Event()
+        self.hybrid: Hybrid | None = None
+        self._echo: npt.NDArray[np.float64] | None = None
+        self.set_echo(echo)
         self._reset_state()
 
     # --- wiring
@@ -334,6 +341,18 @@ class SimModem:
         self._write = None
         self._port = None
         self._cancel_tasks()
+
+    def set_echo(self, spec: HybridSpec | None) -> None:
+        """Model the line's hybrid with ``spec`` from the next frame on (None: no echo).
+
+        Changing the spec mid-call is an echo path change (the line's impedance changed).
+        """
+        if spec is None:
+            self.hybrid, self._echo = None, None
+        elif self.hybrid is None:
+            self.hybrid = Hybrid(spec)
+        else:
+            self.hybrid.change(spec)
 
     # --- state
 
@@ -1119,7 +1138,11 @@ class SimModem:
         fmt = self.voice_format
         events = self._due_events(now)
         if self._mode in _RX_MODES:
-            out += VoiceEncoder.encode(_encode_voice(self._caller_frame(now), fmt))
+            # The echo of the previous frame played (the hybrid returns it as the next one
+            # is sampled: audio/hybrid.py).
+            rx = add_echo(self._caller_frame(now), self._echo)
+            out += VoiceEncoder.encode(_encode_voice(rx, fmt))
+        played: npt.NDArray[np.int16] | None = None
         for code in events:
             out += b"\x10" + code.encode("latin-1")
         if self._mode in _TX_MODES:
@@ -1129,7 +1152,8 @@ class SimModem:
                 take = take[:-1]  # keep an odd byte for the next tick
             del self._txbuf[: len(take)]
             if take:
-                self._play(decode_voice(take, fmt), now)
+                played = decode_voice(take, fmt)
+                self._play(played, now)
             if len(take) < frame_bytes and self._mode != _Mode.VTX_DRAIN and self._tx_fed:
                 # §6: buffer empty without <DLE><ETX> → <DLE>u, once per gap.
                 self._tx_fed = False
@@ -1146,6 +1170,12 @@ class SimModem:
                 self._result("OK")
                 self._resume_reading()
                 self._process_queue()
+        if self.hybrid is not None:
+            # Silence is sent too when nothing is played: the tail of earlier echo goes on.
+            sent = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            if played is not None:
+                sent[: len(played)] = played[:FRAME_SAMPLES]
+            self._echo = self.hybrid.echo(sent)
         if out:
             self._send(bytes(out))
 

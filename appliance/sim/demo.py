@@ -19,10 +19,17 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.audio.backend import SimHandsetAudio
+from appliance.audio.hybrid import (
+    HANDSET_ERL_DB,
+    HANDSET_TAIL_MS,
+    LINE_ERL_DB,
+    LINE_TAIL_MS,
+    HybridSpec,
+)
 from appliance.call.reference import format_reference
 from appliance.config import Config, load_config
 from appliance.daemon.app import Application
-from appliance.line.sim import PtyModemServer
+from appliance.line.sim import PtyModemServer, SimModem
 from appliance.sim.world import (
     LINES_HU,
     SCENARIOS,
@@ -40,6 +47,10 @@ DEMO_TIMEOUT_S: Final = 150.0
 LIFT_AFTER_RINGS: Final = 2
 #: How long the simulated people may take to finish after the call has ended.
 ACTORS_GRACE_S: Final = 5.0
+#: The demo's line is a real line: the modem's hybrid returns the shop's voice in the caller
+#: channel, the SLIC's returns the caller's voice in the mouthpiece (audio/hybrid.py).
+DEMO_LINE_ECHO: Final = HybridSpec(erl_db=LINE_ERL_DB, tail_ms=LINE_TAIL_MS, seed=0)
+DEMO_HANDSET_ECHO: Final = HybridSpec(erl_db=HANDSET_ERL_DB, tail_ms=HANDSET_TAIL_MS, seed=100)
 
 
 @dataclass
@@ -88,6 +99,8 @@ async def run_demo(
     on_entry: Callable[[float, str, str, str], None] | None = None,
     config_extra: dict[str, Any] | None = None,
     profile: str = "conexant",
+    line_echo: HybridSpec | None = DEMO_LINE_ECHO,
+    handset_echo: HybridSpec | None = DEMO_HANDSET_ECHO,
 ) -> DemoResult:
     """Run one simulated call (two for ``two-lines``) end to end; summaries and timeline.
 
@@ -96,6 +109,8 @@ async def run_demo(
     hangs up. ``DemoResult.summaries`` has one summary per call (``summary`` is the first).
     ``half-duplex``: the emulated modem has no ``+VTR`` (issue 3 item 2); the box lets the
     phone ring first, then answers as an answering machine and the caller leaves a message.
+    ``line_echo`` / ``handset_echo``: the hybrids of the modem and of the SLIC (None: an
+    echo-free line, as no real one is); a second line's hybrid is another path of that shape.
     """
     if scenario not in ALL_SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(ALL_SCENARIOS)}")
@@ -109,7 +124,11 @@ async def run_demo(
     speech = await asyncio.to_thread(
         lambda: {k: render_speech(v, f0_hz=110.0 if k.startswith("caller") else 190.0,
                                   seed=len(k)) for k, v in speech_texts.items()})
-    servers = [PtyModemServer(profile=profile) for _ in range(n_lines)]
+    servers = [
+        PtyModemServer(SimModem(profile, echo=line_echo and dataclasses.replace(
+            line_echo, seed=line_echo.seed + i)))
+        for i in range(n_lines)
+    ]
     if scenario == "half-duplex":
         for server in servers:
             server.sim.profile = dataclasses.replace(server.sim.profile, full_duplex=False)
@@ -118,7 +137,7 @@ async def run_demo(
         world.log("sim", "modem emulator on pty", path)
     config = demo_config(state_dir, scenario, paths, config_extra)
     factory = MockFactory(pin_class=MockPWMPin)
-    handset = SimHandsetAudio()
+    handset = SimHandsetAudio(echo=handset_echo)
     app = Application(config, pin_factory=factory, handset_audio=handset)
     app.observers.append(
         lambda ref, state, detail: world.observe_call(ref, state, detail, app.line_of(ref)))
@@ -214,6 +233,9 @@ async def run_demo(
                           # +VTX/+VRX on a half-duplex modem).
                           "voice_states": [c for c in servers[line_index].sim.commands
                                            if c in ("AT+VTR", "AT+VTX", "AT+VRX")]},
+                "echo": {"line": dataclasses.asdict(line_echo) if line_echo else None,
+                         "handset": (dataclasses.asdict(handset_echo) if handset_echo
+                                     else None)},
                 "wall_time_s": round(time.monotonic() - t_start, 2),
                 # How much of what the line sent the caller actually heard as sound.
                 "caller_heard_loud_s": _loud_seconds(callers[line_index].heard
