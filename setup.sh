@@ -285,8 +285,9 @@ install_venv() {
     fi
     sys "[ -x $OPT_DIR/venv/bin/python ] || python3 -m venv $OPT_DIR/venv"
     sys "$OPT_DIR/venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip"
-    # .[pi] adds lgpio (gpiozero's pin factory on Bookworm, required on a Pi 5).
-    sys "$OPT_DIR/venv/bin/python -m pip install -q --disable-pip-version-check --upgrade '${build}[pi]'"
+    # .[pi] adds lgpio (gpiozero's pin factory on Bookworm, required on a Pi 5); .[archive]
+    # the chain's archive (docs/archive.md), off until [archive] is configured.
+    sys "$OPT_DIR/venv/bin/python -m pip install -q --disable-pip-version-check --upgrade '${build}[pi,archive]'"
     if [ "$STAGED" -eq 0 ]; then
         rm -rf "$build"
         echo "$want" >"$stamp"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -170,6 +171,43 @@ class OutboundConfig:
     """Keys the shop dials during the call to ask for recording (or press the panel button)."""
 
 
+#: What ``archive.verify`` accepts: compare the HEAD answer (size and ETag) with what was
+#: sent, or download the object again and compare its SHA-256.
+ARCHIVE_VERIFY_MODES: Final = ("etag", "download")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """Every call archived, encrypted, in S3-compatible object storage (docs/archive.md)."""
+
+    enabled: bool = False
+    """Upload finalized calls and replicate the index (``appliance archive run``)."""
+    endpoint: str = ""
+    """The S3 endpoint URL (``https://s3.example.com``)."""
+    bucket: str = ""
+    """The bucket every box of the chain writes to (each under its own prefix)."""
+    prefix: str = ""
+    """This box's folder in the bucket ("" = the host name)."""
+    region: str = "us-east-1"
+    """Signature region (most S3-compatible services accept any)."""
+    credentials_file: str = "/etc/appliance/archive-credentials.toml"
+    """``access_key_id`` and ``secret_access_key`` in TOML, mode 0600: never in this file."""
+    ca_file: str = ""
+    """PEM bundle of the CA to trust for the endpoint ("" = the system's)."""
+    recipients: tuple[str, ...] = ()
+    """age public keys (``age1…``) of whoever may read the archive."""
+    verify: str = "etag"
+    """After each upload: ``etag`` (HEAD: size and MD5 ETag) or ``download`` (re-hash)."""
+    bandwidth_kbit_s: int = 0
+    """Upload cap in kbit/s (0 = no cap)."""
+    poll_s: float = 2.0
+    """How often the uploader looks for newly finalized (or erased) calls."""
+    retry_max_s: float = 600.0
+    """Ceiling of the retry back-off (1 s doubling up to this)."""
+    replicate_index: bool = True
+    """Replicate the index with Litestream (``appliance archive replicate``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole effective configuration."""
@@ -187,6 +225,7 @@ class Config:
     tones: TonesConfig
     logging: LoggingConfig
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
     @property
     def db_path(self) -> Path:
@@ -324,6 +363,10 @@ def _build(tp: Any, value: Any, path: str) -> Any:
                 raise ConfigError(_join(path, name), "a value (the key is missing)", None)
             kwargs[name] = _build(hints[name], value[name], _join(path, name))
         return typing.cast(Any, tp)(**kwargs)
+    if origin is tuple and typing.get_args(tp)[0] is str:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(path, "a list of strings", value)
+        return tuple(value)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list) or not value:
@@ -429,6 +472,9 @@ RANGES: Final[dict[str, Range]] = {
     "outbound.howler_s": Range(0, 3600, _S, above=True),
     "outbound.no_answer_s": Range(0, 3600, _S, above=True),
     "outbound.failure_listen_s": Range(0, 3600, _S, above=True),
+    "archive.bandwidth_kbit_s": Range(0, 10_000_000, "kbit/s (0 = no cap)"),
+    "archive.poll_s": Range(0.1, 3600, _S),
+    "archive.retry_max_s": Range(1, 86_400, _S),
 }
 
 
@@ -501,6 +547,54 @@ def _validate(c: Config) -> None:
     o = c.outbound
     _check(1 <= len(o.record_code) <= 4 and all(ch in DTMF_KEYS for ch in o.record_code),
            "outbound.record_code", "1–4 DTMF keys 0-9 * #", o.record_code)
+    _validate_archive(c.archive)
+
+
+#: S3 bucket names: 3–63 lower-case letters, digits, dots and hyphens (AWS naming rules).
+_BUCKET_RE: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+#: A box prefix: letters, digits, ``.``, ``_``, ``-`` (it is also a folder name elsewhere).
+_PREFIX_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _validate_archive(a: ArchiveConfig) -> None:
+    """``[archive]`` checks; with ``enabled = false`` only what is set must be well-formed."""
+    from urllib.parse import urlsplit
+
+    if a.enabled or a.endpoint:
+        url = urlsplit(a.endpoint)
+        _check(url.scheme in ("http", "https") and bool(url.hostname) and url.path in ("", "/"),
+               "archive.endpoint", "an http(s):// URL of the S3 service", a.endpoint)
+    if a.enabled or a.bucket:
+        _check(bool(_BUCKET_RE.match(a.bucket)), "archive.bucket",
+               "an S3 bucket name (3-63 of a-z 0-9 . -)", a.bucket)
+    _check(a.prefix == "" or bool(_PREFIX_RE.match(a.prefix)), "archive.prefix",
+           '"" (the host name) or a name of letters, digits, . _ -', a.prefix)
+    if a.enabled:
+        _check(a.credentials_file.startswith("/"), "archive.credentials_file",
+               "an absolute path", a.credentials_file)
+        _check(bool(a.recipients), "archive.recipients",
+               "at least one age public key (age1…)", list(a.recipients))
+    _check(a.ca_file == "" or a.ca_file.startswith("/"), "archive.ca_file",
+           '"" or an absolute path', a.ca_file)
+    for i, key in enumerate(a.recipients):
+        _check(_age_recipient_ok(key), f"archive.recipients[{i}]",
+               "an age X25519 public key (age1…)", key)
+    _check(a.verify in ARCHIVE_VERIFY_MODES, "archive.verify",
+           f"one of {ARCHIVE_VERIFY_MODES}", a.verify)
+
+
+def _age_recipient_ok(key: str) -> bool:
+    """Whether ``key`` parses as an age X25519 recipient (pyrage, when installed; else the
+    bech32 shape, so a box without the archive extra still loads its configuration)."""
+    try:
+        import pyrage
+    except ImportError:
+        return bool(re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", key))
+    try:
+        pyrage.x25519.Recipient.from_str(key)
+    except pyrage.RecipientError:
+        return False
+    return True
 
 
 #: BCM pins the appliance must not use: the UART pair (serial console / Bluetooth UART;

@@ -126,7 +126,7 @@ def test_plan_has_the_system_steps(staged: Path) -> None:
     assert re.search(r"useradd --system .*appliance$", text, re.MULTILINE)
     assert "usermod --append --groups dialout,audio,gpio appliance" in text
     assert "python3 -m venv /opt/appliance/venv" in text
-    assert "[pi]'" in text
+    assert "[pi,archive]'" in text
     assert "systemctl enable appliance.service" in text
     assert "sounds build" in text
     assert "doctor" in text

@@ -349,6 +349,10 @@ from appliance.cli import modem as modem_cli  # noqa: E402
 
 modem_cli.register(cli)
 
+from appliance.cli import archive as archive_cli  # noqa: E402
+
+archive_cli.register(cli)
+
 
 def main() -> None:
     """Console-script entry point."""

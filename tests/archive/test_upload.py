@@ -1,0 +1,203 @@
+"""The uploader against a real S3 server: archive, verify, survive the server's death,
+refuse wrong credentials and a missing bucket, and follow erasure and purge."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from appliance.archive import queue
+from appliance.archive.s3 import call_key, make_client
+from appliance.archive.uploader import Uploader
+from appliance.config import RetentionConfig
+from appliance.sim.objectstore import ObjectStore
+from appliance.store.db import Store
+from appliance.store.retention import erase_call, purge
+from tests.archive.conftest import BUCKET, Box, make_box
+from tests.store.callfactory import DAY_S, make_calls
+
+NOW = time.time()
+#: Upper bound for the uploader to reach a state in the threaded tests.
+WAIT_S = 30.0
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def uploader(box: Box) -> Uploader:
+    up = Uploader(box.config, box.credentials, box.prefix)
+    up.open()
+    return up
+
+
+def state(box: Box, reference: str) -> str | None:
+    conn = queue.open_queue(box.config.db_path)
+    try:
+        return queue.state_of(conn, reference)
+    finally:
+        conn.close()
+
+
+def fetch(box: Box, key: str) -> bytes:
+    client = make_client(box.config.archive, box.credentials)
+    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def test_finalized_calls_are_encrypted_uploaded_verified_and_audited(
+        tmp_path: Path, objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore)
+    recorded, declined = make_calls(box.state_dir, [
+        {"counter": 1, "ring_at": NOW - 60},
+        {"counter": 2, "ring_at": NOW - 30, "record_s": None},
+    ])
+    up = uploader(box)
+    try:
+        worked = up.step()
+        assert up.service_error is None
+        assert worked
+    finally:
+        up.close()
+    assert state(box, recorded.reference) == "archived"
+    assert state(box, declined.reference) is None  # nothing to archive
+    assert recorded.recording is not None
+    cipher = fetch(box, call_key(box.prefix, recorded.reference, "recording", ".flac"))
+    assert cipher.startswith(b"age-encryption.org/v1")
+    assert pyrage.decrypt(cipher, [box.identity]) == recorded.recording.read_bytes()
+    store = Store.open(box.config.db_path)
+    try:
+        entries = [e for e in store.audit_entries(recorded.reference)
+                   if e["action"] == "archive"]
+        assert store.verify_audit_chain() == []
+        row = store.get_call(recorded.reference)
+    finally:
+        store.close_sync()
+    assert len(entries) == 1
+    kinds = {o["kind"]: o for o in entries[0]["details"]["objects"]}
+    assert set(kinds) == {"recording", "sidecar", "proof"}
+    assert kinds["recording"]["plain_sha256"] == row["recording_sha256"]
+    proof = pyrage.decrypt(fetch(box, call_key(box.prefix, recorded.reference, "proof")),
+                           [box.identity])
+    assert row["recording_sha256"].encode() in proof
+
+
+def test_wrong_credentials_pause_the_queue_without_blaming_a_call(
+        tmp_path: Path, objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore, secret_key="not-the-secret")
+    (call,) = make_calls(box.state_dir, [{"counter": 3, "ring_at": NOW}])
+    up = uploader(box)
+    try:
+        up.step()
+    finally:
+        up.close()
+    assert up.service_failures == 1
+    assert "secret key is wrong" in (up.service_error or "") or "403" in (up.service_error or "")
+    conn = queue.open_queue(box.config.db_path)
+    try:
+        row = conn.execute("SELECT state, attempts FROM archive WHERE reference = ?",
+                           (call.reference,)).fetchone()
+    finally:
+        conn.close()
+    assert tuple(row) == ("queued", 0)
+
+
+def test_missing_bucket_is_named(tmp_path: Path, objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore, bucket="no-such-bucket")
+    make_calls(box.state_dir, [{"counter": 4, "ring_at": NOW}])
+    up = uploader(box)
+    try:
+        up.step()
+    finally:
+        up.close()
+    assert "bucket 'no-such-bucket' does not exist" in (up.service_error or "")
+
+
+def test_server_killed_mid_upload_then_back(tmp_path: Path) -> None:
+    server = ObjectStore(tmp_path / "s3", buckets=(BUCKET,))
+    server.start()
+    try:
+        # 2 s of noise is ~58 kB of FLAC; at 160 kbit/s its upload takes ~3 s.
+        box = make_box(tmp_path, server, bandwidth_kbit_s=160)
+        (call,) = make_calls(box.state_dir, [{"counter": 5, "ring_at": NOW, "record_s": 2.0}])
+        up = Uploader(box.config, box.credentials, box.prefix)
+        worker = threading.Thread(target=up.run, name="uploader")
+        worker.start()
+        try:
+            wait_for("the upload to start", lambda: up.bytes_sent > 16_000)
+            server.stop(kill=True)
+            wait_for("the uploader to notice", lambda: up.service_failures >= 1)
+            assert state(box, call.reference) == "queued"
+            server.start()
+            wait_for("the call to be archived", lambda: state(box, call.reference) == "archived")
+        finally:
+            up.stop.set()
+            worker.join(WAIT_S)
+        assert call.recording is not None
+        cipher = fetch(box, call_key(box.prefix, call.reference, "recording", ".flac"))
+        assert pyrage.decrypt(cipher, [box.identity]) == call.recording.read_bytes()
+    finally:
+        server.stop()
+
+
+def test_erase_and_purge_delete_every_archived_version(
+        tmp_path: Path, objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore)
+    client = make_client(box.config.archive, box.credentials)
+    client.put_bucket_versioning(Bucket=BUCKET,
+                                 VersioningConfiguration={"Status": "Enabled"})
+    old, erased = make_calls(box.state_dir, [
+        {"counter": 6, "ring_at": NOW - 400 * DAY_S},
+        {"counter": 7, "ring_at": NOW - 60},
+    ])
+    up = uploader(box)
+    try:
+        up.step()
+        assert state(box, erased.reference) == "archived"
+        # A second version of one object (as a re-upload would leave).
+        key = call_key(box.prefix, erased.reference, "sidecar")
+        client.put_object(Bucket=BUCKET, Key=key, Body=fetch(box, key))
+        store = Store.open(box.config.db_path)
+        try:
+            erase_call(store, box.config.recordings_dir, erased.reference,
+                       reason="request 2026/17", actor="cli:test")
+            purge(store, box.config.recordings_dir, RetentionConfig(365, 365, 730),
+                  actor="cli:test", now=NOW)
+        finally:
+            store.close_sync()
+        up.step()
+    finally:
+        up.close()
+    for call in (old, erased):
+        assert state(box, call.reference) == "deleted"
+        listing = client.list_object_versions(Bucket=BUCKET,
+                                              Prefix=f"{box.prefix}/calls/{call.reference}/")
+        assert not listing.get("Versions")
+        assert not listing.get("DeleteMarkers")
+    store = Store.open(box.config.db_path)
+    try:
+        deletes = {e["reference"]: e["details"] for e in store.audit_entries()
+                   if e["action"] == "archive-delete"}
+        assert store.verify_audit_chain() == []
+    finally:
+        store.close_sync()
+    assert deletes[erased.reference]["because"] == "erased"
+    assert deletes[erased.reference]["versions_deleted"] >= 4
+    assert deletes[old.reference]["because"] == "purged"
+
+
+@pytest.mark.parametrize("bad", ["age1xyz", "ssh-ed25519 AAAA"])
+def test_bad_recipient_is_a_config_error(bad: str) -> None:
+    from appliance.config import load_config
+    from appliance.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"archive\.recipients\[0\]"):
+        load_config(None, overrides={"archive": {"recipients": [bad]}})
