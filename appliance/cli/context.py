@@ -14,9 +14,15 @@ Exit codes (the same for every command, listed in ``appliance --help``):
 
 from __future__ import annotations
 
+import errno
+import functools
+import os
+import shutil
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import click
 
@@ -25,6 +31,8 @@ from appliance.config import EXIT_CONFIG
 if TYPE_CHECKING:
     from appliance.config import Config
     from appliance.store.db import Store
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -66,16 +74,111 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def open_store(obj: CliContext, *, check: bool = False) -> Store:
-    """Open the configured index for reading; no index at all is a message and exit 1.
+#: What to do about an index or state directory this user may not open.
+ACCESS_HINT: Final = ("Run it as the service user (sudo -u appliance appliance …; appliancectl "
+                      "on a box) or join the 'appliance' group.")
+#: What to do about a damaged index (the same advice as ``appliance doctor``).
+DAMAGED_HINT: Final = ("Restore appliance.db from a backup; the recordings are self-describing "
+                       "(JSON sidecars).")
+_DENIED_ERRNOS: Final = (errno.EACCES, errno.EPERM)
+#: Less free space than this is a full disk (SQLite needs a page or two to open an index).
+_FULL_BYTES: Final = 64 * 1024
 
-    ``check`` runs SQLite's quick_check first (``verify``; quick reads skip it)."""
+
+def store_problem(path: Path | None, error: BaseException, hint: str = ACCESS_HINT) -> str:
+    """One line for a person: why the index (at ``path``, if known) could not be used, and
+    what to do (:func:`classify_store_error` joined)."""
+    what, fix = classify_store_error(path, error, hint)
+    return f"{what}. {fix}" if fix else what
+
+
+def classify_store_error(path: Path | None, error: BaseException, hint: str = ACCESS_HINT
+                         ) -> tuple[str, str]:
+    """``(what happened, what to do)`` for an error opening or using the index.
+
+    ``error`` is a StoreError, an sqlite3 error or an OSError; the categories are the ones a
+    technician can act on: no permission (``hint``), read-only, disk full, damaged. Anything
+    else is the error's own text and no advice.
+    """
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    lowered = text.lower()
+    code = error.errno if isinstance(error, OSError) else None
+    subject = text if path is None or str(path) in text else f"{path}: {text}"
+    if code in _DENIED_ERRNOS or "permission" in lowered:
+        return f"cannot open {subject}", hint
+    if code == errno.EROFS or any(w in lowered for w in ("readonly", "read-only",
+                                                         "unable to open")):
+        why = ""
+        if path is not None and not os.access(path.parent, os.W_OK):
+            why = (f" ({path.parent} is not writable: SQLite needs to create appliance.db-wal "
+                   "and -shm beside the index)")
+        return f"cannot open {subject}{why}", hint
+    if code == errno.ENOSPC or "disk is full" in lowered or (
+            "disk i/o error" in lowered and path is not None and _disk_full(path.parent)):
+        # SQLite says "disk I/O error" when it cannot create the -shm file on a full disk.
+        return f"the disk is full ({subject})", "Free space (appliance purge) and try again."
+    if any(w in lowered for w in ("not a database", "malformed", "quick_check", "corrupt")):
+        return f"the index is damaged ({subject})", DAMAGED_HINT
+    return subject, ""
+
+
+def _disk_full(directory: Path) -> bool:
+    """True when the file system holding ``directory`` has (almost) no free space left."""
+    try:
+        return shutil.disk_usage(directory).free < _FULL_BYTES
+    except OSError:
+        return False
+
+
+def open_store(obj: CliContext, *, check: bool = False, hint: str = ACCESS_HINT) -> Store:
+    """Open the configured index; every way that fails is a message and exit 1.
+
+    No index at all, one this user may not read, a read-only or full state directory, a
+    damaged file: each is :func:`store_problem`'s sentence, never a traceback. ``check`` runs
+    SQLite's quick_check first (``verify``; quick reads skip it).
+    """
+    from appliance.errors import StoreError
     from appliance.store.db import Store
 
-    config = obj.config()
-    if not config.db_path.exists():
-        fail(f"no index at {config.db_path} (no call yet, or wrong --state-dir)")
-    return Store.open(config.db_path, check=check)
+    path = obj.config().db_path
+    try:
+        path.stat()  # not Path.exists: EACCES must not read as "no index"
+    except FileNotFoundError:
+        fail(f"no index at {path} (no call yet, or wrong --state-dir)")
+    except OSError as exc:
+        fail(store_problem(path, exc, hint))
+    try:
+        return Store.open(path, check=check)
+    except (StoreError, OSError) as exc:
+        fail(store_problem(path, exc, hint))
+
+
+def guard_store_errors(hint: str = ACCESS_HINT) -> Callable[[_F], _F]:
+    """Decorator for a command: an index or file error mid-command is a message and exit 1.
+
+    A command opens the index with :func:`open_store`; what can still go wrong after that
+    (a damaged page found by a query, the disk filling up, a file it may not read) ends here
+    instead of in a traceback.
+    """
+
+    def decorate(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            import sqlite3
+
+            from appliance.errors import StoreError
+
+            try:
+                return fn(*args, **kwargs)
+            except (StoreError, sqlite3.Error) as exc:
+                obj = next((a for a in args if isinstance(a, CliContext)), None)
+                fail(store_problem(obj.config().db_path if obj else None, exc, hint))
+            except OSError as exc:
+                fail(store_problem(Path(exc.filename) if exc.filename else None, exc, hint))
+
+        return typing.cast(_F, wrapper)
+
+    return decorate
 
 
 def row_view(row: dict[str, Any]) -> dict[str, Any]:

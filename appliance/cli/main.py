@@ -23,6 +23,7 @@ from appliance.cli.context import (
     STATE_DIR_HELP,
     CliContext,
     CommonOptionsGroup,
+    guard_store_errors,
     open_store,
     row_view,
 )
@@ -58,6 +59,7 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None) ->
 
 @cli.command()
 @click.pass_obj
+@guard_store_errors()
 def run(obj: CliContext) -> None:
     """Run the daemon in the foreground (what the systemd service starts)."""
     config = obj.config()
@@ -230,12 +232,17 @@ def _to_toml(data: dict[str, Any]) -> str:
 # --- reading the index -----------------------------------------------------------------------
 
 
+#: The largest integer SQLite binds (a larger Python int raises OverflowError).
+SQLITE_MAX_INT = 2**63 - 1
+
+
 def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "—"
 
 
 @cli.command()
-@click.option("--limit", default=50, show_default=True, help="Newest calls first.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Newest calls first; more than the index holds lists them all.")
 @click.option("--number", help="Only calls from this caller number.")
 @click.option("--line", "line_name", help="Only calls on this line.")
 @click.option("--since", help="Only calls ringing at or after this (YYYY-MM-DD or ISO datetime).")
@@ -247,6 +254,7 @@ def _when(t: float | None) -> str:
               help="Only calls with this outcome.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list.")
 @click.pass_obj
+@guard_store_errors()
 def calls(obj: CliContext, limit: int, number: str | None, line_name: str | None,
           since: str | None, until: str | None, outcome: str | None, as_json: bool) -> None:
     """List calls from the index, newest first."""
@@ -255,6 +263,7 @@ def calls(obj: CliContext, limit: int, number: str | None, line_name: str | None
     since_t = None if since is None else parse_when(since)
     until_t = None if until is None else parse_when(until, end=True)
     store = open_store(obj)
+    limit = min(limit, SQLITE_MAX_INT)  # SQLite's LIMIT is a signed 64-bit integer
     rows = [row_view(r) for r in store.list_calls(limit, number=number, line=line_name,
                                                    since=since_t, until=until_t,
                                                    outcome=outcome)]
@@ -298,6 +307,7 @@ def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
 @click.argument("reference")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with its events.")
 @click.pass_obj
+@guard_store_errors()
 def show(obj: CliContext, reference: str, as_json: bool) -> None:
     """Show one call by REFERENCE (427-193-53, 42719353 and "427 193 53" all work)."""
     from appliance.call.reference import parse_reference
@@ -320,6 +330,7 @@ def show(obj: CliContext, reference: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with its events.")
 @click.pass_obj
+@guard_store_errors()
 def last(obj: CliContext, as_json: bool) -> None:
     """Show the most recent call."""
     store = open_store(obj)

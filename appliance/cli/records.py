@@ -13,8 +13,8 @@ person from ``$SUDO_USER``, not the service account (see
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
+import math
 import os
 import sys
 import time
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.cli.context import CliContext, fail, open_store, row_view
+from appliance.cli.context import CliContext, fail, guard_store_errors, open_store, row_view
 
 if TYPE_CHECKING:
     from appliance.config import Config
@@ -35,7 +35,8 @@ def parse_when(text: str, *, end: bool = False) -> float:
 
     A bare date is local midnight starting that day, or with ``end`` the midnight ending it
     (``--until 2024-05-01`` includes all of 1 May). A datetime without an offset is local
-    time.
+    time. A valid date beyond what a timestamp holds (``--until 9999-12-31`` ends in year
+    10000) is the open end of the range: ±infinity, which SQLite compares as a REAL.
 
     Raises:
         click.BadParameter: neither form.
@@ -44,40 +45,35 @@ def parse_when(text: str, *, end: bool = False) -> float:
     try:
         if len(text) == 10:
             day = dt.date.fromisoformat(text)
+            if end and day == dt.date.max:
+                return math.inf
             if end:
                 day += dt.timedelta(days=1)
-            return dt.datetime.combine(day, dt.time()).astimezone().timestamp()
-        moment = dt.datetime.fromisoformat(text)
+            moment = dt.datetime.combine(day, dt.time())
+        else:
+            moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise click.BadParameter(
             f"{text!r}: expected YYYY-MM-DD or an ISO datetime such as 2024-05-01T14:30"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # naive = local time
-    return moment.timestamp()
+    try:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # naive = local time
+        return moment.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return math.inf if moment.year >= dt.MAXYEAR // 2 else -math.inf
 
 
 def _open(obj: CliContext, *, check: bool = False) -> tuple[Config, Store]:
-    """Load the configuration and open the index, turning access problems into a message.
+    """Load the configuration and open the index (exit 1 with a message if it cannot be).
 
     ``check``: run SQLite's quick_check first (the commands that promise a check)."""
-    from appliance.errors import StoreError
-
-    config = obj.config()
-    try:
-        store: Store = open_store(obj, check=check)
-    except PermissionError as exc:
-        fail(f"cannot open {config.db_path}: {exc.strerror}. {_ACCESS_HINT}")
-    except StoreError as exc:
-        text = str(exc)
-        if "readonly" in text or "unable to open" in text or "permission" in text.lower():
-            fail(f"cannot open {config.db_path}: {text}. {_ACCESS_HINT}")
-        fail(f"cannot open the index: {text}")
-    return config, store
+    return obj.config(), open_store(obj, check=check, hint=_ACCESS_HINT)
 
 
 _ACCESS_HINT = ("Records commands change the index: run them as the service user "
                 "(sudo -u appliance appliance …).")
+_guard_store_errors = guard_store_errors(_ACCESS_HINT)
 
 
 def _config_source(obj: CliContext) -> str | None:
@@ -108,25 +104,6 @@ def _parse_ref(store: Store, text: str) -> str:
         known = [c for c in exc.candidates if store.get_call(c.replace("-", ""))]
         hint = f" — did you mean {', '.join(known)}?" if known else ""
         fail(f"{exc.text!r}: {exc.reason}{hint}")
-
-
-def _guard_store_errors(fn: Any) -> Any:
-    """Decorator: a StoreError/OSError mid-command is a message and exit 1, not a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from appliance.errors import StoreError
-
-        try:
-            return fn(*args, **kwargs)
-        except StoreError as exc:
-            fail(str(exc))
-        except OSError as exc:
-            hint = f" {_ACCESS_HINT}" if exc.errno in (errno.EACCES, errno.EPERM) else ""
-            fail(f"{exc.filename or ''}: {exc.strerror}{hint}")
-
-    return wrapper
 
 
 def calls_table(rows: list[dict[str, Any]]) -> None:

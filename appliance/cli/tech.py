@@ -246,10 +246,10 @@ def _check_index(path: Path) -> list[Check]:
         finally:
             store.close_sync()
     except Exception as exc:
-        denied = isinstance(exc, PermissionError) or not os.access(path, os.R_OK)
-        return [Check("index", "fail", f"{path}: {exc}",
-                      _AS_SERVICE_FIX if denied else "restore appliance.db from a backup; "
-                      "recordings are self-describing (JSON sidecars)")]
+        from appliance.cli.context import DAMAGED_HINT, classify_store_error
+
+        what, fix = classify_store_error(path, exc, hint=_AS_SERVICE_FIX)
+        return [Check("index", "fail", what, fix or DAMAGED_HINT)]
     return [Check("index", "pass", f"{path} ok, {n} calls")]
 
 
