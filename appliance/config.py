@@ -105,6 +105,10 @@ class LineConfig:
     """Where the line's call audio flows: "" = the modem's voice data stream (``+VTR``), or
     ``"alsa:<device>"`` for an FXO board / modem that exposes it as a sound card (call
     control stays AT commands on ``device``)."""
+    duplex: str = "auto"
+    """Full-duplex voice (``+VTR``, needed to bridge the shop): ``"auto"`` finds out (a
+    refused ``AT+VTR=?`` proves nothing; the first call tries ``AT+VTR``), ``"full"`` or
+    ``"half"`` (answering machine behind the phone) say so (docs/line.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,6 +535,8 @@ def _validate(c: Config) -> None:
                                     and line.audio[len("alsa:"):].strip() != ""),
                f"lines[{i}].audio", '"" (the modem\'s voice stream) or "alsa:<device>"',
                line.audio)
+        _check(line.duplex in ("auto", "full", "half"), f"lines[{i}].duplex",
+               '"auto", "full" or "half"', line.duplex)
     h = c.handset
     _check(h.audio == "sim://" or h.audio.startswith("alsa:"), "handset.audio",
            '"sim://" or "alsa:<device>"', h.audio)

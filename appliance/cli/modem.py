@@ -79,11 +79,15 @@ def _relink(link: Path | None, target: str | None) -> None:
 @click.option("--echo", "echo", default="off", show_default=True, metavar="off|on|ERL[,TAIL]",
               help="Model the line's hybrid: what the host plays returns in what it receives, "
                    "ERL dB down through a TAIL ms impulse response (on: 10 dB, 16 ms).")
+@click.option("--no-vtr-test", "no_vtr_test", is_flag=True,
+              help="Answer ERROR to the test command AT+VTR=? but accept AT+VTR, as many "
+                   "real modems do (docs/line.md).")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON lines on stdout: {event: serving, pty, …}, then one per script step.")
 @click.option("--verbose", "-v", is_flag=True, help="Log the emulator's work on stderr.")
 def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None,
               link: Path | None, ring_period_s: float, half_duplex: bool, echo: str,
+              no_vtr_test: bool,
               as_json: bool, verbose: bool) -> None:
     """Serve the emulated V.253 voice modem on a pty until Ctrl-C or SIGTERM.
 
@@ -112,12 +116,12 @@ def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None
             click.echo(f"appliance: script error: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
     asyncio.run(_serve(dialect, script, link, ring_period_s, as_json,
-                       half_duplex=half_duplex, echo=echo_spec))
+                       half_duplex=half_duplex, echo=echo_spec, vtr_test=not no_vtr_test))
 
 
 async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: float,
                  as_json: bool, *, half_duplex: bool = False,
-                 echo: HybridSpec | None = None) -> None:
+                 echo: HybridSpec | None = None, vtr_test: bool = True) -> None:
     from appliance.line.script import ScriptedCallResult, play_script
     from appliance.line.sim import CID_DELAY_S, PtyModemServer, SimModem
 
@@ -127,8 +131,8 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
         loop.add_signal_handler(sig, stop.set)
     sim = SimModem(DIALECTS[dialect], ring_period_s=ring_period_s,
                    cid_delay_s=min(CID_DELAY_S, ring_period_s / 2), echo=echo)
-    if half_duplex:
-        sim.profile = dataclasses.replace(sim.profile, full_duplex=False)
+    sim.profile = dataclasses.replace(sim.profile, full_duplex=not half_duplex,
+                                      vtr_test_command=vtr_test)
     server = PtyModemServer(sim)
     path = await server.start()
     t0 = loop.time()
@@ -151,11 +155,14 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
         if as_json:
             click.echo(json.dumps({"event": "serving", "pty": path, "dialect": dialect,
                                    "full_duplex": not half_duplex,
+                                   "vtr_test_command": vtr_test,
                                    "link": str(link) if link else None}))
         else:
             click.echo(path)
             click.echo(f"serving the emulated {dialect} modem"
                        + (" (half duplex: no +VTR)" if half_duplex else "")
+                       + (" (AT+VTR=? refused, AT+VTR works)" if not vtr_test
+                          and not half_duplex else "")
                        + (f", linked as {link}" if link else "")
                        + ("; playing the script" if script else "") + "; Ctrl-C stops",
                        err=True)
@@ -202,7 +209,10 @@ class ProbeReport:
     chosen_format: dict[str, Any] | None = None
     vls_labels: list[str] = field(default_factory=list)
     full_duplex: bool | None = None
-    """``AT+VTR=?`` answered OK (None: could not tell)."""
+    """True: ``AT+VTR=?`` answered OK or ``AT+VTR`` connected (``--try-vtr``); False:
+    ``AT+VTR`` refused; None: not known (a refused test command proves nothing)."""
+    duplex_evidence: str = "not asked"
+    """What :attr:`full_duplex` rests on, in words."""
     caller_id: str | None = None
     """The ``AT+VCID=?`` range, None if refused."""
     country: str | None = None
@@ -214,8 +224,13 @@ class ProbeReport:
         return asdict(self)
 
 
-async def probe_modem(device: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> ProbeReport:
+async def probe_modem(device: str, *, timeout_s: float = PROBE_TIMEOUT_S,
+                      try_vtr: bool = False) -> ProbeReport:
     """Open ``device`` (tty path, ``socket://…`` or ``sim://profile``) and ask what it supports.
+
+    With ``try_vtr``, a modem that does not answer ``AT+VTR=?`` with OK is taken off-hook
+    for a moment (``AT+VLS``, ``AT+VTR``, ``<DLE>^``, ``AT+VLS=0``) to find out whether it
+    has full duplex: the only test that counts (docs/line.md).
 
     Raises:
         ModemGone: the port cannot be opened (missing, or locked by another program).
@@ -255,12 +270,48 @@ async def probe_modem(device: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> Pro
             if chosen is not None:
                 report.chosen_format = {"cml": chosen[0], "format": chosen[1]}
             report.vls_labels = await ask("AT+VLS=?") or []
-            report.full_duplex = await ask("AT+VTR=?") is not None
+            if await ask("AT+VTR=?") is not None:
+                report.full_duplex = True
+                report.duplex_evidence = "AT+VTR=? answered OK"
+            else:
+                report.duplex_evidence = ("AT+VTR=? refused, which proves nothing (test "
+                                          "commands are optional); the daemon's first call "
+                                          "tries AT+VTR")
+                if try_vtr and chosen is not None:
+                    await _try_vtr(at, report, chosen, ask)
             report.caller_id = _bare(await ask("AT+VCID=?"), "+VCID")
             await ask("AT+FCLASS=0")  # idle in data class, as the daemon and vgetty do
     finally:
         transport.close()
     return report
+
+
+async def _try_vtr(at: Any, report: ProbeReport, chosen: tuple[int, str],
+                   ask: Any) -> None:
+    """Go off-hook for a moment and try ``AT+VTR``; back on-hook whatever happens."""
+    from appliance.line.codec import DLE_END_DUPLEX
+    from appliance.line.commands import choose_line_label, parse_vls_list
+
+    cml, fmt = chosen
+    if await ask(f"AT+VSM={cml},8000") is None:
+        return
+    at.set_voice_format(fmt)
+    label = choose_line_label(parse_vls_list(report.vls_labels))
+    try:
+        if await ask(f"AT+VLS={label}") is None:
+            return
+        try:
+            await at.command("AT+VTR", expect=("CONNECT",))
+        except ModemCommandError as exc:
+            report.full_duplex = False
+            report.duplex_evidence = f"AT+VTR refused off-hook ({exc.result})"
+            report.errors.append(f"AT+VTR → {exc.result}")
+        else:
+            report.full_duplex = True
+            report.duplex_evidence = "AT+VTR=? refused, but AT+VTR connected off-hook"
+            await at.stop_voice(DLE_END_DUPLEX)
+    finally:
+        await ask("AT+VLS=0")
 
 
 def _bare(lines: list[str] | None, prefix: str) -> str | None:
@@ -331,9 +382,13 @@ def modem() -> None:
                                "default: the first line's device from the configuration.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=PROBE_TIMEOUT_S,
               show_default=True, help="Seconds to wait for each answer.")
+@click.option("--try-vtr", "try_vtr", is_flag=True,
+              help="If AT+VTR=? is refused, take the line off-hook for a moment and try "
+                   "AT+VTR itself (the line is busy for callers meanwhile).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_obj
-def probe(obj: Any, device: str | None, timeout_s: float, as_json: bool) -> None:
+def probe(obj: Any, device: str | None, timeout_s: float, try_vtr: bool,
+          as_json: bool) -> None:
     """Ask the modem what it is and what it supports: dialect, firmware strings, voice
     formats, +VLS labels, full duplex, caller ID, country.
 
@@ -359,7 +414,7 @@ def probe(obj: Any, device: str | None, timeout_s: float, as_json: bool) -> None
         sys.exit(1)
     started = time.monotonic()
     try:
-        report = asyncio.run(probe_modem(device, timeout_s=timeout_s))
+        report = asyncio.run(probe_modem(device, timeout_s=timeout_s, try_vtr=try_vtr))
     except ModemGone as exc:
         reason = str(exc)
         if "lock" in reason.lower() or "busy" in reason.lower():
@@ -394,11 +449,13 @@ def _print_report(r: ProbeReport, took_s: float) -> None:
     row("would use", f"AT+VSM={chosen['cml']},8000 ({chosen['format']})" if chosen else "—")
     row("+VLS labels", "; ".join(r.vls_labels) or "—")
     if r.full_duplex:
-        row("full duplex", "yes (AT+VTR) — the bridge can carry both voices")
+        row("full duplex", f"yes ({r.duplex_evidence}) — the bridge can carry both voices")
     elif r.full_duplex is None:
-        row("full duplex", "unknown")
+        row("full duplex", f"not known: {r.duplex_evidence}; `--try-vtr` finds out now, "
+                           'lines[].duplex = "full" or "half" says it')
     else:
-        row("full duplex", "NO — the shop cannot talk to callers through this modem; "
+        row("full duplex", f"NO ({r.duplex_evidence}) — the shop cannot talk to callers "
+                           "through this modem; "
                            "the appliance is then an answering machine behind the phone "
                            "(notice, reference, message; docs/line.md)")
     row("caller ID", f"yes, AT+VCID {r.caller_id}" if r.caller_id else "no (AT+VCID refused)")

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -83,6 +83,9 @@ def status(obj: Any, as_json: bool) -> None:
         state = line["state"] + (f" — FAULT: {line['fault']}" if line["fault"] else "")
         click.echo(f"line {line['name']:<8} {state}; modem {line['chipset'] or '—'} "
                    f"({line['voice_format'] or '—'}) link {line['link']} on {line['device']}")
+        if line.get("audio", "modem") == "modem" and line.get("duplex_evidence"):
+            click.echo(f"  full duplex {_DUPLEX_WORD[line.get('duplex')]}: "
+                       f"{line['duplex_evidence']}")
         call = line["call"]
         if call:
             media = call["media"]
@@ -268,21 +271,30 @@ def _check_recordings(path: Path) -> list[Check]:
     return []
 
 
+#: How ``status``/``doctor`` name a line's full-duplex finding (``Modem.full_duplex``).
+_DUPLEX_WORD: Final = {True: "yes", False: "no", None: "not known yet"}
+
+
 def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check:
     label = f"modem {name}"
     if status is not None and status.get("ok"):
         line = next((x for x in status["lines"] if x["name"] == name), None)
         if line and line["link"] == "connected":
-            if line.get("duplex") is False and line.get("audio", "modem") == "modem":
+            on_modem = line.get("audio", "modem") == "modem"
+            evidence = line.get("duplex_evidence") or "AT+VTR refused"
+            if line.get("duplex") is False and on_modem:
                 # Issue 3 item 2: without +VTR the bridge cannot carry the shop's voice.
                 return Check(label, "warn", f"{line['chipset']} answers on {device} but has "
-                             "no full-duplex voice (AT+VTR): the shop cannot talk to callers "
-                             "through it, so the box only takes messages after the phone has "
-                             "rung" + (f"; {line['fault']}" if line.get("fault") else ""),
+                             f"no full-duplex voice ({evidence}): the shop cannot talk to "
+                             "callers through it, so the box only takes messages after the "
+                             "phone has rung" + (f"; {line['fault']}" if line.get("fault")
+                                                 else ""),
                              "use a full-duplex modem (`appliance modem probe` shows it) or "
                              "set lines[].audio to the line's sound card")
+            duplex = (f"; full duplex {_DUPLEX_WORD[line.get('duplex')]} ({evidence})"
+                      if on_modem and line.get("duplex_evidence") else "")
             return Check(label, "pass", f"{line['chipset']} ({line['voice_format']}) answers "
-                         f"on {device}")
+                         f"on {device}{duplex}")
         return Check(label, "fail", f"{device}: {line['fault'] if line else 'unknown line'}",
                      "check the USB cable and `ls -l /dev/serial/by-id/`; the udev rule "
                      "hw/99-appliance-modem.rules gives /dev/appliance-modem")

@@ -418,7 +418,8 @@ class LineSession:
     async def _run_supervisor(self) -> None:
         attempt = 0
         while True:
-            modem = Modem(self.line.device, country_code=self.line.country_code)
+            modem = Modem(self.line.device, country_code=self.line.country_code,
+                          duplex=self.line.duplex)
             try:
                 await modem.open()
                 if self.line.audio:
@@ -442,6 +443,9 @@ class LineSession:
             attempt = 0
             self.modem = modem
             self.no_duplex = False
+            _LOGGER.info("line %s: full duplex %s (%s)", self.line.name,
+                         {True: "yes", False: "no", None: "unknown"}[modem.full_duplex],
+                         modem.duplex_evidence)
             if modem.full_duplex is False and not self.line.audio:
                 self._no_duplex()  # the relay never energises for such a line
             else:
@@ -614,7 +618,12 @@ class LineSession:
         the bypass relay, so the phone is on the line), then answers with the notice and the
         reference (``+VTX``) and records a message (``+VRX``). ``appliance status``/``doctor``
         and fault code 7 say why. Found again whenever the modem is reopened.
+
+        With ``lines[].duplex = "full"`` a refusal changes nothing for later calls (the
+        technician's word stands; :class:`Modem` logs the contradiction).
         """
+        if self.line.duplex == "full":
+            return
         if not self.no_duplex:
             _LOGGER.warning("line %s: the modem has no full duplex (AT+VTR): answering machine "
                             "only — the phone rings first, the box takes a message after %d "
@@ -622,7 +631,8 @@ class LineSession:
                             "sound card", self.line.name,
                             self.app.config.call.half_duplex_answer_after_rings)
         self.no_duplex = True
-        self._set_fault("modem has no full duplex (AT+VTR refused): answering machine only, "
+        evidence = self.modem.duplex_evidence if self.modem is not None else "AT+VTR refused"
+        self._set_fault(f"modem has no full duplex ({evidence}): answering machine only, "
                         "the phone is on the line", code="half-duplex")
 
     def _call_done(self, task: asyncio.Task[CallResult]) -> None:
@@ -1108,6 +1118,7 @@ class Application:
                 "voice_format": modem.voice_format if modem else None,
                 "audio": session.line.audio or "modem",
                 "duplex": modem.full_duplex if modem else None,
+                "duplex_evidence": modem.duplex_evidence if modem else None,
                 "link": modem.link_state.value if modem else "down",
                 "modem_stats": dict(modem.stats) if modem else {},
                 "call": None if active is None else {

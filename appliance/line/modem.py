@@ -102,6 +102,9 @@ HANG_UP_ATTEMPTS: Final = 3
 #: confirming it (quirk #23, seen on the USR5637, whose table drops `H` altogether); later it
 #: means the loop changed under a call, which ends it.
 OFF_HOOK_CONFIRM_S: Final = 2.0
+#: ``lines[].duplex``: ``auto`` finds out (``AT+VTR=?`` at init, ``AT+VTR`` at the first
+#: call); ``full``/``half`` are the technician's word and skip the finding out.
+DUPLEX_SETTINGS: Final = ("auto", "full", "half")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +211,7 @@ class Modem:
         country_code: T.35 country for ``AT+GCI`` (Hungary = 51, §7.7).
         command_timeout_s: per-command timeout.
         voice_format: force an appliance format (``u8``, ``ulaw`` …) if the modem offers it.
+        duplex: ``auto`` (find out), ``full`` or ``half`` (:data:`DUPLEX_SETTINGS`).
         sim: for ``sim://``, the emulator to use (default: a new one; see :attr:`sim`).
         cid_settle_s: caller-ID burst settle time.
         ring_gap_reset_s: silence after which the ring count restarts.
@@ -223,8 +227,12 @@ class Modem:
         sim: SimModem | None = None,
         cid_settle_s: float = CID_SETTLE_S,
         ring_gap_reset_s: float = RING_GAP_RESET_S,
+        duplex: str = "auto",
     ) -> None:
+        if duplex not in DUPLEX_SETTINGS:
+            raise ValueError(f"duplex must be one of {DUPLEX_SETTINGS}, not {duplex!r}")
         self.url = url
+        self.duplex_setting = duplex
         self.country_code = country_code
         self.command_timeout_s = command_timeout_s
         self.requested_format = voice_format
@@ -237,9 +245,13 @@ class Modem:
         #: ``AT+VLS=?`` as ``{label: primitives}`` and the label used to go off-hook (§4.2).
         self.line_labels: dict[int, str] = {}
         self.line_label = DEFAULT_LINE_LABEL
-        #: Full-duplex voice (``+VTR``): True/False from ``AT+VTR=?`` at init, None when the
-        #: modem gave no answer either way; False for good once ``AT+VTR`` is refused.
+        #: Full-duplex voice (``+VTR``): True once ``AT+VTR=?`` answered OK or ``AT+VTR``
+        #: connected; None (unknown) while neither happened — a refused *test* command proves
+        #: nothing (V.250 leaves test forms of action commands to the vendor); False once
+        #: ``AT+VTR`` itself is refused, until the modem is reopened. ``duplex="full"`` /
+        #: ``"half"`` fix it from the start. :attr:`duplex_evidence` says what it rests on.
         self.full_duplex: bool | None = None
+        self.duplex_evidence = "not asked yet"
         self._stats: dict[str, int] = {
             "rx_frames": 0,
             "tx_bytes": 0,
@@ -323,17 +335,7 @@ class Modem:
         self.line_label = choose_line_label(self.line_labels)
         if self.line_label != DEFAULT_LINE_LABEL:
             _LOGGER.info("the modem's line label is +VLS=%d", self.line_label)
-        # Issue 3 item 2: without +VTR the bridge cannot carry the shop's voice; find out now
-        # so `appliance status`/`doctor` can say so before the first call.
-        try:
-            await at.command("AT+VTR=?")
-            self.full_duplex = True
-        except ModemCommandError:
-            self.full_duplex = False
-            _LOGGER.warning("the modem has no full-duplex voice (AT+VTR=? refused): the shop "
-                            "cannot talk to callers through it")
-        except ModemTimeout:
-            self.full_duplex = None  # no answer either way: the first call will tell
+        await self._find_duplex(at)
         # Quirk #27: idle in data class so rings arrive as text RING.
         await at.command("AT+FCLASS=0")
         _LOGGER.info(
@@ -342,6 +344,33 @@ class Modem:
             self.voice_format,
             self.vsm_id,
         )
+
+    async def _find_duplex(self, at: AtProtocol) -> None:
+        """Set :attr:`full_duplex` at init: the setting, else what ``AT+VTR=?`` shows.
+
+        Without ``+VTR`` the bridge cannot carry the shop's voice, so ``status``/``doctor``
+        say it before the first call when they can. Only an OK is taken as an answer: real
+        modems answer ``ERROR`` to the test form and still accept ``AT+VTR`` (docs/line.md),
+        so a refusal leaves the question to the first call's ``AT+VTR``.
+        """
+        if self.duplex_setting != "auto":
+            self.full_duplex = self.duplex_setting == "full"
+            self.duplex_evidence = f'lines[].duplex = "{self.duplex_setting}" (configured)'
+            return
+        try:
+            await at.command("AT+VTR=?")
+        except ModemCommandError:
+            self.full_duplex = None
+            self.duplex_evidence = ("AT+VTR=? refused, which proves nothing (test commands "
+                                    "are optional); the first call tries AT+VTR")
+        except ModemTimeout:
+            self.full_duplex = None
+            self.duplex_evidence = "AT+VTR=? unanswered; the first call tries AT+VTR"
+        else:
+            self.full_duplex = True
+            self.duplex_evidence = "AT+VTR=? answered OK"
+            return
+        _LOGGER.info("full duplex not known yet: %s", self.duplex_evidence)
 
     async def _optional(self, at: AtProtocol, cmd: str) -> list[str]:
         try:
@@ -514,7 +543,8 @@ class Modem:
 
         Raises:
             ModemCommandError: the modem refused ``+VTR`` (half-duplex modem); afterwards
-                :attr:`full_duplex` is False.
+                :attr:`full_duplex` is False (unless ``duplex="full"``). An accepted ``+VTR``
+                makes an unknown :attr:`full_duplex` True.
         """
         at = self._at()
         self._on_audio = on_audio
@@ -526,11 +556,21 @@ class Modem:
             await at.command("AT+VTR", expect=("CONNECT",))
         except ModemCommandError:
             self._on_audio = None
+            if self.duplex_setting == "full":
+                # The technician's word stands (the next call tries again); this call cannot
+                # carry audio both ways.
+                _LOGGER.error('the modem refused AT+VTR although lines[].duplex = "full"')
+                raise
             if self.full_duplex is not False:
                 # Said once per modem: every later call would fail the same way.
                 _LOGGER.warning("the modem refused AT+VTR: no full-duplex voice on this modem")
             self.full_duplex = False
+            self.duplex_evidence = "AT+VTR refused at a call"
             raise
+        if self.full_duplex is None:
+            _LOGGER.info("the modem accepted AT+VTR: full duplex")
+            self.full_duplex = True
+            self.duplex_evidence = "AT+VTR accepted at a call"
 
     async def start_play(self) -> None:
         """Start transmit-only voice (``AT+VTX`` → CONNECT); then :meth:`send_audio`.

@@ -121,6 +121,9 @@ class SimProfile:
         dle_ring_in_voice_class: on-hook rings as ``<DLE>R`` in ``+FCLASS=8`` (quirk #27).
         full_duplex: ``+VTR`` exists; False models a half-duplex voice modem that answers
             ``ERROR`` to ``AT+VTR`` and ``AT+VTR=?`` (§3, issue 3 item 2).
+        vtr_test_command: ``AT+VTR=?`` answers ``OK``; False models the modems that answer
+            ``ERROR`` to the test form yet accept ``AT+VTR`` (V.250 leaves test forms of
+            action commands to the vendor; docs/line.md).
     """
 
     name: str
@@ -135,6 +138,7 @@ class SimProfile:
     vcid_lost_at_atz: bool = False
     dle_ring_in_voice_class: bool = False
     full_duplex: bool = True
+    vtr_test_command: bool = True
 
 
 PROFILES: Final[dict[str, SimProfile]] = {
@@ -830,6 +834,8 @@ class SimModem:
 
     def _cmd_voice_data(self, name: str, form: str | None, arg: str | None) -> str:
         if name == "VTR" and not self.profile.full_duplex:
+            return "ERROR"
+        if name == "VTR" and form == "=?" and not self.profile.vtr_test_command:
             return "ERROR"
         if form is not None:
             return "OK" if form == "=?" else "ERROR"

@@ -85,6 +85,10 @@ def demo_config(state_dir: Path, scenario: str, devices: list[str],
     }
     if scenario == "half-duplex":
         overrides["call"]["half_duplex_answer_after_rings"] = HALF_DUPLEX_RINGS
+        # As a technician sets it once `modem probe --try-vtr` found the modem half duplex:
+        # without it the first call after start-up is the one that finds out (docs/line.md).
+        for line in lines:
+            line["duplex"] = "half"
     if extra:
         from appliance.config import merge
 
@@ -101,6 +105,7 @@ async def run_demo(
     profile: str = "conexant",
     line_echo: HybridSpec | None = DEMO_LINE_ECHO,
     handset_echo: HybridSpec | None = DEMO_HANDSET_ECHO,
+    modem_options: dict[str, Any] | None = None,
 ) -> DemoResult:
     """Run one simulated call (two for ``two-lines``) end to end; summaries and timeline.
 
@@ -111,6 +116,8 @@ async def run_demo(
     phone ring first, then answers as an answering machine and the caller leaves a message.
     ``line_echo`` / ``handset_echo``: the hybrids of the modem and of the SLIC (None: an
     echo-free line, as no real one is); a second line's hybrid is another path of that shape.
+    ``modem_options``: :class:`~appliance.line.sim.SimProfile` fields to change on every
+    emulated modem (e.g. ``{"vtr_test_command": False}``).
     """
     if scenario not in ALL_SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(ALL_SCENARIOS)}")
@@ -129,9 +136,11 @@ async def run_demo(
             line_echo, seed=line_echo.seed + i)))
         for i in range(n_lines)
     ]
-    if scenario == "half-duplex":
-        for server in servers:
+    for server in servers:
+        if scenario == "half-duplex":
             server.sim.profile = dataclasses.replace(server.sim.profile, full_duplex=False)
+        if modem_options:
+            server.sim.profile = dataclasses.replace(server.sim.profile, **modem_options)
     paths = [await server.start() for server in servers]
     for path in paths:
         world.log("sim", "modem emulator on pty", path)
@@ -229,6 +238,8 @@ async def run_demo(
                 "modem": {"device": paths[line_index], "profile": profile,
                           "commands": len(servers[line_index].sim.commands),
                           "full_duplex": servers[line_index].sim.profile.full_duplex,
+                          "duplex_evidence": (app.lines[line_index].modem.duplex_evidence
+                                              if app.lines[line_index].modem else None),
                           # The voice data states the call used, in order (+VTR, or
                           # +VTX/+VRX on a half-duplex modem).
                           "voice_states": [c for c in servers[line_index].sim.commands

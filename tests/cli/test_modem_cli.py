@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -86,6 +87,34 @@ async def test_probe_pty_text_and_leaves_data_class(tmp_path: Path) -> None:
     assert commands[-1] == "AT+FCLASS=0"
     assert server.sim.fclass == 0
     assert not server.sim.off_hook  # probing never takes the line
+
+
+@pytest.mark.parametrize("has_vtr", [True, False])
+async def test_probe_try_vtr_finds_out_off_hook(tmp_path: Path, has_vtr: bool) -> None:
+    # AT+VTR=? refused proves nothing; --try-vtr takes the line off-hook for a moment and
+    # tries AT+VTR itself, then puts it back on-hook.
+    server = PtyModemServer(profile="usr")
+    server.sim.profile = dataclasses.replace(server.sim.profile, vtr_test_command=False,
+                                             full_duplex=has_vtr)
+    path = await server.start()
+    try:
+        plain = await invoke(tmp_path, "modem", "probe", "--device", path)
+        tried = await invoke(tmp_path, "modem", "probe", "--device", path, "--try-vtr",
+                             "--json")
+    finally:
+        await server.stop()
+    assert plain.exit_code == 0, plain.output
+    assert "full duplex     not known: AT+VTR=? refused" in plain.output
+    assert "--try-vtr" in plain.output
+    assert tried.exit_code == 0, tried.output
+    report = json.loads(tried.output)
+    assert report["full_duplex"] is has_vtr
+    assert ("connected" if has_vtr else "AT+VTR refused") in report["duplex_evidence"]
+    commands = server.sim.commands
+    assert commands.count("AT+VTR") == 1
+    assert commands.index("AT+VLS=1") < commands.index("AT+VTR") < commands.index("AT+VLS=0")
+    assert commands[-1] == "AT+FCLASS=0"
+    assert not server.sim.off_hook
 
 
 @pytest.fixture
@@ -193,7 +222,9 @@ async def test_sim_modem_half_duplex_refuses_vtr(tmp_path: Path) -> None:
         modem = Modem(serving["pty"], command_timeout_s=2.0)
         await modem.open()
         try:
-            assert modem.full_duplex is False  # AT+VTR=? answered ERROR
+            # AT+VTR=? answered ERROR: unknown until a call tries AT+VTR.
+            assert modem.full_duplex is None
+            assert "AT+VTR=? refused" in modem.duplex_evidence
         finally:
             await modem.close()
     finally:

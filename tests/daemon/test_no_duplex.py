@@ -17,7 +17,7 @@ from appliance.audio.backend import SimHandsetAudio
 from appliance.cli.tech import _check_audio, _check_modem
 from appliance.config import load_config
 from appliance.daemon.app import Application
-from appliance.errors import ModemCommandError
+from appliance.errors import ConfigError, ModemCommandError
 from appliance.line.modem import Modem
 from appliance.line.sim import SimModem
 
@@ -40,13 +40,74 @@ async def test_init_finds_out_whether_the_modem_has_full_duplex(full: bool) -> N
     modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
     await modem.open()
     try:
-        assert modem.full_duplex is full
+        # An OK to the test command is an answer; an ERROR is not (test forms are optional).
+        assert modem.full_duplex is (True if full else None)
+        assert ("OK" if full else "refused") in modem.duplex_evidence
         assert "AT+VTR=?" in sim.commands
         assert "AT+VLS=?" in sim.commands
         assert modem.line_labels[1] == "T"
         assert modem.line_label == 1
     finally:
         await modem.close()
+
+
+async def test_a_refused_test_command_leaves_it_to_the_first_calls_vtr() -> None:
+    # Both independent dialects answer ERROR to AT+VTR=? and accept AT+VTR (issue 16).
+    sim = SimModem("usr")
+    sim.profile = dataclasses.replace(sim.profile, vtr_test_command=False)
+    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    await modem.open()
+    try:
+        assert modem.full_duplex is None
+        assert "AT+VTR=? refused" in modem.duplex_evidence
+        sim.ring("3612345678")
+        await modem.answer()
+        await modem.start_duplex(lambda frame: None)
+        assert modem.full_duplex is True
+        assert modem.duplex_evidence == "AT+VTR accepted at a call"
+        await modem.hang_up()
+    finally:
+        await modem.close()
+
+
+@pytest.mark.parametrize("setting", ["full", "half"])
+async def test_the_duplex_setting_overrides_what_the_modem_says(setting: str) -> None:
+    sim = SimModem("conexant")
+    _half_duplex(sim)  # refuses AT+VTR and AT+VTR=?
+    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, duplex=setting)
+    await modem.open()
+    try:
+        assert "AT+VTR=?" not in sim.commands, "nothing to find out"
+        assert modem.full_duplex is (setting == "full")
+        assert f'"{setting}"' in modem.duplex_evidence
+        if setting == "full":
+            sim.ring("3612345678")
+            await modem.answer()
+            with pytest.raises(ModemCommandError):
+                await modem.start_duplex(lambda frame: None)
+            assert modem.full_duplex is True, "the technician's word stands"
+            await modem.hang_up()
+    finally:
+        await modem.close()
+
+
+def test_a_bad_duplex_setting_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"lines\[0\]\.duplex"):
+        load_config(Path("/dev/null"), state_dir=tmp_path, overrides={
+            "lines": [{"name": "main", "device": "sim://", "country_code": "51",
+                       "duplex": "half-ish"}]})
+
+
+def test_doctor_says_full_duplex_is_not_known_yet_and_why() -> None:
+    status = {"ok": True, "lines": [{
+        "name": "main", "link": "connected", "chipset": "usr", "voice_format": "s16le",
+        "audio": "modem", "fault": None, "duplex": None,
+        "duplex_evidence": "AT+VTR=? refused, which proves nothing (test commands are "
+                           "optional); the first call tries AT+VTR"}]}
+    check = _check_modem("main", "/dev/ttyACM0", status)
+    assert check.level == "pass"
+    assert "full duplex not known yet" in check.detail
+    assert "the first call tries AT+VTR" in check.detail
 
 
 async def test_a_refused_vtr_raises_and_marks_the_modem_half_duplex() -> None:

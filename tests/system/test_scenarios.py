@@ -211,3 +211,27 @@ async def test_half_duplex_modem_answers_as_an_answering_machine(tmp_path: Path)
     led = summary["pins"]["led_recording"]
     assert any(state for _, state in led)
     assert led[-1][1] is False
+
+
+async def test_answered_on_a_modem_that_refuses_the_vtr_test_command(tmp_path: Path) -> None:
+    # Issue 16 item 1: the modem answers ERROR to AT+VTR=? and accepts AT+VTR (as both
+    # independent dialects did). That proves nothing: the call tries AT+VTR, the shop's
+    # handset rings and the call is bridged — not an answering machine.
+    result = await run_demo("answered", tmp_path / "state", config_extra=SHORT_NOTICE,
+                            profile="usr", modem_options={"vtr_test_command": False})
+    summary = result.summary
+    row = assert_common(summary)
+    assert summary["modem"]["voice_states"][0] == "AT+VTR"
+    assert "AT+VTX" not in summary["modem"]["voice_states"]
+    assert summary["modem"]["duplex_evidence"] == "AT+VTR accepted at a call"
+    assert summary["outcome"] == "bridged"
+    assert row["agent_answer_at"] is not None
+    s = states(summary)
+    assert "handset-ringing" in s
+    assert "voicemail" not in s
+    assert high_periods(summary["pins"]["ring_rm"]), "the handset rang"
+    audio, _ = soundfile.read(summary["recording_path"], dtype="int16")
+    caller, shop = frame_levels(audio[:, 0]), frame_levels(audio[:, 1])
+    assert np.count_nonzero(caller > LOUD_DBFS) > 50, "the caller's speech is on channel 0"
+    assert np.count_nonzero(shop > LOUD_DBFS) > 50, "the shop's speech is on channel 1"
+    assert summary["pins"]["led_recording"][-1][1] is False
