@@ -238,8 +238,8 @@ async def run_demo(
                 "modem": {"device": paths[line_index], "profile": profile,
                           "commands": len(servers[line_index].sim.commands),
                           "full_duplex": servers[line_index].sim.profile.full_duplex,
-                          "duplex_evidence": (app.lines[line_index].modem.duplex_evidence
-                                              if app.lines[line_index].modem else None),
+                          "duplex_evidence": getattr(app.lines[line_index].modem,
+                                                     "duplex_evidence", None),
                           # The voice data states the call used, in order (+VTR, or
                           # +VTX/+VRX on a half-duplex modem).
                           "voice_states": [c for c in servers[line_index].sim.commands
