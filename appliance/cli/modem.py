@@ -87,8 +87,7 @@ def _relink(link: Path | None, target: str | None) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Log the emulator's work on stderr.")
 def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None,
               link: Path | None, ring_period_s: float, half_duplex: bool, echo: str,
-              no_vtr_test: bool,
-              as_json: bool, verbose: bool) -> None:
+              no_vtr_test: bool, as_json: bool, verbose: bool) -> None:
     """Serve the emulated V.253 voice modem on a pty until Ctrl-C or SIGTERM.
 
     The first line on stdout is the pty path: point any modem software at it (vgetty with
