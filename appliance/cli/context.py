@@ -78,8 +78,9 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 ACCESS_HINT: Final = ("Run it as the service user (sudo -u appliance appliance …; appliancectl "
                       "on a box) or join the 'appliance' group.")
 #: What to do about a damaged index (the same advice as ``appliance doctor``).
-DAMAGED_HINT: Final = ("Restore appliance.db from a backup; the recordings are self-describing "
-                       "(JSON sidecars).")
+DAMAGED_HINT: Final = ("Rebuild it from the recordings' JSON sidecars: sudo systemctl stop "
+                       "appliance; sudo -u appliance appliance index rebuild; sudo systemctl "
+                       "start appliance (docs/records.md, \"A lost index\").")
 _DENIED_ERRNOS: Final = (errno.EACCES, errno.EPERM)
 #: Less free space than this is a full disk (SQLite needs a page or two to open an index).
 _FULL_BYTES: Final = 64 * 1024

@@ -250,7 +250,8 @@ def _when(t: float | None) -> str:
 # The outcomes of store.db.OUTCOMES, spelled out so `calls` does not import the store at
 # start-up (tests/cli/test_records.py checks they agree).
 @click.option("--outcome", type=click.Choice(["bridged", "voicemail", "abandoned", "missed",
-                                              "error", "interrupted", "in_progress"]),
+                                              "error", "interrupted", "in_progress",
+                                              "unknown"]),
               help="Only calls with this outcome.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list.")
 @click.pass_obj
@@ -363,6 +364,10 @@ modem_cli.register(cli)
 from appliance.cli import archive as archive_cli  # noqa: E402
 
 archive_cli.register(cli)
+
+from appliance.cli import index as index_cli  # noqa: E402
+
+index_cli.register(cli)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from typing import Any, Final
 import click
 
 # `status` exits EXIT_NOT_RUNNING when the daemon is not running (as `systemctl status` does).
-from appliance.cli.context import EXIT_NOT_RUNNING
+from appliance.cli.context import DAMAGED_HINT, EXIT_NOT_RUNNING
 
 MIN_FREE_HOURS = 24.0
 
@@ -229,14 +229,28 @@ _AS_SERVICE_FIX = ("run the check as the service user: sudo appliancectl doctor 
 
 
 def _check_index(path: Path) -> list[Check]:
-    """The index opens, passes quick_check and lists its calls; none yet is not a failure.
+    """The index opens, passes quick_check, lists its calls, and knows every reference issued
+    (its counter is not behind the high-water mark kept beside the device key, issue 15
+    item 4); none yet is not a failure unless references were issued.
 
     What cannot be read is a failure, never a skipped check: the probe is a stat that tells
     "not there" (ENOENT) from "may not look" (EACCES).
     """
+    from appliance.errors import StoreError
+    from appliance.store.highwater import read_mark
+
+    try:
+        mark = read_mark(path.parent)
+    except StoreError as exc:
+        denied = isinstance(exc.__cause__, PermissionError)
+        return [Check("index", "fail", str(exc), _AS_SERVICE_FIX if denied
+                      else "restore reference.counter from a backup")]
     try:
         path.stat()
     except FileNotFoundError:
+        if mark:
+            return [Check("index", "fail", f"{path} is missing but {mark} references were "
+                          "issued (the daemon does not answer)", DAMAGED_HINT)]
         return [Check("index", "pass", f"no index yet at {path} (created at the first call)")]
     except OSError as exc:
         return [Check("index", "fail", f"cannot read {path}: {exc.strerror}", _AS_SERVICE_FIX)]
@@ -246,13 +260,18 @@ def _check_index(path: Path) -> list[Check]:
         store = Store.open(path)
         try:
             n = len(store.list_calls(limit=None))
+            issued = store.counter()
         finally:
             store.close_sync()
     except Exception as exc:
-        from appliance.cli.context import DAMAGED_HINT, classify_store_error
+        from appliance.cli.context import classify_store_error
 
         what, fix = classify_store_error(path, exc, hint=_AS_SERVICE_FIX)
         return [Check("index", "fail", what, fix or DAMAGED_HINT)]
+    if mark is not None and issued < mark:
+        return [Check("index", "fail", f"{path} was lost or replaced: it knows {issued} "
+                      f"references, {mark} were issued (the daemon does not answer)",
+                      DAMAGED_HINT)]
     return [Check("index", "pass", f"{path} ok, {n} calls")]
 
 

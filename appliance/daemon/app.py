@@ -63,6 +63,7 @@ from appliance.speech.prompts import load_prompt_texts, render_notice_text
 from appliance.speech.tts import find_piper_voice, select_engine
 from appliance.store.audit import record_config
 from appliance.store.db import Store
+from appliance.store.highwater import read_mark, write_mark
 from appliance.store.recorder import recover_leftovers
 
 _LOGGER = logging.getLogger(__name__)
@@ -545,6 +546,12 @@ class LineSession:
                          self.line.name)
             app.panel_board.report(f"line:{self.line.name}", "idle")
             return
+        if app.index_fault is not None:
+            # The index is known to be lost: a reference issued now could be one issued
+            # before. The relay has put the phone on the line; it rings as a plain phone.
+            _LOGGER.error("line %s: not answering: %s", self.line.name, app.index_fault)
+            app.panel_board.report(f"line:{self.line.name}", "idle")
+            return
         reference = await app.allocate_reference()
         events: asyncio.Queue[CallEvent] = asyncio.Queue()
         # lines[].audio = "alsa:<device>": the line's audio is a sound card (issue 3 item 8).
@@ -693,6 +700,8 @@ class Application:
         self._prompts: dict[tuple[str, str], Prompts] = {}
         self.lines: list[LineSession] = []
         self.speech_warning: str | None = None
+        #: Set at start when the index is behind the reference counter's high-water mark.
+        self.index_fault: str | None = None
         self.recovered: list[str] = []
         self._ready = asyncio.Event()
         self._started = False
@@ -715,7 +724,9 @@ class Application:
         cfg.device.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.store = Store.open(cfg.db_path)
         self._key = load_or_create_key(cfg.device.state_dir)
-        await self._recover()
+        self.index_fault = self._check_index()
+        if self.index_fault is None:
+            await self._recover()
         # The configuration in force is evidence too: audit any change since the last start.
         await asyncio.to_thread(record_config, self.store, cfg.to_dict(), actor="appliance")
         await asyncio.to_thread(self._build_all_prompts)
@@ -803,6 +814,8 @@ class Application:
 
     def status_line(self) -> str:
         faults = [s.fault for s in self.lines if s.fault]
+        if getattr(self, "index_fault", None):
+            faults.insert(0, f"index: {self.index_fault}")
         if faults:
             return "fault — " + "; ".join(faults)
         last = self.store.last_call() if hasattr(self, "store") else None
@@ -823,6 +836,7 @@ class Application:
         # In the line only while every line can answer and the shop can hear the caller;
         # otherwise the relay drops and the shop has a plain phone.
         self.relay.set_healthy(line_fault is None and self.audio_fault is None
+                               and self.index_fault is None
                                and all(s.modem is not None for s in self.lines))
         if line_fault is None and all(s.state == "idle" for s in self.lines):
             self.panel_board.report("daemon", "idle")
@@ -833,6 +847,8 @@ class Application:
         import shutil
 
         codes = []
+        if getattr(self, "index_fault", None):
+            codes.append("index-lost")
         if any(s.fault and s.fault_code == "modem-missing" for s in self.lines):
             codes.append("modem-missing")
         if getattr(self, "audio_fault", None) or any(
@@ -978,10 +994,36 @@ class Application:
                 await self.store.add_event(ref, "interrupted", "daemon stopped mid-call")
                 _LOGGER.warning("call %s: marked interrupted (daemon stopped mid-call)", ref)
 
+    def _check_index(self) -> str | None:
+        """Compare the index's reference counter with the high-water mark beside the key.
+
+        Returns the fault text when the index is behind the mark (it was deleted, emptied or
+        restored from an old copy): answering on it would issue references again and
+        overwrite their recordings, so the daemon does not answer until ``appliance index
+        rebuild`` (issue 15 item 4). A missing mark (first start, or an index from before
+        the mark existed) is written from the index.
+        """
+        state_dir = self.config.device.state_dir
+        mark = read_mark(state_dir)
+        issued = self.store.counter()
+        if mark is None:
+            write_mark(state_dir, issued)
+            return None
+        if issued >= mark:
+            return None
+        fault = (f"the index was lost or replaced: it knows {issued} references, "
+                 f"{mark} were issued — not answering; run `appliance index rebuild`")
+        _LOGGER.error("%s (%s)", fault, self.config.db_path)
+        return fault
+
     async def allocate_reference(self) -> str:
-        counter = await self.store.next_counter()
+        """The next call's reference; its counter is durable beside the key before use."""
+        state_dir = self.config.device.state_dir
+        mark = await asyncio.to_thread(read_mark, state_dir)
+        counter = await self.store.next_counter(at_least=(mark or 0) + 1)
         if counter >= COUNTER_SPACE:
             raise StoreError("call reference space exhausted (10^7 calls)")
+        await asyncio.to_thread(write_mark, state_dir, counter)
         return make_reference(counter, self._key)
 
     def clock_synced(self) -> bool | None:
@@ -1044,6 +1086,8 @@ class Application:
         out = [f"{s.line.name}: {s.fault}" for s in self.lines if s.fault]
         if getattr(self, "audio_fault", None):
             out.append(f"handset audio: {self.audio_fault}")
+        if getattr(self, "index_fault", None):
+            out.append(f"index: {self.index_fault}")
         codes = self.fault_codes() if self._started else []
         if "disk-full" in codes:
             out.append("disk nearly full")

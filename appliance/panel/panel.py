@@ -33,6 +33,8 @@ Fault blink codes (:meth:`Panel.set_fault`): the fault LED blinks N times (``fau
 | `voice-missing`  | 4      |
 | `clock-unsynced` | 5      |
 | `handset-off-hook` | 6    |
+| `half-duplex`    | 7      |
+| `index-lost`     | 8      |
 
 An unknown fault name lights the fault LED steadily (and logs a warning).
 
@@ -78,6 +80,7 @@ FAULT_CODES: Final[dict[str, int]] = {
     "clock-unsynced": 5,
     "handset-off-hook": 6,
     "half-duplex": 7,
+    "index-lost": 8,
 }
 
 

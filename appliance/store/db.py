@@ -59,6 +59,8 @@ OUTCOMES: Final = (
     "error",
     "interrupted",
     "in_progress",
+    # Schema v4: rebuilt from a sidecar after the index was lost (appliance index rebuild).
+    "unknown",
 )
 
 #: Columns of ``calls`` a caller may set (everything but the primary key).
@@ -134,7 +136,8 @@ _SCHEMA_V1: Final = (
         end_at REAL,
         recording_decision TEXT NOT NULL DEFAULT 'pending'
             CHECK (recording_decision IN {_sql_in(RECORDING_DECISIONS)}),
-        outcome TEXT NOT NULL DEFAULT 'in_progress' CHECK (outcome IN {_sql_in(OUTCOMES)}),
+        outcome TEXT NOT NULL DEFAULT 'in_progress'
+            CHECK (outcome IN {_sql_in(OUTCOMES[:-1])}),
         recording_path TEXT,
         recording_sha256 TEXT,
         recording_bytes INTEGER,
@@ -206,10 +209,38 @@ def _migrate_to_3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_4(conn: sqlite3.Connection) -> None:
+    """Allow the outcome ``unknown``: a call rebuilt from its recording's sidecar after the
+    index was lost (``appliance index rebuild``) has a recording but no known outcome.
+
+    SQLite cannot alter a CHECK constraint; widening an IN list changes no stored data, so
+    the table's SQL is edited in ``sqlite_master`` under ``writable_schema`` — the procedure
+    SQLite's ALTER TABLE documentation gives for such changes — with the schema version
+    bumped so every connection reloads it.
+    """
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'calls'").fetchone()
+    old = "'interrupted', 'in_progress')"
+    if "'unknown'" in row[0]:
+        return
+    if old not in row[0]:
+        raise StoreError("unexpected calls table definition; cannot add outcome 'unknown'")
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("PRAGMA writable_schema=ON")
+    try:
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'calls'",
+            (row[0].replace(old, "'interrupted', 'in_progress', 'unknown')"),))
+        conn.execute(f"PRAGMA schema_version={version + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema=OFF")
+
+
 _MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
     _migrate_to_1,
     _migrate_to_2,
     _migrate_to_3,
+    _migrate_to_4,
 )
 #: The schema version this code writes.
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -463,22 +494,89 @@ class Store:
                 {"call_id": call_id, "t": t, "state": state, "detail": detail}
             )
 
-    async def next_counter(self) -> int:
+    async def next_counter(self, at_least: int = 1) -> int:
         """Atomically increment the per-device call counter and return it (first value 1).
 
         Survives reopen and is safe against other processes writing the same file.
-        """
-        return await self._run(self._next_counter)
 
-    def _next_counter(self) -> int:
+        Args:
+            at_least: the smallest value to return (one above the high-water mark kept
+                beside the device key, :mod:`appliance.store.highwater`); the counter jumps
+                to it when it is behind.
+        """
+        return await self._run(self._next_counter, at_least)
+
+    def _next_counter(self, at_least: int) -> int:
         with self._write_txn() as conn:
             row = conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, '1') "
-                "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 "
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER) + 1, ?) "
                 "RETURNING value",
-                (COUNTER_KEY,),
+                (COUNTER_KEY, str(max(1, at_least)), at_least),
             ).fetchone()
         return int(row[0])
+
+    def counter(self) -> int:
+        """The last call counter issued according to the index (0 when none was)."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (COUNTER_KEY,))
+        return int(rows[0]["value"]) if rows else 0
+
+    def rebuild_sync(self, rows: Sequence[Mapping[str, Any]], *, counter: int, actor: str,
+                     details: Mapping[str, Any]) -> tuple[int, str]:
+        """Add rebuilt call rows, raise the counter to ``counter``, audit it: ONE transaction.
+
+        For ``appliance index rebuild`` (CLI only). A row whose reference is already indexed
+        is left as it is (the index knows more than a sidecar).
+
+        Args:
+            rows: ``calls`` columns per call (``reference`` included).
+            counter: the counter becomes at least this.
+            actor: who rebuilt.
+            details: audit details (counts, no personal data).
+
+        Returns:
+            (rows added, the audit row's hash).
+        """
+        for row in rows:
+            _check_columns({k: v for k, v in row.items() if k != "reference"})
+        _audit_details_json(details)
+        if self._closed:
+            raise StoreError("store is closed")
+        return self._executor.submit(self._rebuild, rows, counter, actor, details).result()
+
+    def _rebuild(self, rows: Sequence[Mapping[str, Any]], counter: int, actor: str,
+                 details: Mapping[str, Any]) -> tuple[int, str]:
+        added = 0
+        with self._write_txn() as conn:
+            for row in rows:
+                record = dict(row)
+                record.setdefault("created_at", time.time())
+                columns = ", ".join(record)
+                cursor = conn.execute(
+                    f"INSERT OR IGNORE INTO calls ({columns}) "  # noqa: S608 (checked columns)
+                    f"VALUES ({', '.join('?' * len(record))})",
+                    tuple(record.values()),
+                )
+                if cursor.rowcount:
+                    added += 1
+                    conn.execute(
+                        "INSERT INTO events (call_id, t, state, detail) VALUES "
+                        "((SELECT id FROM calls WHERE reference = ?), ?, 'rebuilt', ?)",
+                        (record["reference"], time.time(),
+                         "index rebuilt from the recording's sidecar: caller, outcome and "
+                         "times other than the recording's are not known"
+                         if record.get("recording_path") else
+                         "index rebuilt: an unfinished recording was found; the daemon "
+                         "finalizes it at its next start"),
+                    )
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), ?)",
+                (COUNTER_KEY, str(counter), counter),
+            )
+            digest = _insert_audit(conn, "index-rebuilt", actor, None,
+                                   {**details, "added": added})
+        return added, digest
 
     async def append_audit(self, action: str, *, actor: str, reference: str | None = None,
                            details: Mapping[str, Any] | None = None) -> str:

@@ -57,6 +57,8 @@ _OUTCOME_WORDS: Final[dict[str, tuple[str, str]]] = {
     "error": ("műszaki hiba", "technical error"),
     "interrupted": ("megszakadt (a készülék újraindult)", "interrupted (the device restarted)"),
     "in_progress": ("folyamatban", "in progress"),
+    "unknown": ("nem ismert (a nyilvántartást a felvételekből állítottuk helyre)",
+                "not known (the index was rebuilt from the recordings)"),
 }
 _DECISION_WORDS: Final[dict[str, tuple[str, str]]] = {
     "recorded": ("készült felvétel", "recorded"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -165,6 +166,11 @@ class Recorder:
         self._closed = False  # no more write() accepted
         try:
             _make_dirs(self.directory, Path(recordings_dir))
+            existing = sorted(p.name for p in self.directory.glob(reference + ".*"))
+            if existing:
+                # Never record over another call's evidence (a reference issued twice).
+                raise FileExistsError(errno.EEXIST, f"a recording named {reference} exists "
+                                      f"({', '.join(existing)})", str(self.directory))
             self._fd = _create_file(self.partial_path, exclusive=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self.partial_path}: {exc}") from exc
@@ -399,7 +405,7 @@ def finalize_partial(partial: Path, codec: str = "flac", *,
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, final)
+        _place_exclusively(tmp, final, frames, source_digest if lossless else None)
         _fsync_dir(directory)
     except (OSError, sf.LibsndfileError, RuntimeError) as exc:
         if tmp is not None:
@@ -421,6 +427,37 @@ def finalize_partial(partial: Path, codec: str = "flac", *,
     _LOGGER.info("Recording %s finalized: %s, %d frames, %d bytes", reference, final.name,
                  frames, result.bytes)
     return result
+
+
+def _place_exclusively(tmp: Path, final: Path, frames: int, pcm_digest: str | None) -> None:
+    """Move ``tmp`` to ``final`` unless ``final`` exists: a recording is never overwritten.
+
+    ``link`` + ``unlink`` is the atomic "rename unless the target exists" (``os.replace``
+    would silently replace another call's recording, issue 15 item 4). An existing ``final``
+    that decodes to exactly this audio is this recording's own, left by a crash between the
+    rename and the deletion of the partial: it is kept and the re-run goes on.
+
+    Raises:
+        FileExistsError: ``final`` holds another recording (or, for a lossy codec, one that
+            cannot be proven to be this one); ``tmp`` is deleted, the caller keeps the
+            partial for a human.
+    """
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        same = False
+        if pcm_digest is not None:
+            with contextlib.suppress(OSError, sf.LibsndfileError, RuntimeError):
+                _verify(final, frames, pcm_digest)
+                same = True
+        tmp.unlink()
+        if not same:
+            raise FileExistsError(
+                errno.EEXIST, "another recording already has this name; refusing to "
+                "overwrite it", str(final)) from None
+        _LOGGER.info("%s already holds this recording (finalized before a restart)", final)
+        return
+    tmp.unlink()
 
 
 def _encode(source: Path, target: Path, fmt: str, subtype: str) -> str:

@@ -115,3 +115,46 @@ async def test_missing_handset_audio_is_a_fault_and_bypasses(
         assert not mock_factory.pin(config.panel.bypass_relay_pin).state
     finally:
         await application.stop()
+
+
+async def test_lost_index_is_a_fault_and_no_reference_is_issued_again(
+    tmp_path: Path, mock_factory: Any
+) -> None:
+    """Issue 15 item 4: appliance.db emptied with reference.key kept. The daemon does not
+    answer on it (fault code index-lost, relay released, status says what to do); after
+    ``appliance index rebuild`` the next reference is a new one."""
+    from click.testing import CliRunner
+
+    from appliance.cli.main import cli
+
+    config = make_config(tmp_path)
+    first = Application(config, pin_factory=mock_factory, handset_audio=SimHandsetAudio())
+    await first.start()
+    try:
+        issued = {await first.allocate_reference() for _ in range(3)}
+    finally:
+        await first.stop()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(config.db_path) + suffix).unlink(missing_ok=True)
+    lost = Application(config, pin_factory=mock_factory, handset_audio=SimHandsetAudio())
+    await lost.start()
+    try:
+        await lost.wait_ready(TIMEOUT_S)
+        assert lost.fault_codes()[0] == "index-lost"
+        assert "appliance index rebuild" in lost.status_line()
+        assert not lost.relay.energised, "the phone is on the line, the box does not answer"
+    finally:
+        await lost.stop()
+    doctor = CliRunner().invoke(cli, ["--config", "/dev/null", "--state-dir",
+                                      str(config.device.state_dir), "doctor"])
+    assert "index rebuild" in doctor.output
+    rebuilt = CliRunner().invoke(cli, ["--config", "/dev/null", "--state-dir",
+                                       str(config.device.state_dir), "index", "rebuild"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    again = Application(config, pin_factory=mock_factory, handset_audio=SimHandsetAudio())
+    await again.start()
+    try:
+        assert "index-lost" not in again.fault_codes()
+        assert await again.allocate_reference() not in issued
+    finally:
+        await again.stop()

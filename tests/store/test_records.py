@@ -84,9 +84,14 @@ def test_v1_database_migrates_to_v2_with_tombstone_columns(tmp_path: Path) -> No
     finally:
         store.close_sync()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master "
                                                "WHERE type='index'")}
+        # Schema v4 widened the outcome CHECK in place: 'unknown' is accepted, junk is not.
+        conn.execute("UPDATE calls SET outcome = 'unknown' WHERE reference = '42719038'")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("UPDATE calls SET outcome = 'nonsense'")
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert "idx_audit_reference" in indexes
 
 
