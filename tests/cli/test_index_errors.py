@@ -40,7 +40,7 @@ def test_a_damaged_index_is_a_message(state: Path, args: tuple[str, ...]) -> Non
     result = run(state, *args)
     assert result.exit_code == 1, result.output
     assert "is damaged" in result.output
-    assert "backup" in result.output
+    assert "appliance index rebuild" in result.output
 
 
 @pytest.mark.unprivileged
