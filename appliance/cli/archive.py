@@ -108,6 +108,112 @@ def status_cmd(obj: Any, as_json: bool) -> None:
     click.echo(format_summary(info))
 
 
+@archive.command("replicate")
+@click.option("--once", is_flag=True, help="One sync and exit (e.g. before a box leaves "
+                                           "service).")
+@click.pass_obj
+def replicate_cmd(obj: Any, once: bool) -> None:
+    """Become Litestream replicating the index to <prefix>/index in the bucket (systemd runs
+    this as appliance-litestream.service)."""
+    from appliance.archive.replicate import exec_replicate, replicate_once
+    from appliance.archive.s3 import ArchiveError, box_prefix
+
+    config, credentials = _setup(obj)
+    if not config.archive.replicate_index:
+        _fail("configuration error: archive.replicate_index: expected true to replicate, "
+              "found false", EXIT_CONFIG)
+    if not config.db_path.exists():
+        _fail(f"no index at {config.db_path} (the daemon creates it at its first start)")
+    try:
+        if once:
+            replicate_once(config.archive, credentials, box_prefix(config.archive),
+                           config.db_path)
+            return
+        exec_replicate(config.archive, credentials, box_prefix(config.archive),
+                       config.db_path)
+    except (ArchiveError, OSError) as exc:
+        _fail(f"cannot start litestream: {exc}")
+
+
+@archive.command("verify")
+@click.option("--identity", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="age identity file: also decrypt every object and compare its SHA-256.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_obj
+def verify_cmd(obj: Any, identity: Path | None, as_json: bool) -> None:
+    """Compare the bucket with the index: missing, extra, altered objects (exit 1 on any)."""
+    from appliance.archive.restore import load_identities
+    from appliance.archive.s3 import ArchiveError, box_prefix, classify, make_client
+    from appliance.archive.verify import verify_archive
+
+    config, credentials = _setup(obj, need_enabled=False)
+    if not config.db_path.exists():
+        _fail(f"no index at {config.db_path}")
+    try:
+        identities = load_identities(identity) if identity is not None else None
+        report = verify_archive(config.db_path, make_client(config.archive, credentials),
+                                config.archive.bucket, box_prefix(config.archive),
+                                identities=identities)
+    except ArchiveError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"archive service: {classify(exc)}")
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"{report.archived} calls archived, {report.objects} objects in the bucket, "
+                   f"{report.waiting} calls waiting for upload")
+        for label, items in (("missing", report.missing), ("extra", report.extra),
+                             ("altered", report.altered)):
+            for item in items:
+                click.echo(f"{label}: {item}")
+        click.echo("archive matches the index" if report.ok else "archive DIFFERS from the index")
+    if not report.ok:
+        sys.exit(1)
+
+
+@archive.command("restore")
+@click.option("--to", "to", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="New (empty) state directory, e.g. /var/lib/appliance on the new SD card.")
+@click.option("--identity", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="age identity file: also restore the reference key and the recordings "
+                   "(needed for the box to take calls again).")
+@click.option("--prefix", help="Restore this box's folder (default: archive.prefix / the "
+                               "host name).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_obj
+def restore_cmd(obj: Any, to: Path, identity: Path | None, prefix: str | None,
+                as_json: bool) -> None:
+    """Rebuild a box's state (index; with --identity key and recordings) from the archive.
+    The restored box never reissues a reference."""
+    from appliance.archive.restore import restore_box
+    from appliance.archive.s3 import ArchiveError, box_prefix, classify, make_client
+    from appliance.store.audit import current_actor
+
+    config, credentials = _setup(obj, need_enabled=False)
+    try:
+        report = restore_box(config, credentials, prefix or box_prefix(config.archive), to,
+                             identity_file=identity, actor=current_actor(),
+                             client=make_client(config.archive, credentials))
+    except ArchiveError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"archive service: {classify(exc)}")
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"restored {report.calls} calls into {report.state_dir}; "
+                   f"{report.recordings} recordings; reference key "
+                   f"{'restored' if report.key_restored else 'NOT restored (no --identity)'}; "
+                   f"next call counter above {report.counter}")
+        for problem in report.problems:
+            click.echo(f"problem: {problem}")
+        if not report.key_restored:
+            click.echo("this state is for reading only: give --identity to take calls with it")
+    if report.problems:
+        sys.exit(1)
+
+
 def format_summary(info: dict[str, Any] | None) -> str:
     """One line for ``archive status`` and ``appliance status``."""
     if info is None:

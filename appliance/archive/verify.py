@@ -1,0 +1,99 @@
+"""``appliance archive verify``: the bucket against the index — missing, extra, altered.
+
+* **missing** — the index says a call is archived, its object is not in the bucket;
+* **extra** — an object under ``<prefix>/calls/`` the index does not list as archived: a
+  call erased or purged whose copies are not deleted yet, or something nobody put there;
+* **altered** — size or ETag differ from what was uploaded; with ``--identity`` every object
+  is also decrypted and its plaintext SHA-256 compared with the index's (slow: a download).
+
+Calls still waiting for upload are reported apart (a queue, not a difference). Read-only on
+both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from appliance.archive import queue
+from appliance.archive.s3 import S3Client, iter_objects
+from appliance.store.db import _connect
+
+
+#: The box still keeps the call's recording, so the archive must keep its copies (an erased or
+#: purged call's copies are "extra" until the uploader has deleted them).
+_KEPT: Final = ("c.recording_deleted_at IS NULL AND c.erased_at IS NULL "
+                "AND c.purged_at IS NULL")
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    archived: int = 0
+    objects: int = 0
+    waiting: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    altered: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.altered)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "archived_calls": self.archived, "objects": self.objects,
+                "waiting": self.waiting, "missing": self.missing, "extra": self.extra,
+                "altered": self.altered}
+
+
+def verify_archive(db_path: Path, client: S3Client, bucket: str, prefix: str, *,
+                   identities: list[Any] | None = None) -> VerifyReport:
+    """Compare ``<prefix>/calls/`` in ``bucket`` with the index at ``db_path``."""
+    report = VerifyReport()
+    conn = _connect(Path(db_path))
+    try:
+        expected: dict[str, tuple[int, str, str]] = {}
+        if queue.has_tables(conn):
+            for key, size, etag, plain_sha in conn.execute(
+                    "SELECT o.key, o.stored_bytes, o.etag, o.plain_sha256 "
+                    "FROM archive_objects o JOIN archive a USING (reference) "
+                    f"JOIN calls c USING (reference) WHERE a.state = 'archived' AND {_KEPT}"):
+                expected[key] = (size, etag, plain_sha)
+            report.archived = conn.execute(
+                "SELECT COUNT(*) FROM archive a JOIN calls c USING (reference) "
+                f"WHERE a.state = 'archived' AND {_KEPT}").fetchone()[0]
+            report.waiting = conn.execute(
+                "SELECT COUNT(*) FROM archive WHERE state = 'queued'").fetchone()[0]
+    finally:
+        conn.close()
+    seen: set[str] = set()
+    for obj in iter_objects(client, bucket, f"{prefix}/calls/"):
+        key = obj["Key"]
+        report.objects += 1
+        if key not in expected:
+            report.extra.append(key)
+            continue
+        seen.add(key)
+        size, etag, plain_sha = expected[key]
+        if int(obj["Size"]) != size or str(obj.get("ETag", "")).strip('"') != etag:
+            report.altered.append(f"{key}: {obj['Size']} bytes, ETag {obj.get('ETag')} "
+                                  f"(uploaded {size} bytes, ETag {etag})")
+        elif identities is not None and not _plaintext_matches(client, bucket, key, plain_sha,
+                                                               identities):
+            report.altered.append(f"{key}: decrypted content differs from the index's "
+                                  "SHA-256 (or does not decrypt)")
+    report.missing = sorted(set(expected) - seen)
+    return report
+
+
+def _plaintext_matches(client: S3Client, bucket: str, key: str, plain_sha256: str,
+                       identities: list[Any]) -> bool:
+    import pyrage
+
+    cipher = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    try:
+        plain = pyrage.decrypt(cipher, identities)
+    except pyrage.DecryptError:
+        return False
+    return hashlib.sha256(plain).hexdigest() == plain_sha256

@@ -1,0 +1,133 @@
+"""Replicate the index with Litestream, verify the archive against it, restore a box into a
+fresh state directory — all against a real S3 server, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from appliance.archive import queue
+from appliance.archive.restore import RESTORE_COUNTER_MARGIN, restored_counter
+from appliance.archive.s3 import call_key, make_client
+from appliance.archive.uploader import Uploader
+from appliance.call.reference import ReferenceCipher
+from appliance.cli.main import cli
+from appliance.sim.objectstore import ObjectStore
+from appliance.store.db import Store
+from appliance.store.recorder import sha256_file
+from appliance.store.retention import erase_call
+from tests.archive.conftest import BUCKET, Box, make_box
+from tests.store.callfactory import KEY, make_calls
+
+NOW = time.time()
+
+
+def run(box: Box, *args: str, state_dir: Path | None = None) -> tuple[int, str]:
+    argv = ["--config", str(box.config_file)]
+    if state_dir is not None:
+        argv += ["--state-dir", str(state_dir)]
+    result = CliRunner().invoke(cli, [*argv, "archive", *args])
+    return result.exit_code, result.output
+
+
+def test_replicate_verify_restore(tmp_path: Path, objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore)
+    box.state_dir.mkdir(parents=True)
+    (box.state_dir / "reference.key").write_bytes(KEY)  # the key callfactory's references use
+    calls = make_calls(box.state_dir, [
+        {"counter": 11, "ring_at": NOW - 300},
+        {"counter": 12, "ring_at": NOW - 200},
+        {"counter": 13, "ring_at": NOW - 100, "record_s": None},
+        {"counter": 14, "ring_at": NOW - 50},
+    ])
+    assert run(box, "run", "--once")[0] == 0
+    store = Store.open(box.config.db_path)
+    try:
+        erase_call(store, box.config.recordings_dir, calls[1].reference, reason="request",
+                   actor="cli:test")
+    finally:
+        store.close_sync()
+    code, out = run(box, "verify")
+    assert code == 1, out
+    assert f"extra: {box.prefix}/calls/{calls[1].reference}/" in out  # not deleted yet
+    assert run(box, "run", "--once")[0] == 0
+    code, out = run(box, "verify", "--identity", str(box.identity_file))
+    assert (code, out.splitlines()[-1]) == (0, "archive matches the index"), out
+    assert run(box, "replicate", "--once")[0] == 0
+
+    fresh = tmp_path / "new-sd-card"
+    code, out = run(box, "restore", "--to", str(fresh), "--identity", str(box.identity_file),
+                    "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["calls"] == 4
+    assert report["recordings"] == 2  # the erased call's recording is not restored
+    assert (fresh / "reference.key").read_bytes() == KEY
+    assert (fresh / "reference.key").stat().st_mode & 0o777 == 0o600
+    restored = Store.open(fresh / "appliance.db")
+    try:
+        for call in (calls[0], calls[3]):
+            row = restored.get_call(call.reference)
+            assert sha256_file(Path(row["recording_path"])) == row["recording_sha256"]
+            assert Path(row["recording_path"]).is_relative_to(fresh / "recordings")
+        assert restored.get_call(calls[1].reference)["erased_at"] is not None
+        assert restored.verify_audit_chain() == []
+        assert [e["action"] for e in restored.audit_entries()][-1] == "archive-restore"
+    finally:
+        restored.close_sync()
+    cipher = ReferenceCipher(KEY)
+    counter = restored_counter(fresh / "appliance.db")
+    assert counter >= max(cipher.counter_of(c.reference) for c in calls) + RESTORE_COUNTER_MARGIN
+    # The restored state passes verify against the same bucket.
+    code, out = run(box, "verify", state_dir=fresh)
+    assert code == 0, out
+
+    # Differences: an object altered, one missing, one that nobody indexed.
+    client = make_client(box.config.archive, box.credentials)
+    client.put_object(Bucket=BUCKET, Key=call_key(box.prefix, calls[0].reference, "sidecar"),
+                      Body=b"not what was uploaded")
+    client.delete_object(Bucket=BUCKET, Key=call_key(box.prefix, calls[3].reference, "proof"))
+    client.put_object(Bucket=BUCKET, Key=f"{box.prefix}/calls/99999999/x.age", Body=b"?")
+    code, out = run(box, "verify", "--json")
+    assert code == 1
+    found = json.loads(out)
+    assert found["missing"] == [call_key(box.prefix, calls[3].reference, "proof")]
+    assert found["extra"] == [f"{box.prefix}/calls/99999999/x.age"]
+    assert len(found["altered"]) == 1
+    assert call_key(box.prefix, calls[0].reference, "sidecar") in found["altered"][0]
+
+
+def test_restore_refuses_a_non_empty_target_and_a_wrong_identity(
+        tmp_path: Path, objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore)
+    box.state_dir.mkdir(parents=True)
+    (box.state_dir / "reference.key").write_bytes(KEY)
+    make_calls(box.state_dir, [{"counter": 21, "ring_at": NOW}])
+    assert run(box, "run", "--once")[0] == 0
+    assert run(box, "replicate", "--once")[0] == 0
+    code, out = run(box, "restore", "--to", str(box.state_dir))
+    assert code == 1
+    assert "not empty" in out
+    (tmp_path / "other").mkdir()
+    other = make_box(tmp_path / "other", objectstore)  # a different owner's identity
+    code, out = run(box, "restore", "--to", str(tmp_path / "x"), "--identity",
+                    str(other.identity_file))
+    assert code == 1
+    assert "cannot decrypt" in out
+
+
+def test_status_line_counts_the_queue(tmp_path: Path, objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore)
+    make_calls(box.state_dir, [{"counter": 31, "ring_at": NOW}, {"counter": 32, "ring_at": NOW}])
+    up = Uploader(box.config, box.credentials, box.prefix)
+    up.open()
+    try:
+        queue.reconcile(up._conn)
+    finally:
+        up.close()
+    code, out = run(box, "status")
+    assert code == 0
+    assert "0 archived, 2 waiting" in out
