@@ -327,6 +327,7 @@ install_docs() {
     local f
     put_dir "$OPT_DIR/doc" 0755 root:root
     put_file docs/install.md "$OPT_DIR/doc/install.md" 0644 root:root
+    put_file docs/archive.md "$OPT_DIR/doc/archive.md" 0644 root:root
     for f in hw/*.md; do
         put_file "$f" "$OPT_DIR/doc/hw/$(basename "$f")" 0644 root:root
     done

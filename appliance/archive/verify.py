@@ -15,17 +15,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from appliance.archive import queue
 from appliance.archive.s3 import S3Client, iter_objects
 from appliance.store.db import _connect
-
-
-#: The box still keeps the call's recording, so the archive must keep its copies (an erased or
-#: purged call's copies are "extra" until the uploader has deleted them).
-_KEPT: Final = ("c.recording_deleted_at IS NULL AND c.erased_at IS NULL "
-                "AND c.purged_at IS NULL")
 
 
 @dataclass(slots=True)
@@ -51,6 +45,8 @@ def verify_archive(db_path: Path, client: S3Client, bucket: str, prefix: str, *,
                    identities: list[Any] | None = None) -> VerifyReport:
     """Compare ``<prefix>/calls/`` in ``bucket`` with the index at ``db_path``."""
     report = VerifyReport()
+    # Expected: the archived calls whose recording the box still keeps (an erased or purged
+    # call's copies are "extra" until the uploader has deleted them).
     conn = _connect(Path(db_path))
     try:
         expected: dict[str, tuple[int, str, str]] = {}
@@ -58,11 +54,14 @@ def verify_archive(db_path: Path, client: S3Client, bucket: str, prefix: str, *,
             for key, size, etag, plain_sha in conn.execute(
                     "SELECT o.key, o.stored_bytes, o.etag, o.plain_sha256 "
                     "FROM archive_objects o JOIN archive a USING (reference) "
-                    f"JOIN calls c USING (reference) WHERE a.state = 'archived' AND {_KEPT}"):
+                    "JOIN calls c USING (reference) WHERE a.state = 'archived' AND "
+                    "c.recording_deleted_at IS NULL AND c.erased_at IS NULL "
+                    "AND c.purged_at IS NULL"):
                 expected[key] = (size, etag, plain_sha)
             report.archived = conn.execute(
                 "SELECT COUNT(*) FROM archive a JOIN calls c USING (reference) "
-                f"WHERE a.state = 'archived' AND {_KEPT}").fetchone()[0]
+                "WHERE a.state = 'archived' AND c.recording_deleted_at IS NULL "
+                "AND c.erased_at IS NULL AND c.purged_at IS NULL").fetchone()[0]
             report.waiting = conn.execute(
                 "SELECT COUNT(*) FROM archive WHERE state = 'queued'").fetchone()[0]
     finally:

@@ -265,9 +265,15 @@ def calls(obj: CliContext, limit: int, number: str | None, line_name: str | None
     until_t = None if until is None else parse_when(until, end=True)
     store = open_store(obj)
     limit = min(limit, SQLITE_MAX_INT)  # SQLite's LIMIT is a signed 64-bit integer
-    rows = [row_view(r) for r in store.list_calls(limit, number=number, line=line_name,
-                                                   since=since_t, until=until_t,
-                                                   outcome=outcome)]
+    raw = store.list_calls(limit, number=number, line=line_name, since=since_t, until=until_t,
+                           outcome=outcome)
+    rows = [row_view(r) for r in raw]
+    from appliance.archive.queue import states
+
+    archive = states(store.path, [r["reference"] for r in raw])
+    if archive:  # only on a box that archives (docs/archive.md)
+        for row, r in zip(rows, raw, strict=True):
+            row["archive"] = archive.get(r["reference"])
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -280,10 +286,15 @@ def calls(obj: CliContext, limit: int, number: str | None, line_name: str | None
 
 
 def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
+    from appliance.archive.queue import states
+
     events = store.events(row["reference"])
+    archive = states(store.path, [row["reference"]]).get(row["reference"])
     if as_json:
         view = row_view(row)
         view["events"] = events
+        if archive is not None:
+            view["archive"] = archive
         click.echo(json.dumps(view, ensure_ascii=False, indent=2))
         return
     from appliance.text import printable
@@ -297,6 +308,11 @@ def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
     for key in ("ring_at", "answer_at", "notice_start_at", "notice_end_at", "record_start_at",
                 "agent_answer_at", "end_at"):
         click.echo(f"{key:<19} {_when(row.get(key))}")
+    if archive is not None:
+        click.echo(f"{'archive':<19} {archive['state']}"
+                   + (f" {_when(archive['archived_at'])}" if archive["archived_at"] else "")
+                   + (f" (last error: {archive['last_error']})" if archive["last_error"]
+                      else ""))
     click.echo("events:")
     t0 = events[0]["t"] if events else 0.0
     for e in events:

@@ -111,8 +111,10 @@ def calls_table(rows: list[dict[str, Any]]) -> None:
     from appliance.store.export import display_reference
     from appliance.text import printable
 
+    # The archive column only on a box that archives (rows carry "archive", docs/archive.md).
+    archived = any("archive" in r for r in rows)
     click.echo(f"{'reference':<11} {'when':<19} {'line':<6} {'caller':<16} {'outcome':<11} "
-               f"{'recording':<9} {'dur':>6}")
+               f"{'recording':<9} {'dur':>6}" + (f" {'archive':<8}" if archived else ""))
     for r in rows:
         when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ring_at"]))
                 if r["ring_at"] else "—")
@@ -123,7 +125,8 @@ def calls_table(rows: list[dict[str, Any]]) -> None:
             recording = "purged"
         click.echo(f"{display_reference(r['reference']):<11} {when:<19} {r['line'] or '':<6} "
                    f"{printable(r['caller_number'] or 'unknown'):<16} {r['outcome'] or '':<11} "
-                   f"{recording:<9} {(r['duration_s'] or 0):6.1f}")
+                   f"{recording:<9} {(r['duration_s'] or 0):6.1f}"
+                   + (f" {(r.get('archive') or {}).get('state', '—'):<8}" if archived else ""))
 
 
 # --- the commands ----------------------------------------------------------------------------

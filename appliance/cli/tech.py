@@ -117,6 +117,25 @@ def status(obj: Any, as_json: bool) -> None:
         click.echo(f"loop lag {reply['loop_lag_ms']} ms (max {reply['loop_lag_max_ms']} ms)")
     if reply.get("speech_warning"):
         click.echo(f"speech   {reply['speech_warning']}")
+    _archive_status(obj)
+
+
+def _archive_status(obj: Any) -> None:
+    """The archive queue's line (docs/archive.md), read from the index: the uploader is its
+    own process, the daemon knows nothing of it."""
+    from appliance.archive.queue import has_tables, summary
+    from appliance.cli.archive import format_summary
+    from appliance.store.db import _connect
+
+    config = obj.config()
+    if not config.archive.enabled or not config.db_path.exists():
+        return
+    conn = _connect(config.db_path)
+    try:
+        info = summary(conn) if has_tables(conn) else None
+    finally:
+        conn.close()
+    click.echo(format_summary(info).replace("archive: ", "archive  ", 1))
 
 
 @click.command()

@@ -119,7 +119,7 @@ def test_restore_refuses_a_non_empty_target_and_a_wrong_identity(
     assert "cannot decrypt" in out
 
 
-def test_status_line_counts_the_queue(tmp_path: Path, objectstore: ObjectStore) -> None:
+def test_status_calls_and_show_tell_the_archive_state(tmp_path: Path, objectstore: ObjectStore) -> None:
     box = make_box(tmp_path, objectstore)
     make_calls(box.state_dir, [{"counter": 31, "ring_at": NOW}, {"counter": 32, "ring_at": NOW}])
     up = Uploader(box.config, box.credentials, box.prefix)
@@ -131,3 +131,12 @@ def test_status_line_counts_the_queue(tmp_path: Path, objectstore: ObjectStore) 
     code, out = run(box, "status")
     assert code == 0
     assert "0 archived, 2 waiting" in out
+    result = CliRunner().invoke(cli, ["--config", str(box.config_file), "calls", "--json"])
+    assert [r["archive"]["state"] for r in json.loads(result.output)] == ["queued", "queued"]
+    result = CliRunner().invoke(cli, ["--config", str(box.config_file), "calls"])
+    assert result.output.splitlines()[0].split()[-1] == "archive"
+    assert result.output.splitlines()[1].split()[-1] == "queued"
+    ref = json.loads(CliRunner().invoke(cli, ["--config", str(box.config_file), "last",
+                                              "--json"]).output)["reference"]
+    result = CliRunner().invoke(cli, ["--config", str(box.config_file), "show", ref])
+    assert any(line.split()[:2] == ["archive", "queued"] for line in result.output.splitlines())
