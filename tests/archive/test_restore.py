@@ -119,7 +119,8 @@ def test_restore_refuses_a_non_empty_target_and_a_wrong_identity(
     assert "cannot decrypt" in out
 
 
-def test_status_calls_and_show_tell_the_archive_state(tmp_path: Path, objectstore: ObjectStore) -> None:
+def test_status_calls_and_show_tell_the_archive_state(tmp_path: Path,
+                                                     objectstore: ObjectStore) -> None:
     box = make_box(tmp_path, objectstore)
     make_calls(box.state_dir, [{"counter": 31, "ring_at": NOW}, {"counter": 32, "ring_at": NOW}])
     up = Uploader(box.config, box.credentials, box.prefix)
