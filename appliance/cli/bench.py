@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from appliance.cli.context import fail
+
 
 def _progress(message: str) -> None:
     click.echo(f"bench: {message}", err=True)
@@ -31,14 +33,22 @@ def _progress(message: str) -> None:
 @click.option("--soak", "soak_minutes", type=float, default=None,
               help="Run the fault soak for this many minutes instead of the benchmark.")
 @click.option("--keep", type=click.Path(path_type=Path),
-              help="Work in this directory and keep it (default: a temporary one, removed).")
+              help="Work in this new (or empty) directory and keep it (default: a temporary "
+                   "one, removed).")
+@click.option("--force", is_flag=True, help="Let --keep use a directory that is not empty.")
 def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_calls: int,
-          no_daemon_process: bool, soak_minutes: float | None, keep: Path | None) -> None:
+          no_daemon_process: bool, soak_minutes: float | None, keep: Path | None,
+          force: bool) -> None:
     """Measure the appliance on simulated hardware: latencies, CPU, memory, sample
     continuity, recording sizes, index look-ups, simultaneous lines (DESIGN.md §9)."""
     from appliance.logs import setup_logging
 
     setup_logging("WARNING")
+    if keep is not None and not force and keep.is_dir() and any(keep.iterdir()):
+        # Its files would be written over: a kept bench directory is one per run.
+        fail(f"{keep} is not empty; choose another --keep, or add --force to write into it")
+    if keep is not None and keep.exists() and not keep.is_dir():
+        fail(f"{keep} exists and is not a directory; choose another --keep")
     work = keep or Path(tempfile.mkdtemp(prefix="appliance-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

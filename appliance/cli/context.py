@@ -18,6 +18,7 @@ import errno
 import functools
 import os
 import shutil
+import stat
 import sys
 import typing
 from collections.abc import Callable
@@ -105,15 +106,16 @@ def classify_store_error(path: Path | None, error: BaseException, hint: str = AC
     lowered = text.lower()
     code = error.errno if isinstance(error, OSError) else None
     subject = text if path is None or str(path) in text else f"{path}: {text}"
+    opening = subject if lowered.startswith("cannot") else f"cannot open {subject}"
     if code in _DENIED_ERRNOS or "permission" in lowered:
-        return f"cannot open {subject}", hint
+        return opening, hint
     if code == errno.EROFS or any(w in lowered for w in ("readonly", "read-only",
                                                          "unable to open")):
         why = ""
         if path is not None and not os.access(path.parent, os.W_OK):
             why = (f" ({path.parent} is not writable: SQLite needs to create appliance.db-wal "
                    "and -shm beside the index)")
-        return f"cannot open {subject}{why}", hint
+        return f"{opening}{why}", hint
     if code == errno.ENOSPC or "disk is full" in lowered or (
             "disk i/o error" in lowered and path is not None and _disk_full(path.parent)):
         # SQLite says "disk I/O error" when it cannot create the -shm file on a full disk.
@@ -180,6 +182,36 @@ def guard_store_errors(hint: str = ACCESS_HINT) -> Callable[[_F], _F]:
         return typing.cast(_F, wrapper)
 
     return decorate
+
+
+def check_output_path(path: Path, *, force: bool, option: str) -> bool:
+    """Exit 1 unless writing ``path`` replaces nothing the command did not create.
+
+    Nothing there: fine (False). A regular file: replaced only with ``--force`` (True). Anything
+    else — a device node (``/dev/full`` was once replaced by a WAV), a directory, a symlink, a
+    FIFO or socket — never, not even with ``--force``.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        fail(f"cannot check {path}: {exc.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        fail(f"{path} exists and is {_file_kind(st.st_mode)}: not replaced (not even with "
+             f"--force); choose another {option}")
+    if not force:
+        fail(f"{path} exists; choose another {option}, or add --force to replace it")
+    return True
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def row_view(row: dict[str, Any]) -> dict[str, Any]:

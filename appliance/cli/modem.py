@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
+from appliance.cli.context import check_output_path, fail
 from appliance.config import EXIT_CONFIG
 from appliance.errors import ConfigError, ModemCommandError, ModemError
 
@@ -51,13 +52,37 @@ def register(cli: click.Group) -> None:
 # --- sim-modem -------------------------------------------------------------------------------
 
 
-def _relink(link: Path | None, target: str | None) -> None:
-    """Point ``link`` at ``target`` (None removes it); a stale link never blocks start-up."""
+#: Where the kernel's ptys live: a symlink into it at ``--link`` is an earlier run's.
+PTY_DIR: Final = "/dev/pts/"
+
+
+def _claim_link(link: Path | None, force: bool) -> None:
+    """Make room for the ``--link`` symlink, or exit 1 without touching anything.
+
+    A symlink into /dev/pts is an earlier sim-modem's stale link and is replaced (it must
+    never block start-up); a regular file only with ``--force``; anything else never.
+    """
     if link is None:
         return
-    link.unlink(missing_ok=True)
-    if target is not None:
+    with contextlib.suppress(OSError):
+        if link.is_symlink() and os.readlink(link).startswith(PTY_DIR):
+            link.unlink()
+            return
+    if check_output_path(link, force=force, option="--link"):
+        link.unlink()
+
+
+def _link(link: Path | None, target: str) -> None:
+    """Create the ``--link`` symlink (claimed by :func:`_claim_link`; never replaces)."""
+    if link is not None:
         link.symlink_to(target)
+
+
+def _unlink_ours(link: Path | None, target: str) -> None:
+    """Remove the ``--link`` symlink if it is still the one pointing at our pty."""
+    with contextlib.suppress(OSError):
+        if link is not None and os.readlink(link) == target:
+            link.unlink()
 
 
 @click.command("sim-modem")
@@ -69,7 +94,10 @@ def _relink(link: Path | None, target: str | None) -> None:
 @click.option("--script", "script_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file of scripted incoming calls (docs/line.md).")
 @click.option("--link", type=click.Path(path_type=Path),
-              help="Also create this symlink to the pty (e.g. /tmp/modem).")
+              help="Also create this symlink to the pty (e.g. /tmp/modem); an earlier run's "
+                   "stale link is replaced, anything else refused.")
+@click.option("--force", is_flag=True,
+              help="Let --link replace an existing regular file (never anything else).")
 @click.option("--ring-period", "ring_period_s", type=click.FloatRange(min=0.05),
               default=5.0, show_default=True,
               help="Seconds from one RING to the next (Hungary: 1.25 s on, 3.75 s off).")
@@ -86,8 +114,8 @@ def _relink(link: Path | None, target: str | None) -> None:
               help="JSON lines on stdout: {event: serving, pty, …}, then one per script step.")
 @click.option("--verbose", "-v", is_flag=True, help="Log the emulator's work on stderr.")
 def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None,
-              link: Path | None, ring_period_s: float, half_duplex: bool, echo: str,
-              no_vtr_test: bool, as_json: bool, verbose: bool) -> None:
+              link: Path | None, force: bool, ring_period_s: float, half_duplex: bool,
+              echo: str, no_vtr_test: bool, as_json: bool, verbose: bool) -> None:
     """Serve the emulated V.253 voice modem on a pty until Ctrl-C or SIGTERM.
 
     The first line on stdout is the pty path: point any modem software at it (vgetty with
@@ -114,6 +142,7 @@ def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None
         except ConfigError as exc:
             click.echo(f"appliance: script error: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
+    _claim_link(link, force)
     asyncio.run(_serve(dialect, script, link, ring_period_s, as_json,
                        half_duplex=half_duplex, echo=echo_spec, vtr_test=not no_vtr_test))
 
@@ -150,7 +179,10 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
 
     player: asyncio.Task[list[ScriptedCallResult]] | None = None
     try:
-        _relink(link, path)
+        try:
+            _link(link, path)
+        except FileExistsError:
+            fail(f"{link} appeared while starting; left alone")
         if as_json:
             click.echo(json.dumps({"event": "serving", "pty": path, "dialect": dialect,
                                    "full_duplex": not half_duplex,
@@ -188,7 +220,7 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
             player.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await player
-        _relink(link, None)
+        _unlink_ours(link, path)
         await server.stop()
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 
-from appliance.cli.context import CliContext, fail
+from appliance.cli.context import CliContext, check_output_path, fail
 from appliance.speech.prompts import LANGUAGES
 
 if TYPE_CHECKING:
@@ -235,11 +235,14 @@ def list_clips(obj: CliContext, lang: str | None, as_json: bool) -> None:
 @sounds.command("say")
 @click.argument("name")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
-              required=True, help="WAV file to write (8 kHz mono 16-bit).")
+              required=True, help="WAV file to write (8 kHz mono 16-bit); a new file "
+                                  "unless --force.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing regular file at --out (never anything else).")
 @click.option("--lang", type=click.Choice(list(LANGUAGES)),
               help="Prompt language [default: device.language from the configuration].")
 @click.pass_obj
-def say(obj: CliContext, name: str, out_path: Path, lang: str | None) -> None:
+def say(obj: CliContext, name: str, out_path: Path, force: bool, lang: str | None) -> None:
     """Write the rendered clip NAME to a WAV file, for listening.
 
     NAME is a clip from `appliance sounds list` (notice, goodbye, 0..9, beep, …) or a call
@@ -263,8 +266,11 @@ def say(obj: CliContext, name: str, out_path: Path, lang: str | None) -> None:
         except ReferenceFormatError:
             fail(f"no clip {name!r}; clips: {', '.join(sorted(library.names))} "
                   "(or give an 8-digit reference)")
+    replace = check_output_path(out_path, force=force, option="--out")
     try:
-        write_clip(out_path, audio)
+        write_clip(out_path, audio, replace=replace)
+    except FileExistsError:
+        fail(f"{out_path} appeared while writing; left alone")
     except OSError as exc:
         fail(f"cannot write {out_path}: {exc}")
     click.echo(f"wrote {out_path} ({audio.size / _rate():.2f} s)")

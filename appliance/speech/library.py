@@ -126,8 +126,11 @@ def normalize_reference(reference: str) -> str:
 
 
 @contextmanager
-def _atomic_open(path: Path) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``path``; on success fsync and rename it to ``path``."""
+def _atomic_open(path: Path, *, replace: bool = True) -> Iterator[IO[bytes]]:
+    """Open a temporary file next to ``path``; on success fsync and rename it to ``path``.
+
+    With ``replace`` False the file is linked into place instead, which fails with
+    FileExistsError if anything is at ``path`` by then (nothing is ever overwritten)."""
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     temp = Path(temp_name)
     try:
@@ -135,7 +138,11 @@ def _atomic_open(path: Path) -> Iterator[IO[bytes]]:
             yield file
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
+            temp.unlink()
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -147,9 +154,10 @@ def _atomic_open(path: Path) -> Iterator[IO[bytes]]:
         os.close(directory)
 
 
-def write_clip(path: Path, audio: npt.NDArray[np.int16]) -> None:
-    """Atomically write ``audio`` as an 8 kHz mono PCM_16 WAV."""
-    with _atomic_open(path) as file:
+def write_clip(path: Path, audio: npt.NDArray[np.int16], *, replace: bool = True) -> None:
+    """Atomically write ``audio`` as an 8 kHz mono PCM_16 WAV; with ``replace`` False an
+    existing ``path`` is left alone (FileExistsError)."""
+    with _atomic_open(path, replace=replace) as file:
         soundfile.write(file, audio, PHONE_RATE_HZ, subtype="PCM_16", format="WAV")
 
 

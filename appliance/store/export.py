@@ -168,7 +168,7 @@ def export_call(store: Store, recordings_dir: Path, reference: str, out_dir: Pat
     shown = display_reference(reference)
     out_dir = Path(out_dir)
     target = out_dir / (shown + (".zip" if as_zip else ""))
-    if target.exists():
+    if os.path.lexists(target):  # also a dangling symlink: nothing there is replaced
         raise ExportError(f"{target} already exists; choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
@@ -284,16 +284,23 @@ def _assemble(store: Store, recordings_dir: Path, row: dict[str, Any], work: Pat
     _write_bytes(work / SUMS_NAME, sums.encode("ascii"))
     files.append(SUMS_NAME)
 
-    if as_zip:
-        partial = target.with_name(target.name + ".tmp")
-        fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, FILE_MODE)
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name in sorted(files):
-                zf.write(work / name, f"{shown}/{name}")
-        os.replace(partial, target)
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        os.replace(work, target)
+    # Into place without replacing anything that appeared meanwhile: link(2) fails on an
+    # existing name, and a directory is renamed only over the empty one made exclusively here.
+    try:
+        if as_zip:
+            partial = work / target.name  # inside the private work dir, never beside target
+            fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            with (os.fdopen(fd, "wb") as raw,
+                  zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf):
+                for name in sorted(files):
+                    zf.write(work / name, f"{shown}/{name}")
+            os.link(partial, target)
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            os.mkdir(target, DIR_MODE)
+            os.rename(work, target)
+    except FileExistsError as exc:
+        raise ExportError(f"{target} already exists; choose another --out") from exc
     _LOGGER.info("Call %s exported to %s", reference, target)
     return ExportResult(reference, target, tuple(sorted(files)), original_sha, matches,
                         audit_hash, tuple(problems))

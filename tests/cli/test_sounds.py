@@ -7,6 +7,7 @@ with the joe English voice from PyPI (≈5 s).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -205,6 +206,39 @@ def test_say_assembles_a_reference(state_hu: Path, tmp_path: Path) -> None:
     audio, _ = soundfile.read(out, dtype="int16")
     expected = PromptLibrary.load(cache_of(state_hu), lang="hu").reference_audio("42719353")
     np.testing.assert_array_equal(audio, expected)
+
+
+def test_say_replaces_a_regular_file_only_with_force(state_hu: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine.wav"
+    out.write_bytes(b"the technician's own recording")
+    refused = run(state_hu, "say", NOTICE_CLIP, "--out", str(out))
+    assert refused.exit_code == 1
+    assert "--force" in refused.stderr
+    assert out.read_bytes() == b"the technician's own recording"
+    forced = run(state_hu, "say", NOTICE_CLIP, "--out", str(out), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert soundfile.info(out).samplerate == RATE_HZ
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_say_never_replaces_what_is_not_a_regular_file(state_hu: Path, tmp_path: Path,
+                                                        kind: str) -> None:
+    # /dev/full was once replaced by a WAV; a FIFO is a node any user can make.
+    out = tmp_path / "node"
+    target = tmp_path / "target.wav"
+    target.write_bytes(b"kept")
+    {"fifo": lambda: os.mkfifo(out), "symlink": lambda: out.symlink_to(target),
+     "directory": out.mkdir}[kind]()
+    before = out.lstat()
+    result = run(state_hu, "say", NOTICE_CLIP, "--out", str(out), "--force")
+    if kind == "directory":
+        assert result.exit_code == 2  # click's dir_okay=False: a usage error
+    else:
+        assert result.exit_code == 1
+        assert "not replaced" in result.stderr
+    after = out.lstat()
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert target.read_bytes() == b"kept"
 
 
 def test_say_unknown_name_and_no_build(state_hu: Path, tmp_path: Path) -> None:
