@@ -33,6 +33,8 @@ ENV_STATE_DIR: Final = "APPLIANCE_STATE_DIR"
 LANGUAGES: Final = ("hu", "en")
 CODECS: Final = ("flac", "opus", "wav")
 DTMF_KEYS: Final = tuple("0123456789*#")
+#: Where plain HTTP may listen (web.tls = false): the box itself only.
+LOOPBACK_ADDRESSES: Final = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +215,28 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The owner's web page (``appliance web``, docs/web.md)."""
+
+    listen: str = "0.0.0.0"  # noqa: S104 - the page is for the shop's LAN
+    """Address the page listens on; plain HTTP (``tls = false``) only on a loopback address."""
+    port: int = 443
+    """TCP port (443 needs CAP_NET_BIND_SERVICE, which appliance-web.service grants)."""
+    tls: bool = True
+    """HTTPS with the certificate made at install (``<state_dir>/web/tls.crt``)."""
+    language: str = ""
+    """Page language: "" = device.language; the page has a switch too."""
+    session_idle_s: float = 1800.0
+    """A session ends after this long without a request."""
+    session_max_s: float = 43200.0
+    """A session ends this long after login, however busy."""
+    lockout_failures: int = 5
+    """Wrong passwords in a row that lock an account (and throttle the client address)."""
+    lockout_s: float = 900.0
+    """How long such a lock lasts."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole effective configuration."""
 
@@ -230,6 +254,7 @@ class Config:
     logging: LoggingConfig
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def db_path(self) -> Path:
@@ -238,6 +263,11 @@ class Config:
     @property
     def recordings_dir(self) -> Path:
         return self.device.state_dir / "recordings"
+
+    @property
+    def web_dir(self) -> Path:
+        """The web page's own files: accounts, TLS certificate and key."""
+        return self.device.state_dir / "web"
 
     @property
     def prompt_cache_dir(self) -> Path:
@@ -479,6 +509,11 @@ RANGES: Final[dict[str, Range]] = {
     "archive.bandwidth_kbit_s": Range(0, 10_000_000, "kbit/s (0 = no cap)"),
     "archive.poll_s": Range(0.1, 3600, _S),
     "archive.retry_max_s": Range(1, 86_400, _S),
+    "web.port": Range(1, 65535, "(TCP port)"),
+    "web.session_idle_s": Range(0, 86_400, _S, above=True),
+    "web.session_max_s": Range(0, 30 * 86_400, _S, above=True),
+    "web.lockout_failures": Range(1, 100, "wrong passwords"),
+    "web.lockout_s": Range(0, 86_400, _S, above=True),
 }
 
 
@@ -553,6 +588,12 @@ def _validate(c: Config) -> None:
     o = c.outbound
     _check(1 <= len(o.record_code) <= 4 and all(ch in DTMF_KEYS for ch in o.record_code),
            "outbound.record_code", "1–4 DTMF keys 0-9 * #", o.record_code)
+    w = c.web
+    _check(w.tls or w.listen in LOOPBACK_ADDRESSES, "web.listen",
+           f"a loopback address {LOOPBACK_ADDRESSES} when web.tls = false (plain HTTP never "
+           "leaves the box)", w.listen)
+    _check(w.language in ("", *LANGUAGES), "web.language", f'"" or one of {LANGUAGES}',
+           w.language)
     _validate_archive(c.archive)
 
 

@@ -30,6 +30,7 @@ import math
 import re
 import secrets
 import unicodedata
+from collections.abc import Callable
 from typing import Final
 
 from appliance.errors import ReferenceFormatError
@@ -42,6 +43,7 @@ __all__ = [
     "damm_check_digit",
     "damm_valid",
     "format_reference",
+    "known_candidates",
     "make_reference",
     "new_key",
     "parse_reference",
@@ -475,3 +477,20 @@ def parse_reference(text: str) -> str:
             text, "check digit wrong", candidates=suggest_references(reference)
         )
     return reference
+
+
+def known_candidates(error: ReferenceFormatError, exists: Callable[[str], bool]) -> list[str]:
+    """The "did you mean" list: ``error.candidates`` that name a call ``exists`` knows.
+
+    One rule for every place a human types a reference (the CLI, the owner's page): only
+    references of real calls are suggested, so a typo never leads to a stranger's call by way
+    of a made-up one.
+
+    Args:
+        error: what :func:`parse_reference` raised.
+        exists: canonical 8 digits → whether the index has that call.
+
+    Returns:
+        Formatted references (``"427-193-53"``), in ``error.candidates`` order.
+    """
+    return [c for c in error.candidates if exists(c.replace("-", ""))]

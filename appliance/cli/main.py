@@ -126,9 +126,15 @@ def run(obj: CliContext) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Show the daemon's log on stderr.")
 @click.option("--state-dir", "demo_state_dir", type=click.Path(path_type=Path),
               help="Keep the index and recordings here (default: a new temporary directory).")
+@click.option("--web", "with_web", is_flag=True,
+              help="Afterwards keep the owner's page up on http://127.0.0.1:8080/ with a demo "
+                   "account (Ctrl-C stops it).")
+@click.option("--web-port", type=int, default=8080, show_default=True,
+              help="Loopback port of the page with --web.")
 @click.pass_obj
 def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, line_echo: str,
-         handset_echo: str, verbose: bool, demo_state_dir: Path | None) -> None:
+         handset_echo: str, verbose: bool, demo_state_dir: Path | None, with_web: bool,
+         web_port: int) -> None:
     """Run one whole simulated call through the real daemon.
 
     The line is the V.253 modem emulator on a real pty opened by pyserial; the handset is the
@@ -193,6 +199,11 @@ def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, line_echo:
             click.echo(f"  {key:<17} {printable(value)}")
     click.echo("")
     click.echo(f"Look again later: appliance --state-dir {state_dir} last")
+    if with_web:
+        from appliance.cli.web import demo_web
+        from appliance.config import load_config
+
+        demo_web(load_config(state_dir=state_dir), port=web_port)
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -327,13 +338,13 @@ def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
 @guard_store_errors()
 def show(obj: CliContext, reference: str, as_json: bool) -> None:
     """Show one call by REFERENCE (427-193-53, 42719353 and "427 193 53" all work)."""
-    from appliance.call.reference import parse_reference
+    from appliance.call.reference import known_candidates, parse_reference
 
     store = open_store(obj)
     try:
         ref = parse_reference(reference)
     except ReferenceFormatError as exc:
-        known = [c for c in exc.candidates if store.get_call(c.replace("-", ""))]
+        known = known_candidates(exc, lambda c: store.get_call(c) is not None)
         hint = f" — did you mean {', '.join(known)}?" if known else ""
         click.echo(f"appliance: {exc.text!r}: {exc.reason}{hint}", err=True)
         sys.exit(1)
@@ -384,6 +395,10 @@ archive_cli.register(cli)
 from appliance.cli import index as index_cli  # noqa: E402
 
 index_cli.register(cli)
+
+from appliance.cli import web as web_cli  # noqa: E402
+
+web_cli.register(cli)
 
 
 def main() -> None:

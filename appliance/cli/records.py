@@ -95,13 +95,13 @@ def _audit_config(obj: CliContext, config: Config, store: Store, actor: str) -> 
 
 def _parse_ref(store: Store, text: str) -> str:
     """Canonical reference from what the technician typed; exit 1 with candidates if wrong."""
-    from appliance.call.reference import parse_reference
+    from appliance.call.reference import known_candidates, parse_reference
     from appliance.errors import ReferenceFormatError
 
     try:
         return parse_reference(text)
     except ReferenceFormatError as exc:
-        known = [c for c in exc.candidates if store.get_call(c.replace("-", ""))]
+        known = known_candidates(exc, lambda c: store.get_call(c) is not None)
         hint = f" — did you mean {', '.join(known)}?" if known else ""
         fail(f"{exc.text!r}: {exc.reason}{hint}")
 

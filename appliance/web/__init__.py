@@ -1,0 +1,1 @@
+"""The owner's page: find, play, hand over and erase calls from a browser (docs/web.md)."""
