@@ -511,7 +511,7 @@ RANGES: Final[dict[str, Range]] = {
     "archive.retry_max_s": Range(1, 86_400, _S),
     "web.port": Range(1, 65535, "(TCP port)"),
     "web.session_idle_s": Range(0, 86_400, _S, above=True),
-    "web.session_max_s": Range(0, 30 * 86_400, _S, above=True),
+    "web.session_max_s": Range(0, 604_800, _S, above=True),
     "web.lockout_failures": Range(1, 100, "wrong passwords"),
     "web.lockout_s": Range(0, 86_400, _S, above=True),
 }
