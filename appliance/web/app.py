@@ -53,7 +53,7 @@ from appliance.store.db import OUTCOMES, Store
 from appliance.store.lookup import locate_recording
 from appliance.text import printable
 from appliance.web.accounts import Account, Accounts
-from appliance.web.i18n import LANGUAGES, translator
+from appliance.web.i18n import LANGUAGES, translator, value_words
 from appliance.web.index import CallIndex, Search
 from appliance.web.sessions import COOKIE_NAME, CSRF_FIELD, Session, Sessions, Throttle
 
@@ -232,8 +232,9 @@ class WebApp:
                status_code: int = 200, **context: Any) -> HTMLResponse:
         lang = self.language(request)
         account = self.accounts.get(session.account) if session else None
+        t = translator(lang)
         html = self.env.get_template(template).render(
-            t=translator(lang), lang=lang, session=session, account=account,
+            t=t, tv=value_words(t), lang=lang, session=session, account=account,
             csrf_field=CSRF_FIELD, fingerprint=self.settings.fingerprint,
             path=request.url.path, outcomes=OUTCOMES, **context)
         return HTMLResponse(html, status_code=status_code)

@@ -133,12 +133,26 @@ _WORDS: Final[dict[str, tuple[str, str]]] = {
     "out_error": ("hiba", "error"),
     "out_interrupted": ("megszakadt", "interrupted"),
     "out_in_progress": ("folyamatban", "in progress"),
+    "out_unknown": ("nem ismert (helyreállított)", "unknown (rebuilt)"),
     "dec_recorded": ("rögzítve", "recorded"),
     "dec_declined": ("a hívó elutasította", "declined by the caller"),
     "dec_failed": ("sikertelen", "failed"),
     "dec_none": ("nincs", "none"),
     "dec_pending": ("folyamatban", "pending"),
 }
+
+
+def value_words(t: Callable[[str], str]) -> Callable[[str, object], str]:
+    """``tv(prefix, value)``: the word for a stored value (an outcome, a decision), or the
+    value itself when a newer schema stores one this table does not know yet."""
+
+    def tv(prefix: str, value: object) -> str:
+        try:
+            return t(f"{prefix}{value}")
+        except KeyError:
+            return str(value)
+
+    return tv
 
 
 def translator(language: str) -> Callable[[str], str]:

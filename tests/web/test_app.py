@@ -311,3 +311,17 @@ def test_health_shows_the_doctors_checks(app_client: TestClient) -> None:
     page = app_client.get("/health").text
     assert 'class="check-pass"' in page
     assert ">config<" in page
+
+
+def test_every_word_the_templates_use_exists_in_both_languages() -> None:
+    from appliance.store.db import OUTCOMES, RECORDING_DECISIONS
+    from appliance.web.i18n import translator
+
+    templates = Path(__file__).resolve().parents[2] / "appliance/web/templates"
+    keys = {k for p in templates.glob("*.html")
+            for k in re.findall(r'\bt\("([a-z_]+)"\)', p.read_text(encoding="utf-8"))}
+    keys |= {f"out_{o}" for o in OUTCOMES} | {f"dec_{d}" for d in RECORDING_DECISIONS}
+    assert len(keys) > 50
+    for lang in ("hu", "en"):
+        t = translator(lang)
+        assert all(t(k) for k in keys)
