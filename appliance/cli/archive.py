@@ -214,6 +214,119 @@ def restore_cmd(obj: Any, to: Path, identity: Path | None, prefix: str | None,
         sys.exit(1)
 
 
+# --- the head office (read-only on the bucket) -----------------------------------------------
+
+
+def _headoffice_rows(obj: Any, boxes: tuple[str, ...], **query: Any) -> list[dict[str, Any]]:
+    from appliance.archive.headoffice import box_indexes, query_calls
+    from appliance.archive.s3 import ArchiveError, classify, make_client
+
+    config, credentials = _setup(obj, need_enabled=False)
+    try:
+        client = make_client(config.archive, credentials)
+        with box_indexes(config.archive, credentials, client, list(boxes)) as indexes:
+            return query_calls(indexes, **query)
+    except ArchiveError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"archive service: {classify(exc)}")
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    from appliance.store.export import display_reference
+    from appliance.text import printable
+
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("no calls")
+        return
+    click.echo(f"{'box':<14} {'reference':<11} {'when':<19} {'caller':<16} {'outcome':<11} "
+               f"{'recording':<9} {'archive':<8}")
+    for r in rows:
+        recording = ("erased" if r["erased_at"] else "purged" if r["recording_deleted_at"]
+                     else r["recording_decision"] or "")
+        click.echo(f"{printable(r['box']):<14} {display_reference(r['reference']):<11} "
+                   f"{_when(r['ring_at']):<19} {printable(r['caller_number'] or 'unknown'):<16} "
+                   f"{r['outcome'] or '':<11} {recording:<9} {r['archive_state'] or '—':<8}")
+
+
+@archive.command("calls")
+@click.option("--box", "boxes", multiple=True, help="Only this box (prefix); repeatable.")
+@click.option("--limit", default=50, show_default=True, help="Newest calls first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.pass_obj
+def calls_cmd(obj: Any, boxes: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Head office: calls of every box, from their replicated indexes (read-only)."""
+    _print_rows(_headoffice_rows(obj, boxes, limit=limit), as_json)
+
+
+@archive.command("find")
+@click.option("--number", required=True, help="Caller number, any spelling (+36…, 06…).")
+@click.option("--box", "boxes", multiple=True, help="Only this box (prefix); repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.pass_obj
+def find_cmd(obj: Any, number: str, boxes: tuple[str, ...], as_json: bool) -> None:
+    """Head office: every call from one number across all boxes (read-only). Exit 1 if none."""
+    from appliance.store.retention import number_variants
+
+    rows = _headoffice_rows(obj, boxes, numbers=number_variants(number), limit=None)
+    _print_rows(rows, as_json)
+    if not rows:
+        sys.exit(1)
+
+
+@archive.command("export")
+@click.argument("reference")
+@click.option("--identity", required=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="age identity file matching one of the boxes' archive.recipients.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory to put the export in.")
+@click.option("--box", help="The box (prefix) the call belongs to (default: searched).")
+@click.option("--zip", "as_zip", is_flag=True, help="One .zip file instead of a directory.")
+@click.pass_obj
+def export_cmd(obj: Any, reference: str, identity: Path, out_dir: Path, box: str | None,
+               as_zip: bool) -> None:
+    """Head office: decrypt one call into the export package the box makes (`appliance
+    export`): WAV, original, metadata, proof, summary, SHA256SUMS."""
+    from appliance.archive.headoffice import box_indexes, export_from_archive, query_calls
+    from appliance.archive.restore import load_identities
+    from appliance.archive.s3 import ArchiveError, classify, make_client
+    from appliance.call.reference import parse_reference
+    from appliance.errors import ReferenceFormatError, StoreError
+    from appliance.store.audit import current_actor
+
+    try:
+        ref = parse_reference(reference)
+    except ReferenceFormatError as exc:
+        _fail(f"{exc.text!r}: {exc.reason}")
+    config, credentials = _setup(obj, need_enabled=False)
+    try:
+        identities = load_identities(identity)
+        client = make_client(config.archive, credentials)
+        with box_indexes(config.archive, credentials, client,
+                         [box] if box else None) as indexes:
+            found = {r["box"] for r in query_calls(indexes, reference=ref, limit=None)}
+            if not found:
+                _fail(f"no call with reference {reference} in any box's index")
+            if len(found) > 1:
+                _fail(f"reference {reference} is in several boxes ({', '.join(sorted(found))})"
+                      "; name one with --box")
+            index = next(i for i in indexes if i.prefix in found)
+            result = export_from_archive(config.archive, client, index, ref, identities,
+                                         out_dir, actor=f"headoffice:{current_actor()}",
+                                         as_zip=as_zip)
+    except (ArchiveError, StoreError) as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"archive service: {classify(exc)}")
+    click.echo(f"exported call {reference} of {index.prefix} to {result.path}")
+    for problem in result.problems:
+        click.echo(f"problem: {problem}")
+
+
 def format_summary(info: dict[str, Any] | None) -> str:
     """One line for ``archive status`` and ``appliance status``."""
     if info is None:

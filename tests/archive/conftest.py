@@ -18,11 +18,13 @@ from appliance.config import Config, load_config
 from appliance.sim.objectstore import ObjectStore
 
 BUCKET = "archive"
+#: A bucket only the head-office test writes to (it lists every box in its bucket).
+CHAIN_BUCKET = "chain"
 
 
 @pytest.fixture(scope="module")
 def objectstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
-    store = ObjectStore(tmp_path_factory.mktemp("s3"), buckets=(BUCKET,))
+    store = ObjectStore(tmp_path_factory.mktemp("s3"), buckets=(BUCKET, CHAIN_BUCKET))
     store.start()
     try:
         yield store
