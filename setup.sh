@@ -22,8 +22,10 @@ APT_PACKAGES=(libportaudio2 espeak-ng alsa-utils python3-venv)
 # For the test suite only: vgetty (mgetty-voice), a real third-party V.253 client the modem
 # emulator must satisfy; util-linux's unshare to run it in a private mount namespace (and
 # runuser for the permission tests as root); curl for the voice-download tests; systemd for
-# `systemd-analyze verify` of the unit. Without them those tests would only be skipped.
-APT_TEST_PACKAGES=(mgetty-voice util-linux curl systemd)
+# `systemd-analyze verify` of the unit; Debian's Chromium for the owner's page's browser tests
+# (Playwright drives it and never downloads a browser of its own). Without them those tests
+# would only be skipped.
+APT_TEST_PACKAGES=(mgetty-voice util-linux curl systemd chromium)
 
 # Bold/red only when stderr is a terminal (and NO_COLOR is unset): logs and CI stay plain text.
 if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then

@@ -138,6 +138,20 @@ def line_text(value: object) -> str:
     return "" if value is None else printable(value)
 
 
+def _led(pattern: object) -> str:
+    """A panel LED pattern as the daemon reports it (``on``, ``off``, ``('blink', 0.25,
+    0.25)``, ``('code', 4)``) in a word and a number a person reads."""
+    text = str(pattern)
+    if not text.startswith("("):
+        return text
+    parts = [p.strip(" '\"") for p in text.strip("()").split(",")]
+    if parts[0] == "code" and len(parts) > 1:
+        return f"code {parts[1]}"
+    if parts[0] == "blink" and len(parts) > 1:
+        return f"blink {parts[1]} s"
+    return parts[0]
+
+
 def _when(t: float | None) -> str:
     if not t:
         return "—"
@@ -182,7 +196,7 @@ class WebApp:
         self.env = Environment(loader=PackageLoader("appliance.web", "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True),
                                trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(line_text=line_text, when=_when, ref=_shown)
+        self.env.filters.update(line_text=line_text, when=_when, ref=_shown, led=_led)
 
     # ------------------------------------------------------------------ index access
 
