@@ -144,9 +144,22 @@ run_unprivileged_tests() {   # [PYTEST ARGS…] — as root only; returns pytest
     # The editable install points at this checkout; the copy takes its place.
     rm -f "$site"/__editable__*appliance* "$site"/appliance*.egg-link
     printf '%s\n' "$tmp/src" >"$site/appliance-checkout.pth"
+    # The venv's programs (weed, litestream, ruff …; tests find them beside the python), and
+    # its script entry points re-pointed at the new python.
+    local prog name
+    for prog in "$VENV"/bin/*; do
+        name="$(basename "$prog")"
+        [ -e "$tmp/venv/bin/$name" ] && continue   # python, activate: the new venv's own
+        if [ "$(head -c 2 "$prog")" = "#!" ]; then
+            sed "1s|^#!.*|#!$tmp/venv/bin/python|" "$prog" >"$tmp/venv/bin/$name"
+            chmod 0755 "$tmp/venv/bin/$name"
+        else
+            cp -al "$prog" "$tmp/venv/bin/" 2>/dev/null || cp -a "$prog" "$tmp/venv/bin/"
+        fi
+    done
     chown -R "$TEST_USER" "$tmp/src" "$tmp/home"
     say "pytest -m unprivileged as user $TEST_USER (permission tests root would pass)"
-    (cd "$tmp/src" && runuser -u "$TEST_USER" -- env HOME="$tmp/home" \
+    (cd "$tmp/src" && runuser -u "$TEST_USER" -- env HOME="$tmp/home" PATH="$tmp/venv/bin:$PATH" \
         "$tmp/venv/bin/python" -m pytest -p no:cacheprovider -n 0 -m unprivileged "$@") || rc=$?
     rm -rf "$tmp"
     trap - EXIT

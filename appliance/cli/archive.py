@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any, NoReturn
 
 import click
 
+from appliance.cli.context import store_problem
 from appliance.config import EXIT_CONFIG, Config
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, StoreError
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -147,8 +149,12 @@ def verify_cmd(obj: Any, identity: Path | None, as_json: bool) -> None:
     from appliance.archive.verify import verify_archive
 
     config, credentials = _setup(obj, need_enabled=False)
-    if not config.db_path.exists():
+    try:
+        config.db_path.stat()  # not Path.exists: an index it may not read is no pass
+    except FileNotFoundError:
         _fail(f"no index at {config.db_path}")
+    except OSError as exc:
+        _fail(store_problem(config.db_path, exc))
     try:
         identities = load_identities(identity) if identity is not None else None
         report = verify_archive(config.db_path, make_client(config.archive, credentials),
@@ -156,6 +162,11 @@ def verify_cmd(obj: Any, identity: Path | None, as_json: bool) -> None:
                                 identities=identities)
     except ArchiveError as exc:
         _fail(str(exc))
+    except (sqlite3.Error, StoreError) as exc:
+        # What it must check could not be read: a failure with the reason, never a pass.
+        _fail(store_problem(config.db_path, exc))
+    except PermissionError as exc:
+        _fail(store_problem(Path(exc.filename) if exc.filename else None, exc))
     except Exception as exc:
         _fail(f"archive service: {classify(exc)}")
     if as_json:

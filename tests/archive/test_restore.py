@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from appliance.archive import queue
@@ -141,3 +142,21 @@ def test_status_calls_and_show_tell_the_archive_state(tmp_path: Path,
                                               "--json"]).output)["reference"]
     result = CliRunner().invoke(cli, ["--config", str(box.config_file), "show", ref])
     assert any(line.split()[:2] == ["archive", "queued"] for line in result.output.splitlines())
+
+
+@pytest.mark.unprivileged
+def test_verify_fails_on_an_index_it_cannot_read(tmp_path: Path,
+                                                 objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore)
+    box.state_dir.mkdir(parents=True)
+    (box.state_dir / "reference.key").write_bytes(KEY)
+    make_calls(box.state_dir, [{"counter": 21, "ring_at": NOW - 60}])
+    assert run(box, "run", "--once")[0] == 0
+    box.config.db_path.chmod(0)
+    try:
+        code, out = run(box, "verify")
+    finally:
+        box.config.db_path.chmod(0o640)
+    assert code == 1, out
+    assert "sudo -u appliance" in out
+    assert "matches" not in out
