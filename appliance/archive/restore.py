@@ -9,7 +9,9 @@ card (docs/archive.md, "Restore a box").
    index and every reference with objects in the bucket (decoded with the key) — plus
    :data:`RESTORE_COUNTER_MARGIN` for calls the dead box may have begun in the last second
    before it died, neither replicated nor uploaded. That spends 0.01 % of the ten-million
-   counter space per restore.
+   counter space per restore. The same value is written as the counter's high-water mark
+   beside the key (``reference.counter``, appliance.store.highwater), which the daemon checks
+   at start and never issues at or below.
 4. One ``archive-restore`` audit entry says what was restored from where.
 
 Without ``--identity`` only the index comes back: enough to read and to answer a subject
@@ -37,6 +39,7 @@ from appliance.archive.s3 import (
 )
 from appliance.config import Config
 from appliance.store.db import COUNTER_KEY, Store, _connect
+from appliance.store.highwater import write_mark
 from appliance.store.recorder import DIR_MODE, FILE_MODE, sha256_file
 
 _LOGGER = logging.getLogger(__name__)
@@ -152,6 +155,9 @@ def restore_box(config: Config, credentials: Credentials, prefix: str, to: Path,
             _restore_recordings(conn, client, config.archive.bucket, identities,
                                 to / RECORDINGS_DIR, report)
         report.counter = _raise_counter(conn, client, config.archive.bucket, prefix, key)
+        # The high-water mark beside the key (appliance.store.highwater): the daemon never
+        # issues a counter at or below it, and finds the index level with it.
+        write_mark(to, report.counter)
         from appliance.store.db import _insert_audit
 
         conn.execute("BEGIN IMMEDIATE")

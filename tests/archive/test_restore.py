@@ -18,6 +18,7 @@ from appliance.call.reference import ReferenceCipher
 from appliance.cli.main import cli
 from appliance.sim.objectstore import ObjectStore
 from appliance.store.db import Store
+from appliance.store.highwater import read_mark
 from appliance.store.recorder import sha256_file
 from appliance.store.retention import erase_call
 from tests.archive.conftest import BUCKET, Box, make_box
@@ -77,11 +78,13 @@ def test_replicate_verify_restore(tmp_path: Path, objectstore: ObjectStore) -> N
         assert restored.get_call(calls[1].reference)["erased_at"] is not None
         assert restored.verify_audit_chain() == []
         assert [e["action"] for e in restored.audit_entries()][-1] == "archive-restore"
+        assert restored.counter() >= read_mark(fresh)  # the daemon would answer on it
     finally:
         restored.close_sync()
     cipher = ReferenceCipher(KEY)
     counter = restored_counter(fresh / "appliance.db")
     assert counter >= max(cipher.counter_of(c.reference) for c in calls) + RESTORE_COUNTER_MARGIN
+    assert read_mark(fresh) == counter  # the daemon's high-water mark agrees with the index
     # The restored state passes verify against the same bucket.
     code, out = run(box, "verify", state_dir=fresh)
     assert code == 0, out
