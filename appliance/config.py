@@ -76,6 +76,9 @@ class CallConfig:
 class RecordingConfig:
     codec: str
     fsync_interval_s: float
+    min_free_mb: int = 100
+    """No recording is started with less free space than this (megabytes, 10^6 bytes): the
+    call is answered with the short "not recorded" notice, and the disk-full fault shows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +484,7 @@ RANGES: Final[dict[str, Range]] = {
     "call.hold_reassure_s": Range(0, 600, _S, above=True),
     "call.silence_hangup_s": Range(0, 3600, _S),
     "recording.fsync_interval_s": Range(0.1, 1.0, "seconds (at most 1 s of audio lost)"),
+    "recording.min_free_mb": Range(0, 999_999, "megabytes (no recording started below)"),
     "retention.recordings_days": _DAYS,
     "retention.voicemail_days": _DAYS,
     "retention.metadata_days": _DAYS,

@@ -53,8 +53,17 @@ class PlaybackDone:
     token: str
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingFailed:
+    """The recording stopped mid-call (the disk is full, a write failed); the call goes on
+    unrecorded. ``reason`` is the error, for the log and the call's events."""
+
+    reason: str
+
+
 CallEvent = (
     KeyPressed | CallerHungUp | LineLost | AgentOffHook | AgentOnHook | HandsetFree | PlaybackDone
+    | RecordingFailed
 )
 
 

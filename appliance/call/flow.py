@@ -37,7 +37,9 @@ from appliance.call.events import (
     KeyPressed,
     LineLost,
     PlaybackDone,
+    RecordingFailed,
 )
+from appliance.errors import StoreError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ _LOGGER = logging.getLogger(__name__)
 GOODBYE_TIMEOUT_S: Final = 10.0
 #: A voicemail ends after this much silence (the caller has finished or hung up unnoticed).
 VOICEMAIL_SILENCE_S: Final = 8.0
+#: The prompt played instead of the notice when a call is not recorded, and the
+#: ``notice_version`` stored for such a call.
+NOT_RECORDED_NOTICE: Final = "not_recorded"
 
 
 class CallState(enum.Enum):
@@ -229,6 +234,9 @@ class CallPolicy:
     hold_reassure_s: float = 20.0
     whisper_line: bool = False
     silence_hangup_s: float = 30.0
+    #: False: this call is not recorded (too little free space, ``recording.min_free_mb``);
+    #: the caller hears the short "not recorded" notice instead, and no voicemail is taken.
+    record: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +262,10 @@ class CallResult:
     notice_completed: bool
     recording: RecordingInfo | None
     duration_s: float
+    #: When the final row update could not be written (a full disk): the ``calls`` fields
+    #: and the ``call-finalized`` audit details still to write; the daemon retries them.
+    unsaved: dict[str, Any] | None = None
+    unsaved_audit: dict[str, Any] | None = None
 
 
 class _CallOver(Exception):
@@ -297,14 +309,43 @@ class InboundCall:
         self._answer_at: float | None = None
         self._deadline: float | None = None
         self._reference_audio: np.ndarray | None = None
+        self._store_failing = False
+        #: Row fields a mid-call update could not write (written with the final update).
+        self._unsaved: dict[str, Any] = {}
+        self._recording_failed = False
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """The index cannot be written (a full disk): said once per call, never fatal.
+
+        The call goes on; row fields not written are kept and written with the final
+        update, which the daemon retries until it succeeds (``CallResult.unsaved``).
+        """
+        if not self._store_failing:
+            self._store_failing = True
+            _LOGGER.error("call %s: the index cannot be written (%s); the call goes on, its "
+                          "row is finalized as soon as it can be", self.reference, exc)
+
+    async def _save_event(self, state: str, detail: str) -> None:
+        try:
+            await self.ports.store.add_event(self.reference, state, detail, self._clock())
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    async def _update(self, **fields: Any) -> None:
+        """Set columns of this call's row mid-call; what cannot be written is kept for later."""
+        try:
+            await self.ports.store.update_call(self.reference, **fields)
+        except StoreError as exc:
+            self._store_failed(exc)
+            self._unsaved.update(fields)
 
     async def _event(self, state: str, detail: str = "") -> None:
         _LOGGER.info("call %s: %s %s", self.reference, state, detail)
         if self._observer is not None:
             self._observer(self.reference, state, detail)
-        await self.ports.store.add_event(self.reference, state, detail, self._clock())
+        await self._save_event(state, detail)
 
     async def _transition(self, new: CallState, reason: str) -> None:
         if new not in TRANSITIONS[self.state]:
@@ -313,7 +354,7 @@ class InboundCall:
         self.state = new
         if self._observer is not None:
             self._observer(self.reference, new.value, reason)
-        await self.ports.store.add_event(self.reference, new.value, reason, self._clock())
+        await self._save_event(new.value, reason)
         self.ports.panel.show(new.value)
 
     async def _next(self, timeout_s: float | None = None) -> CallEvent | None:
@@ -362,6 +403,12 @@ class InboundCall:
             raise _CallOver("interrupted", f"line lost: {event.reason}")
         if isinstance(event, CallerHungUp):
             raise _CallOver(self._outcome_now(), f"caller hung up ({event.reason})")
+        if isinstance(event, RecordingFailed):
+            # The call goes on; the audio written so far is kept (media finalizes it).
+            self._recording_failed = True
+            self.ports.panel.set_recording(False)
+            await self._event("recording-failed", event.reason)
+            return True
         return False
 
     # -- the flow -------------------------------------------------------------------------
@@ -399,7 +446,8 @@ class InboundCall:
             cid_time=c.cid_time,
             clock_synced=None if c.clock_synced is None else int(c.clock_synced),
             ring_at=c.ring_at,
-            notice_version=self.ports.prompts.notice_version,
+            notice_version=(self.ports.prompts.notice_version if self.policy.record
+                            else NOT_RECORDED_NOTICE),
             notice_completed=0,
             recording_decision="pending",
             outcome="in_progress",
@@ -410,16 +458,19 @@ class InboundCall:
         # Queue the notice before going off-hook, so the very first frames sent after CONNECT
         # are the notice itself (DESIGN.md §9: off-hook → first notice audio ≤ 20 ms).
         self._reference_audio = self.ports.prompts.reference_audio(self.reference)
-        self.ports.media.play_to_line("notice", self.ports.prompts.notice, self._reference_audio)
+        # The caller is told nothing false: a call that will not be recorded hears so.
+        notice = (self.ports.prompts.notice if self.policy.record
+                  else self.ports.prompts.clip(NOT_RECORDED_NOTICE))
+        self.ports.media.play_to_line("notice", notice, self._reference_audio)
         await self.ports.line.answer()
         self._answer_at = self._clock()
         self._deadline = asyncio.get_running_loop().time() + self.policy.max_call_s
-        await self.ports.store.update_call(self.reference, answer_at=self._answer_at)
+        await self._update(answer_at=self._answer_at)
 
     async def _notice(self) -> None:
         ports, policy = self.ports, self.policy
         await self._transition(CallState.NOTICE, "line off-hook")
-        await ports.store.update_call(self.reference, notice_start_at=self._clock())
+        await self._update(notice_start_at=self._clock())
         reference_audio = self._reference_audio  # the notice is already playing (_answer)
         if policy.ring_during_notice:
             await self._ring_agent()
@@ -457,30 +508,36 @@ class InboundCall:
                 if policy.ring_during_notice:
                     await self._ring_agent()
         self._notice_completed = True
-        await ports.store.update_call(
-            self.reference, notice_end_at=self._clock(), notice_completed=1
-        )
+        await self._update(notice_end_at=self._clock(), notice_completed=1)
         await self._event("notice-finished", "declined" if self._declined else "")
 
     async def _agent_lifted_early(self) -> None:
         self._agent_lifted = True
         self._ringing = False
         await self.ports.handset.stop_ringing()
-        await self.ports.store.update_call(self.reference, agent_answer_at=self._clock())
+        await self._update(agent_answer_at=self._clock())
         await self._event("agent-off-hook", "caller is still hearing the notice")
         self.ports.media.play_to_handset("whisper", self.ports.prompts.clip("whisper_notice"))
 
     async def _start_recording(self) -> None:
-        await self.ports.media.start_recording()
+        try:
+            await self.ports.media.start_recording()
+        except StoreError as exc:
+            # The file cannot be created (a disk filled since the check before answering):
+            # the call goes on without recording.
+            _LOGGER.error("call %s: recording cannot start: %s", self.reference, exc)
+            self._recording_failed = True
+            await self._event("recording-failed", str(exc))
+            return
         self.ports.panel.set_recording(True)
-        await self.ports.store.update_call(
-            self.reference, recording_decision="recorded", record_start_at=self._clock()
-        )
+        await self._update(recording_decision="recorded", record_start_at=self._clock())
         await self._event("recording-started")
 
     async def _after_notice(self) -> None:
         if self._declined:
-            await self.ports.store.update_call(self.reference, recording_decision="declined")
+            await self._update(recording_decision="declined")
+        elif not self.policy.record:
+            await self._event("not-recorded", "too little free space (recording.min_free_mb)")
         else:
             await self._start_recording()
         if not self.ports.line.can_bridge:
@@ -504,7 +561,7 @@ class InboundCall:
             if await self._common(event):
                 continue
             if isinstance(event, AgentOffHook):
-                await self.ports.store.update_call(self.reference, agent_answer_at=self._clock())
+                await self._update(agent_answer_at=self._clock())
                 await self._bridged("shop lifted the handset")
                 return
             if isinstance(event, AgentOnHook):
@@ -517,9 +574,7 @@ class InboundCall:
                     self._declined = True
                     await self.ports.media.discard_recording()
                     self.ports.panel.set_recording(False)
-                    await self.ports.store.update_call(
-                        self.reference, recording_decision="declined"
-                    )
+                    await self._update(recording_decision="declined")
                     await self._event("recording-declined", "opt-out key before the shop answered")
 
     async def _hold(self) -> None:
@@ -588,8 +643,10 @@ class InboundCall:
 
     async def _voicemail(self, reason: str = "nobody answered") -> None:
         await self._stop_ringing()
-        if not self.policy.voicemail or self._declined:
-            # A caller who refused recording is not recorded as voicemail either.
+        if (not self.policy.voicemail or self._declined or self._recording_failed
+                or not self.ports.media.recording):
+            # A caller who refused recording is not recorded as voicemail either, and a
+            # message nobody records is not asked for.
             await self._event("no-answer", reason)
             await self._say_goodbye()
             raise _CallOver("missed", reason)
@@ -616,11 +673,19 @@ class InboundCall:
         raise _CallOver("voicemail", "message length limit reached")
 
     async def _finalize(self, outcome: str, reason: str) -> CallResult:
+        """Put the line on-hook, close the recording, write the row and the audit entry.
+
+        The hang-up comes first and nothing before it can fail the call's end (event writes
+        are best effort): a full disk must never leave the line off-hook. A row or audit
+        write that fails is returned in ``CallResult.unsaved*`` for the daemon to retry.
+        """
         ports = self.ports
         if self.state is not CallState.FINALIZING:
             with contextlib.suppress(IllegalTransition):
                 await self._transition(CallState.FINALIZING, reason)
         recording: RecordingInfo | None = None
+        unsaved: dict[str, Any] | None = None
+        unsaved_audit: dict[str, Any] | None = None
         try:
             with contextlib.suppress(Exception):
                 await self._stop_ringing()
@@ -631,14 +696,20 @@ class InboundCall:
             except Exception:
                 _LOGGER.exception("call %s: hang-up failed", self.reference)
             if ports.media.recording:
-                recording = await ports.media.finish_recording()
+                try:
+                    recording = await ports.media.finish_recording()
+                except Exception:
+                    _LOGGER.exception("call %s: the recording cannot be finalized",
+                                      self.reference)
         finally:
             end_at = self._clock()
             decision = "declined" if self._declined else ("recorded" if recording else "none")
-            if not self._declined and not recording and self._notice_completed:
+            if (not self._declined and not recording and self._notice_completed
+                    and self.policy.record):
                 decision = "failed"
             duration = end_at - self._answer_at if self._answer_at is not None else 0.0
             fields: dict[str, Any] = {
+                **self._unsaved,
                 "end_at": end_at,
                 "outcome": outcome,
                 "recording_decision": decision,
@@ -651,14 +722,20 @@ class InboundCall:
                     recording_sha256=recording.sha256,
                     recording_bytes=recording.bytes,
                 )
-            await ports.store.update_call(self.reference, **fields)
-            await ports.store.append_audit(
-                "call-finalized",
-                actor="appliance",
-                reference=self.reference,
-                details={"outcome": outcome, "recording_decision": decision,
-                         "sha256": recording.sha256 if recording else None},
-            )
+            audit = {"outcome": outcome, "recording_decision": decision,
+                     "sha256": recording.sha256 if recording else None}
+            try:
+                await ports.store.update_call(self.reference, **fields)
+            except StoreError as exc:
+                self._store_failed(exc)
+                unsaved, unsaved_audit = fields, audit
+            else:
+                try:
+                    await ports.store.append_audit("call-finalized", actor="appliance",
+                                                   reference=self.reference, details=audit)
+                except StoreError as exc:
+                    self._store_failed(exc)
+                    unsaved_audit = audit
             with contextlib.suppress(IllegalTransition):
                 await self._transition(CallState.ENDED, f"{outcome}: {reason}")
             ports.panel.show("idle")
@@ -669,4 +746,6 @@ class InboundCall:
             notice_completed=self._notice_completed,
             recording=recording,
             duration_s=round(duration, 3),
+            unsaved=unsaved,
+            unsaved_audit=unsaved_audit,
         )

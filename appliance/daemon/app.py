@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -78,6 +79,13 @@ BYTES_PER_HOUR: Final = {"wav": 115_200_000, "flac": 72_000_000, "opus": 19_000_
 #: Less free space than this many hours of recording is the "disk-full" fault.
 DISK_FULL_HOURS: Final = 24.0
 HEALTH_INTERVAL_S: Final = 60.0
+#: A call row that could not be finalized (a full disk) is retried this often.
+UNSAVED_RETRY_S: Final = 5.0
+#: Size of the write that proves storage works again after a failure (half a minute of
+#: live recording).
+PROBE_BYTES: Final = 1_000_000
+#: ``recording.min_free_mb`` counts megabytes of 10^6 bytes (as df -H and SD cards do).
+BYTES_PER_MB: Final = 1_000_000
 
 CallObserver = Callable[[str, str, str], None]
 
@@ -552,7 +560,20 @@ class LineSession:
             _LOGGER.error("line %s: not answering: %s", self.line.name, app.index_fault)
             app.panel_board.report(f"line:{self.line.name}", "idle")
             return
-        reference = await app.allocate_reference()
+        # Issue 15 item 1: a recording the disk cannot keep is not started, and the caller
+        # hears the short "not recorded" notice instead of being told something false.
+        record = app.may_record()
+        try:
+            reference = await app.allocate_reference()
+        except StoreError as exc:
+            # The index cannot take the call's row (a full disk): the row must be durable
+            # before the line goes off-hook, so this call is not answered. The fault drops
+            # the bypass relay: the phone rings as a plain phone.
+            app.storage_failed(f"the index cannot be written ({exc})", index=True)
+            _LOGGER.error("line %s: not answering: the index cannot be written (%s)",
+                          self.line.name, exc)
+            app.panel_board.report(f"line:{self.line.name}", "idle")
+            return
         events: asyncio.Queue[CallEvent] = asyncio.Queue()
         # lines[].audio = "alsa:<device>": the line's audio is a sound card (issue 3 item 8).
         line_audio = (SoundDeviceAudio(self.line.audio.removeprefix("alsa:"),
@@ -593,7 +614,8 @@ class LineSession:
             prompts=app.prompts_for(self.line),
             panel=app.panel_board.port(reference),
         )
-        call = InboundCall(reference, info, ports, app.policy, events, observer=app.observe)
+        policy = app.policy if record else dataclasses.replace(app.policy, record=False)
+        call = InboundCall(reference, info, ports, policy, events, observer=app.observe)
         task = asyncio.create_task(call.run(), name=f"call-{reference}")
         self.active = _ActiveCall(call, media, task, modem.stats)
         self.state = "in-call"
@@ -655,6 +677,8 @@ class LineSession:
             _LOGGER.error("line %s: call task failed: %r", self.line.name, exc)
             return
         result = task.result()
+        if result.unsaved is not None or result.unsaved_audit is not None:
+            self.app.keep_unsaved(result)
         self.app.last_result = result
         self.app.completed.put_nowait(result)
         self.app.publish_status()
@@ -702,6 +726,17 @@ class Application:
         self.speech_warning: str | None = None
         #: Set at start when the index is behind the reference counter's high-water mark.
         self.index_fault: str | None = None
+        #: A recording or index write failed (a full disk): the disk-full fault until the
+        #: writes succeed again and free space is back above ``recording.min_free_mb``.
+        self.storage_error: str | None = None
+        #: The index itself could not be written: the box cannot answer (relay released).
+        self.index_unwritable = False
+        #: Finished calls whose final row update or audit entry is not written yet.
+        self._unsaved: list[CallResult] = []
+        self._unsaved_added = asyncio.Event()
+        #: How often kept rows are retried (tests shorten it).
+        self.unsaved_retry_s = UNSAVED_RETRY_S
+        self._recording_allowed = True
         self.recovered: list[str] = []
         self._ready = asyncio.Event()
         self._started = False
@@ -762,6 +797,7 @@ class Application:
             asyncio.create_task(self._run_hook_events(), name="hook-events"),
             asyncio.create_task(self._run_button_events(), name="button-events"),
             asyncio.create_task(self._run_health(), name="health"),
+            asyncio.create_task(self._run_unsaved(), name="unsaved-rows"),
         ]
         for line in cfg.lines:
             session = LineSession(self, line)
@@ -816,6 +852,11 @@ class Application:
         faults = [s.fault for s in self.lines if s.fault]
         if getattr(self, "index_fault", None):
             faults.insert(0, f"index: {self.index_fault}")
+        if getattr(self, "storage_error", None):
+            faults.insert(0, f"disk full: {self.storage_error}")
+        elif hasattr(self, "store") and not self.recording_space_ok():
+            faults.insert(0, "disk full: calls are answered but not recorded "
+                             "(free space below recording.min_free_mb)")
         if faults:
             return "fault — " + "; ".join(faults)
         last = self.store.last_call() if hasattr(self, "store") else None
@@ -836,7 +877,7 @@ class Application:
         # In the line only while every line can answer and the shop can hear the caller;
         # otherwise the relay drops and the shop has a plain phone.
         self.relay.set_healthy(line_fault is None and self.audio_fault is None
-                               and self.index_fault is None
+                               and self.index_fault is None and not self.index_unwritable
                                and all(s.modem is not None for s in self.lines))
         if line_fault is None and all(s.state == "idle" for s in self.lines):
             self.panel_board.report("daemon", "idle")
@@ -859,7 +900,8 @@ class Application:
         with contextlib.suppress(OSError):
             free = shutil.disk_usage(self.config.device.state_dir).free
             per_hour = BYTES_PER_HOUR.get(self.config.recording.codec, BYTES_PER_HOUR["wav"])
-            if free < DISK_FULL_HOURS * per_hour:
+            if (free < DISK_FULL_HOURS * per_hour or self.storage_error
+                    or not self.recording_space_ok()):
                 codes.append("disk-full")
         if self.speech_warning:
             codes.append("voice-missing")
@@ -868,6 +910,107 @@ class Application:
         if self.handset_left_off_hook:
             codes.append("handset-off-hook")
         return codes
+
+    def free_bytes(self) -> int:
+        """Free bytes where the recordings go (the state directory's file system)."""
+        import shutil
+
+        try:
+            return shutil.disk_usage(self.config.device.state_dir).free
+        except OSError:
+            return 0
+
+    def recording_space_ok(self) -> bool:
+        """Whether free space is at or above ``recording.min_free_mb``."""
+        return self.free_bytes() >= self.config.recording.min_free_mb * BYTES_PER_MB
+
+    def may_record(self) -> bool:
+        """Whether the call about to be answered may be recorded (enough free space).
+
+        Logged once when recording stops being possible and once when it is again, not per
+        call; the disk-full fault shows it meanwhile.
+        """
+        allowed = self.recording_space_ok()
+        if allowed != self._recording_allowed:
+            self._recording_allowed = allowed
+            if allowed:
+                _LOGGER.info("free space is back above recording.min_free_mb: recording again")
+            else:
+                _LOGGER.error("free space %.1f MB is below recording.min_free_mb = %d: calls "
+                              "are answered but not recorded", self.free_bytes() / BYTES_PER_MB,
+                              self.config.recording.min_free_mb)
+            self.update_faults()
+        return allowed
+
+    def storage_failed(self, what: str, *, index: bool = False) -> None:
+        """A recording or index write failed: the disk-full fault (and, for the index, the
+        relay released: a call that cannot be indexed is not answered)."""
+        changed = self.storage_error != what or (index and not self.index_unwritable)
+        self.storage_error = what
+        self.index_unwritable = self.index_unwritable or index
+        if changed:
+            self.update_faults()
+        self._unsaved_added.set()  # the retry loop clears the fault when writes work again
+
+    def keep_unsaved(self, result: CallResult) -> None:
+        """Keep a finished call whose row could not be finalized; retried until it is."""
+        self._unsaved.append(result)
+        self.storage_failed("a call's row could not be finalized", index=True)
+
+    async def _run_unsaved(self) -> None:
+        """Finalize kept rows as soon as the index can be written again (issue 15 item 1),
+        and clear the storage fault once nothing is pending and space is back."""
+        while True:
+            if not self._unsaved and self.storage_error is None:
+                self._unsaved_added.clear()
+                await self._unsaved_added.wait()
+            await asyncio.sleep(self.unsaved_retry_s)
+            for result in list(self._unsaved):
+                try:
+                    if result.unsaved is not None:
+                        await self.store.update_call(result.reference, **result.unsaved)
+                        result.unsaved = None
+                    if result.unsaved_audit is not None:
+                        await self.store.append_audit("call-finalized", actor="appliance",
+                                                      reference=result.reference,
+                                                      details=result.unsaved_audit)
+                        result.unsaved_audit = None
+                except StoreError:
+                    break  # still full: try again later, in order
+                self._unsaved.remove(result)
+                _LOGGER.info("call %s: row finalized now (%s, %s)", result.reference,
+                             result.outcome, result.recording_decision)
+            if (not self._unsaved and self.storage_error and self.recording_space_ok()
+                    and await asyncio.to_thread(self._probe_write)):
+                _LOGGER.info("storage writable again: disk-full fault cleared")
+                self.storage_error = None
+                self.index_unwritable = False
+                self.update_faults()
+            elif not self._unsaved and self.storage_error:
+                await asyncio.sleep(HEALTH_INTERVAL_S)
+
+    def _probe_write(self) -> bool:
+        """Whether a recording-sized write succeeds now where the recordings go (a thread).
+
+        Free space alone does not prove it (quotas, file size limits, a read-only remount);
+        PROBE_BYTES written, fsync'ed and deleted do.
+        """
+        directory = self.config.recordings_dir
+        probe = directory / ".write-probe"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
     async def _run_health(self) -> None:
         """Re-check the slow-changing faults (disk, clock) every HEALTH_INTERVAL_S."""
@@ -969,30 +1112,59 @@ class Application:
                                text).result()
 
     async def _recover(self) -> None:
-        """Finalize recordings a crash left behind; mark unfinished calls interrupted."""
+        """Finalize recordings a crash (or a full disk) left behind; finish unfinished calls.
+
+        A recovered recording joins its row; a row already finalized (the disk was full
+        when its call ended) keeps its outcome. A row still ``in_progress`` becomes
+        ``interrupted`` with an end time (its last event: the last moment known) and, like
+        every finished call, a ``call-finalized`` audit entry.
+        """
         results = await asyncio.to_thread(
             recover_leftovers, self.config.recordings_dir, self.config.recording.codec)
         for result in results:
             ref = result.reference
+            row = self.store.get_call(ref)
+            if row is None:
+                _LOGGER.warning("call %s: recovered a recording the index does not know; "
+                                "`appliance index rebuild` indexes it", ref)
+                continue
             self.recovered.append(ref)
             _LOGGER.warning("call %s: recovered an interrupted recording (%.1f s)", ref,
                             result.duration_s)
-            await self.store.update_call(
-                ref, outcome="interrupted", recording_decision="recorded",
-                recording_path=str(result.path), recording_sha256=result.sha256,
-                recording_bytes=result.bytes, duration_s=result.duration_s)
+            fields: dict[str, Any] = {
+                "recording_decision": "recorded", "recording_path": str(result.path),
+                "recording_sha256": result.sha256, "recording_bytes": result.bytes}
+            outcome = row["outcome"]
+            if outcome == "in_progress":
+                outcome = "interrupted"
+                fields.update(self._interrupted_fields(row), outcome=outcome)
+            await self.store.update_call(ref, **fields)
+            await self.store.add_event(ref, "recording-recovered",
+                                       f"{result.duration_s:.1f} s finalized at start-up")
+            await self.store.append_audit("call-finalized", actor="appliance", reference=ref,
+                                          details={"outcome": outcome,
+                                                   "recording_decision": "recorded",
+                                                   "sha256": result.sha256, "recovered": True})
+        for row in self.store.list_calls(limit=1000, outcome="in_progress"):
+            ref = row["reference"]
+            decision = row["recording_decision"]
+            decision = "none" if decision == "pending" else decision
+            await self.store.update_call(ref, outcome="interrupted", recording_decision=decision,
+                                         **self._interrupted_fields(row))
+            await self.store.add_event(ref, "interrupted", "daemon stopped mid-call")
             await self.store.append_audit("call-finalized", actor="appliance", reference=ref,
                                           details={"outcome": "interrupted",
-                                                   "sha256": result.sha256, "recovered": True})
-        for row in self.store.list_calls(limit=1000):
-            if row["outcome"] == "in_progress":
-                ref = row["reference"]
-                decision = row["recording_decision"]
-                await self.store.update_call(
-                    ref, outcome="interrupted",
-                    recording_decision="none" if decision == "pending" else decision)
-                await self.store.add_event(ref, "interrupted", "daemon stopped mid-call")
-                _LOGGER.warning("call %s: marked interrupted (daemon stopped mid-call)", ref)
+                                                   "recording_decision": decision,
+                                                   "sha256": None, "recovered": True})
+            _LOGGER.warning("call %s: marked interrupted (daemon stopped mid-call)", ref)
+
+    def _interrupted_fields(self, row: dict[str, Any]) -> dict[str, Any]:
+        """End time and length of a call the daemon did not see end: its last event."""
+        times = [e["t"] for e in self.store.events(row["reference"])]
+        answered = row["answer_at"]
+        end = max([*times, answered or row["ring_at"] or row["created_at"]])
+        # As the flow counts it: from off-hook, 0 for a call never answered.
+        return {"end_at": end, "duration_s": round(end - answered, 3) if answered else 0.0}
 
     def _check_index(self) -> str | None:
         """Compare the index's reference counter with the high-water mark beside the key.
@@ -1035,6 +1207,8 @@ class Application:
         return None
 
     def observe(self, reference: str, state: str, detail: str) -> None:
+        if state == "recording-failed":
+            self.storage_failed(f"a recording stopped: {detail}")
         for observer in list(self.observers):
             observer(reference, state, detail)
 
@@ -1088,6 +1262,8 @@ class Application:
             out.append(f"handset audio: {self.audio_fault}")
         if getattr(self, "index_fault", None):
             out.append(f"index: {self.index_fault}")
+        if getattr(self, "storage_error", None):
+            out.append(f"storage: {self.storage_error}")
         codes = self.fault_codes() if self._started else []
         if "disk-full" in codes:
             out.append("disk nearly full")

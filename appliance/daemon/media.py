@@ -24,8 +24,15 @@ from appliance.audio.buffers import ClipPlayer, FrameSource, JitterBuffer, Silen
 from appliance.audio.dtmf import DtmfDetector
 from appliance.audio.pcm import FRAME_SAMPLES
 from appliance.audio.tones import ToneGenerator, ToneZone
-from appliance.call.events import CallerHungUp, CallEvent, KeyPressed, PlaybackDone
+from appliance.call.events import (
+    CallerHungUp,
+    CallEvent,
+    KeyPressed,
+    PlaybackDone,
+    RecordingFailed,
+)
 from appliance.call.flow import RecordingInfo
+from appliance.errors import StoreError
 from appliance.store.recorder import Recorder
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,6 +98,7 @@ class CallMedia:
         self._capture = JitterBuffer()
         self._bridged = False
         self._recorder: Recorder | None = None
+        self._recording_failed = False
         self._dtmf = DtmfDetector()
         self._last_key: tuple[str, float] = ("", 0.0)
         self._primed = False
@@ -139,8 +147,7 @@ class CallMedia:
         self._last_tx = tx
         self.stats["tx_frames"] += 1
         if self._recorder is not None:
-            self._recorder.write(np.zeros((FRAME_SAMPLES, 2), dtype=np.int16))
-            self.stats["recorded_frames"] += 1
+            self._record(np.zeros((FRAME_SAMPLES, 2), dtype=np.int16))
         return tx
 
     def on_line_audio(self, frame: np.ndarray) -> None:
@@ -170,8 +177,7 @@ class CallMedia:
                 self._whisper = None
         self._earpiece(earpiece)
         if self._recorder is not None:
-            self._recorder.write(np.column_stack((frame, shop)))
-            self.stats["recorded_frames"] += 1
+            self._record(np.column_stack((frame, shop)))
         if self._silence_limit:
             self._watch_silence(frame, shop)
 
@@ -182,10 +188,21 @@ class CallMedia:
         # <DLE> reports are all there is; the in-band detector is not run here.
         silent = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         if self._recorder is not None:
-            self._recorder.write(np.column_stack((frame, silent)))
-            self.stats["recorded_frames"] += 1
+            self._record(np.column_stack((frame, silent)))
         if self._silence_limit:
             self._watch_silence(frame, silent)
+
+    def _record(self, frames: np.ndarray) -> None:
+        """One stereo frame to the recorder; a writer that has failed is reported once."""
+        recorder = self._recorder
+        assert recorder is not None
+        if recorder.error is None:
+            recorder.write(frames)
+            self.stats["recorded_frames"] += 1
+        elif not self._recording_failed:
+            # The writer logged it; the flow turns the recording LED off and carries on.
+            self._recording_failed = True
+            self._events.put_nowait(RecordingFailed(str(recorder.error)))
 
     def _watch_silence(self, frame: np.ndarray, shop: np.ndarray) -> None:
         # Some chips ignore +VSD and report no hang-up at all (v253-modem.md §10 #3): prolonged
@@ -276,10 +293,17 @@ class CallMedia:
         return self._recorder is not None
 
     async def finish_recording(self) -> RecordingInfo | None:
+        """Finalize the recording; None when there is none or it cannot be finalized now
+        (a full disk: the partial is kept, and finalized at the daemon's next start)."""
         recorder, self._recorder = self._recorder, None
         if recorder is None:
             return None
-        result = await recorder.finalize(self._codec)
+        try:
+            result = await recorder.finalize(self._codec)
+        except StoreError as exc:
+            _LOGGER.error("call %s: the recording cannot be finalized now (%s); its partial "
+                          "is kept and finalized at the next start", self.reference, exc)
+            return None
         return RecordingInfo(
             path=str(result.path),
             sha256=result.sha256,

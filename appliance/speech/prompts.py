@@ -38,6 +38,7 @@ PROMPT_NAMES: Final[frozenset[str]] = frozenset(
         "reference_intro",
         "reference_again",
         "optout_confirm",
+        "not_recorded",
         "connecting",
         "hold",
         "hold_reassure",

@@ -138,7 +138,9 @@ class Recorder:
 
     Contract: ``write`` never blocks on I/O (it copies the block into a queue read by the
     recorder's thread) and may be called from any one thread (normally the event loop);
-    ``finalize``/``abort`` are awaited from the event loop, once.
+    ``finalize``/``abort`` are awaited from the event loop, once. When a write fails (a full
+    disk), the writer logs it once, keeps what it wrote, and from then on ``write`` drops
+    frames without raising (it is called once per 20 ms frame); :attr:`error` tells.
     """
 
     def __init__(self, recordings_dir: Path, reference: str, *, now: dt.datetime,
@@ -199,6 +201,11 @@ class Recorder:
         """Frames the writer thread has written to the live WAV so far."""
         return self._frames_written
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the writer stopped writing (None while it works)."""
+        return self._error
+
     def write(self, frames: npt.NDArray[np.int16]) -> None:
         """Queue one block of audio; returns at once (no file I/O on the caller's thread).
 
@@ -208,12 +215,12 @@ class Recorder:
 
         Raises:
             ValueError: wrong shape or dtype.
-            StoreError: the recorder is finalized/aborted or its writer has failed.
+            StoreError: the recorder is finalized/aborted.
         """
         if self._closed:
             raise StoreError(f"recorder {self.reference} is closed")
         if self._error is not None:
-            raise StoreError(f"recorder {self.reference} failed: {self._error}")
+            return  # the writer has failed (logged once): nothing more is recorded
         if frames.ndim != 2 or frames.shape[1] != CHANNELS or frames.dtype != np.int16:
             raise ValueError(f"expected (n, 2) int16 frames, got {frames.shape} {frames.dtype}")
         self._queue.put(frames.copy())
@@ -243,6 +250,17 @@ class Recorder:
                     os.fsync(self._fd)
                     last_sync = time.monotonic()
                     dirty = False
+        except (OSError, AssertionError, sf.LibsndfileError) as exc:
+            # A full disk (ENOSPC) or a file grown past its limit (EFBIG) — soundfile reports
+            # libsndfile's short write as an AssertionError. One line, not a traceback per
+            # frame; what was written so far stays in the partial.
+            reason = self._write_error(exc)
+            _LOGGER.error("call %s: recording stopped after %.1f s: %s", self.reference,
+                          self._frames_written / SAMPLE_RATE_HZ, reason)
+            code = getattr(exc, "errno", None)
+            self._error = OSError(code, reason) if code else OSError(reason)
+            while self._queue.get() is not _STOP:
+                pass
         except BaseException as exc:  # thread boundary: record, report on finalize
             _LOGGER.exception("Recorder %s: writer failed", self.reference)
             self._error = exc
@@ -255,6 +273,16 @@ class Recorder:
             with contextlib.suppress(OSError):
                 os.fsync(self._fd)
             os.close(self._fd)
+
+    def _write_error(self, exc: BaseException) -> str:
+        """A readable reason for a failed write (libsndfile keeps the system error)."""
+        if isinstance(exc, OSError):
+            return exc.strerror or str(exc)
+        with contextlib.suppress(Exception):
+            text = sf._ffi.string(sf._snd.sf_strerror(self._sf._file)).decode(errors="replace")
+            if text:
+                return text
+        return str(exc) or type(exc).__name__
 
     async def _stop_writer(self) -> None:
         if self._closed and not self._thread.is_alive():
@@ -270,20 +298,25 @@ class Recorder:
             codec: ``flac`` (lossless, default), ``opus`` (OGG/Opus) or ``wav`` (keep PCM).
 
         Returns:
-            The finished recording; the sidecar JSON is written and the partial deleted.
+            The finished recording (after a writer failure: what was written before it); the
+            sidecar JSON is written and the partial deleted.
 
         Raises:
-            StoreError: the writer failed or encoding/verification failed (the partial is
-                kept for :func:`recover_leftovers`).
+            StoreError: encoding/verification failed, e.g. on a disk still full (the partial
+                is kept for :func:`recover_leftovers`).
         """
         if codec not in _CODECS:
             raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(_CODECS)}")
         await self._stop_writer()
-        if self._error is not None:
-            raise StoreError(f"recorder {self.reference} failed: {self._error}")
-        return await asyncio.to_thread(
-            finalize_partial, self.partial_path, codec, created=self.created
-        )
+        try:
+            return await asyncio.to_thread(
+                finalize_partial, self.partial_path, codec, created=self.created
+            )
+        except StoreError as exc:
+            if self._error is not None:
+                raise StoreError(f"recorder {self.reference} failed ({self._error}) and what "
+                                 f"it wrote cannot be finalized now: {exc}") from exc
+            raise
 
     async def abort(self) -> None:
         """Stop recording and delete the live file (nothing of this call may be kept)."""

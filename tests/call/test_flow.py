@@ -22,8 +22,10 @@ from appliance.call.events import (
     KeyPressed,
     LineLost,
     PlaybackDone,
+    RecordingFailed,
 )
 from appliance.call.flow import (
+    NOT_RECORDED_NOTICE,
     TRANSITIONS,
     CallerInfo,
     CallPolicy,
@@ -33,6 +35,7 @@ from appliance.call.flow import (
     InboundCall,
     RecordingInfo,
 )
+from appliance.errors import StoreError
 
 TIMEOUT_S = 5.0
 
@@ -408,3 +411,87 @@ async def test_hold_too_long_goes_to_voicemail() -> None:
     await h.until_state("voicemail")
     h.post(CallerHungUp("busy"))
     assert (await h.result()).outcome == "voicemail"
+
+
+# --- a full disk (issue 15 item 1) -------------------------------------------------------------
+
+
+class FullStore(FakeStore):
+    """The index once the disk is full: every write after the row's creation fails."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(log)
+        self.full = False
+
+    async def update_call(self, reference: str, **fields: Any) -> None:
+        if self.full:
+            raise StoreError("database or disk is full")
+        await super().update_call(reference, **fields)
+
+    async def add_event(self, reference: str, state: str, detail: str = "",
+                        t: float | None = None) -> None:
+        if self.full:
+            raise StoreError("database or disk is full")
+        await super().add_event(reference, state, detail, t)
+
+    async def append_audit(self, action: str, *, actor: str, reference: str | None = None,
+                           details: Mapping[str, Any] | None = None) -> str:
+        if self.full:
+            raise StoreError("database or disk is full")
+        return await super().append_audit(action, actor=actor, reference=reference,
+                                          details=details)
+
+
+async def test_a_full_index_never_keeps_the_line_off_hook(caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    h = Harness(CallPolicy(agent_timeout_s=10))
+    store = FullStore(h.log)
+    store.rows = h.store.rows
+    h.call.ports.store = store
+    await h.until_state("notice")
+    store.full = True
+    h.post(PlaybackDone("notice"))
+    await h.until_state("ringing-agent")
+    h.post(CallerHungUp("busy"))
+    result = await h.result()
+    assert "line:hang_up" in h.log.entries, "on-hook whatever the index says"
+    assert result.outcome == "missed"
+    # What could not be written is handed back for the daemon to retry, nothing lost.
+    assert result.unsaved is not None
+    assert result.unsaved["outcome"] == "missed"
+    assert result.unsaved["recording_decision"] == "recorded"
+    assert result.unsaved["notice_end_at"] is not None  # a mid-call update kept for later
+    assert result.unsaved_audit == {"outcome": "missed", "recording_decision": "recorded",
+                                    "sha256": "ab" * 32}
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "12345678" in errors[0].getMessage()
+
+
+async def test_too_little_space_answers_with_the_not_recorded_notice() -> None:
+    h = Harness(CallPolicy(agent_timeout_s=0.2, record=False))
+    await h.until_state("notice")
+    h.post(PlaybackDone("notice"))
+    result = await h.result()
+    assert "media:record" not in h.log.entries
+    assert result.recording_decision == "none"
+    assert result.outcome == "missed", "no voicemail is asked for when nothing records it"
+    row = h.store.rows["12345678"]
+    assert row["notice_version"] == NOT_RECORDED_NOTICE
+    assert ("not-recorded", "too little free space (recording.min_free_mb)") in h.store.events
+
+
+async def test_a_recording_that_fails_mid_call_turns_the_led_off_and_the_call_goes_on() -> None:
+    h = Harness(CallPolicy(agent_timeout_s=10))
+    await h.until_state("notice")
+    h.post(PlaybackDone("notice"))
+    await h.until_state("ringing-agent")
+    h.post(RecordingFailed("No space left on device"))
+    await h.until_state("recording-failed")
+    assert h.panel.recording[-1] is False
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(CallerHungUp("busy"))
+    result = await h.result()
+    assert result.outcome == "bridged"

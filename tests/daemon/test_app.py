@@ -158,3 +158,28 @@ async def test_lost_index_is_a_fault_and_no_reference_is_issued_again(
         assert await again.allocate_reference() not in issued
     finally:
         await again.stop()
+
+
+async def test_a_row_the_full_disk_kept_from_the_index_is_finalized_later(app: Any) -> None:
+    """Issue 15 item 1: a finished call whose row could not be written is the disk-full
+    fault (relay released) until the write succeeds; then the fault clears."""
+    from appliance.call.flow import CallResult
+
+    app.unsaved_retry_s = 0.05
+    reference = await app.allocate_reference()
+    await app.store.create_call(reference, outcome="in_progress")
+    result = CallResult(reference, "missed", "failed", True, None, 12.0,
+                        unsaved={"outcome": "missed", "recording_decision": "failed",
+                                 "end_at": 1.0e9},
+                        unsaved_audit={"outcome": "missed", "recording_decision": "failed",
+                                       "sha256": None})
+    app.keep_unsaved(result)
+    assert "disk-full" in app.fault_codes()
+    assert app.status_line().startswith("fault — disk full")
+    assert not app.relay.energised, "a box that cannot index calls does not answer them"
+    await until(lambda: app.storage_error is None)
+    row = app.store.get_call(reference)
+    assert (row["outcome"], row["recording_decision"]) == ("missed", "failed")
+    assert [e["action"] for e in app.store.audit_entries(reference)] == ["call-finalized"]
+    assert "disk-full" not in app.fault_codes()
+    assert app.relay.energised
