@@ -161,6 +161,7 @@ class Uploader:
     _recipients: list[Any] = field(default_factory=list)
     _key_checked: bool = False
     _bucket_ok: bool = False
+    _data_version: int | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -216,9 +217,15 @@ class Uploader:
         (the caller backs off), a job error is recorded on the job.
         """
         assert self._conn is not None, "open() first"
-        added, gone = queue.reconcile(self._conn)
-        if added or gone:
-            _LOGGER.info("Archive queue: %d new recordings, %d to delete", added, gone)
+        # Reconcile only when another connection (the daemon, purge, erase) has committed
+        # since the last time: on an idle box with 10^6 calls the loop then costs one PRAGMA
+        # per poll, not a scan of the calls table.
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            added, gone = queue.reconcile(self._conn)
+            if added or gone:
+                _LOGGER.info("Archive queue: %d new recordings, %d to delete", added, gone)
         worked = False
         try:
             self._backup_key()

