@@ -201,3 +201,28 @@ def test_bad_recipient_is_a_config_error(bad: str) -> None:
 
     with pytest.raises(ConfigError, match=r"archive\.recipients\[0\]"):
         load_config(None, overrides={"archive": {"recipients": [bad]}})
+
+
+def test_run_exits_78_naming_the_key(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli.main import cli
+
+    creds = tmp_path / "creds.toml"
+    creds.write_text('access_key_id = "a"\nsecret_access_key = "b"\n')
+    creds.chmod(0o644)
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    config = tmp_path / "config.toml"
+    base = ('[archive]\nendpoint = "http://127.0.0.1:9"\nbucket = "archive"\n'
+            f'recipients = ["{recipient}"]\ncredentials_file = "{creds}"\n')
+    config.write_text(base)
+    result = CliRunner().invoke(cli, ["--config", str(config), "--state-dir", str(tmp_path),
+                                      "archive", "run"])
+    assert result.exit_code == 78
+    assert "archive.enabled" in result.output
+    config.write_text(base + "enabled = true\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), "--state-dir", str(tmp_path),
+                                      "archive", "run"])
+    assert result.exit_code == 78
+    assert "archive.credentials_file" in result.output
+    assert "0644" in result.output
