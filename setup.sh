@@ -185,11 +185,15 @@ UDEV_DIR=/etc/udev/rules.d
 ASOUND_CONF=/etc/asound.conf
 ASOUND_MARKER="# appliance-asound"
 CTL_WRAPPER=/usr/local/bin/appliancectl
+WEBCTL_WRAPPER=/usr/local/bin/appliance-webctl
 SERVICE_USER=appliance
+# The owner's page runs as its own user in the appliance group (docs/web.md).
+WEB_USER=appliance-web
 # What the Pi needs besides the venv: PortAudio for sounddevice, espeak-ng as the speech
-# fallback, alsa-utils (aplay/alsamixer/alsactl) for the technician, curl for the voice.
+# fallback, alsa-utils (aplay/alsamixer/alsactl) for the technician, curl for the voice;
+# openssl makes the owner's page's certificate, avahi-daemon announces <hostname>.local.
 INSTALL_APT_PACKAGES=(python3 python3-venv python3-pip libportaudio2 espeak-ng alsa-utils
-                      curl ca-certificates)
+                      curl ca-certificates openssl avahi-daemon)
 
 ROOT=""            # --root DIR, without trailing slash; "" = the real system
 STAGED=0
@@ -273,6 +277,38 @@ install_user() {
     sys "getent group gpio >/dev/null || groupadd --system gpio"
     sys "getent passwd $SERVICE_USER >/dev/null || useradd --system --user-group --home-dir $STATE_DIR --no-create-home --shell /usr/sbin/nologin --comment 'Call-recording appliance' $SERVICE_USER"
     sys "usermod --append --groups dialout,audio,gpio $SERVICE_USER"
+    # The owner's page: its own user; the appliance group gives it the index, the recordings
+    # and the control socket (group rw), systemd-journal the logs page.
+    sys "getent passwd $WEB_USER >/dev/null || useradd --system --user-group --home-dir $STATE_DIR/web --no-create-home --shell /usr/sbin/nologin --comment 'Call-recording appliance: owner page' $WEB_USER"
+    sys "usermod --append --groups $SERVICE_USER,systemd-journal $WEB_USER"
+}
+
+install_web() {
+    # The page's directory (accounts, TLS certificate and key) belongs to its user.
+    put_dir "$STATE_DIR/web" 0750 "$WEB_USER:$SERVICE_USER"
+    # Boxes installed before the page had the index and recording folders without group
+    # write; the page appends to the audit chain and erases (docs/web.md).
+    sys "chmod g+w $STATE_DIR/appliance.db $STATE_DIR/appliance.db-wal $STATE_DIR/appliance.db-shm 2>/dev/null || true"
+    sys "[ ! -d $STATE_DIR/recordings ] || find $STATE_DIR/recordings -type d -exec chmod 0770 {} +"
+    # The certificate for https://<hostname>.local/ (made once; its fingerprint is printed).
+    if [ "$STAGED" -eq 1 ]; then
+        printf '%s\n' "runuser -u $WEB_USER -- $APPLIANCE_BIN --config $CONFIG_FILE web cert" \
+            >>"$PLAN_FILE"
+    else
+        sys "runuser -u $WEB_USER -- $APPLIANCE_BIN --config $CONFIG_FILE web cert"
+    fi
+    # avahi-daemon announces <hostname>.local on the LAN (mDNS): the owner types a name.
+    sys "systemctl enable --now avahi-daemon.service 2>/dev/null || true"
+    local tmp
+    tmp="$(mktemp)"
+    cat >"$tmp" <<WRAPPER
+#!/bin/sh
+# appliance-webctl: the page's accounts (\`user add|passwd|remove|list\`) as its user (setup.sh).
+[ "\$(id -u)" -eq 0 ] || { echo "appliance-webctl: run with sudo" >&2; exit 1; }
+exec runuser -u $WEB_USER -- $APPLIANCE_BIN --config $CONFIG_FILE "\$@"
+WRAPPER
+    put_file "$tmp" "$WEBCTL_WRAPPER" 0755 root:root
+    rm -f "$tmp"
 }
 
 source_hash() {   # what the venv was built from: the package, its metadata
@@ -455,7 +491,7 @@ install_units() {
     # The service, and any timer (the purge timer); oneshot services are started by them.
     for unit in "${units[@]}"; do
         case "$unit" in
-            appliance.service|*.timer) sys "systemctl enable $unit" ;;
+            appliance.service|appliance-web.service|*.timer) sys "systemctl enable $unit" ;;
         esac
     done
 }
@@ -463,7 +499,7 @@ install_units() {
 start_service() {
     local unit
     if [ "$STAGED" -eq 1 ]; then
-        printf '%s\n' "systemctl restart appliance.service  # when a file above changed, else start" \
+        printf '%s\n' "systemctl restart appliance.service appliance-web.service  # when a file above changed, else start" \
             >>"$PLAN_FILE"
         for unit in systemd/*.timer; do
             if [ -e "$unit" ]; then
@@ -473,9 +509,9 @@ start_service() {
         return 0
     fi
     if [ "$CHANGED" -eq 1 ]; then
-        sys "systemctl restart appliance.service"
+        sys "systemctl restart appliance.service appliance-web.service"
     else
-        sys "systemctl start appliance.service"
+        sys "systemctl start appliance.service appliance-web.service"
     fi
     for unit in systemd/*.timer; do
         if [ -e "$unit" ]; then
@@ -509,11 +545,12 @@ do_install() {
     install_user
     install_venv
     install_config
-    put_dir "$STATE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
+    put_dir "$STATE_DIR" 0770 "$SERVICE_USER:$SERVICE_USER"
     install_hw_files
     install_voice
     install_docs
     install_ctl_wrapper
+    install_web
     run_as_service sounds build
     install_units
     start_service
@@ -541,11 +578,12 @@ do_uninstall() {
     then
         rm -f "$(p "$ASOUND_CONF")"
     fi
-    rm -rf "$(p "$OPT_DIR")" "$(p "$VOICE_DIR")" "$(p "$CTL_WRAPPER")"
+    rm -rf "$(p "$OPT_DIR")" "$(p "$VOICE_DIR")" "$(p "$CTL_WRAPPER")" "$(p "$WEBCTL_WRAPPER")"
     rmdir "$(p /usr/share/appliance)" 2>/dev/null || true
     if [ "$PURGE_DATA" -eq 1 ]; then
         say "removing recordings, index and config ($STATE_DIR, $ETC_DIR) and the user"
         rm -rf "$(p "$STATE_DIR")" "$(p "$ETC_DIR")"
+        sys "getent passwd $WEB_USER >/dev/null && userdel $WEB_USER || true"
         sys "getent passwd $SERVICE_USER >/dev/null && userdel $SERVICE_USER || true"
     else
         say "kept $STATE_DIR (recordings, index), $ETC_DIR and the user $SERVICE_USER"

@@ -33,7 +33,7 @@ EXPECTED_MODES: dict[str, int] = {
     "etc/udev/rules.d/99-appliance-modem.rules": 0o644,
     "etc/udev/rules.d/99-appliance-gpio.rules": 0o644,
     "etc/asound.conf": 0o644,
-    "var/lib/appliance": 0o750,
+    "var/lib/appliance": 0o770,
     "opt/appliance": 0o755,
     "opt/appliance/doc/install.md": 0o644,
     "opt/appliance/doc/hw/README.md": 0o644,
@@ -386,3 +386,30 @@ def test_unit_has_the_required_settings() -> None:
                    "/etc/appliance/config.toml run"):
         assert needed in settings, needed
     assert "PrivateDevices=yes" not in settings  # would hide the modem, sound card and GPIO
+
+
+def test_the_web_unit_runs_as_its_own_user_hardened() -> None:
+    text = (REPO / "systemd/appliance-web.service").read_text(encoding="utf-8")
+    settings = {line.strip() for line in text.splitlines()
+                if "=" in line and not line.lstrip().startswith("#")}
+    for needed in ("User=appliance-web", "SupplementaryGroups=appliance systemd-journal",
+                   "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
+                   "PrivateTmp=yes", "PrivateDevices=yes",
+                   "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+                   "StateDirectoryMode=0770",
+                   "ExecStart=/opt/appliance/venv/bin/appliance --config "
+                   "/etc/appliance/config.toml web"):
+        assert needed in settings, needed
+
+
+def test_install_makes_the_web_user_certificate_and_mdns(staged: Path) -> None:
+    text = "\n".join(plan(staged))
+    assert re.search(r"useradd --system .*appliance-web$", text, re.MULTILINE)
+    assert "usermod --append --groups appliance,systemd-journal appliance-web" in text
+    assert "runuser -u appliance-web -- /opt/appliance/venv/bin/appliance --config " \
+           "/etc/appliance/config.toml web cert" in text
+    assert "systemctl enable appliance-web.service" in text
+    assert "avahi-daemon" in text
+    assert "chown appliance-web:appliance /var/lib/appliance/web" in text
+    wrapper = (staged / "usr/local/bin/appliance-webctl").read_text(encoding="utf-8")
+    assert "runuser -u appliance-web -- /opt/appliance/venv/bin/appliance" in wrapper

@@ -118,6 +118,30 @@ def status(obj: Any, as_json: bool) -> None:
     if reply.get("speech_warning"):
         click.echo(f"speech   {reply['speech_warning']}")
     _archive_status(obj)
+    _web_status(obj)
+
+
+def _web_status(obj: Any) -> None:
+    """The owner's page's line: where it is and its certificate's fingerprint, so the owner
+    can compare it with what the browser shows (docs/web.md "HTTPS")."""
+    from appliance.web.tls import cert_paths, fingerprint
+
+    config = obj.config()
+    if not config.web.tls:
+        click.echo(f"web      http://{config.web.listen}:{config.web.port}/ (loopback only)")
+        return
+    try:
+        print_ = fingerprint(cert_paths(config.web_dir)[0])
+    except (OSError, ValueError):
+        print_ = None
+    click.echo(f"web      https://{_hostname()}.local/  certificate SHA-256 "
+               f"{print_ or '— (none yet: appliance web cert)'}")
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname().split(".")[0]
 
 
 def _archive_status(obj: Any) -> None:
@@ -216,7 +240,7 @@ def _checks(obj: Any) -> list[Check]:
         mode = state.stat().st_mode & 0o777
         level = "pass" if not mode & 0o007 else "warn"
         out.append(Check("state dir", level, f"{state} mode {mode:o}",
-                         "" if level == "pass" else f"chmod 0750 {state} (recordings are "
+                         "" if level == "pass" else f"chmod 0770 {state} (recordings are "
                          "personal data)"))
     out.extend(_check_index(config.db_path))
     out.extend(_check_recordings(config.recordings_dir))
@@ -239,7 +263,26 @@ def _checks(obj: Any) -> list[Check]:
     out.append(_check_voice(config))
     out.append(_check_disk(state if state.exists() else state.parent, config.recording.codec))
     out.append(_check_clock())
+    out.append(_check_web(config))
     return out
+
+
+def _check_web(config: Any) -> Check:
+    """The owner's page's certificate, with the fingerprint the owner compares."""
+    from appliance.web.tls import cert_paths, fingerprint
+
+    if not config.web.tls:
+        return Check("web page", "pass", f"plain HTTP on {config.web.listen} (loopback only)")
+    cert = cert_paths(config.web_dir)[0]
+    try:
+        print_ = fingerprint(cert)
+    except (OSError, ValueError) as exc:
+        return Check("web page", "fail", f"{cert}: {exc}",
+                     "sudo appliance-webctl web cert --force")
+    if print_ is None:
+        return Check("web page", "warn", f"no TLS certificate at {cert}",
+                     "sudo appliance-webctl web cert (setup.sh install makes it)")
+    return Check("web page", "pass", f"https://{_hostname()}.local/ certificate SHA-256 {print_}")
 
 
 #: The fix for a check that could not read what it checks: the service user can.

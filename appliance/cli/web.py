@@ -155,8 +155,8 @@ def _account_errors(fn: Any) -> Any:
         except AccountError as exc:
             fail(str(exc))
         except PermissionError as exc:
-            fail(f"{exc.filename}: {exc.strerror} — run as the web's user "
-                 "(sudo -u appliance-web appliance user …)")
+            fail(f"{exc.filename}: {exc.strerror} — run as the page's user "
+                 "(sudo appliance-webctl user …)")
 
     return wrapper
 

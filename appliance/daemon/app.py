@@ -63,7 +63,7 @@ from appliance.speech.library import PromptLibrary
 from appliance.speech.prompts import load_prompt_texts, render_notice_text
 from appliance.speech.tts import find_piper_voice, select_engine
 from appliance.store.audit import record_config
-from appliance.store.db import Store
+from appliance.store.db import DB_DIR_MODE, Store
 from appliance.store.highwater import read_mark, write_mark
 from appliance.store.recorder import recover_leftovers
 
@@ -756,7 +756,7 @@ class Application:
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.device.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        cfg.device.state_dir.mkdir(parents=True, exist_ok=True, mode=DB_DIR_MODE)
         self.store = Store.open(cfg.db_path)
         self._key = load_or_create_key(cfg.device.state_dir)
         self.index_fault = self._check_index()

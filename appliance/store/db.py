@@ -35,10 +35,12 @@ _LOGGER = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: Mode of the database file (and, by SQLite's rule, of its -wal/-shm files): DESIGN.md §5.
-DB_FILE_MODE: Final = 0o640
-#: Mode of a state directory the store creates: DESIGN.md §5.
-DB_DIR_MODE: Final = 0o750
+#: Mode of the database file (and, by SQLite's rule, of its -wal/-shm files): DESIGN.md §5,
+#: plus group write: the owner's page runs as its own user in the ``appliance`` group and
+#: appends to the audit chain (docs/web.md "Users and files").
+DB_FILE_MODE: Final = 0o660
+#: Mode of a state directory the store creates (group: the page creates -wal/-shm files too).
+DB_DIR_MODE: Final = 0o770
 #: How long a writer waits for another process's write lock (the CLI appending an audit row
 #: while the daemon writes) before SQLITE_BUSY.
 BUSY_TIMEOUT_MS: Final = 5000
@@ -309,7 +311,7 @@ class Store:
     def open(cls, path: Path, *, check: bool = True) -> Store:
         """Open (creating if needed) the index at ``path``, check it and migrate it.
 
-        Creates the parent directory (0750) if missing; the database file is 0640. Runs
+        Creates the parent directory (0770) if missing; the database file is 0660. Runs
         ``PRAGMA quick_check`` (unless ``check`` is False: the CLI's quick reads skip the
         full-file scan, which takes seconds on a large index; the daemon checks at start and
         ``appliance verify`` / ``doctor`` check too) and every pending migration.
@@ -324,12 +326,12 @@ class Store:
             os.chmod(path.parent, DB_DIR_MODE)  # mkdir's mode is masked by the umask
         created = not path.exists()
         if created:
-            # Create the file ourselves so it is 0640 from the first byte; SQLite gives the
+            # Create the file ourselves so it is 0660 from the first byte; SQLite gives the
             # -wal and -shm files the database file's mode.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, DB_FILE_MODE))
         mode = path.stat().st_mode & 0o777
-        # A new file gets exactly 0640 (the umask may have narrowed it). An existing file only
-        # loses bits beyond 0640, never gains any: an owner who made it unreadable meant it,
+        # A new file gets exactly 0660 (the umask may have narrowed it). An existing file only
+        # loses bits beyond 0660, never gains any: an owner who made it unreadable meant it,
         # and a check must then fail on it — widening it back made `appliance verify` pass on
         # an index it had been denied.
         wanted = DB_FILE_MODE if created else mode & DB_FILE_MODE

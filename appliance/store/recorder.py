@@ -49,9 +49,10 @@ CHANNELS: Final = 2
 CHANNEL_LAYOUT: Final = ("caller", "shop")
 #: PCM_16: 2 bytes per sample, so one 2-channel frame is 4 bytes.
 BYTES_PER_FRAME: Final = 2 * CHANNELS
-#: Mode of recording files and directories (DESIGN.md §5).
+#: Mode of recording files and directories (DESIGN.md §5); directories are group-writable so
+#: the owner's page (its own user in the ``appliance`` group) can erase a call (docs/web.md).
 FILE_MODE: Final = 0o640
-DIR_MODE: Final = 0o750
+DIR_MODE: Final = 0o770
 PARTIAL_SUFFIX: Final = ".wav.partial"
 #: Frames per read/write block while encoding (1 s of audio; bounded memory for long calls).
 ENCODE_BLOCK_FRAMES: Final = SAMPLE_RATE_HZ
@@ -111,7 +112,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _make_dirs(path: Path, root: Path) -> None:
-    """Create ``path`` (and parents up to ``root``) with mode 0750 despite the umask."""
+    """Create ``path`` (and parents up to ``root``) with mode 0770 despite the umask."""
     missing: list[Path] = []
     p = path
     while not p.exists():

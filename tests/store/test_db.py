@@ -49,8 +49,8 @@ async def test_open_empty_creates_schema_and_version(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {"calls", "events", "audit", "meta"} <= tables
     assert {"idx_calls_caller_number", "idx_calls_ring_at"} <= indexes
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o770
 
 
 @pytest.mark.parametrize(("before", "after"), [(0o644, 0o640), (0o600, 0o600), (0o000, 0o000)])

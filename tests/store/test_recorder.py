@@ -85,7 +85,7 @@ async def test_round_trip_flac_in_random_blocks(tmp_path: Path) -> None:
     for p in (result.path, rec.directory / "42719038.json"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o640
     for d in (tmp_path / "2025", tmp_path / "2025" / "03", rec.directory):
-        assert stat.S_IMODE(d.stat().st_mode) == 0o750
+        assert stat.S_IMODE(d.stat().st_mode) == 0o770
 
 
 @pytest.mark.parametrize(("codec", "ext"), [("wav", "wav"), ("opus", "opus")])
