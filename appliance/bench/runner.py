@@ -19,6 +19,7 @@ from appliance.bench.daemonproc import measure_daemon
 from appliance.bench.halfduplex import measure_half_duplex
 from appliance.bench.index import measure_index
 from appliance.bench.probes import percentile_ms
+from appliance.bench.web import measure_web
 from appliance.daemon.media import TX_LEAD_FRAMES
 
 _LOGGER = logging.getLogger(__name__)
@@ -131,9 +132,15 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
         out.update(await asyncio.to_thread(measure_index, work, index_calls,
                                            progress=progress))
 
+    async def web_section() -> None:
+        # The owner's page on the index the index section filled (work/index).
+        out.update(await asyncio.to_thread(measure_web, work / "index", index_calls,
+                                           progress=progress))
+
     sections: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("calls", calls_section), ("codecs", codecs_section), ("lines", lines_section),
-        ("half-duplex", half_duplex_section), ("index", index_section)]
+        ("half-duplex", half_duplex_section), ("index", index_section),
+        ("web", web_section)]
     if daemon_process:
         sections.insert(1, ("daemon", daemon_section))
     for name, section in sections:

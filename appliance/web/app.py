@@ -602,7 +602,8 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
 
 
 class _SecurityHeaders:
-    """ASGI middleware adding :data:`_SECURITY_HEADERS` to every HTTP response."""
+    """ASGI middleware: :data:`_SECURITY_HEADERS` on every HTTP response, and the server's own
+    time to the response head as ``Server-Timing: app;dur=<ms>`` (``appliance bench``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -611,12 +612,15 @@ class _SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for key, value in _SECURITY_HEADERS.items():
                     headers.setdefault(key, value)
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                headers["Server-Timing"] = f"app;dur={elapsed_ms:.2f}"
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
