@@ -443,7 +443,7 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
         flash = request.query_params.get("done", "")
         return web.render(request, "call.html", session, row=row, events=events, t0=t0,
                           recording=recording, flash=flash,
-                          error=request.query_params.get("error", "")[:300])
+                          error=session.flash.pop(row["reference"], ""))
 
     async def _serve_audio(request: Request, session: Session, *, download: bool) -> Response:
         row = _call_row(request.path_params["reference"])
@@ -480,7 +480,7 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
         reason = str(request.state.form.get("reason", "")).strip()[:500]
         reference = row["reference"]
         if not reason:
-            return RedirectResponse(f"/calls/{reference}?error=" + _q(t("reason_needed")), 303)
+            return _back(session, reference, t("reason_needed"))
         out = Path(tempfile.mkdtemp(prefix=".handover-", dir=_tmp_dir(settings)))
         reply = await _job(settings, {"cmd": "export", "reference": reference,
                                       "out_dir": str(out), "reason": reason,
@@ -489,8 +489,7 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
                                       "client": _client(request)})
         if not reply.get("ok"):
             shutil.rmtree(out, ignore_errors=True)
-            return RedirectResponse(f"/calls/{reference}?error="
-                                    + _q(f"{t('failed')}: {reply.get('error')}"), 303)
+            return _back(session, reference, f"{t('failed')}: {reply.get('error')}")
         path = Path(reply["path"])
         return FileResponse(path, media_type="application/zip", filename=path.name,
                             background=BackgroundTask(shutil.rmtree, out, True))
@@ -504,16 +503,14 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
         reference = row["reference"]
         typed = "".join(ch for ch in str(form.get("confirm", "")) if ch.isdigit())
         if not reason:
-            return RedirectResponse(f"/calls/{reference}?error=" + _q(t("reason_needed")), 303)
+            return _back(session, reference, t("reason_needed"))
         if typed != reference:
-            return RedirectResponse(f"/calls/{reference}?error="
-                                    + _q(t("erase_confirm_wrong")), 303)
+            return _back(session, reference, t("erase_confirm_wrong"))
         reply = await _job(settings, {"cmd": "erase", "reference": reference,
                                       "reason": reason,
                                       "actor": f"web:{session.account}@{_client(request)}"})
         if not reply.get("ok"):
-            return RedirectResponse(f"/calls/{reference}?error="
-                                    + _q(f"{t('failed')}: {reply.get('error')}"), 303)
+            return _back(session, reference, f"{t('failed')}: {reply.get('error')}")
         return RedirectResponse(f"/calls/{reference}?done=erased", 303)
 
     # -------------------------------------------------------------- status, health, audit
@@ -653,10 +650,11 @@ def _loggable(name: str) -> str:
     return name if NAME_PATTERN.match(name) else "(invalid name)"
 
 
-def _q(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
+def _back(session: Session, reference: str, message: str) -> Response:
+    """Back to the call's page with ``message`` shown once (kept in the session, never in the
+    URL: a link cannot make the page say something it did not)."""
+    session.flash[reference] = message
+    return RedirectResponse(f"/calls/{reference}#error", 303)
 
 
 def _tmp_dir(settings: WebSettings) -> Path:

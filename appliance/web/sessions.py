@@ -41,6 +41,8 @@ class Session:
     password_stamp: float
     """The account's ``password_changed_at`` at login; a different one ends the session."""
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(TOKEN_BYTES))
+    flash: dict[str, str] = field(default_factory=dict)
+    """Call reference → a message for the next view of that call's page (shown once)."""
 
     def csrf_ok(self, submitted: str | None) -> bool:
         """True when ``submitted`` is this session's CSRF token (constant-time compare)."""
