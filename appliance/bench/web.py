@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import http.client
-import os
 import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -43,10 +43,48 @@ _CSRF: Final = re.compile(r'name="csrf" value="([^"]+)"')
 _TIMING: Final = re.compile(r"app;dur=([0-9.]+)")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on (now)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_process(args: list[str], port: int, *, env: dict[str, str] | None = None,
+                  timeout_s: float = SERVER_START_S) -> subprocess.Popen[bytes]:
+    """Start ``python -m appliance ARGS`` and return once it listens on ``port`` (loopback);
+    its output goes to an unnamed temporary file (shown if it fails to start).
+
+    Raises:
+        RuntimeError: it exited or did not listen within ``timeout_s`` (its output attached).
+    """
+    # Output to a file, not a pipe nobody reads (a full pipe would stall the server); the
+    # child keeps its own descriptor of it.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", *args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port),
+                                                                        0.2):
+                return proc
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(proc)
+                log.seek(0)
+                out = log.read().decode(errors="replace")
+                raise RuntimeError(f"appliance {' '.join(args)} did not listen on {port}: {out}")
+            time.sleep(0.05)  # polling a TCP port: no event to await across processes
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGINT (a clean stop), then SIGKILL if it does not end within ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _rss_kb(pid: int, field: str) -> int:
@@ -117,20 +155,10 @@ def measure_web(state_dir: Path, n: int, *, progress: Any) -> dict[str, Any]:
     accounts = Accounts.in_dir(state_dir / "web")
     if accounts.get(BENCH_ACCOUNT) is None:
         accounts.add(BENCH_ACCOUNT, "owner", BENCH_PASSWORD)
-    port = _free_port()
-    env = dict(os.environ)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--config", "/dev/null", "--state-dir",
-         str(state_dir), "web", "--listen", "127.0.0.1", "--port", str(port), "--http"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    proc = start_process(["--config", "/dev/null", "--state-dir", str(state_dir), "web",
+                          "--listen", "127.0.0.1", "--port", str(port), "--http"], port)
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("appliance web did not start")
-            time.sleep(0.05)  # polling a TCP port: no event to await across processes
         idle_rss_kb = _rss_kb(proc.pid, "VmRSS")
         client = _Client(port)
         _, page, _, _ = client.get("/login")
@@ -181,9 +209,4 @@ def measure_web(state_dir: Path, n: int, *, progress: Any) -> dict[str, Any]:
         out["web_rss_peak_mb"] = round(_rss_kb(proc.pid, "VmHWM") / 1024, 1)
         return out
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

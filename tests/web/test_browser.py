@@ -8,13 +8,9 @@ installs it); Playwright is only the driver and never downloads a browser of its
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +18,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api as playwright_api
 
+from appliance.bench.web import free_port, start_process, stop_process
 from appliance.call.reference import format_reference
 from tests.web.conftest import HOSTILE_NAME, USERS, Shop, make_shop
 
@@ -30,8 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--autoplay-policy=no-user-gesture-required"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
-#: Upper bound for the page server to listen, a page to load, an element to appear.
-SERVER_START_S = 20.0
+#: Upper bound for a page to load, an element to appear.
 UI_TIMEOUT_MS = 10_000
 #: The simulated call of the live-status test: the daemon starts and the call rings within.
 LIVE_CALL_TIMEOUT_MS = 60_000
@@ -39,12 +35,6 @@ LIVE_CALL_TIMEOUT_MS = 60_000
 if not CHROMIUM.exists():  # the whole module needs the browser; say how to get it
     pytest.fail(f"{CHROMIUM} missing: sudo apt-get install chromium (./setup.sh test does)",
                 pytrace=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
@@ -61,26 +51,11 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
 
 @pytest.fixture(scope="module")
 def base_url(shop: Shop) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--state-dir", str(shop.state_dir), "web",
-         "--listen", "127.0.0.1", "--port", str(port), "--http"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            pytest.fail(f"appliance web did not start: {out}")
-        time.sleep(0.05)  # polling a TCP port: there is no event to await across processes
+    port = free_port()
+    proc = start_process(["--state-dir", str(shop.state_dir), "web", "--listen", "127.0.0.1",
+                          "--port", str(port), "--http"], port, env=_env())
     yield f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +215,4 @@ def test_live_status_changes_during_a_simulated_call(page_for: object, shop: Sho
         assert page.locator("#daemon.state").is_visible()
         shot(page, "status-live")
     finally:
-        demo.send_signal(signal.SIGINT)
-        try:
-            demo.wait(30)
-        except subprocess.TimeoutExpired:
-            demo.kill()
-            demo.wait()
+        stop_process(demo, 30)

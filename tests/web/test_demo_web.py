@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +12,11 @@ from urllib.parse import urlencode
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from appliance.bench.web import free_port, stop_process
 
 
 def test_demo_keeps_the_page_up_with_a_demo_account(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance", "demo", "--scenario", "abandoned", "--state-dir",
@@ -55,9 +49,4 @@ def test_demo_keeps_the_page_up_with_a_demo_account(tmp_path: Path) -> None:
             calls = client.get("/calls", headers={"cookie": f"appliance_session={session}"})
             assert reference in calls.text
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

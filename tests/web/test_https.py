@@ -3,30 +3,18 @@ page, ``status`` and ``doctor`` show; plain HTTP is refused off loopback."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import signal
 import socket
 import ssl
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from click.testing import CliRunner
 
+from appliance.bench.web import free_port, start_process, stop_process
 from appliance.cli.main import cli
 from appliance.config import EXIT_CONFIG
 from appliance.web.tls import fingerprint, make_certificate
-
-SERVER_START_S = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_page_serves_https_with_the_fingerprint_it_shows(tmp_path: Path) -> None:
@@ -35,19 +23,11 @@ def test_page_serves_https_with_the_fingerprint_it_shows(tmp_path: Path) -> None
     assert made
     assert (state / "web/tls.key").stat().st_mode & 0o777 == 0o600
     shown = fingerprint(cert)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.Popen([sys.executable, "-m", "appliance", "--state-dir", str(state), "web",
-                             "--listen", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_process(["--state-dir", str(state), "web", "--listen", "127.0.0.1", "--port",
+                          str(port)], port, env=env)
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)  # polling a TCP port: no event to await across processes
         context = ssl.create_default_context(cafile=str(cert))
         with socket.create_connection(("127.0.0.1", port), 5) as raw, \
                 context.wrap_socket(raw, server_hostname="shop.local") as tls:
@@ -61,8 +41,7 @@ def test_page_serves_https_with_the_fingerprint_it_shows(tmp_path: Path) -> None
         assert shown.encode() in body  # the footer
         assert b"Secure" in body.split(b"\r\n\r\n")[0]  # the login CSRF cookie
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        stop_process(proc)
     doctor = CliRunner().invoke(cli, ["--state-dir", str(state), "doctor", "--json"])
     assert shown in doctor.output
 
