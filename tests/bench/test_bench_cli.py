@@ -61,3 +61,19 @@ def test_bench_one_call_json_keys() -> None:
     assert data["daemon_rss_peak_mb"] > 0
     assert data["recording_bytes_per_call_minute_wav"] > data[
         "recording_bytes_per_call_minute_flac"]
+
+
+def test_web_figures_with_a_small_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    from appliance.bench import web
+
+    monkeypatch.setattr(web, "REPEATS", 2)
+    monkeypatch.setattr(web, "RECORDING_S", 2.0)
+    state = tmp_path / "index"
+    state.mkdir()
+    index.fill(state / "appliance.db", 500, lambda _m: None)
+    figures = web.measure_web(state, 500, progress=lambda _m: None)
+    for kind in ("calls_page", "search_number", "search_typo", "search_outcome_dates"):
+        assert 0 < figures[f"web_{kind}_server_ms_p50"] < 5000, kind
+    assert 0 < figures["web_playback_first_byte_ms_p50"] < 5000
+    assert 10 < figures["web_rss_peak_mb"] < 500
