@@ -196,6 +196,9 @@ def test_audit_and_health_pages(page_for: object) -> None:
     page.goto("/health")
     page.wait_for_selector("#checks")
     shot(page, "health")
+    page.goto("/logs")
+    page.wait_for_selector("#journal, #no-journal")
+    shot(page, "logs")
     reply = page.goto("/calls")
     assert reply.status == 403
     assert page.locator("#message").is_visible()
