@@ -152,6 +152,18 @@ def _led(pattern: object) -> str:
     return parts[0]
 
 
+def _layers(value: object) -> list[dict[str, Any]]:
+    """``notice_layers`` as stored (a JSON list of ``{"layer", "version"?, "played"}``; schema
+    v4), or [] for an older row or an unreadable value."""
+    if not value:
+        return []
+    try:
+        layers = json.loads(str(value))
+    except ValueError:
+        return []
+    return [x for x in layers if isinstance(x, dict)] if isinstance(layers, list) else []
+
+
 def _when(t: float | None) -> str:
     if not t:
         return "—"
@@ -196,7 +208,8 @@ class WebApp:
         self.env = Environment(loader=PackageLoader("appliance.web", "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True),
                                trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(line_text=line_text, when=_when, ref=_shown, led=_led)
+        self.env.filters.update(line_text=line_text, when=_when, ref=_shown, led=_led,
+                                layers=_layers)
 
     # ------------------------------------------------------------------ index access
 

@@ -325,3 +325,13 @@ def test_every_word_the_templates_use_exists_in_both_languages() -> None:
     for lang in ("hu", "en"):
         t = translator(lang)
         assert all(t(k) for k in keys)
+
+
+def test_notice_layers_as_stored_are_read_safely() -> None:
+    from appliance.web.app import _layers
+
+    stored = '[{"layer": "notice", "version": "v3", "played": "full"}, "junk"]'
+    assert _layers(stored) == [{"layer": "notice", "version": "v3", "played": "full"}]
+    assert _layers(None) == []
+    assert _layers("{not json") == []
+    assert _layers('{"layer": 1}') == []
