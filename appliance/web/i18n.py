@@ -68,6 +68,8 @@ _WORDS: Final[dict[str, tuple[str, str]]] = {
     "notice_played": ("Lejátszva", "Played"),
     "recording_decision": ("Rögzítés", "Recording decision"),
     "listen": ("Meghallgatás", "Listen"),
+    "channels_hint": ("Mindkét fél hallható: bal csatorna a hívó, jobb az üzlet.",
+                      "Both sides play: the left channel is the caller, the right the shop."),
     "download": ("Letöltés (eredeti fájl)", "Download (original file)"),
     "sha256": ("SHA-256", "SHA-256"),
     "no_audio": ("Ehhez a híváshoz nincs meghallgatható felvétel.",
