@@ -10,7 +10,6 @@ import dataclasses
 import io
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -210,13 +209,12 @@ def test_talk_off_on_hungarian_speech() -> None:
         assert detect(float_to_int16(speech_8k * gain)) == "", gain
 
 
-def test_sixty_seconds_is_fast() -> None:
-    # Loose bound (≈ 0.1 s measured): catches a pathological regression, not jitter.
+def test_sixty_seconds_of_keys_are_all_found() -> None:
+    # How fast is a bench figure (the media path's CPU per call), not a timed test.
     x = np.tile(tones.dtmf_sequence(ALL_SYMBOLS, 50, 50, -20.0), 38)[: 60 * RATE_HZ]
-    start = time.perf_counter()
     found = detect(x)
-    assert time.perf_counter() - start < 2.0
     assert len(found) == 600
+    assert found[:16] == ALL_SYMBOLS
 
 
 # --- echo gate (issue 5 item 5) -------------------------------------------------------------
