@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -219,14 +218,10 @@ def test_reference_audio_rejects_bad_references(
         library.reference_audio(bad)
 
 
-def test_reference_audio_is_fast(hu_build: tuple[Path, PromptLibrary, list]) -> None:
+def test_reference_audio_is_the_same_every_time(hu_build: tuple[Path, PromptLibrary, list]) -> None:
+    # How fast it is assembled is a bench figure (reference_assembly_ms), not a timed test.
     _, library, _ = hu_build
-    library.reference_audio(REFERENCE)
-    start = time.perf_counter()
-    library.reference_audio(REFERENCE)
-    elapsed = time.perf_counter() - start
-    # Measured ≈0.02-0.05 ms on the 2-vCPU dev VM; bound kept loose for slow CI.
-    assert elapsed < 0.050
+    assert np.array_equal(library.reference_audio(REFERENCE), library.reference_audio(REFERENCE))
 
 
 def test_beep_clip(hu_build: tuple[Path, PromptLibrary, list]) -> None:
