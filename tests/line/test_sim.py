@@ -122,7 +122,9 @@ async def test_vrx_streams_at_8000_per_second_and_aborts(host: Host) -> None:
             assert set(chunk.audio) <= {0x10}
             samples += len(chunk.audio)
     elapsed = loop.time() - start
-    assert 0.45 <= elapsed <= 0.6 + 0.02  # 4000 samples at 8000/s, 20 ms ticks
+    # 4000 samples at 8000/s in 20 ms ticks: never faster than real time (0.5 s less one
+    # tick); later only by how long a loaded machine keeps the loop from running.
+    assert 0.45 <= elapsed <= 2.0
     host.send(b"\x10!")
     assert host.take() == b"\x10\x03\r\nOK\r\n"  # §5.3
 
