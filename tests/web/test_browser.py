@@ -55,7 +55,12 @@ def base_url(shop: Shop) -> Iterator[str]:
     proc = start_process(["--state-dir", str(shop.state_dir), "web", "--listen", "127.0.0.1",
                           "--port", str(port), "--http"], port, env=_env())
     yield f"http://127.0.0.1:{port}"
+    # After every test's logins, plays, searches: the page's memory budget
+    # (docs/performance.md) holds because the audio stack never entered its process.
+    maps = Path(f"/proc/{proc.pid}/maps").read_text()
     stop_process(proc)
+    assert "numpy" not in maps
+    assert "scipy" not in maps
 
 
 @pytest.fixture(scope="module")
