@@ -61,6 +61,8 @@ def test_bench_one_call_json_keys() -> None:
     assert data["daemon_rss_peak_mb"] > 0
     assert data["recording_bytes_per_call_minute_wav"] > data[
         "recording_bytes_per_call_minute_flac"]
+    assert 0 < data["web_calls_page_server_ms_p50"] < 5000
+    assert data["web_rss_peak_mb"] > 0
 
 
 def test_web_figures_with_a_small_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
