@@ -17,8 +17,9 @@ cd "$here"
 VENV="${APPLIANCE_VENV:-$here/.venv}"
 PYTHON="${PYTHON:-python3}"
 # System libraries the Python packages cannot bring themselves: PortAudio for sounddevice,
-# espeak-ng for the speech fallback and the simulated callers, ALSA tools for diagnostics.
-APT_PACKAGES=(libportaudio2 espeak-ng alsa-utils python3-venv)
+# espeak-ng for the speech fallback and the simulated callers, ALSA tools for diagnostics,
+# libspeexdsp1 for the echo cancellers (bound through ctypes: nothing to compile).
+APT_PACKAGES=(libportaudio2 libspeexdsp1 espeak-ng alsa-utils python3-venv)
 # For the test suite only: vgetty (mgetty-voice), a real third-party V.253 client the modem
 # emulator must satisfy; util-linux's unshare to run it in a private mount namespace (and
 # runuser for the permission tests as root); curl for the voice-download tests; systemd for
@@ -191,9 +192,10 @@ SERVICE_USER=appliance
 WEB_USER=appliance-web
 # What the Pi needs besides the venv: PortAudio for sounddevice, espeak-ng as the speech
 # fallback, alsa-utils (aplay/alsamixer/alsactl) for the technician, curl for the voice;
-# openssl makes the owner's page's certificate, avahi-daemon announces <hostname>.local.
-INSTALL_APT_PACKAGES=(python3 python3-venv python3-pip libportaudio2 espeak-ng alsa-utils
-                      curl ca-certificates openssl avahi-daemon)
+# openssl makes the owner's page's certificate, avahi-daemon announces <hostname>.local;
+# libspeexdsp1 for the echo cancellers.
+INSTALL_APT_PACKAGES=(python3 python3-venv python3-pip libportaudio2 libspeexdsp1 espeak-ng
+                      alsa-utils curl ca-certificates openssl avahi-daemon)
 
 ROOT=""            # --root DIR, without trailing slash; "" = the real system
 STAGED=0

@@ -114,11 +114,16 @@ class LineConfig:
     """Full-duplex voice (``+VTR``, needed to bridge the shop): ``"auto"`` finds out (a
     refused ``AT+VTR=?`` proves nothing; the first call tries ``AT+VTR``), ``"full"`` or
     ``"half"`` (answering machine behind the phone) say so (docs/line.md)."""
+    echo_cancel: bool = True
+    """Cancel the line's echo (the shop's voice returned by the modem's hybrid); off only
+    for an audio path that cancels it already (a sound card with its own AEC)."""
 
 
 @dataclass(frozen=True, slots=True)
 class HandsetConfig:
     audio: str
+    echo_cancel: bool
+    """Cancel the handset's echo (the caller's voice returned by the SLIC's hybrid)."""
     ring_hz: float
     ring_on_s: float
     ring_off_s: float

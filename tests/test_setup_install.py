@@ -120,7 +120,7 @@ def test_plan_sets_owner(staged: Path, path: str, owner: str) -> None:
 def test_plan_has_the_system_steps(staged: Path) -> None:
     text = "\n".join(plan(staged))
     assert "apt-get install" in text
-    for pkg in ("libportaudio2", "espeak-ng", "alsa-utils", "python3-venv"):
+    for pkg in ("libportaudio2", "libspeexdsp1", "espeak-ng", "alsa-utils", "python3-venv"):
         assert pkg in text
     assert "groupadd --system gpio" in text
     assert re.search(r"useradd --system .*appliance$", text, re.MULTILINE)

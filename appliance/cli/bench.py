@@ -32,6 +32,9 @@ def _progress(message: str) -> None:
               help="Skip the CPU/RSS run of the daemon as a separate process.")
 @click.option("--soak", "soak_minutes", type=float, default=None,
               help="Run the fault soak for this many minutes instead of the benchmark.")
+@click.option("--echo", "echo_only", is_flag=True,
+              help="Compare the echo canceller libraries on simulated hybrids instead "
+                   "(docs/performance.md, \"Echo cancellation\").")
 @click.option("--keep", type=click.Path(path_type=Path),
               help="Work in this new (or empty) directory and keep it (default: a temporary "
                    "one, removed).")
@@ -42,8 +45,8 @@ def _progress(message: str) -> None:
 @click.option("--archive-restore-calls", default=10_000, show_default=True,
               help="Calls in the index whose Litestream restore --archive times.")
 def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_calls: int,
-          no_daemon_process: bool, soak_minutes: float | None, keep: Path | None,
-          force: bool, archive: bool, archive_restore_calls: int) -> None:
+          no_daemon_process: bool, soak_minutes: float | None, echo_only: bool,
+          keep: Path | None, force: bool, archive: bool, archive_restore_calls: int) -> None:
     """Measure the appliance on simulated hardware: latencies, CPU, memory, sample
     continuity, recording sizes, index look-ups, simultaneous lines (DESIGN.md §9)."""
     from appliance.logs import setup_logging
@@ -54,6 +57,12 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
         fail(f"{keep} is not empty; choose another --keep, or add --force to write into it")
     if keep is not None and keep.exists() and not keep.is_dir():
         fail(f"{keep} exists and is not a directory; choose another --keep")
+    if echo_only:
+        from appliance.bench.echo import measure_all, table
+
+        figures = measure_all(progress=_progress)
+        click.echo(json.dumps(figures, indent=2) if as_json else table(figures))
+        return
     work = keep or Path(tempfile.mkdtemp(prefix="appliance-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -589,6 +589,8 @@ class LineSession:
             codec=app.config.recording.codec,
             fsync_interval_s=app.config.recording.fsync_interval_s,
             tx_lead_frames=self.line.tx_lead_ms // 20,
+            line_echo_cancel=self.line.echo_cancel,
+            handset_echo_cancel=app.config.handset.echo_cancel,
         )
         info = CallerInfo(
             line=self.line.name,
@@ -1346,6 +1348,7 @@ class Application:
                     "state": active.call.state.value,
                     "caller": active.call.caller.number,
                     "media": {**active.media.stats, **active.media.capture_stats},
+                    "echo": active.media.echo_status,
                 },
             })
         disk = shutil.disk_usage(self.config.device.state_dir)

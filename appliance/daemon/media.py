@@ -7,6 +7,11 @@ voice) and one stereo frame to the recorder. Clocking transmit from receive keep
 buffer level constant for hours (a host-clock sender drifts by the two crystals' difference,
 ≈ 180 ms/h at 50 ppm) and keeps the two recorded channels sample-aligned by construction. The
 handset runs on its own clock; its capture meets the line clock in a small jitter buffer.
+
+Two echo cancellers per call (:mod:`appliance.audio.echo`) take out what the hybrids return:
+the line's (the shop's voice coming back in the caller channel) and the SLIC's (the caller's
+voice coming back in the mouthpiece). Each works on the frame as it arrives, against the frame
+sent at the same time, before anything is forwarded, recorded or watched: no added latency.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 from appliance.audio.buffers import ClipPlayer, FrameSource, JitterBuffer, Silence
 from appliance.audio.dtmf import DtmfDetector
+from appliance.audio.echo import EchoCancellerUnavailable, SpeexEchoCanceller
 from appliance.audio.pcm import FRAME_SAMPLES
 from appliance.audio.tones import ToneGenerator, ToneZone
 from appliance.call.events import (
@@ -56,6 +62,16 @@ def _quiet(frame: np.ndarray) -> bool:
     return rms < 10 ** (SILENCE_DBFS / 20)
 
 
+def _canceller(enabled: bool, reference: str, path: str) -> SpeexEchoCanceller | None:
+    if not enabled:
+        return None
+    try:
+        return SpeexEchoCanceller()
+    except EchoCancellerUnavailable as exc:
+        _LOGGER.warning("call %s: %s echo not cancelled: %s", reference, path, exc)
+        return None
+
+
 class _ToneSource:
     def __init__(self, generator: ToneGenerator) -> None:
         self._gen = generator
@@ -83,6 +99,8 @@ class CallMedia:
         codec: str = "flac",
         fsync_interval_s: float = 1.0,
         tx_lead_frames: int = TX_LEAD_FRAMES,
+        line_echo_cancel: bool = True,
+        handset_echo_cancel: bool = True,
     ) -> None:
         self.reference = reference
         self._send = send_to_line
@@ -107,6 +125,9 @@ class CallMedia:
         self._silence_limit = 0  # frames; 0 = not watching
         self._quiet_frames = 0
         self._host_clocked_tx = False
+        self._line_aec = _canceller(line_echo_cancel, reference, "line")
+        self._handset_aec = _canceller(handset_echo_cancel, reference, "handset")
+        self._last_earpiece = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         #: Set whenever something is given to the line (a prompt, a tone): a half-duplex line
         #: waits on it to leave its receive state (:mod:`appliance.daemon.halfduplex`).
         self.line_wanted = asyncio.Event()
@@ -164,10 +185,17 @@ class CallMedia:
             for digit in self._dtmf.feed(frame, reference=self._last_tx):
                 self.key_reported(digit, "inband")
         shop = self._capture.read(FRAME_SAMPLES)
+        if self._handset_aec is not None:
+            # The mouthpiece returns what the earpiece played (the SLIC's hybrid).
+            shop = self._handset_aec.process(shop, self._last_earpiece)
         tx = shop if self._bridged else self._line_source.read(FRAME_SAMPLES)
         self._last_tx = tx
         self._send(tx)
         self.stats["tx_frames"] += 1
+        if self._line_aec is not None:
+            # The line returns what we send (the modem's hybrid): the notice before the shop
+            # answers, so the filter has converged by the time the two talk.
+            frame = self._line_aec.process(frame, tx)
         earpiece = frame if self._bridged else self._handset_source.read(FRAME_SAMPLES)
         if self._whisper is not None:
             # Only the shop hears it: mixed into the earpiece, never sent to the line.
@@ -176,6 +204,7 @@ class CallMedia:
             if self._whisper.finished:
                 self._whisper = None
         self._earpiece(earpiece)
+        self._last_earpiece = earpiece
         if self._recorder is not None:
             self._record(np.column_stack((frame, shop)))
         if self._silence_limit:
@@ -225,6 +254,18 @@ class CallMedia:
         if digit == last_digit and now - last_t < DTMF_DEDUP_S:
             return
         self._events.put_nowait(KeyPressed(digit, source))
+
+    @property
+    def echo_status(self) -> dict[str, float | bool | None]:
+        """Each canceller's current ERLE (dB; None before the far end has spoken) and
+        whether it runs (``appliance status``)."""
+        line, handset = self._line_aec, self._handset_aec
+        return {
+            "line_echo_cancel": line is not None,
+            "line_erle_db": line.erle_db if line is not None else None,
+            "handset_echo_cancel": handset is not None,
+            "handset_erle_db": handset.erle_db if handset is not None else None,
+        }
 
     @property
     def capture_stats(self) -> dict[str, int]:

@@ -13,13 +13,15 @@ from appliance.call.events import CallerHungUp, CallEvent, KeyPressed, PlaybackD
 from appliance.daemon.media import TX_LEAD_FRAMES, CallMedia
 
 
-def make(tmp_path: Path) -> tuple[CallMedia, list[np.ndarray], list[np.ndarray],
-                                  asyncio.Queue[CallEvent]]:
+def make(tmp_path: Path, *, echo_cancel: bool = False) -> tuple[
+        CallMedia, list[np.ndarray], list[np.ndarray], asyncio.Queue[CallEvent]]:
+    """A call's media; the routing tests use exact sample values, so no cancellers there."""
     sent: list[np.ndarray] = []
     heard: list[np.ndarray] = []
     events: asyncio.Queue[CallEvent] = asyncio.Queue()
     media = CallMedia("12345678", send_to_line=sent.append, play_to_earpiece=heard.append,
-                      events=events, tone_zone=tone_zone("hu"), recordings_dir=tmp_path)
+                      events=events, tone_zone=tone_zone("hu"), recordings_dir=tmp_path,
+                      line_echo_cancel=echo_cancel, handset_echo_cancel=echo_cancel)
     return media, sent, heard, events
 
 
@@ -89,3 +91,51 @@ async def test_inband_key_and_modem_report_are_one_key(tmp_path: Path) -> None:
         media.on_line_audio(tone[i : i + 160])
     assert events.get_nowait() == KeyPressed("9", "modem")
     assert events.empty()
+
+
+def level_db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.asarray(x, dtype=np.float64) ** 2) + 1e-9))
+
+
+async def test_both_hybrids_echo_is_cancelled_before_forwarding_and_recording(
+        tmp_path: Path) -> None:
+    # The shop talks into the mouthpiece, the line returns it through a hybrid (10 dB, 16 ms,
+    # two frames late); the caller talks meanwhile into the line, and the earpiece's caller
+    # voice returns into the mouthpiece through the SLIC's hybrid (14 dB, 8 ms).
+    from appliance.audio.hybrid import Hybrid, HybridSpec
+    from appliance.sim.world import voice_like_signal
+
+    media, sent, heard, _ = make(tmp_path, echo_cancel=True)
+    line = Hybrid(HybridSpec(erl_db=10.0, tail_ms=16.0, seed=1))
+    slic = Hybrid(HybridSpec(erl_db=14.0, tail_ms=8.0, seed=2))
+    shop_voice = voice_like_signal(8.0, f0_hz=190.0, seed=3)
+    caller_voice = voice_like_signal(8.0, f0_hz=110.0, seed=4)
+    caller_voice[: 5 * 8000] = 0  # the caller is silent for 5 s, then talks over the shop
+    media.bridge()
+    await media.start_recording()
+    line_echo = [np.zeros(160)] * 2
+    slic_echo = np.zeros(160)
+    for k in range(len(shop_voice) // 160):
+        part = slice(k * 160, (k + 1) * 160)
+        mouthpiece = np.clip(shop_voice[part] + slic_echo, -32768, 32767).astype(np.int16)
+        media.on_handset_capture(mouthpiece)
+        received = np.clip(caller_voice[part] + line_echo.pop(0), -32768, 32767)
+        media.on_line_audio(received.astype(np.int16))
+        line_echo.append(line.echo(sent[-1]))
+        slic_echo = slic.echo(heard[-1])
+    recording = await media.finish_recording()
+    assert recording is not None
+    audio, _ = soundfile.read(recording.path, dtype="int16")
+    caller_ch, shop_ch = audio[:, 0], audio[:, 1]
+    # Seconds 2–5: only the shop talks. The caller channel held its echo 10 dB down; after
+    # cancellation it is at least 25 dB further down (ERLE), and so is what the shop hears.
+    quiet = slice(2 * 8000, 5 * 8000)
+    assert level_db(shop_ch[quiet]) - level_db(caller_ch[quiet]) > 10.0 + 25.0
+    # Double talk (seconds 5–8): the caller's speech survives in its channel (the residual
+    # echo suppressor attenuates it somewhat while both talk: docs/performance.md).
+    talk = slice(5 * 8000 + 1600, 8 * 8000)
+    assert abs(level_db(caller_ch[talk]) - level_db(caller_voice[talk])) < 8.0
+    status = media.echo_status
+    assert status["line_echo_cancel"]
+    assert status["handset_echo_cancel"]
+    assert isinstance(status["line_erle_db"], float)

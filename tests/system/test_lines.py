@@ -32,9 +32,7 @@ def frame_levels(channel: np.ndarray) -> np.ndarray:
 
 
 async def test_two_lines_second_caller_holds_then_is_put_through(tmp_path: Path) -> None:
-    # Echo-free lines until the call's echo cancellers make the channels separate again.
-    result = await run_demo("two-lines", tmp_path / "state", config_extra=SHORT_NOTICE,
-                            line_echo=None, handset_echo=None)
+    result = await run_demo("two-lines", tmp_path / "state", config_extra=SHORT_NOTICE)
     first, second = result.summaries
     assert first["line"] == "main"
     assert second["line"] == "second"

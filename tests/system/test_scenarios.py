@@ -86,8 +86,7 @@ def assert_common(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_answered(tmp_path: Path) -> None:
-    # Echo-free line until the call's echo cancellers make the channels separate again.
-    summary = await scenario("answered", tmp_path, echo=False)
+    summary = await scenario("answered", tmp_path)
     row = assert_common(summary)
     assert summary["outcome"] == "bridged"
     assert summary["recording_decision"] == "recorded"
