@@ -109,8 +109,10 @@ async def test_answered(tmp_path: Path) -> None:
     shop_loud = np.flatnonzero(shop > LOUD_DBFS)
     assert len(caller_loud) > 50, "the caller's speech is on channel 0"
     assert len(shop_loud) > 50, "the shop's speech is on channel 1"
-    # The shop greets first, then the caller talks: each side on its own channel.
-    assert shop_loud[0] < caller_loud[0]
+    # The shop greets first, then the caller talks: each side on its own channel. The first
+    # frames may still hold the notice's residual echo (the canceller is then 1–3 s old and
+    # its suppressor's output lags a frame: docs/performance.md), so they are left out here.
+    assert shop_loud[0] < caller_loud[caller_loud > 2][0]
     # No cross-talk: while the shop greets, the caller's channel is quiet.
     greeting = shop[shop_loud[0] : shop_loud[0] + 50]
     assert np.all(caller[shop_loud[0] : shop_loud[0] + 50][greeting > LOUD_DBFS] < LOUD_DBFS)
