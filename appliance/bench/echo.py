@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -300,4 +301,181 @@ def table(result: dict[str, Any]) -> str:
                 f"{r['erle_db']} | {r['dt_segsnr_in_db']} → {r['dt_segsnr_db']} | "
                 f"{r['erle_after_dt_db']} | {r['path_change_erle_1s_db']} / "
                 f"{r['path_change_erle_2s_db']} | {r['us_per_frame']} |")
+    return "\n".join(lines)
+
+
+# --- the product's path: cross-talk in the recorded channels, DTMF under a prompt's echo ------
+
+#: The demo's hybrids (docs/line.md, "Echo"), two frames of bulk delay on the line.
+LINE_DELAY_FRAMES: Final = 2
+ACTIVE_DBFS: Final = -40.0
+SILENT_DBFS: Final = -60.0
+
+
+def _frame_dbfs(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    n = len(x) // FRAME_SAMPLES
+    f = np.asarray(x[: n * FRAME_SAMPLES], dtype=np.float64).reshape(n, FRAME_SAMPLES)
+    return 10 * np.log10(np.mean(f**2, axis=1) / 32767.0**2 + 1e-12)
+
+
+def cross_talk(*, echo_cancel: bool, line: HybridSpec, handset: HybridSpec,
+               seconds: float = 30.0) -> dict[str, float]:
+    """``cross_talk_db`` per recorded channel of a bridged call through :class:`CallMedia`.
+
+    The caller and the shop take turns (the simulation's voices); the line returns the shop's
+    voice through ``line`` two frames late, the SLIC returns the caller's through ``handset``.
+    For each channel: the level of what is in it while only the other party talks, against
+    that party's own level (dB; more negative is better).
+    """
+    import asyncio
+
+    from appliance.audio.tones import tone_zone
+    from appliance.bench.codecs import conversation
+    from appliance.daemon.media import CallMedia
+
+    talk = conversation(seconds)
+    sent: list[npt.NDArray[np.int16]] = []
+    heard: list[npt.NDArray[np.int16]] = []
+    media = CallMedia("00000000", send_to_line=sent.append, play_to_earpiece=heard.append,
+                      events=asyncio.Queue(), tone_zone=tone_zone("hu"),
+                      recordings_dir=Path("/nonexistent"), line_echo_cancel=echo_cancel,
+                      handset_echo_cancel=echo_cancel)
+    media.bridge()
+    line_path, slic_path = Hybrid(line), Hybrid(handset)
+    line_echo = [np.zeros(FRAME_SAMPLES)] * LINE_DELAY_FRAMES
+    slic_echo = np.zeros(FRAME_SAMPLES)
+    for k in range(len(talk) // FRAME_SAMPLES):
+        part = slice(k * FRAME_SAMPLES, (k + 1) * FRAME_SAMPLES)
+        mouth = np.clip(np.rint(talk[part, 1] + slic_echo), -32768, 32767).astype(np.int16)
+        media.on_handset_capture(mouth)
+        rx = np.clip(np.rint(talk[part, 0] + line_echo.pop(0)), -32768, 32767)
+        media.on_line_audio(rx.astype(np.int16))
+        line_echo.append(line_path.echo(sent[-1]))
+        slic_echo = slic_path.echo(heard[-1])
+    caller_ch = np.concatenate(heard)  # bridged: the earpiece gets the recorded caller frame
+    shop_ch = np.concatenate(sent)  # and the line the recorded shop frame
+    clean_caller, clean_shop = _frame_dbfs(talk[:, 0]), _frame_dbfs(talk[:, 1])
+    got_caller, got_shop = _frame_dbfs(caller_ch), _frame_dbfs(shop_ch)
+    n = min(len(clean_caller), len(got_caller))
+    shop_only = (clean_shop[:n] > ACTIVE_DBFS) & (clean_caller[:n] < SILENT_DBFS)
+    caller_only = (clean_caller[:n] > ACTIVE_DBFS) & (clean_shop[:n] < SILENT_DBFS)
+
+    def mean_db(levels: npt.NDArray[np.float64], mask: npt.NDArray[np.bool_]) -> float:
+        return float(10 * np.log10(np.mean(10 ** (levels[:n][mask] / 10))))
+
+    return {
+        "caller_channel_cross_talk_db": round(mean_db(got_caller, shop_only)
+                                              - mean_db(clean_shop, shop_only), 1),
+        "shop_channel_cross_talk_db": round(mean_db(got_shop, caller_only)
+                                            - mean_db(clean_caller, caller_only), 1),
+    }
+
+
+#: Keys pressed under a prompt: level of each key (dBFS) against the line's ERL.
+DTMF_KEY_LEVELS_DBFS: Final = (-10.0, -20.0, -26.0)
+DTMF_ERLS_DB: Final = (6.0, 10.0, 20.0)
+DTMF_KEY_EVERY_S: Final = 1.3
+DTMF_MATCH_S: Final = 0.3
+
+
+def dtmf_under_prompt(*, erl_db: float, key_dbfs: float, seconds: float = 40.0,
+                      ) -> dict[str, dict[str, int]]:
+    """Keys pressed while a prompt plays, with the prompt's echo in the received audio.
+
+    Detectors compared: ``gate`` (today's: the received frame, the frame sent before it as
+    the echo gate's reference), ``cancelled`` (the line canceller's output, no gate) and
+    ``cancelled+gate``. Each: keys pressed, missed, and false keys.
+    """
+    from appliance.audio.dtmf import DtmfDetector
+    from appliance.audio.echo import SpeexEchoCanceller
+    from appliance.audio.tones import dtmf_samples
+
+    prompt = _speech(seconds, ("caller_message", "agent_reply", "caller_complaint"), 190.0)
+    n = len(prompt) // FRAME_SAMPLES * FRAME_SAMPLES
+    keys_in = np.zeros(n)
+    pressed: list[tuple[float, str]] = []
+    digits = "0123456789*#"
+    t = 0.5
+    while t + 0.2 < n / SAMPLE_RATE_HZ:
+        digit = digits[len(pressed) % len(digits)]
+        tone = dtmf_samples(digit, 100, level_dbfs=key_dbfs).astype(np.float64)
+        at = int(t * SAMPLE_RATE_HZ)
+        keys_in[at : at + len(tone)] += tone
+        pressed.append((t, digit))
+        t += DTMF_KEY_EVERY_S
+    hybrid = Hybrid(HybridSpec(erl_db=erl_db, tail_ms=16.0, seed=5))
+    delay = LINE_DELAY_FRAMES * FRAME_SAMPLES
+    echo = hybrid.echo(np.concatenate((np.zeros(delay), prompt.astype(np.float64)))[:n])
+    noise = np.random.default_rng(2).standard_normal(n) * 32767 * 10 ** (NOISE_DBFS / 20)
+    rx = np.clip(np.rint(keys_in + echo + noise), -32768, 32767).astype(np.int16)
+    detectors = {"gate": DtmfDetector(), "cancelled": DtmfDetector(),
+                 "cancelled+gate": DtmfDetector()}
+    found: dict[str, list[tuple[float, str]]] = {name: [] for name in detectors}
+    aec = SpeexEchoCanceller()
+    previous = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    for start in range(0, n, FRAME_SAMPLES):
+        frame = rx[start : start + FRAME_SAMPLES]
+        tx = prompt[start : start + FRAME_SAMPLES]
+        clean = aec.process(frame, tx)
+        at = start / SAMPLE_RATE_HZ
+        for name, (x, ref) in (("gate", (frame, previous)), ("cancelled", (clean, None)),
+                               ("cancelled+gate", (clean, previous))):
+            found[name] += [(at, digit) for digit in detectors[name].feed(x, reference=ref)]
+        previous = tx
+    aec.close()
+    result = {}
+    for name, hits in found.items():
+        unmatched = list(hits)
+        missed = 0
+        for t_key, digit in pressed:
+            match = next((h for h in unmatched
+                          if h[1] == digit and 0 <= h[0] - t_key <= DTMF_MATCH_S), None)
+            if match is None:
+                missed += 1
+            else:
+                unmatched.remove(match)
+        result[name] = {"pressed": len(pressed), "missed": missed, "false": len(unmatched)}
+    return result
+
+
+def product_figures(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Cross-talk before/after on the demo's hybrids, and the DTMF comparison."""
+    from appliance.audio.hybrid import (
+        HANDSET_ERL_DB,
+        HANDSET_TAIL_MS,
+        LINE_ERL_DB,
+        LINE_TAIL_MS,
+    )
+
+    line = HybridSpec(erl_db=LINE_ERL_DB, tail_ms=LINE_TAIL_MS, seed=0)
+    handset = HybridSpec(erl_db=HANDSET_ERL_DB, tail_ms=HANDSET_TAIL_MS, seed=100)
+    if progress is not None:
+        progress("echo: cross-talk in a bridged call, cancellers off and on")
+    out: dict[str, Any] = {
+        "cross_talk_before": cross_talk(echo_cancel=False, line=line, handset=handset),
+        "cross_talk_after": cross_talk(echo_cancel=True, line=line, handset=handset),
+        "dtmf": [],
+    }
+    for erl_db in DTMF_ERLS_DB:
+        for key_dbfs in DTMF_KEY_LEVELS_DBFS:
+            if progress is not None:
+                progress(f"echo: DTMF under a prompt, ERL {erl_db:g} dB, keys {key_dbfs:g} dBFS")
+            out["dtmf"].append({"erl_db": erl_db, "key_dbfs": key_dbfs,
+                                **dtmf_under_prompt(erl_db=erl_db, key_dbfs=key_dbfs)})
+    return out
+
+
+def product_table(figures: dict[str, Any]) -> str:
+    """Cross-talk before/after and the DTMF comparison as Markdown (docs/performance.md)."""
+    before, after = figures["cross_talk_before"], figures["cross_talk_after"]
+    lines = ["| channel | cross_talk_db, cancellers off | cross_talk_db, on |", "|---|---|---|"]
+    for key, name in (("caller_channel_cross_talk_db", "caller (shop's voice in it)"),
+                      ("shop_channel_cross_talk_db", "shop (caller's voice in it)")):
+        lines.append(f"| {name} | {before[key]} | {after[key]} |")
+    lines += ["", "| ERL dB | key dBFS | echo gate: missed / false | cancelled: missed / false "
+                  "| cancelled + gate: missed / false |", "|---|---|---|---|---|"]
+    for row in figures["dtmf"]:
+        cells = [f"{row[k]['missed']} / {row[k]['false']} of {row[k]['pressed']}"
+                 for k in ("gate", "cancelled", "cancelled+gate")]
+        lines.append(f"| {row['erl_db']:g} | {row['key_dbfs']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -177,13 +177,7 @@ class CallMedia:
         if self._host_clocked_tx:
             self._on_received_only(frame)
             return
-        if not self._bridged:
-            # Keys matter before the shop answers (opt-out, repeat); while the two talk, the
-            # flow ignores them, so the detector (≈ 1 % of a core) is skipped. Echo-aware: the
-            # line echoes our own prompt back; a key counts only when clearly louder than that
-            # echo could be (audio/dtmf.py, trans-hybrid loss ≥ 6 dB).
-            for digit in self._dtmf.feed(frame, reference=self._last_tx):
-                self.key_reported(digit, "inband")
+        sent_before = self._last_tx
         shop = self._capture.read(FRAME_SAMPLES)
         if self._handset_aec is not None:
             # The mouthpiece returns what the earpiece played (the SLIC's hybrid).
@@ -196,6 +190,17 @@ class CallMedia:
             # The line returns what we send (the modem's hybrid): the notice before the shop
             # answers, so the filter has converged by the time the two talk.
             frame = self._line_aec.process(frame, tx)
+        if not self._bridged:
+            # Keys matter before the shop answers (opt-out, repeat); while the two talk, the
+            # flow ignores them, so the detector (≈ 1 % of a core) is skipped. On the
+            # cancelled frame the prompt's echo is gone and the detector needs no echo gate
+            # (it missed no key and took no false one under prompts, where the gate missed up
+            # to 7 of 31 quiet keys: docs/performance.md). Without a canceller, the echo gate:
+            # a key counts only when clearly louder than the prompt's echo could be
+            # (audio/dtmf.py, trans-hybrid loss ≥ 6 dB).
+            reference = None if self._line_aec is not None else sent_before
+            for digit in self._dtmf.feed(frame, reference=reference):
+                self.key_reported(digit, "inband")
         earpiece = frame if self._bridged else self._handset_source.read(FRAME_SAMPLES)
         if self._whisper is not None:
             # Only the shop hears it: mixed into the earpiece, never sent to the line.

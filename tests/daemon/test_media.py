@@ -139,3 +139,31 @@ async def test_both_hybrids_echo_is_cancelled_before_forwarding_and_recording(
     assert status["line_echo_cancel"]
     assert status["handset_echo_cancel"]
     assert isinstance(status["line_erle_db"], float)
+
+
+async def test_a_quiet_key_under_the_prompts_echo_is_found_on_the_cancelled_signal(
+        tmp_path: Path) -> None:
+    # A prompt plays to the line; the line returns it 6 dB down (a poor hybrid); the caller
+    # presses a quiet key in the middle of it. The echo gate alone would refuse this key
+    # (it is not clearly louder than the echo could be); the cancelled signal has it clean.
+    from appliance.audio.hybrid import Hybrid, HybridSpec
+    from appliance.sim.world import voice_like_signal
+
+    media, sent, _, events = make(tmp_path, echo_cancel=True)
+    prompt = voice_like_signal(6.0, f0_hz=190.0, seed=7)
+    media.play_to_line("prompt", prompt)
+    line = Hybrid(HybridSpec(erl_db=6.0, tail_ms=16.0, seed=3))
+    key = np.zeros(len(prompt))
+    tone = dtmf_samples("5", duration_ms=100, level_dbfs=-26.0)
+    key[4 * 8000 : 4 * 8000 + len(tone)] = tone
+    echo = [np.zeros(160)] * 2
+    for k in range(len(prompt) // 160):
+        rx = np.clip(np.rint(key[k * 160 : (k + 1) * 160] + echo.pop(0)), -32768, 32767)
+        media.on_line_audio(rx.astype(np.int16))
+        echo.append(line.echo(sent[-1]))
+    keys = []
+    while not events.empty():
+        event = events.get_nowait()
+        if isinstance(event, KeyPressed):
+            keys.append(event)
+    assert keys == [KeyPressed("5", "inband")]

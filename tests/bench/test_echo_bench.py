@@ -1,0 +1,28 @@
+"""The echo canceller measurements of ``appliance bench --echo`` (figures, not timings)."""
+
+from __future__ import annotations
+
+from appliance.audio.echo import SpeexEchoCanceller
+from appliance.audio.hybrid import HybridSpec
+from appliance.bench.echo import cross_talk, measure, product_table, script_signals, table
+
+
+def test_the_chosen_canceller_meets_its_erle_on_a_middle_hybrid() -> None:
+    figures = measure(SpeexEchoCanceller, 12.0, 16.0, script_signals())
+    assert figures["erle_1s_db"] >= 25.0
+    assert figures["erle_after_dt_db"] >= figures["erle_db"] - 3.0, "no divergence"
+    assert figures["dt_segsnr_db"] > 6.0, "the near end survives double talk"
+    text = table({"candidates": {"speexdsp": {"origin": "x", "rows": [
+        {"erl_db": 12.0, "tail_ms": 16.0, **figures}]}}})
+    assert "| speexdsp | 12 | 16 |" in text
+
+
+def test_cross_talk_falls_when_the_cancellers_run() -> None:
+    line, handset = HybridSpec(10.0, 16.0, seed=0), HybridSpec(14.0, 8.0, seed=100)
+    before = cross_talk(echo_cancel=False, line=line, handset=handset, seconds=12.0)
+    after = cross_talk(echo_cancel=True, line=line, handset=handset, seconds=12.0)
+    for key in before:
+        assert before[key] > -16.0, "the hybrids leak each party into the other's channel"
+        assert after[key] < before[key] - 10.0
+    text = product_table({"cross_talk_before": before, "cross_talk_after": after, "dtmf": []})
+    assert "caller (shop's voice in it)" in text
