@@ -346,7 +346,8 @@ def test_uninstall_keeps_recordings_unless_purged(tmp_path: Path) -> None:
 # --- the unit file ----------------------------------------------------------------------------
 
 
-def test_unit_verifies_with_systemd_analyze(staged: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit_name", ["appliance.service", "appliance-web.service"])
+def test_unit_verifies_with_systemd_analyze(staged: Path, tmp_path: Path, unit_name: str) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed (apt-get install systemd) — unit not verified")
@@ -363,7 +364,7 @@ def test_unit_verifies_with_systemd_analyze(staged: Path, tmp_path: Path) -> Non
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\n", encoding="utf-8")
     exe.chmod(0o755)
-    unit = root / "etc/systemd/system/appliance.service"
+    unit = root / "etc/systemd/system" / unit_name
     result = subprocess.run([analyze, "verify", f"--root={root}", str(unit)],
                             capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, check=False)
     # Clean means no complaint at all: unknown keys are only warnings, exit code 0.
