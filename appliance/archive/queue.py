@@ -21,9 +21,10 @@ they belong to the optional archive, and a box that never archives never has the
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -88,17 +89,26 @@ class ObjectRecord:
     etag: str
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """An IMMEDIATE transaction (the write lock up front, as the store's writer takes it),
+    committed at the end of the block, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def open_queue(db_path: Path) -> sqlite3.Connection:
     """A connection to the index with the archive tables in place (WAL, busy timeout)."""
     conn = _connect(Path(db_path))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         for statement in _SCHEMA:
             conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return conn
 
 
@@ -115,8 +125,7 @@ def reconcile(conn: sqlite3.Connection, now: float | None = None) -> tuple[int, 
         (calls newly queued for upload, calls newly queued for deletion).
     """
     now = time.time() if now is None else now
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         added = conn.execute(  # constant fragments, values bound
             "INSERT INTO archive (reference, state, queued_at) "  # noqa: S608
             f"SELECT c.reference, 'queued', ? FROM calls c WHERE {_LIVE} "
@@ -128,10 +137,6 @@ def reconcile(conn: sqlite3.Connection, now: float | None = None) -> tuple[int, 
             "last_error = NULL WHERE state IN ('queued', 'archived') AND reference IN "
             f"(SELECT c.reference FROM calls c WHERE {_GONE})"
         ).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return added, gone
 
 
@@ -159,8 +164,7 @@ def mark_archived(conn: sqlite3.Connection, reference: str, objects: Iterable[Ob
         The audit entry's hash.
     """
     now = time.time()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM archive_objects WHERE reference = ?", (reference,))
         conn.executemany(
             "INSERT INTO archive_objects (reference, kind, key, plain_sha256, plain_bytes, "
@@ -171,12 +175,7 @@ def mark_archived(conn: sqlite3.Connection, reference: str, objects: Iterable[Ob
         conn.execute(
             "UPDATE archive SET state = 'archived', archived_at = ?, last_error = NULL "
             "WHERE reference = ? AND state = 'queued'", (now, reference))
-        digest = _insert_audit(conn, "archive", actor, reference, details)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return digest
+        return _insert_audit(conn, "archive", actor, reference, details)
 
 
 def mark_deleted(conn: sqlite3.Connection, reference: str, *, actor: str,
@@ -184,17 +183,11 @@ def mark_deleted(conn: sqlite3.Connection, reference: str, *, actor: str,
     """Record that a call's archived objects are gone, with its ``archive-delete`` audit
     entry, in ONE transaction."""
     now = time.time()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM archive_objects WHERE reference = ?", (reference,))
         conn.execute("UPDATE archive SET state = 'deleted', deleted_at = ?, last_error = NULL "
                      "WHERE reference = ?", (now, reference))
-        digest = _insert_audit(conn, "archive-delete", actor, reference, details)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return digest
+        return _insert_audit(conn, "archive-delete", actor, reference, details)
 
 
 def mark_failed(conn: sqlite3.Connection, reference: str, error: str, retry_at: float) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Final
 from appliance.archive import queue
 from appliance.archive.s3 import (
     AGE_SUFFIX,
+    REFERENCE_KEY_FILE,
     ArchiveError,
     Credentials,
     S3Client,
@@ -46,7 +47,6 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Counters skipped after the highest one seen (see the module docstring).
 RESTORE_COUNTER_MARGIN: Final = 1000
-REFERENCE_KEY_FILE: Final = "reference.key"
 INDEX_FILE: Final = "appliance.db"
 RECORDINGS_DIR: Final = "recordings"
 
@@ -160,12 +160,11 @@ def restore_box(config: Config, credentials: Credentials, prefix: str, to: Path,
         write_mark(to, report.counter)
         from appliance.store.db import _insert_audit
 
-        conn.execute("BEGIN IMMEDIATE")
-        _insert_audit(conn, "archive-restore", actor, None, {
-            "bucket": config.archive.bucket, "prefix": prefix, "calls": report.calls,
-            "recordings": report.recordings, "key_restored": report.key_restored,
-            "counter": report.counter, "problems": len(report.problems)})
-        conn.execute("COMMIT")
+        with queue.transaction(conn):
+            _insert_audit(conn, "archive-restore", actor, None, {
+                "bucket": config.archive.bucket, "prefix": prefix, "calls": report.calls,
+                "recordings": report.recordings, "key_restored": report.key_restored,
+                "counter": report.counter, "problems": len(report.problems)})
     finally:
         conn.close()
     Store.open(db_path, check=False).close_sync()  # checkpoint: one self-contained file

@@ -46,6 +46,7 @@ from typing import Any, Final
 
 from appliance.archive import queue
 from appliance.archive.s3 import (
+    REFERENCE_KEY_FILE,
     ArchiveError,
     Credentials,
     S3Client,
@@ -72,8 +73,6 @@ RETRY_FIRST_S: Final = 1.0
 UPLOAD_BLOCK_BYTES: Final = 64 * 1024
 #: Reads at least this large are botocore hashing the body (botocore.auth.PAYLOAD_BUFFER).
 HASH_READ_BYTES: Final = 1024 * 1024
-#: Name of the reference key file in the state directory (appliance.daemon.app).
-REFERENCE_KEY_FILE: Final = "reference.key"
 
 
 class Stopped(Exception):

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance.archive import queue
-from appliance.archive.s3 import S3Client, iter_objects
+from appliance.archive.s3 import (
+    REFERENCE_KEY_FILE,
+    S3Client,
+    index_path,
+    iter_objects,
+    key_backup_key,
+)
 from appliance.store.db import _connect
 
 
@@ -42,8 +48,11 @@ class VerifyReport:
 
 
 def verify_archive(db_path: Path, client: S3Client, bucket: str, prefix: str, *,
-                   identities: list[Any] | None = None) -> VerifyReport:
-    """Compare ``<prefix>/calls/`` in ``bucket`` with the index at ``db_path``."""
+                   identities: list[Any] | None = None,
+                   expect_replica: bool = True) -> VerifyReport:
+    """Compare ``<prefix>/calls/`` in ``bucket`` with the index at ``db_path``; also report
+    a missing backup of the reference key and a missing replica of the index (a restore
+    needs both; ``expect_replica`` False when ``archive.replicate_index`` is off)."""
     report = VerifyReport()
     # Expected: the archived calls whose recording the box still keeps (an erased or purged
     # call's copies are "extra" until the uploader has deleted them).
@@ -83,7 +92,19 @@ def verify_archive(db_path: Path, client: S3Client, bucket: str, prefix: str, *,
             report.altered.append(f"{key}: decrypted content differs from the index's "
                                   "SHA-256 (or does not decrypt)")
     report.missing = sorted(set(expected) - seen)
+    # What a restore needs besides the calls: the key (if this box has one) and the replica.
+    if (Path(db_path).parent / REFERENCE_KEY_FILE).exists() and not _exists(
+            client, bucket, key_backup_key(prefix)):
+        report.missing.append(f"{key_backup_key(prefix)} (the reference key's backup)")
+    if expect_replica and not _exists(client, bucket, index_path(prefix) + "/"):
+        report.missing.append(f"{index_path(prefix)}/ (no Litestream replica of the index)")
     return report
+
+
+def _exists(client: S3Client, bucket: str, key_or_prefix: str) -> bool:
+    """An object ``key_or_prefix`` exists (or, ending in ``/``, anything under it)."""
+    answer = client.list_objects_v2(Bucket=bucket, Prefix=key_or_prefix, MaxKeys=1)
+    return bool(answer.get("KeyCount", 0))
 
 
 def _plaintext_matches(client: S3Client, bucket: str, key: str, plain_sha256: str,

@@ -25,6 +25,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from appliance.archive.s3 import REFERENCE_KEY_FILE
 from appliance.bench.probes import percentile_ms, proc_cpu_s, proc_memory_mb
 
 Progress = Callable[[str], None]
@@ -118,7 +119,7 @@ def _full_restore(work: Path, config: Any, credentials: Any, identity_file: Path
 
     state = work / "state"
     state.mkdir(parents=True)
-    (state / "reference.key").write_bytes(BENCH_KEY)
+    (state / REFERENCE_KEY_FILE).write_bytes(BENCH_KEY)
     db = state / "appliance.db"
     progress(f"archive: {n} calls of 1 s for a full restore")
     fill(db, n, progress)
@@ -190,7 +191,7 @@ def measure_archive(work: Path, *, restore_calls: int, progress: Progress) -> di
                     "recipients": [str(identity.to_public())]}
         box = work / "box"
         box.mkdir()
-        (box / "reference.key").write_bytes(BENCH_KEY)
+        (box / REFERENCE_KEY_FILE).write_bytes(BENCH_KEY)
         config_file = work / "config.toml"
         write_config_file(config_file, box, settings)
         config = load_config(config_file)

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -48,6 +49,20 @@ def _setup(obj: Any, *, need_enabled: bool = True) -> tuple[Config, Any]:
     except ConfigError as exc:
         _fail(f"configuration error: {exc}", EXIT_CONFIG)
     return config, credentials
+
+
+@contextlib.contextmanager
+def _archive_errors() -> Iterator[None]:
+    """An archive or index problem → its message; anything the S3 client raised → what it
+    means (unreachable, refused, no bucket); exit 1 either way."""
+    from appliance.archive.s3 import ArchiveError, classify
+
+    try:
+        yield
+    except (ArchiveError, StoreError) as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"archive service: {classify(exc)}")
 
 
 def _when(t: float | None) -> str:
@@ -160,7 +175,8 @@ def verify_cmd(obj: Any, identity: Path | None, as_json: bool) -> None:
         identities = load_identities(identity) if identity is not None else None
         report = verify_archive(config.db_path, make_client(config.archive, credentials),
                                 config.archive.bucket, box_prefix(config.archive),
-                                identities=identities)
+                                identities=identities,
+                                expect_replica=config.archive.replicate_index)
     except ArchiveError as exc:
         _fail(str(exc))
     except (sqlite3.Error, StoreError) as exc:
@@ -199,18 +215,14 @@ def restore_cmd(obj: Any, to: Path, identity: Path | None, prefix: str | None,
     """Rebuild a box's state (index; with --identity key and recordings) from the archive.
     The restored box never reissues a reference."""
     from appliance.archive.restore import restore_box
-    from appliance.archive.s3 import ArchiveError, box_prefix, classify, make_client
+    from appliance.archive.s3 import box_prefix, make_client
     from appliance.store.audit import current_actor
 
     config, credentials = _setup(obj, need_enabled=False)
-    try:
+    with _archive_errors():
         report = restore_box(config, credentials, prefix or box_prefix(config.archive), to,
                              identity_file=identity, actor=current_actor(),
                              client=make_client(config.archive, credentials))
-    except ArchiveError as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        _fail(f"archive service: {classify(exc)}")
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -231,17 +243,13 @@ def restore_cmd(obj: Any, to: Path, identity: Path | None, prefix: str | None,
 
 def _headoffice_rows(obj: Any, boxes: tuple[str, ...], **query: Any) -> list[dict[str, Any]]:
     from appliance.archive.headoffice import box_indexes, query_calls
-    from appliance.archive.s3 import ArchiveError, classify, make_client
+    from appliance.archive.s3 import make_client
 
     config, credentials = _setup(obj, need_enabled=False)
-    try:
+    with _archive_errors():
         client = make_client(config.archive, credentials)
         with box_indexes(config.archive, credentials, client, list(boxes)) as indexes:
             return query_calls(indexes, **query)
-    except ArchiveError as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        _fail(f"archive service: {classify(exc)}")
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -305,9 +313,9 @@ def export_cmd(obj: Any, reference: str, identity: Path, out_dir: Path, box: str
     export`): WAV, original, metadata, proof, summary, SHA256SUMS."""
     from appliance.archive.headoffice import box_indexes, export_from_archive, query_calls
     from appliance.archive.restore import load_identities
-    from appliance.archive.s3 import ArchiveError, classify, make_client
+    from appliance.archive.s3 import make_client
     from appliance.call.reference import parse_reference
-    from appliance.errors import ReferenceFormatError, StoreError
+    from appliance.errors import ReferenceFormatError
     from appliance.store.audit import current_actor
 
     try:
@@ -315,7 +323,7 @@ def export_cmd(obj: Any, reference: str, identity: Path, out_dir: Path, box: str
     except ReferenceFormatError as exc:
         _fail(f"{exc.text!r}: {exc.reason}")
     config, credentials = _setup(obj, need_enabled=False)
-    try:
+    with _archive_errors():
         identities = load_identities(identity)
         client = make_client(config.archive, credentials)
         with box_indexes(config.archive, credentials, client,
@@ -330,10 +338,6 @@ def export_cmd(obj: Any, reference: str, identity: Path, out_dir: Path, box: str
             result = export_from_archive(config.archive, client, index, ref, identities,
                                          out_dir, actor=f"headoffice:{current_actor()}",
                                          as_zip=as_zip)
-    except (ArchiveError, StoreError) as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        _fail(f"archive service: {classify(exc)}")
     click.echo(f"exported call {reference} of {index.prefix} to {result.path}")
     for problem in result.problems:
         click.echo(f"problem: {problem}")

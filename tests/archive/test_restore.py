@@ -56,9 +56,12 @@ def test_replicate_verify_restore(tmp_path: Path, objectstore: ObjectStore) -> N
     assert code == 1, out
     assert f"extra: {box.prefix}/calls/{calls[1].reference}/" in out  # not deleted yet
     assert run(box, "run", "--once")[0] == 0
+    code, out = run(box, "verify")
+    assert code == 1
+    assert f"missing: {box.prefix}/index/ (no Litestream replica of the index)" in out
+    assert run(box, "replicate", "--once")[0] == 0
     code, out = run(box, "verify", "--identity", str(box.identity_file))
     assert (code, out.splitlines()[-1]) == (0, "archive matches the index"), out
-    assert run(box, "replicate", "--once")[0] == 0
 
     fresh = tmp_path / "new-sd-card"
     code, out = run(box, "restore", "--to", str(fresh), "--identity", str(box.identity_file),

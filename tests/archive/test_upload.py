@@ -226,3 +226,10 @@ def test_run_exits_78_naming_the_key(tmp_path: Path) -> None:
     assert result.exit_code == 78
     assert "archive.credentials_file" in result.output
     assert "0644" in result.output
+
+
+def test_the_key_file_name_is_the_daemons() -> None:
+    from appliance.archive.s3 import REFERENCE_KEY_FILE
+    from appliance.daemon.app import REFERENCE_KEY_FILE as DAEMONS
+
+    assert REFERENCE_KEY_FILE == DAEMONS
