@@ -423,7 +423,12 @@ class InboundCall:
         except _CallOver as over:
             outcome, reason = over.outcome, over.reason
         except asyncio.CancelledError:
-            outcome, reason = self._outcome_now(), "daemon stopping"
+            # The daemon is stopping (SIGTERM). Before the shop was asked for, nobody hung
+            # up: the call was interrupted, not abandoned (issue 15 item 9).
+            outcome = ("interrupted" if self.state in (CallState.RINGING, CallState.ANSWERING,
+                                                       CallState.NOTICE)
+                       else self._outcome_now())
+            reason = "daemon stopping"
             with contextlib.suppress(asyncio.CancelledError):
                 return await asyncio.shield(self._finalize(outcome, reason))
             raise

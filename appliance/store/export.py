@@ -43,6 +43,8 @@ from appliance.text import printable
 _LOGGER = logging.getLogger(__name__)
 
 EXPORT_ACTION: Final = "export"
+#: Audited when an export already audited could not be completed (no copy left behind).
+EXPORT_FAILED_ACTION: Final = "export-failed"
 METADATA_NAME: Final = "metadata.json"
 PROOF_NAME: Final = "proof.json"
 SUMMARY_NAME: Final = "SUMMARY.txt"
@@ -55,7 +57,8 @@ _OUTCOME_WORDS: Final[dict[str, tuple[str, str]]] = {
     "abandoned": ("a hívó a tájékoztatás alatt letette", "caller hung up during the notice"),
     "missed": ("nem fogadott hívás", "missed call"),
     "error": ("műszaki hiba", "technical error"),
-    "interrupted": ("megszakadt (a készülék újraindult)", "interrupted (the device restarted)"),
+    "interrupted": ("megszakadt (a készülék leállt vagy újraindult)",
+                    "interrupted (the device stopped or restarted)"),
     "in_progress": ("folyamatban", "in progress"),
     "unknown": ("nem ismert (a nyilvántartást a felvételekből állítottuk helyre)",
                 "not known (the index was rebuilt from the recordings)"),
@@ -247,6 +250,24 @@ def _assemble(store: Store, recordings_dir: Path, row: dict[str, Any], work: Pat
                                                   "original_sha256": original_sha,
                                                   "matches_index": matches,
                                                   "files": sorted(files)})
+    try:
+        return _finish(store, row, work, shown, as_zip, target, files, problems, original_sha,
+                       matches, original_name, wav_name, audit_hash)
+    except Exception as exc:
+        # The entry above said "export"; the chain must also say it did not happen.
+        store.append_audit_sync(EXPORT_FAILED_ACTION, actor=actor, reference=reference,
+                                details={"export_hash": audit_hash,
+                                         "error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def _finish(store: Store, row: dict[str, Any], work: Path, shown: str, as_zip: bool,
+            target: Path, files: list[str], problems: list[str], original_sha: str | None,
+            matches: bool | None, original_name: str | None, wav_name: str | None,
+            audit_hash: str) -> ExportResult:
+    """Write the proof, summary and sums into ``work``, then move it (or its zip) into place
+    without replacing anything."""
+    reference = row["reference"]
     entries = store.audit_entries(reference)
     chain_problems = store.verify_audit_chain()
     all_entries = store.audit_entries()

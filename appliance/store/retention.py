@@ -42,6 +42,10 @@ class RecordNotFound(StoreError):
     """No call with that reference in the index."""
 
 
+class AlreadyErased(StoreError):
+    """The call was erased before: its tombstone (and the first reason) stay as they are."""
+
+
 # ---------------------------------------------------------------------- files
 
 
@@ -279,7 +283,9 @@ def erase_call(store: Store, recordings_dir: Path, reference: str, *, reason: st
     tombstone (reference, times, outcome, decision, ``erased_at``, ``erase_reason``).
 
     The whole recordings tree is searched for the reference's files, not only the indexed
-    path. Re-running on an erased call is allowed (it finds nothing more and audits again).
+    path. A call already erased is refused (:class:`AlreadyErased`): a second erasure would
+    overwrite the first one's reason and time, which are the record of the request. A crash
+    mid-erasure leaves no ``erased_at`` (the tombstone is written last), so a re-run finishes it.
 
     Args:
         store: the open index.
@@ -292,6 +298,7 @@ def erase_call(store: Store, recordings_dir: Path, reference: str, *, reason: st
     Raises:
         ValueError: empty reason.
         RecordNotFound: unknown reference.
+        AlreadyErased: the call was erased before (nothing is changed or audited).
         StoreError: the call is still in progress, or a file/row could not be changed.
     """
     reason = reason.strip()
@@ -302,6 +309,10 @@ def erase_call(store: Store, recordings_dir: Path, reference: str, *, reason: st
         raise RecordNotFound(f"no call with reference {reference}")
     if row["outcome"] == "in_progress":
         raise StoreError(f"call {reference} is in progress; erase it after it ends")
+    if row["erased_at"] is not None:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["erased_at"]))
+        raise AlreadyErased(f"call {reference} was already erased on {when} (reason: "
+                            f"{row['erase_reason']!r}); nothing changed")
     deleted = delete_files(call_files(recordings_dir, row, search=True))
     now = time.time()
     digest = store.tombstone_sync(

@@ -36,6 +36,8 @@ OUTSIDE: Final = "outside-tree"
 SIDECAR_MISSING: Final = "sidecar-missing"
 SIDECAR_MISMATCH: Final = "sidecar-mismatch"
 INDEX_MISMATCH: Final = "index-differs-from-audit"
+#: The row's recording decision or outcome differs from its last ``call-finalized`` entry.
+DECISION_MISMATCH: Final = "decision-differs-from-audit"
 ORPHAN: Final = "orphan-file"
 CHAIN: Final = "audit-chain"
 #: A file or directory verify had to look at but could not (permissions, I/O error): never
@@ -107,11 +109,15 @@ def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = No
     entries = store.audit_entries()
     report.audit_entries = len(entries)
     finalized: dict[str, str] = {}
+    #: reference → details of its last call-finalized entry (what the chain says happened).
+    last_final: dict[str, dict[str, Any]] = {}
     for entry in entries:
         details = entry["details"]
-        if (entry["action"] == FINALIZED_ACTION and entry["reference"]
-                and isinstance(details, dict) and details.get("sha256")):
-            finalized[entry["reference"]] = details["sha256"]
+        if entry["action"] == FINALIZED_ACTION and entry["reference"] and isinstance(
+                details, dict):
+            last_final[entry["reference"]] = details
+            if details.get("sha256"):
+                finalized[entry["reference"]] = details["sha256"]
 
     known: set[Path] = set()
     live: set[str] = set()
@@ -119,6 +125,7 @@ def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = No
         ref = row["reference"]
         if row["outcome"] == "in_progress":
             live.add(ref)
+        _check_decision(report, row, last_final.get(ref))
         if row["recording_deleted_at"] is not None:
             continue
         if row["recording_path"] is None:
@@ -192,6 +199,20 @@ def _absent(path: Path) -> str | None:
             return MISSING
         return f"cannot be read: {exc.strerror}"
     return None
+
+
+def _check_decision(report: VerifyReport, row: dict[str, Any],
+                    final: dict[str, Any] | None) -> None:
+    """The row's recording decision and outcome agree with its last call-finalized entry
+    (the chain cannot be edited unnoticed; the row can)."""
+    if final is None:
+        return
+    for key in ("recording_decision", "outcome"):
+        chained = final.get(key)
+        if chained is not None and chained != row[key]:
+            report.problems.append(Problem(
+                row["reference"], DECISION_MISMATCH,
+                f"index {key} {row[key]!r} differs from the audit chain's {chained!r}"))
 
 
 def _check_recording(report: VerifyReport, recordings_dir: Path, row: dict[str, Any],

@@ -495,3 +495,15 @@ async def test_a_recording_that_fails_mid_call_turns_the_led_off_and_the_call_go
     h.post(CallerHungUp("busy"))
     result = await h.result()
     assert result.outcome == "bridged"
+
+
+async def test_daemon_stopping_during_the_notice_is_interrupted_not_abandoned() -> None:
+    """Issue 15 item 9: SIGTERM during the notice; the caller did not hang up."""
+    h = Harness()
+    await h.until_state("notice")
+    h.task.cancel()
+    result = await h.result()
+    assert result.outcome == "interrupted"
+    assert h.store.rows["12345678"]["outcome"] == "interrupted"
+    assert ("ended", "interrupted: daemon stopping") in h.store.events
+    assert "line:hang_up" in h.log.entries

@@ -183,3 +183,34 @@ async def test_a_row_the_full_disk_kept_from_the_index_is_finalized_later(app: A
     assert [e["action"] for e in app.store.audit_entries(reference)] == ["call-finalized"]
     assert "disk-full" not in app.fault_codes()
     assert app.relay.energised
+
+
+async def test_start_up_recovery_ends_an_interrupted_call_and_audits_it(
+    tmp_path: Path, mock_factory: Any
+) -> None:
+    """Issue 15 item 9: kill -9 during the notice left a row in_progress with no end time
+    and no call-finalized entry; the next start gives it both."""
+    from appliance.store.db import Store
+
+    config = make_config(tmp_path)
+    config.device.state_dir.mkdir(parents=True)
+    store = Store.open(config.db_path)
+    try:
+        await store.create_call("12345674", ring_at=1000.0, answer_at=1001.0,
+                                outcome="in_progress", recording_decision="pending")
+        await store.add_event("12345674", "notice", "line off-hook", t=1001.5)
+        await store.add_event("12345674", "dtmf", "5 (inband)", t=1007.25)
+    finally:
+        await store.close()
+    app = Application(config, pin_factory=mock_factory, handset_audio=SimHandsetAudio())
+    await app.start()
+    try:
+        row = app.store.get_call("12345674")
+        assert (row["outcome"], row["recording_decision"]) == ("interrupted", "none")
+        assert row["end_at"] == 1007.25, "the last moment known"
+        assert row["duration_s"] == 6.25
+        entries = app.store.audit_entries("12345674")
+        assert [e["action"] for e in entries] == ["call-finalized"]
+        assert entries[0]["details"]["outcome"] == "interrupted"
+    finally:
+        await app.stop()

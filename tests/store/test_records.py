@@ -27,6 +27,7 @@ from appliance.store.audit import config_changes, current_actor, record_config
 from appliance.store.db import SCHEMA_VERSION, Store
 from appliance.store.export import ExportError, display_reference, export_call
 from appliance.store.retention import (
+    AlreadyErased,
     RecordNotFound,
     erase_call,
     locate_recording,
@@ -493,3 +494,67 @@ def test_list_calls_time_and_outcome_filters(state: Path) -> None:
         assert len(store.list_calls(None, numbers=number_variants("06 30 555 0123"))) == 3
     finally:
         store.close_sync()
+
+
+# ---------------------------------------------------------------------- issue 15 item 9
+
+
+def test_erasing_twice_is_refused_and_the_first_reason_stays(state: Path) -> None:
+    made = make_calls(state, [{"counter": 1, "ring_at": NOW}])
+    ref = made[0].reference
+    _db, recordings = state_paths(state)
+    store = _open(state)
+    try:
+        erase_call(store, recordings, ref, reason="request #1", actor="cli:anna")
+        entries = len(store.audit_entries())
+        with pytest.raises(AlreadyErased, match="already erased"):
+            erase_call(store, recordings, ref, reason="request #2", actor="cli:bob")
+        assert store.get_call(ref)["erase_reason"] == "request #1"
+        assert len(store.audit_entries()) == entries, "nothing happened, nothing audited"
+    finally:
+        store.close_sync()
+
+
+def test_verify_compares_the_decision_and_outcome_with_the_chain(state: Path) -> None:
+    made = make_calls(state, [{"counter": 1, "ring_at": NOW}, {"counter": 2, "ring_at": NOW}])
+    db, recordings = state_paths(state)
+    with sqlite3.connect(db) as conn:
+        # Someone rewrites the row to say the caller declined, and another call's outcome.
+        conn.execute("UPDATE calls SET recording_decision = 'declined' WHERE reference = ?",
+                     (made[0].reference,))
+        conn.execute("UPDATE calls SET outcome = 'missed' WHERE reference = ?",
+                     (made[1].reference,))
+    store = _open(state)
+    try:
+        report = v.verify_records(store, recordings)
+    finally:
+        store.close_sync()
+    found = {p.reference: (p.kind, p.message) for p in report.problems}
+    assert len(report.problems) == 2
+    assert found[made[0].reference][0] == v.DECISION_MISMATCH
+    assert "'declined' differs from the audit chain's 'recorded'" in found[made[0].reference][1]
+    assert found[made[1].reference][0] == v.DECISION_MISMATCH
+    assert "outcome 'missed'" in found[made[1].reference][1]
+
+
+def test_a_failed_export_is_audited_as_a_failure(state: Path, tmp_path: Path) -> None:
+    made = make_calls(state, [{"counter": 1, "ring_at": NOW}])
+    ref = made[0].reference
+    db, recordings = state_paths(state)
+    # A damaged row (SQLite keeps any value in any column): the summary cannot be written,
+    # after the export was audited.
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE calls SET duration_s = 'garbage' WHERE reference = ?", (ref,))
+    out = tmp_path / "out"
+    store = _open(state)
+    try:
+        with pytest.raises(ValueError):
+            export_call(store, recordings, ref, out, actor="cli:anna", as_zip=True)
+        entries = store.audit_entries(ref)
+        assert [e["action"] for e in entries][-2:] == ["export", "export-failed"]
+        assert entries[-1]["details"]["export_hash"] == entries[-2]["hash"]
+        assert entries[-1]["details"]["error"].startswith("ValueError")
+        assert store.verify_audit_chain() == []
+    finally:
+        store.close_sync()
+    assert list(out.iterdir()) == [], "no half-written copy of personal data left"
