@@ -165,7 +165,8 @@ def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, line_echo:
             from appliance.sim.outbound_demo import run_outbound_demo
 
             result = asyncio.run(run_outbound_demo(state_dir, on_entry=on_entry,
-                                                   profile=profile))
+                                                   profile=profile, line_echo=line_spec,
+                                                   handset_echo=handset_spec))
         else:
             result = asyncio.run(run_demo(scenario, state_dir, on_entry=on_entry,
                                           profile=profile, line_echo=line_spec,

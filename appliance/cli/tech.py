@@ -93,6 +93,8 @@ def status(obj: Any, as_json: bool) -> None:
                        f"{printable(call['caller'] or 'unknown')}; frames rx {media['rx_frames']} "
                        f"tx {media['tx_frames']} recorded {media['recorded_frames']}; "
                        f"handset underruns {media['underruns']} overruns {media['overruns']}")
+            if call.get("echo"):
+                click.echo(f"  {echo_words(call['echo'])}")
     outbound = reply.get("outbound")
     if outbound:
         click.echo(f"outbound {outbound['state']} {outbound.get('number') or ''} on line "
@@ -472,3 +474,14 @@ def doctor(obj: Any, as_json: bool) -> None:
             if c.fix and c.level != "pass":
                 click.echo(f"      {'':<14} fix: {c.fix}")
     sys.exit(1 if failed else 0)
+
+
+def echo_words(echo: dict[str, Any]) -> str:
+    """A call's echo cancellers for ``status``: each one's ERLE now, or why there is none."""
+    def one(path: str) -> str:
+        if not echo.get(f"{path}_echo_cancel"):
+            return f"{path} off"
+        erle = echo.get(f"{path}_erle_db")
+        return f"{path} learning" if erle is None else f"{path} ERLE {erle:.0f} dB"
+
+    return "echo cancelled: " + ", ".join(one(path) for path in ("line", "handset"))

@@ -299,6 +299,8 @@ class _Session:
             recordings_dir=app.config.recordings_dir,
             codec=app.config.recording.codec,
             fsync_interval_s=app.config.recording.fsync_interval_s,
+            line_echo_cancel=session.line.echo_cancel,
+            handset_echo_cancel=app.config.handset.echo_cancel,
         )
         try:
             result = _DIAL_RESULT[await modem.dial(number)]

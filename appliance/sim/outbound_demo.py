@@ -22,12 +22,19 @@ from typing import Any, Final
 import numpy as np
 
 from appliance.audio.backend import SimHandsetAudio
+from appliance.audio.hybrid import HybridSpec
 from appliance.audio.tones import dtmf_sequence
 from appliance.call.reference import format_reference
 from appliance.daemon.app import Application
 from appliance.line.progress import CallProgressDetector
 from appliance.line.sim import PtyModemServer, SimCallee, SimModem
-from appliance.sim.demo import DemoResult, _pin_history, demo_config
+from appliance.sim.demo import (
+    DEMO_HANDSET_ECHO,
+    DEMO_LINE_ECHO,
+    DemoResult,
+    _pin_history,
+    demo_config,
+)
 from appliance.sim.world import Mouth, World, render_speech
 
 __all__ = ["DIALLED_NUMBER", "LINES_OUT_HU", "ScriptedCallee", "ScriptedShop",
@@ -142,20 +149,26 @@ async def run_outbound_demo(
     config_extra: dict[str, Any] | None = None,
     profile: str = "conexant",
     number: str = DIALLED_NUMBER,
+    line_echo: HybridSpec | None = DEMO_LINE_ECHO,
+    handset_echo: HybridSpec | None = DEMO_HANDSET_ECHO,
 ) -> DemoResult:
-    """Run one simulated outgoing call end to end; return its summary and timeline."""
+    """Run one simulated outgoing call end to end; return its summary and timeline.
+
+    ``line_echo`` / ``handset_echo``: the hybrids of the modem and of the SLIC, as in
+    :func:`appliance.sim.demo.run_demo`.
+    """
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     world = World(on_entry=on_entry)
     speech = await asyncio.to_thread(
         lambda: {k: render_speech(v, f0_hz=110.0 if k.startswith("callee") else 190.0,
                                   seed=len(k)) for k, v in LINES_OUT_HU.items()})
-    server = PtyModemServer(profile=profile)
+    server = PtyModemServer(SimModem(profile, echo=line_echo))
     path = await server.start()
     world.log("sim", "modem emulator on pty", path)
     config = demo_config(state_dir, "outbound", [path], config_extra)
     factory = MockFactory(pin_class=MockPWMPin)
-    handset = SimHandsetAudio()
+    handset = SimHandsetAudio(echo=handset_echo)
     app = Application(config, pin_factory=factory, handset_audio=handset)
     app.observers.append(world.observe_call)
     t_start = time.monotonic()

@@ -114,3 +114,14 @@ def test_demo_accepts_its_own_state_dir_option() -> None:
     assert result.exit_code == 0
     assert "--state-dir" in result.output
     assert "two-lines" in result.output
+
+
+def test_status_words_for_the_echo_cancellers() -> None:
+    from appliance.cli.tech import echo_words
+
+    assert echo_words({"line_echo_cancel": True, "line_erle_db": 31.4,
+                       "handset_echo_cancel": True, "handset_erle_db": None}) == (
+        "echo cancelled: line ERLE 31 dB, handset learning")
+    assert echo_words({"line_echo_cancel": False, "line_erle_db": None,
+                       "handset_echo_cancel": True, "handset_erle_db": 40.0}) == (
+        "echo cancelled: line off, handset ERLE 40 dB")
