@@ -471,6 +471,9 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
             key = (session.token, reference)
             now = web._clock()
             if now - web._played.get(key, -PLAY_AUDIT_WINDOW_S) >= PLAY_AUDIT_WINDOW_S:
+                # Forget plays older than the window (the memo stays as small as its use).
+                web._played = {k: t for k, t in web._played.items()
+                               if now - t < PLAY_AUDIT_WINDOW_S}
                 web._played[key] = now
                 await web.audit(AUDIT_PLAY, session, request, reference=reference)
         media = _AUDIO_TYPES.get(path.suffix.lower(), "application/octet-stream")
