@@ -64,7 +64,10 @@ def serve(config: Config, *, listen: str, port: int, tls: bool,
         lines=tuple(line.name for line in config.lines),
         session_idle_s=config.web.session_idle_s, session_max_s=config.web.session_max_s,
         lockout_failures=config.web.lockout_failures, lockout_s=config.web.lockout_s,
-        fingerprint=fingerprint(cert) if tls else None, cli_args=cli_args)
+        fingerprint=fingerprint(cert) if tls else None, cli_args=cli_args,
+        # Secure on HTTPS; over the loopback-only plain HTTP (demo, tests) browsers differ on
+        # accepting a Secure cookie from http://127.0.0.1, and it would protect nothing there.
+        secure_cookies=tls)
     app = create_app(settings)
     scheme = "https" if tls else "http"
     url = f"{scheme}://{f'[{listen}]' if ':' in listen else listen}:{port}/"

@@ -99,8 +99,8 @@ class WebSettings:
         web_dir: accounts, certificate.
         language: default page language.
         lines: configured line names (the search filter).
-        secure_cookies: set the ``Secure`` cookie flag (always, but on plain-HTTP loopback
-            browsers accept it on ``localhost``/``127.0.0.1`` only).
+        secure_cookies: set the ``Secure`` cookie flag (``appliance web`` sets it whenever it
+            serves HTTPS).
         session_idle_s, session_max_s, lockout_failures, lockout_s: see docs/configuration.md.
         fingerprint: the TLS certificate's SHA-256 (footer), or None on plain HTTP.
         cli_args: ``--config``/``--state-dir`` arguments for child ``appliance`` commands.

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlencode
 
 import httpx
 
@@ -38,15 +37,9 @@ def test_demo_keeps_the_page_up_with_a_demo_account(tmp_path: Path) -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             page = client.get("/login").text
             token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-            # The cookies are Secure; httpx keeps them for http://127.0.0.1 only by hand.
-            cookie = client.cookies.get("appliance_login_csrf")
-            reply = client.post("/login", content=urlencode(
-                {"csrf": token, "account": "demo", "password": password, "next": "/"}),
-                headers={"content-type": "application/x-www-form-urlencoded",
-                         "cookie": f"appliance_login_csrf={cookie}"})
+            reply = client.post("/login", data={"csrf": token, "account": "demo",
+                                                "password": password, "next": "/"})
             assert reply.status_code == 303, reply.text
-            session = reply.cookies.get("appliance_session")
-            calls = client.get("/calls", headers={"cookie": f"appliance_session={session}"})
-            assert reference in calls.text
+            assert reference in client.get("/calls").text
     finally:
         stop_process(proc)
