@@ -554,7 +554,7 @@ class LineSession:
                          self.line.name)
             app.panel_board.report(f"line:{self.line.name}", "idle")
             return
-        if app.index_fault is not None:
+        if app.index_lost_now():
             # The index is known to be lost: a reference issued now could be one issued
             # before. The relay has put the phone on the line; it rings as a plain phone.
             _LOGGER.error("line %s: not answering: %s", self.line.name, app.index_fault)
@@ -1018,6 +1018,7 @@ class Application:
         """Re-check the slow-changing faults (disk, clock) every HEALTH_INTERVAL_S."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
+            self.index_lost_now()
             self.update_faults()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -1190,8 +1191,27 @@ class Application:
         _LOGGER.error("%s (%s)", fault, self.config.db_path)
         return fault
 
+    def index_lost_now(self) -> bool:
+        """Whether the daemon must not issue references: the index was found lost at start,
+        or its file was deleted or replaced while running (checked here, before each call,
+        and by the health loop)."""
+        if self.index_fault is None and self.store.file_replaced():
+            self.index_fault = ("the index file was deleted or replaced while running — not "
+                                "answering; stop the daemon, run `appliance index rebuild`, "
+                                "start it")
+            _LOGGER.error("%s (%s)", self.index_fault, self.config.db_path)
+            self.update_faults()
+        return self.index_fault is not None
+
     async def allocate_reference(self) -> str:
-        """The next call's reference; its counter is durable beside the key before use."""
+        """The next call's reference; its counter is durable beside the key before use.
+
+        Raises:
+            StoreError: the index is lost (:meth:`index_lost_now`), cannot be written, or the
+                reference space is exhausted.
+        """
+        if self.index_lost_now():
+            raise StoreError(self.index_fault or "index lost")
         state_dir = self.config.device.state_dir
         mark = await asyncio.to_thread(read_mark, state_dir)
         counter = await self.store.next_counter(at_least=(mark or 0) + 1)

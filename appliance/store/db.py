@@ -304,6 +304,10 @@ class Store:
         self._rlock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._closed = False
+        # The file this store writes: deleted or replaced under a running daemon, the
+        # daemon would go on writing an unlinked inode nobody can read (file_replaced()).
+        st = os.stat(path)
+        self._identity = (st.st_dev, st.st_ino)
 
     # ------------------------------------------------------------------ open / close
 
@@ -366,6 +370,17 @@ class Store:
                     conn.close()
             raise
         return cls(path, writer, reader)
+
+    def file_replaced(self) -> bool:
+        """Whether the index file at :attr:`path` is no longer the one this store writes
+        (deleted, renamed away or replaced since :meth:`open`)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # cannot tell (no permission): not evidence of a lost index
+        return (st.st_dev, st.st_ino) != self._identity
 
     async def close(self) -> None:
         """Drain pending writes, checkpoint the WAL into the main file, close both connections.

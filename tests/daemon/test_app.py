@@ -214,3 +214,19 @@ async def test_start_up_recovery_ends_an_interrupted_call_and_audits_it(
         assert entries[0]["details"]["outcome"] == "interrupted"
     finally:
         await app.stop()
+
+
+async def test_index_deleted_while_running_stops_answering(app: Any) -> None:
+    """The index file deleted under the running daemon: it would go on writing an unlinked
+    file nobody can read. Found before the next call: index-lost, no reference issued."""
+    from appliance.errors import StoreError
+
+    await app.allocate_reference()
+    assert not app.index_lost_now()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(app.config.db_path) + suffix).unlink(missing_ok=True)
+    assert app.index_lost_now()
+    assert app.fault_codes()[0] == "index-lost"
+    assert not app.relay.energised
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        await app.allocate_reference()
