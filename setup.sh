@@ -24,9 +24,9 @@ APT_PACKAGES=(libportaudio2 libspeexdsp1 espeak-ng alsa-utils python3-venv)
 # emulator must satisfy; util-linux's unshare to run it in a private mount namespace (and
 # runuser for the permission tests as root); curl for the voice-download tests; systemd for
 # `systemd-analyze verify` of the unit; Debian's Chromium for the owner's page's browser tests
-# (Playwright drives it and never downloads a browser of its own). Without them those tests
-# would only be skipped.
-APT_TEST_PACKAGES=(mgetty-voice util-linux curl systemd chromium)
+# (Playwright drives it and never downloads a browser of its own); openssl to make the test
+# CA of the archive's HTTPS test. Without them those tests would only be skipped.
+APT_TEST_PACKAGES=(mgetty-voice util-linux curl systemd chromium openssl)
 
 # Bold/red only when stderr is a terminal (and NO_COLOR is unset): logs and CI stay plain text.
 if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then

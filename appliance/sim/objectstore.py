@@ -19,6 +19,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -95,13 +96,40 @@ class ObjectStore:
     access_key: str = field(default_factory=lambda: "AK" + secrets.token_hex(8).upper())
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     buckets: tuple[str, ...] = ("archive",)
+    tls: bool = False
+    """Serve S3 over HTTPS too, with a certificate from a CA made here (:attr:`ca_file`)."""
     ports: dict[str, int] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        """The S3 endpoint URL."""
+        """The S3 endpoint URL (``https://`` with :attr:`tls`)."""
+        if self.tls:
+            return f"https://127.0.0.1:{self.ports['s3.port.https']}"
         return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM of the CA that signed the server's certificate (with :attr:`tls`)."""
+        return self.directory / "tls" / "ca.pem"
+
+    def _make_certificate(self) -> None:
+        """A throw-away CA and a certificate for 127.0.0.1 it signed (openssl(1))."""
+        tls = self.directory / "tls"
+        if (tls / "server.pem").exists():
+            return
+        tls.mkdir(mode=0o700, exist_ok=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        (tls / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n", encoding="ascii")
+        for argv in (
+            ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=appliance test CA"],
+            ["req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj",
+             "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"],
+        ):
+            subprocess.run(["openssl", *argv], cwd=tls, check=True, capture_output=True)
 
     @property
     def running(self) -> bool:
@@ -123,11 +151,14 @@ class ObjectStore:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}), encoding="utf-8")
         os.chmod(identities, 0o600)
+        if self.tls:
+            self._make_certificate()
         fixed_ports = bool(self.ports)
         deadline = time.monotonic() + timeout_s
+        flags = (*_PORT_FLAGS, "s3.port.https") if self.tls else _PORT_FLAGS
         for _attempt in range(3):
             if not fixed_ports:
-                self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+                self.ports = dict(zip(flags, free_ports(len(flags)), strict=True))
             if self._spawn(identities, deadline):
                 return
             if fixed_ports:
@@ -142,6 +173,9 @@ class ObjectStore:
                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}",
                 "-bucket=" + ",".join(self.buckets)]
         argv += [f"-{flag}={port}" for flag, port in self.ports.items()]
+        if self.tls:
+            argv += [f"-s3.cert.file={self.directory / 'tls' / 'server.pem'}",
+                     f"-s3.key.file={self.directory / 'tls' / 'server.key'}"]
         log = (self.directory / "weed.log").open("ab")
         try:
             # Its own process group: stop() (and a test killing it "mid-upload") reaches
@@ -163,8 +197,10 @@ class ObjectStore:
     def _buckets_ready(self) -> bool:
         """The S3 port answers and every bucket exists (``weed mini -bucket`` creates them
         a moment after the port opens)."""
+        context = ssl.create_default_context(cafile=self.ca_file) if self.tls else None
         try:
-            urllib.request.urlopen(self.endpoint, timeout=1.0)  # noqa: S310 - our loopback
+            urllib.request.urlopen(self.endpoint, timeout=1.0,  # noqa: S310 - our loopback
+                                   context=context)
         except urllib.error.HTTPError:
             pass  # any HTTP answer (403 unsigned) means the gateway is up
         except OSError:
@@ -187,6 +223,7 @@ class ObjectStore:
         return boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint, region_name="us-east-1",
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            verify=str(self.ca_file) if self.tls else True,
             config=BotoConfig(s3={"addressing_style": "path"},
                               retries={"max_attempts": 1, "mode": "standard"}))
 

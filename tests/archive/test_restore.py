@@ -4,6 +4,7 @@ fresh state directory — all against a real S3 server, through the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -166,3 +167,30 @@ def test_verify_fails_on_an_index_it_cannot_read(tmp_path: Path,
     assert code == 1, out
     assert "sudo -u appliance" in out
     assert "matches" not in out
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None,
+                    reason="openssl(1) makes the test CA (setup.sh test installs it)")
+def test_https_with_the_configured_ca(tmp_path: Path) -> None:
+    """archive.ca_file is what both the uploader (boto3) and Litestream trust; without it the
+    service's certificate is refused."""
+    server = ObjectStore(tmp_path / "s3", buckets=(BUCKET,), tls=True)
+    server.start()
+    try:
+        (tmp_path / "untrusting").mkdir()
+        untrusting = make_box(tmp_path / "untrusting", server)
+        make_calls(untrusting.state_dir, [{"counter": 51, "ring_at": NOW}])
+        code, out = run(untrusting, "run", "--once")
+        assert code == 1
+        assert "certificate" in out.lower()
+        box = make_box(tmp_path, server, ca_file=str(server.ca_file))
+        make_calls(box.state_dir, [{"counter": 52, "ring_at": NOW}])
+        assert run(box, "run", "--once")[0] == 0
+        assert run(box, "replicate", "--once")[0] == 0
+        code, out = run(box, "restore", "--to", str(tmp_path / "restored"), "--json")
+        assert code == 0, out
+        assert json.loads(out)["calls"] == 1
+        code, out = run(box, "verify")
+        assert code == 0, out
+    finally:
+        server.stop()
