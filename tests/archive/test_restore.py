@@ -3,6 +3,7 @@ fresh state directory — all against a real S3 server, through the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -15,7 +16,7 @@ from appliance.archive import queue
 from appliance.archive.restore import RESTORE_COUNTER_MARGIN, restored_counter
 from appliance.archive.s3 import call_key, make_client
 from appliance.archive.uploader import Uploader
-from appliance.call.reference import ReferenceCipher
+from appliance.call.reference import ReferenceCipher, make_reference
 from appliance.cli.main import cli
 from appliance.sim.objectstore import ObjectStore
 from appliance.store.db import Store
@@ -89,6 +90,16 @@ def test_replicate_verify_restore(tmp_path: Path, objectstore: ObjectStore) -> N
     counter = restored_counter(fresh / "appliance.db")
     assert counter >= max(cipher.counter_of(c.reference) for c in calls) + RESTORE_COUNTER_MARGIN
     assert read_mark(fresh) == counter  # the daemon's high-water mark agrees with the index
+
+    async def next_reference() -> str:  # as Application.allocate_reference does
+        store = Store.open(fresh / "appliance.db")
+        try:
+            issued = await store.next_counter(at_least=(read_mark(fresh) or 0) + 1)
+        finally:
+            await store.close()
+        return make_reference(issued, (fresh / "reference.key").read_bytes())
+
+    assert asyncio.run(next_reference()) not in {c.reference for c in calls}
     # The restored state passes verify against the same bucket.
     code, out = run(box, "verify", state_dir=fresh)
     assert code == 0, out
