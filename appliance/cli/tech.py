@@ -259,8 +259,9 @@ def _checks(obj: Any) -> list[Check]:
     for line in config.lines:
         out.append(_check_modem(line.name, line.device, status))
         if line.audio:  # issue 3 item 8: the line's own sound card
-            out.append(_check_audio(line.audio, f"line {line.name} audio", "lines[].audio"))
-    out.append(_check_audio(config.handset.audio))
+            out.append(_check_audio(line.audio, f"line {line.name} audio", "lines[].audio",
+                                    status))
+    out.append(_check_audio(config.handset.audio, status=status))
     out.append(_check_pins(config.gpio.pin_factory, status))
     out.append(_check_voice(config))
     out.append(_check_disk(state if state.exists() else state.parent, config.recording.codec))
@@ -392,10 +393,20 @@ def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check
     return Check(label, "pass", f"{device} present (start the daemon for a full check)")
 
 
-def _check_audio(url: str, label: str = "handset audio", key: str = "handset.audio") -> Check:
+def _check_audio(url: str, label: str = "handset audio", key: str = "handset.audio",
+                 status: dict[str, Any] | None = None) -> Check:
+    """The sound card: while the daemon runs it holds the card (opening it here could only
+    fail with "busy", or for a user without the audio group — the owner's page), so its own
+    report decides; otherwise the card must open at 8 kHz mono."""
     if url == "sim://":
         return Check(label, "pass", "simulated handset (sim://)")
     device = url.removeprefix("alsa:")
+    if status is not None:
+        fault = next((f for f in status.get("faults") or [] if str(f).startswith(label)), None)
+        if fault:
+            return Check(label, "fail", f"the daemon reports: {fault}",
+                         f"`aplay -l` lists the cards; set {key} = \"alsa:plughw:CARD=…\"")
+        return Check(label, "pass", f"{device} in use by the daemon")
     try:
         import sounddevice as sd
 

@@ -125,3 +125,17 @@ def test_status_words_for_the_echo_cancellers() -> None:
     assert echo_words({"line_echo_cancel": False, "line_erle_db": None,
                        "handset_echo_cancel": True, "handset_erle_db": 40.0}) == (
         "echo cancelled: line off, handset ERLE 40 dB")
+
+
+def test_doctor_leaves_the_sound_card_to_a_running_daemon() -> None:
+    from appliance.cli.tech import _check_audio
+
+    # No such card here: only the daemon's own report can make these pass or fail.
+    ok = _check_audio("alsa:plughw:CARD=Nowhere", status={"faults": []})
+    assert ok.level == "pass"
+    assert "in use by the daemon" in ok.detail
+    bad = _check_audio("alsa:plughw:CARD=Nowhere",
+                       status={"faults": ["handset audio: device unplugged"]})
+    assert bad.level == "fail"
+    assert "device unplugged" in bad.detail
+    assert _check_audio("alsa:plughw:CARD=Nowhere").level == "fail"  # no daemon: opened here
