@@ -71,3 +71,20 @@ def test_lower_rooms_never_import_upper_rooms() -> None:
         if _room(target) in UPPER_ROOMS
     ]
     assert wrong == []
+
+
+#: Packages the daemon must not load at start: they serve a child process (speech rendering)
+#: or a rare path only, and every module stays in the daemon's RSS (docs/performance.md).
+DAEMON_NEVER_AT_START = ("scipy", "soxr", "piper", "onnxruntime", "sqlite_utils", "click",
+                         "multiprocessing", "pandas", "uvicorn", "starlette")
+
+
+def test_the_daemon_does_not_import_what_it_only_needs_elsewhere() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, appliance.daemon.app; "
+            f"print(' '.join(m for m in {DAEMON_NEVER_AT_START!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=PACKAGE_DIR.parent)
+    assert out.stdout.split() == []

@@ -18,6 +18,7 @@ against ``audioop`` where it still exists.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Final
 
@@ -150,12 +151,22 @@ def _build_alaw_encode() -> npt.NDArray[np.uint8]:
     return (aval ^ mask).astype(np.uint8)
 
 
-_ULAW_TO_LIN: Final = _build_ulaw_decode()
-_ALAW_TO_LIN: Final = _build_alaw_decode()
-_LIN_TO_ULAW: Final = _build_ulaw_encode()
-_LIN_TO_ALAW: Final = _build_alaw_encode()
-for _table in (_ULAW_TO_LIN, _ALAW_TO_LIN, _LIN_TO_ULAW, _LIN_TO_ALAW):
-    _table.flags.writeable = False  # module-level tables are shared; make mutation an error
+# The tables are built on first use, not at import: building the 64 Ki encode tables takes
+# ≈ 1 MB of temporaries that count in the daemon's peak RSS, and a line in u8 never needs them.
+
+
+@functools.cache
+def _decode_table(fmt: str) -> npt.NDArray[np.int16]:
+    table = _build_ulaw_decode() if fmt == "ulaw" else _build_alaw_decode()
+    table.flags.writeable = False  # shared between callers; make mutation an error
+    return table
+
+
+@functools.cache
+def _encode_table(fmt: str) -> npt.NDArray[np.uint8]:
+    table = _build_ulaw_encode() if fmt == "ulaw" else _build_alaw_encode()
+    table.flags.writeable = False
+    return table
 
 
 # --- codecs -------------------------------------------------------------------------------
@@ -183,9 +194,9 @@ def decode_voice(data: bytes, fmt: str) -> npt.NDArray[np.int16]:
     if fmt == "s8":
         return raw.view(np.int8).astype(np.int16) << 8
     if fmt == "ulaw":
-        return _ULAW_TO_LIN[raw]
+        return _decode_table("ulaw")[raw]
     if fmt == "alaw":
-        return _ALAW_TO_LIN[raw]
+        return _decode_table("alaw")[raw]
     if len(data) % 2:
         raise ValueError(f"s16le data must have an even length, got {len(data)} bytes")
     return np.frombuffer(data, dtype="<i2").astype(np.int16)
@@ -228,9 +239,9 @@ def encode_voice(samples: npt.ArrayLike, fmt: str) -> bytes:
             return (s8 + 128).astype(np.uint8).tobytes()
         return s8.astype(np.int8).tobytes()
     if fmt == "ulaw":
-        return _LIN_TO_ULAW[x.astype(np.int32) + 32768].tobytes()
+        return _encode_table("ulaw")[x.astype(np.int32) + 32768].tobytes()
     if fmt == "alaw":
-        return _LIN_TO_ALAW[x.astype(np.int32) + 32768].tobytes()
+        return _encode_table("alaw")[x.astype(np.int32) + 32768].tobytes()
     return x.astype("<i2").tobytes()
 
 

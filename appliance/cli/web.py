@@ -43,9 +43,9 @@ def serve(config: Config, *, listen: str, port: int, tls: bool,
         cli_args: for child ``appliance`` commands.
         ready: called with the URL once the socket listens (the demo prints it).
     """
-    # sqlite-utils (under the store) imports numpy when it can, only to map numpy column
-    # types the page never writes; without it the page stays inside its 50 MB RSS budget
-    # (docs/performance.md). The audio stack is only ever loaded by the child jobs.
+    # Nothing the page runs needs numpy; this guard keeps any import from loading it, so the
+    # page stays inside its 50 MB RSS budget (docs/performance.md). The audio stack is only
+    # ever loaded by the child jobs.
     if "numpy" not in sys.modules:
         sys.modules["numpy"] = None  # type: ignore[assignment]
     import uvicorn

@@ -15,16 +15,14 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import multiprocessing
 import os
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -66,6 +64,9 @@ from appliance.store.audit import record_config
 from appliance.store.db import DB_DIR_MODE, Store
 from appliance.store.highwater import read_mark, write_mark
 from appliance.store.recorder import recover_leftovers
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -686,6 +687,18 @@ class LineSession:
         self.app.publish_status()
 
 
+
+def _render_pool() -> ProcessPoolExecutor:
+    """A one-process pool (spawned, so the child starts clean) for rendering speech.
+
+    multiprocessing is imported here, not at the top: the daemon needs it only on the rare
+    render path, and it and pickle are RSS the daemon carries for ever (docs/performance.md).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
 class Application:
     """The whole daemon. All methods run on the event loop."""
 
@@ -1099,8 +1112,7 @@ class Application:
         except SpeechError as exc:
             _LOGGER.info("prompts not yet rendered (%s); rendering", exc)
         started = time.monotonic()
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        with _render_pool() as pool:
             pool.submit(render_library, str(cache), lang, self.config.speech.voice,
                         self.config.speech.espeak_wpm, texts, notice_text).result()
         _LOGGER.info("prompts rendered in %.1f s (child process)", time.monotonic() - started)
@@ -1108,8 +1120,7 @@ class Application:
 
     def render_text(self, text: str) -> np.ndarray:
         """Speak ``text`` now (button announcements), rendered in a child process."""
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        with _render_pool() as pool:
             return pool.submit(render_text, self.config.device.language,
                                self.config.speech.voice, self.config.speech.espeak_wpm,
                                text).result()

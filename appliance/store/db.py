@@ -1,4 +1,4 @@
-"""The call index: SQLite (via sqlite-utils) with numbered migrations, one writer thread.
+"""The call index: SQLite (the stdlib driver) with numbered migrations, one writer thread.
 
 DESIGN.md §5 and reference/house-style.md §1.1/§2.4 rule 4 (zigpy ``appdb.py``): WAL, ordered
 ``PRAGMA user_version`` migrations, an integrity check at open, and every write through ONE
@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
-
-import sqlite_utils
 
 from appliance.errors import StoreError
 
@@ -276,7 +274,7 @@ def audit_hash(prev_hash: str, t: float, action: str, actor: str, reference: str
 def _connect(path: Path) -> sqlite3.Connection:
     """Open one connection with the pragmas every connection needs."""
     # isolation_level=None: the driver never opens implicit transactions; writes use explicit
-    # BEGIN IMMEDIATE (our own) or sqlite-utils' atomic() (which nests as a savepoint).
+    # BEGIN IMMEDIATE (our own).
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
                            timeout=BUSY_TIMEOUT_MS / 1000)
     conn.execute("PRAGMA foreign_keys=ON")
@@ -298,9 +296,7 @@ class Store:
         """Use :meth:`open`; this only wires already-opened connections."""
         self.path = path
         self._wconn = writer
-        self._wdb = sqlite_utils.Database(writer)
         self._rconn = reader
-        self._rdb = sqlite_utils.Database(reader)
         self._rlock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._closed = False
@@ -471,10 +467,8 @@ class Store:
         _check_columns(fields)
         record = {**fields, "reference": reference}
         record.setdefault("created_at", time.time())
-        with self._write_txn():
-            table = self._wdb.table("calls")
-            table.insert(record)
-            return int(table.last_rowid)  # type: ignore[arg-type]
+        with self._write_txn() as conn:
+            return _insert(conn, "calls", record)
 
     async def update_call(self, reference: str, **fields: Any) -> None:
         """Set columns of the call ``reference``. Durable when this returns.
@@ -492,7 +486,7 @@ class Store:
             return
         with self._write_txn() as conn:
             call_id = self._call_id(conn, reference)
-            self._wdb.table("calls").update(call_id, fields)
+            _update_call_row(conn, call_id, fields)
 
     async def add_event(self, reference: str, state: str, detail: str = "",
                         t: float | None = None) -> None:
@@ -507,9 +501,8 @@ class Store:
     def _add_event(self, reference: str, state: str, detail: str, t: float) -> None:
         with self._write_txn() as conn:
             call_id = self._call_id(conn, reference)
-            self._wdb.table("events").insert(
-                {"call_id": call_id, "t": t, "state": state, "detail": detail}
-            )
+            _insert(conn, "events",
+                    {"call_id": call_id, "t": t, "state": state, "detail": detail})
 
     async def next_counter(self, at_least: int = 1) -> int:
         """Atomically increment the per-device call counter and return it (first value 1).
@@ -670,7 +663,7 @@ class Store:
         with self._write_txn() as conn:
             call_id = self._call_id(conn, reference)
             if fields:
-                self._wdb.table("calls").update(call_id, fields)
+                _update_call_row(conn, call_id, fields)
             if personal_deleted:
                 conn.execute("UPDATE events SET detail = '' WHERE call_id = ?", (call_id,))
             return _insert_audit(conn, action, actor, reference, details)
@@ -744,7 +737,9 @@ class Store:
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._rlock:
             try:
-                return list(self._rdb.query(sql, params))
+                cursor = self._rconn.execute(sql, params)
+                names = [d[0] for d in cursor.description or ()]
+                return [dict(zip(names, row, strict=True)) for row in cursor]
             except sqlite3.Error as exc:
                 raise StoreError(str(exc)) from exc
 
@@ -886,6 +881,34 @@ def _insert_audit(conn: sqlite3.Connection, action: str, actor: str, reference: 
         (t, action, actor, reference, details_json, prev_hash, digest),
     )
     return digest
+
+
+# The store writes with the stdlib driver, not sqlite-utils: that package pulls in click,
+# pluggy, dateutil and numpy-type mapping the daemon never uses (≈ 5 MB of its RSS,
+# docs/performance.md). Column names reaching these two helpers are checked against the
+# schema first (_check_columns) or fixed here, so they are safe as SQL identifiers.
+
+def _sql_value(value: Any) -> Any:
+    """A value as SQLite stores it: containers as JSON text, everything else as given."""
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=repr, ensure_ascii=False)
+    return value
+
+
+def _insert(conn: sqlite3.Connection, table: str, record: Mapping[str, Any]) -> int:
+    """INSERT one row into ``table``; return its rowid."""
+    columns = ", ".join(f'"{c}"' for c in record)
+    marks = ", ".join("?" * len(record))
+    cursor = conn.execute(f'INSERT INTO "{table}" ({columns}) VALUES ({marks})',  # noqa: S608
+                          [_sql_value(v) for v in record.values()])
+    return int(cursor.lastrowid or 0)
+
+
+def _update_call_row(conn: sqlite3.Connection, call_id: int, fields: Mapping[str, Any]) -> None:
+    """UPDATE the ``calls`` row ``call_id`` with ``fields`` (names already checked)."""
+    sets = ", ".join(f'"{c}" = ?' for c in fields)
+    conn.execute(f"UPDATE calls SET {sets} WHERE id = ?",  # noqa: S608
+                 [*(_sql_value(v) for v in fields.values()), call_id])
 
 
 def _check_columns(fields: Mapping[str, Any]) -> None:
