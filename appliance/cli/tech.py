@@ -267,6 +267,9 @@ def _checks(obj: Any) -> list[Check]:
     out.append(_check_disk(state if state.exists() else state.parent, config.recording.codec))
     out.append(_check_clock())
     out.append(_check_web(config))
+    from appliance.archive.doctor import archive_findings  # docs/archive.md
+
+    out.extend(Check(*finding) for finding in archive_findings(config))
     return out
 
 

@@ -205,3 +205,24 @@ def test_https_with_the_configured_ca(tmp_path: Path) -> None:
         assert code == 0, out
     finally:
         server.stop()
+
+
+def test_doctor_reports_the_archive(tmp_path: Path, objectstore: ObjectStore) -> None:
+    def archive_lines(box: Box) -> dict[str, tuple[str, str]]:
+        result = CliRunner().invoke(cli, ["--config", str(box.config_file), "doctor",
+                                          "--json"])
+        return {c["name"]: (c["level"], c["detail"]) for c in json.loads(result.output)
+                if c["name"].startswith("archive")}
+
+    box = make_box(tmp_path, objectstore)
+    make_calls(box.state_dir, [{"counter": 61, "ring_at": NOW}])
+    found = archive_lines(box)
+    assert found["archive"][0] == "pass"
+    assert found["archive queue"] == ("warn", "the uploader has never run on this index")
+    assert run(box, "run", "--once")[0] == 0
+    assert archive_lines(box)["archive queue"] == ("pass", "1 archived, 0 waiting, 0 to delete")
+    (tmp_path / "wrong").mkdir()
+    wrong = make_box(tmp_path / "wrong", objectstore, secret_key="wrong")
+    level, detail = archive_lines(wrong)["archive"]
+    assert level == "fail"
+    assert "secret key is wrong" in detail or "refused" in detail
