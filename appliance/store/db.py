@@ -796,6 +796,11 @@ class Store:
             params.append(int(limit))
         return self._query(sql, tuple(params))
 
+    def count_calls(self) -> int:
+        """How many calls the index holds (a count, not the rows: 10^6 rows as dicts would
+        take over a gigabyte)."""
+        return int(self._query("SELECT COUNT(*) AS n FROM calls")[0]["n"])
+
     def last_call(self) -> dict[str, Any] | None:
         """Return the newest call, or None if there is none."""
         rows = self.list_calls(1)

@@ -54,7 +54,7 @@ from appliance.store.lookup import locate_recording
 from appliance.text import printable
 from appliance.web.accounts import Account, Accounts
 from appliance.web.i18n import LANGUAGES, translator, value_words
-from appliance.web.index import CallIndex, Search
+from appliance.web.index import AUDIT_PAGE_SIZE, CallIndex, Search
 from appliance.web.sessions import COOKIE_NAME, CSRF_FIELD, Session, Sessions, Throttle
 
 _LOGGER = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ AUDIT_LOGIN_FAILED: Final = "web-login-failed"
 AUDIT_PLAY: Final = "play"
 AUDIT_DOWNLOAD: Final = "download"
 AUDIT_VERIFY: Final = "audit-verify"
+#: Session flash key of the last verification's result (JSON list of problems).
+VERIFY_FLASH: Final = "audit-verify"
 #: Media types of the codecs the recorder writes (config.CODECS).
 _AUDIO_TYPES: Final = {".flac": "audio/flac", ".opus": "audio/ogg", ".ogg": "audio/ogg",
                        ".wav": "audio/wav"}
@@ -561,21 +563,24 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
 
     @page("audit")
     async def audit(request: Request, session: Session, account: Account) -> Response:
-        store = web.store()
-        entries = store.audit_entries()
-        verified = request.query_params.get("verified")
-        problems = None
-        if verified is not None:
-            problems = await asyncio.to_thread(store.verify_audit_chain)
-        newest = list(reversed(entries[-500:]))
-        return web.render(request, "audit.html", session, entries=newest, total=len(entries),
-                          problems=problems)
+        try:
+            before = int(request.query_params["before"])
+        except (KeyError, ValueError):
+            before = None
+        entries, total = await asyncio.to_thread(web.index().audit_page, before=before)
+        verified = session.flash.pop(VERIFY_FLASH, None) if request.query_params.get(
+            "verified") else None
+        return web.render(request, "audit.html", session, entries=entries, total=total,
+                          problems=None if verified is None else json.loads(verified),
+                          older=entries[-1]["id"] if len(entries) == AUDIT_PAGE_SIZE else None)
 
     @page("audit", post=True)
     async def audit_verify(request: Request, session: Session, account: Account) -> Response:
-        problems = await asyncio.to_thread(web.store().verify_audit_chain)
+        reply = await _job(settings, {"cmd": "verify-audit"})
+        problems = reply.get("problems") if reply.get("ok") else [str(reply.get("error"))]
         await web.audit(AUDIT_VERIFY, session, request, intact=not problems,
-                        problems=len(problems))
+                        problems=len(problems or []))
+        session.flash[VERIFY_FLASH] = json.dumps(problems or [])
         return RedirectResponse("/audit?verified=1", 303)
 
     @page("logs")

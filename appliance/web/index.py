@@ -15,6 +15,8 @@ answered with the CLI's "did you mean" (:func:`appliance.call.reference.known_ca
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from appliance.store.db import BUSY_TIMEOUT_MS, OUTCOMES
 from appliance.store.lookup import number_variants
 
 PAGE_SIZE: Final = 50
+AUDIT_PAGE_SIZE: Final = 200
 #: Digits (after separators are dropped) that make the search text a reference.
 REFERENCE_DIGITS: Final = 8
 #: The columns a list row shows (the list never needs the whole row).
@@ -92,6 +95,23 @@ class CallIndex:
     def exists(self, reference: str) -> bool:
         """True when the index has the call ``reference`` (canonical digits)."""
         return bool(self._rows("SELECT 1 FROM calls WHERE reference = ?", (reference,)))
+
+    def audit_page(self, *, before: int | None = None, limit: int = AUDIT_PAGE_SIZE
+                   ) -> tuple[list[dict[str, Any]], int]:
+        """The newest ``limit`` audit rows with ``id < before`` (newest first, ``details``
+        decoded) and the chain's length; the store's ``audit_entries`` reads the whole chain,
+        which at 10^6 calls is 10^6 rows."""
+        sql = "SELECT * FROM audit"
+        params: tuple[Any, ...] = ()
+        if before is not None:
+            sql += " WHERE id < ?"
+            params = (int(before),)
+        rows = self._rows(sql + " ORDER BY id DESC LIMIT ?", (*params, int(limit)))
+        for row in rows:
+            with contextlib.suppress(TypeError, ValueError):
+                row["details"] = json.loads(row["details"])
+        total = self._rows("SELECT COUNT(*) AS n FROM audit", ())[0]["n"]
+        return rows, int(total)
 
     def search(self, query: Search) -> SearchResult:
         """One page of calls matching ``query``, newest first.

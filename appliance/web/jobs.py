@@ -1,10 +1,12 @@
-"""Hand-over and erase for the owner's page, run in a child process (``python -m …``).
+"""Hand-over, erase and the audit chain's verification for the owner's page, run in a child
+process (``python -m …``).
 
 The page itself must stay small (docs/performance.md: ≤ 50 MB RSS) and the export needs the
 audio stack (FLAC → WAV through soundfile and numpy); so each hand-over or erase is one short
 child process that calls the store's own code — :func:`appliance.store.export.export_call`
 and :func:`appliance.store.retention.erase_call`, the same as ``appliance export``/``erase`` —
-and exits, giving its memory back.
+and exits, giving its memory back. Verifying the chain reads every audit row (10^6 and more
+on a busy box): that memory, too, is the child's.
 
 Protocol: one JSON object on stdin, one on stdout (``{"ok": true, …}`` or ``{"ok": false,
 "error": "…"}``); exit status 0 either way (a non-zero status means the job itself crashed).
@@ -24,9 +26,9 @@ HANDOVER_ACTION: Final = "handover"
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """Do one job; return the reply.
 
-    Request keys: ``cmd`` (``export`` or ``erase``), ``db_path``, ``recordings_dir``,
-    ``reference`` (canonical digits), ``reason``, ``actor``; for ``export`` also ``out_dir``,
-    ``account`` and ``client``.
+    Request keys: ``cmd`` (``export``, ``erase`` or ``verify-audit``), ``db_path``,
+    ``recordings_dir``; for export and erase ``reference`` (canonical digits), ``reason``,
+    ``actor``; for ``export`` also ``out_dir``, ``account`` and ``client``.
     """
     from appliance.errors import StoreError
     from appliance.store.db import Store
@@ -35,7 +37,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     store = Store.open(Path(request["db_path"]), check=False)
     try:
         recordings = Path(request["recordings_dir"])
-        reference = str(request["reference"])
+        reference = str(request.get("reference", ""))
         if cmd == "export":
             from appliance.store.export import export_call
 
@@ -57,6 +59,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             result_e = erase_call(store, recordings, reference, reason=request["reason"],
                                   actor=request["actor"])
             return {"ok": True, "files_deleted": len(result_e.files_deleted)}
+        if cmd == "verify-audit":
+            problems = store.verify_audit_chain()
+            return {"ok": True, "problems": problems}
         return {"ok": False, "error": f"unknown job {cmd!r}"}
     except (StoreError, ValueError, OSError) as exc:
         return {"ok": False, "error": str(exc)}

@@ -294,9 +294,11 @@ def test_audit_page_verifies_the_chain(app_client: TestClient, shop: Shop) -> No
     assert "The audit chain is intact" in page
     with sqlite3.connect(shop.db_path) as conn:
         conn.execute("UPDATE audit SET actor = 'someone else' WHERE id = 1")
-    page = app_client.get("/audit?verified=1").text
+    reply = app_client.post("/audit/verify", data={"csrf": token})
+    page = app_client.get(reply.headers["location"]).text
     assert "BROKEN" in page
     assert "row 1" in page
+    assert "someone else" in page  # the newest rows are listed, the altered one too
 
 
 def test_language_switch(app_client: TestClient) -> None:
@@ -335,3 +337,19 @@ def test_notice_layers_as_stored_are_read_safely() -> None:
     assert _layers(None) == []
     assert _layers("{not json") == []
     assert _layers('{"layer": 1}') == []
+
+
+def test_audit_page_lists_the_newest_rows_and_pages_back(app_client: TestClient,
+                                                         shop: Shop) -> None:
+    from appliance.web.index import AUDIT_PAGE_SIZE
+
+    with sqlite3.connect(shop.db_path) as conn:
+        conn.executemany("INSERT INTO audit (t, action, actor, reference, details, prev_hash, "
+                         "hash) VALUES (?, 'filler', 'test', NULL, '{}', '', '')",
+                         [(float(i),) for i in range(AUDIT_PAGE_SIZE)])
+    login(app_client, "tina")
+    first = app_client.get("/audit").text
+    assert first.count("<tr><td class=\"num\">") == AUDIT_PAGE_SIZE
+    assert "call-finalized" not in first  # the oldest rows are on the next page
+    older = re.search(r'id="older" href="(/audit\?before=\d+)"', first).group(1)
+    assert "call-finalized" in app_client.get(older).text
