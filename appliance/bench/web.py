@@ -178,6 +178,8 @@ def measure_web(state_dir: Path, n: int, *, progress: Any) -> dict[str, Any]:
             "search_reference": "/calls?" + urlencode({"q": middle}),
             "search_typo": "/calls?" + urlencode({"q": middle[:-1] + str(
                 (int(middle[-1]) + 1) % 10)}),
+            # No synthetic call has this outcome: the whole index must be searched.
+            "search_rare_outcome": "/calls?outcome=error",
             "search_outcome_dates": "/calls?" + urlencode({
                 "outcome": "bridged", "from": "2025-06-01", "to": "2025-06-07"}),
             "call_page": f"/calls/{newest}",

@@ -43,7 +43,7 @@ async def test_open_empty_creates_schema_and_version(tmp_path: Path) -> None:
     store = Store.open(path)
     await store.close()
     with _raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
