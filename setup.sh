@@ -279,10 +279,11 @@ install_user() {
     sys "getent group gpio >/dev/null || groupadd --system gpio"
     sys "getent passwd $SERVICE_USER >/dev/null || useradd --system --user-group --home-dir $STATE_DIR --no-create-home --shell /usr/sbin/nologin --comment 'Call-recording appliance' $SERVICE_USER"
     sys "usermod --append --groups dialout,audio,gpio $SERVICE_USER"
-    # The owner's page: its own user; the appliance group gives it the index, the recordings
-    # and the control socket (group rw), systemd-journal the logs page.
-    sys "getent passwd $WEB_USER >/dev/null || useradd --system --user-group --home-dir $STATE_DIR/web --no-create-home --shell /usr/sbin/nologin --comment 'Call-recording appliance: owner page' $WEB_USER"
-    sys "usermod --append --groups $SERVICE_USER,systemd-journal $WEB_USER"
+    # The owner's page: its own user whose primary group is appliance (the index, the
+    # recordings, the control socket are group rw, and what it creates stays the group's);
+    # systemd-journal for the logs page.
+    sys "getent passwd $WEB_USER >/dev/null || useradd --system --gid $SERVICE_USER --home-dir $STATE_DIR/web --no-create-home --shell /usr/sbin/nologin --comment 'Call-recording appliance: owner page' $WEB_USER"
+    sys "usermod --gid $SERVICE_USER --append --groups systemd-journal $WEB_USER"
 }
 
 install_web() {

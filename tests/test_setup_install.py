@@ -393,7 +393,7 @@ def test_the_web_unit_runs_as_its_own_user_hardened() -> None:
     text = (REPO / "systemd/appliance-web.service").read_text(encoding="utf-8")
     settings = {line.strip() for line in text.splitlines()
                 if "=" in line and not line.lstrip().startswith("#")}
-    for needed in ("User=appliance-web", "SupplementaryGroups=appliance systemd-journal",
+    for needed in ("User=appliance-web", "Group=appliance", "SupplementaryGroups=systemd-journal",
                    "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
                    "PrivateTmp=yes", "PrivateDevices=yes",
                    "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
@@ -406,7 +406,8 @@ def test_the_web_unit_runs_as_its_own_user_hardened() -> None:
 def test_install_makes_the_web_user_certificate_and_mdns(staged: Path) -> None:
     text = "\n".join(plan(staged))
     assert re.search(r"useradd --system .*appliance-web$", text, re.MULTILINE)
-    assert "usermod --append --groups appliance,systemd-journal appliance-web" in text
+    assert "useradd --system --gid appliance" in text
+    assert "usermod --gid appliance --append --groups systemd-journal appliance-web" in text
     assert "runuser -u appliance-web -- /opt/appliance/venv/bin/appliance --config " \
            "/etc/appliance/config.toml web cert" in text
     assert "systemctl enable appliance-web.service" in text
