@@ -53,8 +53,10 @@ def archive_findings(config: Config) -> list[Finding]:
     waiting_s = time.time() - info["oldest_queued_at"] if info["oldest_queued_at"] else 0.0
     detail = (f"{info['archived']} archived, {info['queued']} waiting, "
               f"{info['deleting']} to delete")
-    if waiting_s > WAITING_WARN_S or info["last_error"]:
-        error = info["last_error"]["error"] if info["last_error"] else "no error recorded"
+    service_error = (info["service"] or {}).get("error")
+    if waiting_s > WAITING_WARN_S or info["last_error"] or service_error:
+        error = (service_error or (info["last_error"] or {}).get("error")
+                 or "no error recorded")
         out.append(("archive queue", "warn",
                     f"{detail}; oldest waiting {waiting_s / 3600:.1f} h; {error}",
                     f"appliance archive status; journalctl -u appliance-archive; {fix_units}"))

@@ -62,6 +62,16 @@ _SCHEMA: Final = (
         PRIMARY KEY (reference, kind)
     )
     """,
+    # One row: why the whole queue is paused (service unreachable, credentials refused, no
+    # bucket), so `archive status` in another process can say so. NULL error = reachable.
+    """
+    CREATE TABLE IF NOT EXISTS archive_service (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        error TEXT,
+        since REAL,
+        checked_at REAL NOT NULL
+    )
+    """,
 )
 
 # A call is "live" while the box keeps its recording; the archive holds it exactly as long.
@@ -203,6 +213,19 @@ def objects_of(conn: sqlite3.Connection, reference: str) -> list[ObjectRecord]:
     return [ObjectRecord(*r) for r in rows]
 
 
+def set_service_error(conn: sqlite3.Connection, error: str | None) -> None:
+    """Record the service's state after a round: ``error`` None = reachable. ``since`` keeps
+    the time the current error began."""
+    now = time.time()
+    conn.execute(
+        "INSERT INTO archive_service (id, error, since, checked_at) VALUES (1, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, "
+        "since = CASE WHEN excluded.error IS NULL THEN NULL "
+        "WHEN archive_service.error IS NULL THEN excluded.since "
+        "ELSE archive_service.since END, error = excluded.error",
+        (None if error is None else error[:500], None if error is None else now, now))
+
+
 def summary(conn: sqlite3.Connection) -> dict[str, Any]:
     """Counts by state, the oldest waiting job and the last error (``status``, ``archive
     status``)."""
@@ -215,8 +238,11 @@ def summary(conn: sqlite3.Connection) -> dict[str, Any]:
     err = conn.execute("SELECT reference, last_error FROM archive WHERE last_error IS NOT NULL "
                        "AND state IN ('queued', 'deleting') ORDER BY next_try_at DESC LIMIT 1"
                        ).fetchone()
+    service = conn.execute("SELECT error, since, checked_at FROM archive_service").fetchone()
     return {**counts, "oldest_queued_at": oldest, "last_archived_at": last,
-            "last_error": None if err is None else {"reference": err[0], "error": err[1]}}
+            "last_error": None if err is None else {"reference": err[0], "error": err[1]},
+            "service": None if service is None else {"error": service[0], "since": service[1],
+                                                     "checked_at": service[2]}}
 
 
 def states(db_path: Path, references: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -161,6 +161,7 @@ class Uploader:
     _key_checked: bool = False
     _bucket_ok: bool = False
     _data_version: int | None = None
+    _service_ok: bool = False
 
     # ------------------------------------------------------------------ set-up
 
@@ -244,14 +245,19 @@ class Uploader:
                     worked = True
         except ServiceError as exc:
             self.service_failures += 1
-            self.service_error = str(exc)
             self._client = None  # a fresh connection pool after the service comes back
             self._bucket_ok = False
+            if str(exc) != self.service_error or self.service_failures == 1:
+                queue.set_service_error(self._conn, str(exc))
+            self.service_error = str(exc)
             return worked
         except Stopped:
             return worked
-        if self.service_failures:
-            _LOGGER.info("Archive service reachable again")
+        if self.service_failures or self.service_error is not None or not self._service_ok:
+            if self.service_failures:
+                _LOGGER.info("Archive service reachable again")
+            queue.set_service_error(self._conn, None)
+            self._service_ok = True
         self.service_failures = 0
         self.service_error = None
         return worked

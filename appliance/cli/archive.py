@@ -392,6 +392,10 @@ def format_summary(info: dict[str, Any] | None) -> str:
             f"{_when(info['last_archived_at'])}")
     if info["oldest_queued_at"]:
         line += f"; oldest waiting since {_when(info['oldest_queued_at'])}"
+    service = info.get("service")
+    if service and service["error"]:
+        line += (f"\n  service unusable since {_when(service['since'])} (last try "
+                 f"{_when(service['checked_at'])}): {service['error']}")
     if info["last_error"]:
         line += (f"\n  last error (call {info['last_error']['reference']}): "
                  f"{info['last_error']['error']}")

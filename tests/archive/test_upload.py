@@ -48,6 +48,14 @@ def state(box: Box, reference: str) -> str | None:
         conn.close()
 
 
+def service_error(box: Box) -> str | None:
+    conn = queue.open_queue(box.config.db_path)
+    try:
+        return (queue.summary(conn)["service"] or {"error": "never checked"})["error"]
+    finally:
+        conn.close()
+
+
 def fetch(box: Box, key: str) -> bytes:
     client = make_client(box.config.archive, box.credentials)
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
@@ -105,9 +113,13 @@ def test_wrong_credentials_pause_the_queue_without_blaming_a_call(
     try:
         row = conn.execute("SELECT state, attempts FROM archive WHERE reference = ?",
                            (call.reference,)).fetchone()
+        service = queue.summary(conn)["service"]
     finally:
         conn.close()
     assert tuple(row) == ("queued", 0)
+    # Another process (`archive status`, `doctor`) can tell why the queue waits.
+    assert service["error"] == up.service_error
+    assert service["since"] is not None
 
 
 def test_missing_bucket_is_named(tmp_path: Path, objectstore: ObjectStore) -> None:
@@ -138,6 +150,8 @@ def test_server_killed_mid_upload_then_back(tmp_path: Path) -> None:
             assert state(box, call.reference) == "queued"
             server.start()
             wait_for("the call to be archived", lambda: state(box, call.reference) == "archived")
+            wait_for("the service to be recorded reachable again",
+                     lambda: service_error(box) is None)
         finally:
             up.stop.set()
             worker.join(WAIT_S)
