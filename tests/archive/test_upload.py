@@ -61,9 +61,10 @@ def fetch(box: Box, key: str) -> bytes:
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
+@pytest.mark.parametrize("verify", ["etag", "download"])
 def test_finalized_calls_are_encrypted_uploaded_verified_and_audited(
-        tmp_path: Path, objectstore: ObjectStore) -> None:
-    box = make_box(tmp_path, objectstore)
+        tmp_path: Path, objectstore: ObjectStore, verify: str) -> None:
+    box = make_box(tmp_path, objectstore, verify=verify)
     recorded, declined = make_calls(box.state_dir, [
         {"counter": 1, "ring_at": NOW - 60},
         {"counter": 2, "ring_at": NOW - 30, "record_s": None},
@@ -90,6 +91,7 @@ def test_finalized_calls_are_encrypted_uploaded_verified_and_audited(
     finally:
         store.close_sync()
     assert len(entries) == 1
+    assert entries[0]["details"]["verify"] == verify
     kinds = {o["kind"]: o for o in entries[0]["details"]["objects"]}
     assert set(kinds) == {"recording", "sidecar", "proof"}
     assert kinds["recording"]["plain_sha256"] == row["recording_sha256"]
@@ -247,3 +249,31 @@ def test_the_key_file_name_is_the_daemons() -> None:
     from appliance.daemon.app import REFERENCE_KEY_FILE as DAEMONS
 
     assert REFERENCE_KEY_FILE == DAEMONS
+
+
+def test_an_altered_recording_is_not_archived(tmp_path: Path,
+                                               objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore)
+    (call,) = make_calls(box.state_dir, [{"counter": 8, "ring_at": NOW}])
+    assert call.recording is not None
+    with call.recording.open("r+b") as f:  # one byte changed after it was indexed
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    up = uploader(box)
+    try:
+        up.step()
+    finally:
+        up.close()
+    assert up.service_error is None  # the service is fine; this one call is not
+    conn = queue.open_queue(box.config.db_path)
+    try:
+        row = conn.execute("SELECT state, attempts, last_error FROM archive").fetchone()
+    finally:
+        conn.close()
+    assert row[:2] == ("queued", 1)
+    assert "differs from the index" in row[2]
+    client = make_client(box.config.archive, box.credentials)
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{box.prefix}/calls/")
+    assert not listing.get("KeyCount")
