@@ -52,6 +52,9 @@ class NoticeConfig:
     purpose: str
     legal_basis: str
     full_notice_at: str
+    returning_caller_days: int = 0
+    """A number that heard the whole first layer within this many days gets the short form
+    (0 = off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,10 @@ class CallConfig:
     hold_max_s: float
     hold_reassure_s: float
     silence_hangup_s: float
+    details_key: str = "0"
+    """The key that plays the second layer of the notice (the full Art. 13 text)."""
+    reference_at_end: bool = True
+    """The shop hung up first: say the reference and goodbye before hanging up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +561,12 @@ def _validate(c: Config) -> None:
            c.call.optout_key)
     _check(c.call.repeat_key in DTMF_KEYS and c.call.repeat_key != c.call.optout_key,
            "call.repeat_key", "one DTMF key other than call.optout_key", c.call.repeat_key)
+    _check(c.call.details_key in DTMF_KEYS
+           and c.call.details_key not in (c.call.optout_key, c.call.repeat_key),
+           "call.details_key", "one DTMF key other than call.optout_key and call.repeat_key",
+           c.call.details_key)
+    _check(0 <= c.notice.returning_caller_days <= 3650, "notice.returning_caller_days",
+           "0 (off) .. 3650 days", c.notice.returning_caller_days)
     _check(c.call.silence_hangup_s == 0 or c.call.silence_hangup_s >= 5,
            "call.silence_hangup_s", "0 (off) or at least 5 seconds", c.call.silence_hangup_s)
     _check(c.recording.codec in CODECS, "recording.codec", f"one of {CODECS}", c.recording.codec)

@@ -42,30 +42,33 @@ class Silence:
 class ClipPlayer:
     """Plays a queue of clips once, then silence, calling ``on_done`` exactly once.
 
-    Clips may be appended while playing (``*`` repeats the reference); ``on_done`` fires when
-    the last queued sample has been read.
+    Clips may be appended while playing (the notice's layers follow each other with no gap);
+    an appended clip may carry its own callback, called when its last sample has been read.
+    ``on_done`` fires when the last queued sample has been read.
     """
 
     def __init__(self, *clips: np.ndarray, on_done: Callable[[], None] | None = None) -> None:
-        self._clips: deque[np.ndarray] = deque(np.asarray(c, dtype=np.int16) for c in clips)
+        self._clips: deque[tuple[np.ndarray, Callable[[], None] | None]] = deque(
+            (np.asarray(c, dtype=np.int16), None) for c in clips)
         self._pos = 0
         self._on_done = on_done
         self.samples_played = 0
         self.finished = False
 
-    def append(self, clip: np.ndarray) -> None:
-        self._clips.append(np.asarray(clip, dtype=np.int16))
+    def append(self, clip: np.ndarray, on_done: Callable[[], None] | None = None) -> None:
+        """Queue ``clip`` after the others; ``on_done`` is called when it has been read."""
+        self._clips.append((np.asarray(clip, dtype=np.int16), on_done))
         self.finished = False
 
     @property
     def remaining_samples(self) -> int:
-        return sum(len(c) for c in self._clips) - self._pos
+        return sum(len(c) for c, _ in self._clips) - self._pos
 
     def read(self, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=np.int16)
         filled = 0
         while filled < n and self._clips:
-            clip = self._clips[0]
+            clip, clip_done = self._clips[0]
             take = min(n - filled, len(clip) - self._pos)
             out[filled : filled + take] = clip[self._pos : self._pos + take]
             filled += take
@@ -73,6 +76,8 @@ class ClipPlayer:
             if self._pos >= len(clip):
                 self._clips.popleft()
                 self._pos = 0
+                if clip_done is not None:
+                    clip_done()
         self.samples_played += filled
         if not self._clips and not self.finished:
             self.finished = True

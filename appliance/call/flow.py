@@ -9,8 +9,12 @@ call event.
 Invariants the flow guarantees (and the tests check):
 
 * the call row is durable before the line goes off-hook (so before the reference is spoken);
-* recording starts only after the notice (notice + reference) has been played out completely,
-  and never when the caller refused (opt-out key) or hung up during the notice;
+* recording starts only after the notice has been played out completely — the first layer
+  (or a returning caller's short form), the reference, and the second layer when the caller
+  asked for it (details key) — and never when the caller refused (opt-out key, in any layer)
+  or hung up during the notice;
+* what the caller was told is stored with the call (``notice_form``, ``notice_layers``:
+  each layer's version and whether it was played in full, docs/records.md);
 * whatever ends the call (caller, shop, line loss, max length, an exception), the row is
   finalized with an outcome and the recording (if any) is closed, hashed and indexed.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -50,6 +55,25 @@ VOICEMAIL_SILENCE_S: Final = 8.0
 #: The prompt played instead of the notice when a call is not recorded, and the
 #: ``notice_version`` stored for such a call.
 NOT_RECORDED_NOTICE: Final = "not_recorded"
+#: How long the reference and goodbye after the shop hung up may take at most.
+FAREWELL_TIMEOUT_S: Final = 20.0
+SECONDS_PER_DAY: Final = 86400.0
+
+#: Notice layers as the prompts name them (appliance/speech/prompts.py NOTICE_LAYERS).
+LAYER_FIRST: Final = "notice"
+LAYER_DETAILS: Final = "notice_details"
+LAYER_SHORT: Final = "notice_short"
+#: The reference as an entry of ``notice_layers`` (it has no version: digits, not a text).
+LAYER_REFERENCE: Final = "reference"
+#: ``notice_form``: the whole first layer, a returning caller's short form, or the "not
+#: recorded" notice of a call that cannot be recorded (no layers, no details key).
+FORM_FULL: Final = "full"
+FORM_SHORT: Final = "short"
+FORM_NOT_RECORDED: Final = NOT_RECORDED_NOTICE
+#: ``played`` of a ``notice_layers`` entry.
+PLAYED_FULL: Final = "full"
+PLAYED_PARTIAL: Final = "partial"
+PLAYED_NO: Final = "no"
 
 
 class CallState(enum.Enum):
@@ -152,7 +176,12 @@ class CallAudioPort(Protocol):
 class MediaPort(CallAudioPort, Protocol):
     """Audio routing for one inbound call, clocked by the line (see ``daemon/media.py``)."""
 
-    def append_to_line(self, clip: np.ndarray) -> None: ...
+    def queue_to_line(self, token: str, *clips: np.ndarray) -> None:
+        """Play ``clips`` right after what the line is playing now (no gap); post
+        ``PlaybackDone(token)`` when they have been played out."""
+
+    def monitor_line(self, on: bool) -> None:
+        """While not bridged, let the earpiece hear what the caller hears, quietly."""
 
     def line_tone(self, kind: str) -> None:
         """``ringback`` or ``silence`` to the caller."""
@@ -186,6 +215,10 @@ class StorePort(Protocol):
         details: Mapping[str, Any] | None = None,
     ) -> str: ...
 
+    def last_informed_call(self, number: str, since: float) -> Mapping[str, Any] | None:
+        """The newest call from ``number`` since ``since`` whose caller heard the whole first
+        layer of the notice, or None."""
+
 
 class PromptPort(Protocol):
     @property
@@ -193,6 +226,10 @@ class PromptPort(Protocol):
 
     @property
     def notice_version(self) -> str: ...
+
+    def notice_layer(self, layer: str) -> np.ndarray: ...
+
+    def layer_version(self, layer: str) -> str: ...
 
     def clip(self, name: str) -> np.ndarray: ...
 
@@ -225,6 +262,9 @@ class CallPolicy:
     ring_during_notice: bool = True
     optout_key: str = "9"
     repeat_key: str = "*"
+    details_key: str = "0"
+    reference_at_end: bool = True
+    returning_caller_days: int = 0
     agent_timeout_s: float = 30.0
     voicemail: bool = True
     voicemail_max_s: float = 120.0
@@ -313,6 +353,15 @@ class InboundCall:
         #: Row fields a mid-call update could not write (written with the final update).
         self._unsaved: dict[str, Any] = {}
         self._recording_failed = False
+        self._form = FORM_FULL
+        self._form_reason = ""
+        #: What the caller was told, in order: {"layer", "version"?, "played"} (docs/records.md).
+        self._layers: list[dict[str, str]] = []
+        #: Tokens queued on the line and not yet played out, in playing order, with the
+        #: ``_layers`` entry each one completes (None: a prompt that is not a layer).
+        self._queued: list[tuple[str, dict[str, str] | None]] = []
+        self._details_asked = False
+        self._repeats = 0
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -437,8 +486,95 @@ class InboundCall:
             outcome, reason = "error", "internal error (see log)"
         return await self._finalize(outcome, reason)
 
+    def _choose_form(self) -> None:
+        """Full first layer, or the short form for a caller informed recently (GDPR Art.
+        13(4): the person already has the information). Withheld or unknown numbers always
+        get the full first layer: nobody can say they heard it before."""
+        c, days = self.caller, self.policy.returning_caller_days
+        if not self.policy.record:
+            self._form = FORM_NOT_RECORDED
+            self._form_reason = "not recorded: too little free space (recording.min_free_mb)"
+            return
+        if days <= 0:
+            self._form_reason = "returning-caller form off"
+            return
+        if c.withheld or not c.number:
+            self._form_reason = "number withheld or unknown"
+            return
+        try:
+            before = self.ports.store.last_informed_call(
+                c.number, self._clock() - days * SECONDS_PER_DAY)
+        except Exception:
+            # The index answers from disk: a failed read costs the caller ten seconds, never
+            # the call.
+            _LOGGER.exception("call %s: returning-caller lookup failed", self.reference)
+            self._form_reason = "lookup failed"
+            return
+        if before is None:
+            self._form_reason = f"not informed within {days} days"
+            return
+        self._form = FORM_SHORT
+        self._form_reason = (f"heard the whole first layer in call {before['reference']} "
+                             f"within {days} days")
+
+    def _first_version(self) -> str:
+        """The version of the first thing the caller hears (stored as ``notice_version``)."""
+        if self._form == FORM_NOT_RECORDED:
+            return NOT_RECORDED_NOTICE
+        return self.ports.prompts.layer_version(
+            LAYER_SHORT if self._form == FORM_SHORT else LAYER_FIRST)
+
+    def _play(self, token: str, *clips: np.ndarray, layer: str | None = None,
+              replace: bool = False) -> None:
+        """Play ``clips`` to the line (``replace``: instead of what plays now, else after it,
+        with no gap), remembering the token and the notice layer it plays."""
+        entry: dict[str, str] | None = None
+        if layer is not None:
+            entry = {"layer": layer, "played": PLAYED_NO}
+            if layer == NOT_RECORDED_NOTICE:
+                entry["version"] = NOT_RECORDED_NOTICE
+            elif layer != LAYER_REFERENCE:
+                entry["version"] = self.ports.prompts.layer_version(layer)
+            self._layers.append(entry)
+        if replace:
+            self._cut_queue()
+            self.ports.media.play_to_line(token, *clips)
+        else:
+            self.ports.media.queue_to_line(token, *clips)
+        self._queued.append((token, entry))
+
+    def _cut_queue(self) -> None:
+        """What is queued is being replaced: the one playing now was heard in part."""
+        if self._queued and self._queued[0][1] is not None:
+            self._queued[0][1]["played"] = PLAYED_PARTIAL
+        self._queued.clear()
+
+    def _played(self, token: str) -> bool:
+        """``token`` has been played out; True when nothing is queued any more. Tokens of
+        replaced prompts (a late ``PlaybackDone``) are ignored."""
+        for index, (queued, _entry) in enumerate(self._queued):
+            if queued == token:
+                for _, done in self._queued[: index + 1]:
+                    if done is not None:
+                        done["played"] = PLAYED_FULL
+                del self._queued[: index + 1]
+                break
+        return not self._queued
+
+    def _notice_proof(self) -> dict[str, Any]:
+        first = next((e for e in self._layers if e["layer"] in (LAYER_FIRST, LAYER_SHORT)),
+                     None)
+        return {
+            "notice_form": self._form,
+            "notice_form_reason": self._form_reason,
+            "notice_first_heard": int(first is not None and first["layer"] == LAYER_FIRST
+                                      and first["played"] == PLAYED_FULL),
+            "notice_layers": json.dumps(self._layers, ensure_ascii=False),
+        }
+
     async def _answer(self) -> None:
         c = self.caller
+        self._choose_form()
         # The row is durable before we go off-hook: nothing about an answered call is lost.
         await self.ports.store.create_call(
             self.reference,
@@ -451,8 +587,9 @@ class InboundCall:
             cid_time=c.cid_time,
             clock_synced=None if c.clock_synced is None else int(c.clock_synced),
             ring_at=c.ring_at,
-            notice_version=(self.ports.prompts.notice_version if self.policy.record
-                            else NOT_RECORDED_NOTICE),
+            notice_version=self._first_version(),
+            notice_form=self._form,
+            notice_form_reason=self._form_reason,
             notice_completed=0,
             recording_decision="pending",
             outcome="in_progress",
@@ -460,13 +597,21 @@ class InboundCall:
             created_at=self._clock(),
         )
         await self._transition(CallState.ANSWERING, f"caller {c.number or 'unknown'}")
+        if self._form == FORM_SHORT:
+            await self._event("notice-form", f"short: {self._form_reason}")
         # Queue the notice before going off-hook, so the very first frames sent after CONNECT
-        # are the notice itself (DESIGN.md §9: off-hook → first notice audio ≤ 20 ms).
-        self._reference_audio = self.ports.prompts.reference_audio(self.reference)
-        # The caller is told nothing false: a call that will not be recorded hears so.
-        notice = (self.ports.prompts.notice if self.policy.record
-                  else self.ports.prompts.clip(NOT_RECORDED_NOTICE))
-        self.ports.media.play_to_line("notice", notice, self._reference_audio)
+        # are the notice itself (DESIGN.md §9: off-hook → first notice audio ≤ 20 ms): the
+        # first layer (or the short form), then the reference once, with no gap between.
+        prompts = self.ports.prompts
+        self._reference_audio = prompts.reference_audio(self.reference)
+        if self.policy.record:
+            first = LAYER_SHORT if self._form == FORM_SHORT else LAYER_FIRST
+            self._play("notice", prompts.notice_layer(first), layer=first, replace=True)
+        else:
+            # The caller is told nothing false: a call that will not be recorded hears so.
+            self._play("notice", prompts.clip(NOT_RECORDED_NOTICE), layer=NOT_RECORDED_NOTICE,
+                       replace=True)
+        self._play("reference", self._reference_audio, layer=LAYER_REFERENCE)
         await self.ports.line.answer()
         self._answer_at = self._clock()
         self._deadline = asyncio.get_running_loop().time() + self.policy.max_call_s
@@ -476,27 +621,18 @@ class InboundCall:
         ports, policy = self.ports, self.policy
         await self._transition(CallState.NOTICE, "line off-hook")
         await self._update(notice_start_at=self._clock())
-        reference_audio = self._reference_audio  # the notice is already playing (_answer)
         if policy.ring_during_notice:
             await self._ring_agent()
         while True:
             event = await self._next()
             if event is None or await self._common(event):
                 continue
-            if isinstance(event, PlaybackDone) and event.token == "notice":
-                break
-            if isinstance(event, KeyPressed):
+            if isinstance(event, PlaybackDone):
+                if self._played(event.token):
+                    break
+            elif isinstance(event, KeyPressed):
                 await self._event("dtmf", f"{event.digit} ({event.source})")
-                if event.digit == policy.optout_key and not self._declined:
-                    self._declined = True
-                    await self._event("recording-declined", "opt-out key during the notice")
-                    # Stop the notice; still give the reference (§17/A: a unique ID for
-                    # complaints), after confirming that nothing will be recorded.
-                    ports.media.play_to_line(
-                        "notice", ports.prompts.clip("optout_confirm"), reference_audio
-                    )
-                elif event.digit == policy.repeat_key:
-                    ports.media.append_to_line(reference_audio)
+                await self._notice_key(event.digit)
             elif isinstance(event, AgentOffHook):
                 if not ports.line.can_bridge:
                     await self._event("agent-off-hook", "ignored: the line cannot carry the "
@@ -505,6 +641,7 @@ class InboundCall:
                 await self._agent_lifted_early()
             elif isinstance(event, AgentOnHook):
                 self._agent_lifted = False
+                ports.media.monitor_line(False)
                 await self._event("agent-on-hook", "put down during the notice")
                 if policy.ring_during_notice:
                     await self._ring_agent()
@@ -513,8 +650,41 @@ class InboundCall:
                 if policy.ring_during_notice:
                     await self._ring_agent()
         self._notice_completed = True
-        await self._update(notice_end_at=self._clock(), notice_completed=1)
+        await self._update(notice_end_at=self._clock(), notice_completed=1,
+                           **self._notice_proof())
         await self._event("notice-finished", "declined" if self._declined else "")
+
+    async def _notice_key(self, digit: str) -> None:
+        """A key during the notice: opt-out (any layer), details (second layer), repeat."""
+        policy, prompts = self.policy, self.ports.prompts
+        reference_heard = any(e["layer"] == LAYER_REFERENCE and e["played"] == PLAYED_FULL
+                              for e in self._layers)
+        if digit == policy.optout_key and not self._declined:
+            self._declined = True
+            playing = self._queued[0][1] if self._queued else None
+            where = playing["layer"] if playing is not None else "the notice"
+            await self._event("recording-declined", f"opt-out key during {where}")
+            # Stop the notice; still give the reference (§17/A: a unique ID for complaints)
+            # unless it was heard already, after confirming that nothing will be recorded.
+            self._play("optout", prompts.clip("optout_confirm"), replace=True)
+            if not reference_heard:
+                self._play("reference", self._reference_audio, layer=LAYER_REFERENCE)
+        elif (digit == policy.details_key and not self._details_asked and not self._declined
+              and policy.record):
+            self._details_asked = True
+            # After the first layer and the reference (already queued): nothing is cut, and
+            # recording waits until the second layer has been played out.
+            self._play("details", prompts.notice_layer(LAYER_DETAILS), layer=LAYER_DETAILS)
+            await self._event("details-requested", "the second layer follows the reference")
+        elif digit == policy.repeat_key:
+            # While the reference is still to come (the first layer plays) it is not queued
+            # twice; while it plays or after it, it is read again after what is queued.
+            upcoming = any(entry is not None and entry["layer"] == LAYER_REFERENCE
+                           for _, entry in self._queued[1:])
+            if not upcoming:
+                self._repeats += 1
+                self._play(f"repeat-{self._repeats}", self._reference_audio)
+                await self._event("reference-repeated", "repeat key")
 
     async def _agent_lifted_early(self) -> None:
         self._agent_lifted = True
@@ -522,7 +692,11 @@ class InboundCall:
         await self.ports.handset.stop_ringing()
         await self._update(agent_answer_at=self._clock())
         await self._event("agent-off-hook", "caller is still hearing the notice")
+        # The shop never holds a silent phone: a whisper, then the notice the caller hears,
+        # quietly, until the caller is put through (docs/speech.md "The shop during the
+        # notice").
         self.ports.media.play_to_handset("whisper", self.ports.prompts.clip("whisper_notice"))
+        self.ports.media.monitor_line(True)
 
     async def _start_recording(self) -> None:
         try:
@@ -554,7 +728,10 @@ class InboundCall:
         if not self.ports.handset.available:
             await self._hold()
         await self._transition(CallState.RINGING_AGENT, "waiting for the shop")
-        self.ports.media.line_tone("ringback")
+        media = self.ports.media
+        # The shop has not lifted yet: say so once, then ringback (when it had lifted early,
+        # the caller was put through above with no extra prompt).
+        media.play_to_line("connecting", self.ports.prompts.clip("connecting"))
         await self._ring_agent()
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.policy.agent_timeout_s
@@ -565,6 +742,8 @@ class InboundCall:
                 return
             if await self._common(event):
                 continue
+            if isinstance(event, PlaybackDone) and event.token in ("connecting", "repeat"):
+                media.line_tone("ringback")
             if isinstance(event, AgentOffHook):
                 await self._update(agent_answer_at=self._clock())
                 await self._bridged("shop lifted the handset")
@@ -575,7 +754,10 @@ class InboundCall:
                 await self._ring_agent()
             if isinstance(event, KeyPressed):
                 await self._event("dtmf", f"{event.digit} ({event.source})")
-                if event.digit == self.policy.optout_key and not self._declined:
+                if event.digit == self.policy.repeat_key:
+                    media.play_to_line("repeat", self._repeat_audio())
+                    await self._event("reference-repeated", "repeat key, waiting for the shop")
+                elif event.digit == self.policy.optout_key and not self._declined:
                     self._declined = True
                     await self.ports.media.discard_recording()
                     self.ports.panel.set_recording(False)
@@ -609,12 +791,24 @@ class InboundCall:
                 reassure_at = loop.time() + self.policy.hold_reassure_s
             elif isinstance(event, KeyPressed):
                 await self._event("dtmf", f"{event.digit} ({event.source})")
+                if event.digit == self.policy.repeat_key:
+                    # The reassurance timer restarts when the reference has been read.
+                    reassure_at = None
+                    media.play_to_line("hold", self._repeat_audio())
+                    await self._event("reference-repeated", "repeat key, on hold")
+
+    def _repeat_audio(self) -> np.ndarray:
+        assert self._reference_audio is not None  # assembled before going off-hook
+        return self._reference_audio
 
     async def _bridged(self, reason: str) -> None:
         await self._stop_ringing()
         await self._transition(CallState.BRIDGED, reason)
         media = self.ports.media
         whisper: list[np.ndarray] = []
+        if self._agent_lifted:
+            # The shop has been listening to the notice: a soft cue says "the caller is here".
+            whisper.append(self.ports.prompts.clip("cue"))
         if self.policy.whisper_line:
             whisper.append(self.ports.prompts.clip("whisper_line"))
         if self.policy.whisper_reference:
@@ -631,10 +825,29 @@ class InboundCall:
             if event is None or await self._common(event):
                 continue
             if isinstance(event, AgentOnHook):
+                await self._farewell()
                 raise _CallOver("bridged", "shop hung up")
             if isinstance(event, KeyPressed):
                 # Keys during the conversation are for the humans, not for the box.
                 await self._event("dtmf", f"{event.digit} ({event.source}, ignored while bridged)")
+
+    async def _farewell(self) -> None:
+        """The shop hung up first and the caller is still there: the reference again and a
+        goodbye (``reference_at_end``), then the box hangs up. Ends early if the caller
+        hangs up meanwhile (``_CallOver`` from :meth:`_common`)."""
+        if not self.policy.reference_at_end:
+            return
+        media = self.ports.media
+        media.unbridge()
+        await self._event("farewell", "shop hung up first: reference and goodbye to the caller")
+        media.play_to_line("farewell", self._repeat_audio(), self.ports.prompts.clip("goodbye"))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + FAREWELL_TIMEOUT_S
+        while True:
+            event = await self._next(max(0.0, until - loop.time()))
+            if event is None or (isinstance(event, PlaybackDone) and event.token == "farewell"):
+                return
+            await self._common(event)
 
     async def _say_goodbye(self) -> None:
         self.ports.media.play_to_line("goodbye", self.ports.prompts.clip("goodbye"))
@@ -713,6 +926,8 @@ class InboundCall:
                     and self.policy.record):
                 decision = "failed"
             duration = end_at - self._answer_at if self._answer_at is not None else 0.0
+            if not self._notice_completed:
+                self._cut_queue()  # the caller left (or the line was lost) mid-notice
             fields: dict[str, Any] = {
                 **self._unsaved,
                 "end_at": end_at,
@@ -720,6 +935,7 @@ class InboundCall:
                 "recording_decision": decision,
                 "notice_completed": int(self._notice_completed),
                 "duration_s": round(duration, 3),
+                **self._notice_proof(),
             }
             if recording is not None:
                 fields.update(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import os
 import shutil
 import stat
@@ -220,6 +221,9 @@ def row_view(row: dict[str, Any]) -> dict[str, Any]:
 
     view = dict(row)
     view["reference"] = format_reference(row["reference"])
+    if isinstance(view.get("notice_layers"), str):
+        # What the caller was told (docs/records.md), as the list it is.
+        view["notice_layers"] = json.loads(view["notice_layers"])
     return view
 
 

@@ -189,6 +189,8 @@ def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, line_echo:
             ("outcome", s["outcome"]),
             ("recording", s["recording_decision"]),
             ("notice completed", "yes" if s["notice_completed"] else "no"),
+            ("time to a person", "—" if s.get("time_to_human_s") is None
+             else f"{s['time_to_human_s']:.1f} s after the box answered"),
             ("recording file", s["recording_path"] or "—"),
             ("sha-256", s["recording_sha256"] or "—"),
             ("call duration", f"{s['duration_s']:.1f} s"),
@@ -317,6 +319,11 @@ def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
                 "recording_decision", "notice_completed", "notice_version", "recording_path",
                 "recording_sha256", "recording_bytes", "duration_s"):
         click.echo(f"{key:<19} {printable(view.get(key))}")
+    if view.get("notice_form"):
+        click.echo(f"{'notice_form':<19} {view['notice_form']} ({view['notice_form_reason']})")
+    for layer in view.get("notice_layers") or []:
+        version = f"  version {layer['version']}" if layer.get("version") else ""
+        click.echo(f"  {layer['layer']:<17} played {layer['played']}{version}")
     for key in ("ring_at", "answer_at", "notice_start_at", "notice_end_at", "record_start_at",
                 "agent_answer_at", "end_at"):
         click.echo(f"{key:<19} {_when(row.get(key))}")

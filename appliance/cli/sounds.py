@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 
 ENGINE_PIPER: Final[str] = "piper"
 ENGINE_ESPEAK: Final[str] = "espeak"
+#: What `sounds list` says after each notice layer (docs/speech.md "The layered notice").
+_LAYER_LABELS: Final[dict[str, str]] = {
+    "notice": "notice, first layer: every caller, before recording",
+    "notice_details": "notice, second layer: on the details key",
+    "notice_short": "notice, returning caller's short form",
+}
 
 
 def _config_error(exc: Exception) -> NoReturn:
@@ -38,8 +44,8 @@ def _config_error(exc: Exception) -> NoReturn:
     fail(f"configuration error: {exc}", EXIT_CONFIG)
 
 
-def _texts_and_notice(config: Config, lang: str) -> tuple[dict[str, str], str]:
-    """Prompt templates and the filled notice for ``lang``, as the daemon computes them.
+def _texts_and_notice(config: Config, lang: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Prompt templates and the filled notice layers for ``lang``, as the daemon computes them.
 
     The configured text overrides (``speech.texts``) are written in the configured language,
     so they apply only when ``lang`` is that language; company and purpose are used as given.
@@ -47,19 +53,11 @@ def _texts_and_notice(config: Config, lang: str) -> tuple[dict[str, str], str]:
     Raises:
         ConfigError: an override or a notice value cannot be used.
     """
-    from appliance.speech.prompts import load_prompt_texts, render_notice_text
+    from appliance.speech.prompts import load_prompt_texts, notice_texts_for
 
     overrides = config.speech.texts if lang == config.device.language else None
     texts = load_prompt_texts(lang, overrides)
-    notice_text = render_notice_text(
-        texts,
-        lang=lang,
-        company=config.device.company,
-        purpose=config.notice.purpose,
-        retention_days=config.retention.recordings_days,
-        optout_key=config.call.optout_key,
-    )
-    return texts, notice_text
+    return texts, notice_texts_for(config, texts, lang=lang, company=config.device.company)
 
 
 def _engine_name(engine: TtsEngine) -> str:
@@ -102,7 +100,7 @@ def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | No
     config = obj.config()
     lang = lang or config.device.language
     try:
-        texts, notice_text = _texts_and_notice(config, lang)
+        texts, notice_texts = _texts_and_notice(config, lang)
     except ConfigError as exc:
         _config_error(exc)
     warning: str | None
@@ -124,7 +122,7 @@ def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | No
     cache_dir = config.prompt_cache_dir
     try:
         library = PromptLibrary.build(cache_dir, lang=lang, engine=engine, texts=texts,
-                                      notice_text=notice_text, progress=progress)
+                                      notice_texts=notice_texts, progress=progress)
     except SpeechError as exc:
         fail(f"rendering failed: {exc} (the previous build in {cache_dir} is unchanged)")
     except OSError as exc:
@@ -135,6 +133,8 @@ def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | No
         "engine": _engine_name(engine),
         "notice_version": library.notice_version,
         "notice_s": round(library.notice.size / _rate(), 3),
+        "notice_details_s": round(library.notice_layer("notice_details").size / _rate(), 3),
+        "notice_short_s": round(library.notice_layer("notice_short").size / _rate(), 3),
         "rendered": sum(c["status"] == "rendered" for c in clips),
         "reused": sum(c["status"] == "reused" for c in clips),
         "cache_dir": str(cache_dir),
@@ -149,7 +149,9 @@ def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | No
         ("engine", summary["engine"]),
         ("language", lang),
         ("notice version", summary["notice_version"]),
-        ("notice length", f"{summary['notice_s']:.1f} s"),
+        ("notice length", f"{summary['notice_s']:.1f} s first layer, "
+                          f"{summary['notice_details_s']:.1f} s details, "
+                          f"{summary['notice_short_s']:.1f} s returning caller"),
         ("clips", f"{len(clips)} ({summary['rendered']} rendered, {summary['reused']} reused)"),
         ("cache", summary["cache_dir"]),
     ]
@@ -196,11 +198,11 @@ def list_clips(obj: CliContext, lang: str | None, as_json: bool) -> None:
     cache_dir = config.prompt_cache_dir
     manifest = _read_manifest(cache_dir, lang)
     try:
-        _, notice_text = _texts_and_notice(config, lang)
+        _, notice_texts = _texts_and_notice(config, lang)
     except ConfigError as exc:
         _config_error(exc)
     # The daemon refuses a build whose notice differs from the configuration (library.load).
-    stale = manifest.get("notice_text") != notice_text
+    stale = manifest.get("notice_texts") != notice_texts
     clips: list[dict[str, Any]] = []
     for name, file_name in manifest.get("clips", {}).items():
         audio = read_clip(cache_dir / file_name)
@@ -224,7 +226,9 @@ def list_clips(obj: CliContext, lang: str | None, as_json: bool) -> None:
         click.echo(f"voice {result['voice']}, notice version {result['notice_version']}")
         for clip in clips:
             length = "MISSING/CORRUPT" if clip["seconds"] is None else f"{clip['seconds']:6.2f} s"
-            click.echo(f"  {clip['name']:<18} {length:>15}  {clip['file']}")
+            label = _LAYER_LABELS.get(clip["name"], "")
+            click.echo(f"  {clip['name']:<18} {length:>15}  {clip['file']}"
+                       + (f"  ({label})" if label else ""))
         if stale:
             click.echo("the configured notice differs from the built one: run "
                        "`appliance sounds build`", err=True)

@@ -58,7 +58,7 @@ from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, Remote
 from appliance.panel.panel import Panel, PanelPins, PanelState
 from appliance.panel.relay import BypassRelay
 from appliance.speech.library import PromptLibrary
-from appliance.speech.prompts import load_prompt_texts, render_notice_text
+from appliance.speech.prompts import load_prompt_texts, notice_texts_for
 from appliance.speech.tts import find_piper_voice, select_engine
 from appliance.store.audit import record_config
 from appliance.store.db import DB_DIR_MODE, Store
@@ -92,11 +92,11 @@ CallObserver = Callable[[str, str, str], None]
 
 
 def render_library(cache_dir: str, lang: str, voice: str, wpm: int, texts: dict[str, str],
-                   notice_text: str) -> None:
+                   notice_texts: dict[str, str]) -> None:
     """Render a prompt library into ``cache_dir`` (runs in a spawned child process)."""
     engine, _warning = select_engine(lang, voice, speed_wpm=wpm)
     PromptLibrary.build(Path(cache_dir), lang=lang, engine=engine, texts=texts,
-                        notice_text=notice_text)
+                        notice_texts=notice_texts)
 
 
 def render_text(lang: str, voice: str, wpm: int, text: str) -> np.ndarray:
@@ -175,6 +175,12 @@ class Prompts:
     @property
     def notice_version(self) -> str:
         return self._library.notice_version
+
+    def notice_layer(self, layer: str) -> np.ndarray:
+        return self._library.notice_layer(layer)
+
+    def layer_version(self, layer: str) -> str:
+        return self._library.layer_version(layer)
 
     def clip(self, name: str) -> np.ndarray:
         if name == "beep":
@@ -717,6 +723,9 @@ class Application:
             ring_during_notice=config.call.ring_during_notice,
             optout_key=config.call.optout_key,
             repeat_key=config.call.repeat_key,
+            details_key=config.call.details_key,
+            reference_at_end=config.call.reference_at_end,
+            returning_caller_days=config.notice.returning_caller_days,
             agent_timeout_s=config.call.agent_timeout_s,
             voicemail=config.call.voicemail,
             voicemail_max_s=config.call.voicemail_max_s,
@@ -1063,9 +1072,7 @@ class Application:
             key = self._prompt_key(line, cfg)
             lang, company = key
             texts = load_prompt_texts(lang, cfg.speech.texts)
-            notice_text = render_notice_text(
-                texts, lang=lang, company=company, purpose=cfg.notice.purpose,
-                retention_days=cfg.retention.recordings_days, optout_key=cfg.call.optout_key)
+            notice_texts = notice_texts_for(cfg, texts, lang=lang, company=company)
             wanted = dict(texts)
             if len(cfg.lines) > 1:
                 for other in cfg.lines:
@@ -1075,7 +1082,7 @@ class Application:
             # The default voice/company shares `appliance sounds build`'s cache directory.
             slug = hashlib.sha256(f"{lang}|{company}".encode()).hexdigest()[:12]
             cache = cfg.prompt_cache_dir if key == default_key else cfg.prompt_cache_dir / slug
-            library = self._load_or_render(cache, lang, wanted, notice_text)
+            library = self._load_or_render(cache, lang, wanted, notice_texts)
             extra = {}
             if len(cfg.lines) > 1:
                 extra["whisper_line"] = library.clip(f"whisper_line@{line.name}")
@@ -1096,13 +1103,13 @@ class Application:
         return f"piper:{path.name.removesuffix('.onnx')}", None
 
     def _load_or_render(self, cache: Path, lang: str, texts: dict[str, str],
-                        notice_text: str) -> PromptLibrary:
+                        notice_texts: dict[str, str]) -> PromptLibrary:
         voice_id, warning = self._wanted_voice(lang)
         self.speech_warning = self.speech_warning or warning
         if warning:
             _LOGGER.warning("%s", warning)
         try:
-            library = PromptLibrary.load(cache, lang=lang, notice_text=notice_text)
+            library = PromptLibrary.load(cache, lang=lang, notice_texts=notice_texts)
             missing = [name for name in texts
                        if "{" not in texts[name] and name not in library.names]
             if library.voice_id == voice_id and not missing:
@@ -1114,9 +1121,9 @@ class Application:
         started = time.monotonic()
         with _render_pool() as pool:
             pool.submit(render_library, str(cache), lang, self.config.speech.voice,
-                        self.config.speech.espeak_wpm, texts, notice_text).result()
+                        self.config.speech.espeak_wpm, texts, notice_texts).result()
         _LOGGER.info("prompts rendered in %.1f s (child process)", time.monotonic() - started)
-        return PromptLibrary.load(cache, lang=lang, notice_text=notice_text)
+        return PromptLibrary.load(cache, lang=lang, notice_texts=notice_texts)
 
     def render_text(self, text: str) -> np.ndarray:
         """Speak ``text`` now (button announcements), rendered in a child process."""

@@ -55,6 +55,10 @@ DTMF_DEDUP_S: Final = 0.6
 SILENCE_DBFS: Final = -50.0
 #: 20 ms frames per second.
 FRAMES_PER_S: Final = 50
+#: Level at which a shop that lifted during the notice hears it (monitor_line): quiet enough
+#: to be plainly "not yet through", loud enough to follow the words and note the reference.
+MONITOR_GAIN_DB: Final = -14.0
+_MONITOR_GAIN: Final = 10 ** (MONITOR_GAIN_DB / 20)
 
 
 def _quiet(frame: np.ndarray) -> bool:
@@ -121,6 +125,7 @@ class CallMedia:
         self._last_key: tuple[str, float] = ("", 0.0)
         self._primed = False
         self._whisper: ClipPlayer | None = None
+        self._monitor = False
         self._last_tx = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._silence_limit = 0  # frames; 0 = not watching
         self._quiet_frames = 0
@@ -201,7 +206,13 @@ class CallMedia:
             reference = None if self._line_aec is not None else sent_before
             for digit in self._dtmf.feed(frame, reference=reference):
                 self.key_reported(digit, "inband")
-        earpiece = frame if self._bridged else self._handset_source.read(FRAME_SAMPLES)
+        if self._bridged:
+            earpiece = frame
+        elif self._monitor and not self._handset_busy():
+            # The shop lifted during the notice: it hears what the caller hears, quietly.
+            earpiece = (tx.astype(np.float32) * _MONITOR_GAIN).astype(np.int16)
+        else:
+            earpiece = self._handset_source.read(FRAME_SAMPLES)
         if self._whisper is not None:
             # Only the shop hears it: mixed into the earpiece, never sent to the line.
             mixed = earpiece.astype(np.int32) + self._whisper.read(FRAME_SAMPLES)
@@ -282,15 +293,35 @@ class CallMedia:
         return lambda: self._events.put_nowait(PlaybackDone(token))
 
     def play_to_line(self, token: str, *clips: np.ndarray) -> None:
-        self._line_source = ClipPlayer(*clips, on_done=self._done(token))
+        """Replace what the caller hears by ``clips``; ``PlaybackDone(token)`` at their end."""
+        player = ClipPlayer()
+        self._line_source = player
+        self._queue(player, token, clips)
+
+    def queue_to_line(self, token: str, *clips: np.ndarray) -> None:
+        """Play ``clips`` right after the prompt playing now, in the same player (no gap
+        between them); ``PlaybackDone(token)`` when they have been played out."""
+        source = self._line_source
+        if isinstance(source, ClipPlayer) and not source.finished:
+            self._queue(source, token, clips)
+        else:
+            self.play_to_line(token, *clips)
+
+    def _queue(self, player: ClipPlayer, token: str, clips: tuple[np.ndarray, ...]) -> None:
+        for clip in clips[:-1]:
+            player.append(clip)
+        player.append(clips[-1] if clips else np.zeros(0, dtype=np.int16),
+                      on_done=self._done(token))
         self.line_wanted.set()
 
-    def append_to_line(self, clip: np.ndarray) -> None:
-        if isinstance(self._line_source, ClipPlayer):
-            self._line_source.append(clip)
-        else:
-            self._line_source = ClipPlayer(clip)
-        self.line_wanted.set()
+    def monitor_line(self, on: bool) -> None:
+        """While not bridged, the earpiece hears what the line is sent, at
+        :data:`MONITOR_GAIN_DB` (after anything played to the handset itself)."""
+        self._monitor = on
+
+    def _handset_busy(self) -> bool:
+        source = self._handset_source
+        return not isinstance(source, Silence) and not getattr(source, "finished", False)
 
     def line_tone(self, kind: str) -> None:
         if kind == "silence":

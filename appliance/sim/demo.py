@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -215,6 +216,7 @@ async def run_demo(
             row = app.store.get_call(result.reference) or {}
             events = app.store.events(result.reference)
             t0 = events[0]["t"] if events else 0.0
+            bridged_t = next((e["t"] for e in events if e["state"] == "bridged"), None)
             line_index = next((i for i, line in enumerate(config.lines)
                                if line.name == row.get("line")), 0)
             summaries.append({
@@ -228,6 +230,12 @@ async def run_demo(
                 "recording_decision": result.recording_decision,
                 "notice_completed": result.notice_completed,
                 "notice_version": row.get("notice_version"),
+                "notice_form": row.get("notice_form"),
+                "notice_layers": json.loads(row.get("notice_layers") or "[]"),
+                # Off-hook → the caller and the shop can speak to each other (issue: "a person
+                # in seconds"); None when nobody answered.
+                "time_to_human_s": (round(bridged_t - row["answer_at"], 2)
+                                    if bridged_t is not None and row.get("answer_at") else None),
                 "recording_path": result.recording.path if result.recording else None,
                 "recording_sha256": result.recording.sha256 if result.recording else None,
                 "recording_bytes": result.recording.bytes if result.recording else None,

@@ -122,6 +122,7 @@ class World:
     states: dict[str, asyncio.Event] = field(default_factory=dict)
     cues: dict[str, asyncio.Event] = field(default_factory=dict)
     bridged_lines: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    answered_at: dict[str, float] = field(default_factory=dict)
     on_entry: Callable[[float, str, str, str], None] | None = None
 
     def log(self, actor: str, what: str, detail: str = "") -> None:
@@ -142,7 +143,14 @@ class World:
         line = line or "main"
         self.log("appliance", state, f"[{line}] {detail}".rstrip())
         self.state(state, line).set()
+        if state == "notice":
+            # The box has just gone off-hook: the caller's wait for a person starts.
+            self.answered_at[line] = time.monotonic()
         if state == "bridged":
+            answered = self.answered_at.get(line)
+            if answered is not None:
+                self.log("caller", "reaches a person",
+                         f"[{line}] {time.monotonic() - answered:.1f} s after the box answered")
             self.bridged_lines.put_nowait(line)
 
 

@@ -9,7 +9,8 @@ Cache layout (``cache_dir``):
 * ``<sha256>.wav`` — one clip, 8 kHz mono PCM_16; the name is the SHA-256 of the text, the
   voice id, the engine settings and :data:`~appliance.speech.condition.CONDITIONING_VERSION`,
   so any change to what would be heard gives a new file and an unchanged clip is reused.
-* ``library.<lang>.json`` — manifest of the last build: clip name → file, voice, notice version.
+* ``library.<lang>.json`` — manifest of the last build: clip name → file, voice, the filled
+  notice layers and the version of each.
 
 Every file is written to a temporary name, fsync'ed and renamed (atomic on POSIX), so a power
 cut leaves either the old file or the new one. A cached clip that does not read back as a
@@ -35,7 +36,7 @@ import soundfile
 
 from appliance.errors import ReferenceFormatError, SpeechError
 from appliance.speech.condition import CONDITIONING_VERSION, PHONE_RATE_HZ, condition_for_phone
-from appliance.speech.prompts import digit_word
+from appliance.speech.prompts import NOTICE_FIRST, NOTICE_LAYERS, digit_word
 from appliance.speech.tts import TtsEngine
 
 _LOGGER = logging.getLogger(__name__)
@@ -45,15 +46,14 @@ REFERENCE_DIGITS: Final[int] = 8
 REFERENCE_GROUPS: Final[tuple[int, ...]] = (3, 3, 2)
 #: Pause between digits of one group.
 DIGIT_GAP_S: Final[float] = 0.150
-#: Pause between groups ("4 2 7 — 1 9 3 — 5 8").
-GROUP_GAP_S: Final[float] = 0.450
-#: Pause after "A hívás azonosítója:" / "Ismétlem:" before the first digit.
-INTRO_GAP_S: Final[float] = 0.300
-#: Pause between the first reading and "Ismétlem:" (a sentence break).
-REPEAT_GAP_S: Final[float] = 0.700
+#: Pause between groups ("4 2 7 — 1 9 3 — 5 8"): the reference is read once, so each group
+#: gets time to be written down before the next one.
+GROUP_GAP_S: Final[float] = 0.500
+#: Pause after "Hívásazonosító:" before the first digit.
+INTRO_GAP_S: Final[float] = 0.250
 #: Clip names of the digit words.
 DIGIT_CLIPS: Final[tuple[str, ...]] = tuple("0123456789")
-NOTICE_CLIP: Final[str] = "notice"
+NOTICE_CLIP: Final[str] = NOTICE_FIRST
 #: The voicemail beep ("A sípszó után…"): generated, not synthesised, so always present.
 BEEP_CLIP: Final[str] = "beep"
 BEEP_FREQ_HZ: Final[float] = 1000.0
@@ -62,7 +62,14 @@ BEEP_S: Final[float] = 0.400
 BEEP_PEAK_DBFS: Final[float] = -9.0
 #: Raised-cosine ramps avoid clicks (spectral splatter) at the tone's edges.
 BEEP_RAMP_S: Final[float] = 0.010
-MANIFEST_VERSION: Final[int] = 1
+#: 2: the layered notice (``notice_texts``/``notice_versions`` per layer).
+MANIFEST_VERSION: Final[int] = 2
+#: The cue a shop that lifted during the notice hears when the caller is put through
+#: (docs/speech.md "The shop during the notice"): two soft pips, generated like the beep.
+CUE_CLIP: Final[str] = "cue"
+CUE_FREQ_HZ: Final[float] = 1400.0
+CUE_PIP_S: Final[float] = 0.060
+CUE_PEAK_DBFS: Final[float] = -20.0
 _WAV_HEADER_MIN_BYTES: Final[int] = 44
 
 #: ``progress(clip_name, reused, seconds)`` — called once per clip during a build, with the
@@ -76,14 +83,27 @@ def _silence(seconds: float) -> npt.NDArray[np.int16]:
 
 def beep() -> npt.NDArray[np.int16]:
     """Return the voicemail beep: 1 kHz, 400 ms, −9 dBFS peak, 10 ms ramps, 8 kHz int16."""
-    t = np.arange(round(BEEP_S * PHONE_RATE_HZ)) / PHONE_RATE_HZ
-    tone = np.sin(2 * np.pi * BEEP_FREQ_HZ * t)
+    samples: npt.NDArray[np.int16] = np.round(
+        _tone(BEEP_FREQ_HZ, BEEP_S, BEEP_PEAK_DBFS)).astype(np.int16)
+    return samples
+
+
+def _tone(freq_hz: float, seconds: float, peak_dbfs: float) -> npt.NDArray[np.float64]:
+    t = np.arange(round(seconds * PHONE_RATE_HZ)) / PHONE_RATE_HZ
+    tone = np.sin(2 * np.pi * freq_hz * t)
     ramp = round(BEEP_RAMP_S * PHONE_RATE_HZ)
     envelope = np.ones_like(tone)
     envelope[:ramp] = 0.5 - 0.5 * np.cos(np.pi * np.arange(ramp) / ramp)
     envelope[-ramp:] = envelope[:ramp][::-1]
-    peak = 10.0 ** (BEEP_PEAK_DBFS / 20.0) * 32767
-    samples: npt.NDArray[np.int16] = np.round(tone * envelope * peak).astype(np.int16)
+    result: npt.NDArray[np.float64] = tone * envelope * 10.0 ** (peak_dbfs / 20.0) * 32767
+    return result
+
+
+def connect_cue() -> npt.NDArray[np.int16]:
+    """Return the "caller is through" cue: two 60 ms pips at 1.4 kHz, 60 ms apart, −20 dBFS."""
+    pip = _tone(CUE_FREQ_HZ, CUE_PIP_S, CUE_PEAK_DBFS)
+    gap = np.zeros(round(CUE_PIP_S * PHONE_RATE_HZ))
+    samples: npt.NDArray[np.int16] = np.round(np.concatenate((pip, gap, pip))).astype(np.int16)
     return samples
 
 
@@ -102,7 +122,8 @@ def clip_file_name(text: str, voice_id: str, settings: Mapping[str, object]) -> 
 
 
 def notice_version(notice_text: str, voice_id: str, settings: Mapping[str, object]) -> str:
-    """Return the notice version stored per call: SHA-256 of text + voice + settings."""
+    """Return the version of one notice layer stored per call: SHA-256 of its filled text +
+    voice + settings (the same text spoken by another voice is another version)."""
     return _sha256_hex(notice_text, voice_id, _settings_json(settings))
 
 
@@ -198,31 +219,32 @@ class PromptLibrary:
         *,
         lang: str,
         voice_id: str,
-        notice_version: str,
+        notice_versions: Mapping[str, str],
         clips: Mapping[str, npt.NDArray[np.int16]],
         engine: TtsEngine | None = None,
     ) -> None:
         """Wrap already-rendered clips; use :meth:`build` or :meth:`load` instead.
 
         Raises:
-            SpeechError: the notice, the reference connectives or a digit clip is missing.
+            SpeechError: a notice layer, its version, the reference intro or a digit clip is
+                missing.
         """
-        required = {NOTICE_CLIP, "reference_intro", "reference_again", *DIGIT_CLIPS}
-        missing = required - clips.keys()
+        required = {*NOTICE_LAYERS, "reference_intro", *DIGIT_CLIPS}
+        missing = (required - clips.keys()) | (set(NOTICE_LAYERS) - notice_versions.keys())
         if missing:
             raise SpeechError("prompt library lacks clips: " + ", ".join(sorted(missing)))
         self.lang = lang
         self._voice_id = voice_id
-        self._notice_version = notice_version
+        self._notice_versions = dict(notice_versions)
         self._clips = dict(clips)
         self._clips.setdefault(BEEP_CLIP, beep())
+        self._clips.setdefault(CUE_CLIP, connect_cue())
         for clip in self._clips.values():
             clip.setflags(write=False)  # shared by every call: nobody may edit it in place
         self._engine = engine
         self._digit_gap = _silence(DIGIT_GAP_S)
         self._group_gap = _silence(GROUP_GAP_S)
         self._intro_gap = _silence(INTRO_GAP_S)
-        self._repeat_gap = _silence(REPEAT_GAP_S)
 
     # --- construction ------------------------------------------------------------------
 
@@ -234,22 +256,22 @@ class PromptLibrary:
         lang: str,
         engine: TtsEngine,
         texts: Mapping[str, str],
-        notice_text: str,
+        notice_texts: Mapping[str, str],
         progress: ProgressCallback | None = None,
     ) -> PromptLibrary:
         """Render (or reuse) every clip into ``cache_dir`` and write the manifest.
 
-        Rendered: every text of ``texts`` without placeholders, the notice (already filled,
-        see :func:`~appliance.speech.prompts.render_notice_text`) and the digit words 0–9 of
-        ``lang``. Templates with placeholders (``last_call``, ``health_fault``) are skipped:
-        the CLI fills and renders them with :meth:`render_text`.
+        Rendered: every text of ``texts`` without placeholders, the notice layers (already
+        filled, see :func:`~appliance.speech.prompts.render_notice_texts`) and the digit words
+        0–9 of ``lang``. Templates with placeholders (``last_call``, ``health_fault``) are
+        skipped: the CLI fills and renders them with :meth:`render_text`.
 
         Args:
             cache_dir: created if missing.
             lang: language of ``texts``; selects the digit words.
             engine: the speech engine.
             texts: prompt templates from ``load_prompt_texts``.
-            notice_text: the filled notice.
+            notice_texts: the filled notice layers, by name (:data:`NOTICE_LAYERS`).
             progress: called as ``progress(name, reused, seconds)`` once per clip, right
                 after it was rendered or found in the cache.
 
@@ -262,9 +284,13 @@ class PromptLibrary:
         sources: dict[str, str] = {
             name: text
             for name, text in texts.items()
-            if name != NOTICE_CLIP and not is_template(text)
+            if name not in NOTICE_LAYERS and not is_template(text)
         }
-        sources[NOTICE_CLIP] = notice_text
+        missing = set(NOTICE_LAYERS) - notice_texts.keys()
+        if missing:
+            raise SpeechError("notice layers not given: " + ", ".join(sorted(missing)))
+        for layer in NOTICE_LAYERS:
+            sources[layer] = notice_texts[layer]
         for digit in DIGIT_CLIPS:
             sources[digit] = digit_word(lang, digit)
         clips: dict[str, npt.NDArray[np.int16]] = {}
@@ -285,30 +311,35 @@ class PromptLibrary:
                 progress(name, reused, audio.size / PHONE_RATE_HZ)
             clips[name] = audio
             files[name] = file_name
-        version = notice_version(notice_text, voice_id, settings)
+        versions = {layer: notice_version(notice_texts[layer], voice_id, settings)
+                    for layer in NOTICE_LAYERS}
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "lang": lang,
             "voice_id": voice_id,
             "settings": json.loads(_settings_json(settings)),
             "conditioning": CONDITIONING_VERSION,
-            "notice_version": version,
-            "notice_text": notice_text,
+            "notice_version": versions[NOTICE_FIRST],
+            "notice_versions": versions,
+            "notice_texts": {layer: notice_texts[layer] for layer in NOTICE_LAYERS},
             "clips": files,
         }
         with _atomic_open(cls.manifest_path(cache_dir, lang)) as file:
             file.write(json.dumps(manifest, ensure_ascii=False, indent=2).encode("utf-8"))
-        return cls(lang=lang, voice_id=voice_id, notice_version=version, clips=clips, engine=engine)
+        return cls(lang=lang, voice_id=voice_id, notice_versions=versions, clips=clips,
+                   engine=engine)
 
     @classmethod
-    def load(cls, cache_dir: Path, *, lang: str, notice_text: str | None = None) -> PromptLibrary:
+    def load(cls, cache_dir: Path, *, lang: str,
+             notice_texts: Mapping[str, str] | None = None) -> PromptLibrary:
         """Load the last build for ``lang`` without any speech engine (the daemon's path).
 
         Args:
             cache_dir: the directory :meth:`build` wrote.
             lang: language to load.
-            notice_text: the notice the current configuration would speak; if given and it
-                differs from the built one, loading fails so a stale notice is never played.
+            notice_texts: the notice layers the current configuration would speak; if given
+                and any differs from the built one, loading fails so a stale notice is never
+                played.
 
         Raises:
             SpeechError: no build, a stale notice, or a missing/corrupt clip (run
@@ -321,7 +352,7 @@ class PromptLibrary:
             raise SpeechError(f"no prompt build for {lang!r} in {cache_dir}: {exc}") from exc
         if manifest.get("manifest_version") != MANIFEST_VERSION:
             raise SpeechError(f"{path}: unsupported manifest version; rebuild the prompts")
-        if notice_text is not None and manifest.get("notice_text") != notice_text:
+        if notice_texts is not None and manifest.get("notice_texts") != dict(notice_texts):
             raise SpeechError(
                 f"{path}: the rendered notice differs from the configured one; "
                 "run `appliance sounds build`"
@@ -335,7 +366,7 @@ class PromptLibrary:
         return cls(
             lang=lang,
             voice_id=manifest["voice_id"],
-            notice_version=manifest["notice_version"],
+            notice_versions=manifest["notice_versions"],
             clips=clips,
         )
 
@@ -353,13 +384,31 @@ class PromptLibrary:
 
     @property
     def notice(self) -> npt.NDArray[np.int16]:
-        """The rendered notice (read-only array)."""
+        """The rendered first layer of the notice (read-only array)."""
         return self._clips[NOTICE_CLIP]
 
     @property
     def notice_version(self) -> str:
-        """SHA-256 hex of notice text + voice id + settings; stored with each call."""
-        return self._notice_version
+        """The first layer's version (SHA-256 hex of text + voice id + settings)."""
+        return self._notice_versions[NOTICE_FIRST]
+
+    def notice_layer(self, layer: str) -> npt.NDArray[np.int16]:
+        """The rendered notice layer ``layer`` (one of :data:`NOTICE_LAYERS`).
+
+        Raises:
+            KeyError: not a notice layer.
+        """
+        if layer not in NOTICE_LAYERS:
+            raise KeyError(f"not a notice layer: {layer!r}")
+        return self._clips[layer]
+
+    def layer_version(self, layer: str) -> str:
+        """The version of notice layer ``layer``; stored with each call that played it.
+
+        Raises:
+            KeyError: not a notice layer.
+        """
+        return self._notice_versions[layer]
 
     @property
     def names(self) -> frozenset[str]:
@@ -369,8 +418,8 @@ class PromptLibrary:
     def clip(self, name: str) -> npt.NDArray[np.int16]:
         """Return the clip ``name`` (read-only).
 
-        Names: every prompt without placeholders, "notice", the digits "0".."9" and
-        "beep" (generated tone).
+        Names: every prompt without placeholders, the notice layers, the digits "0".."9",
+        "beep" and "cue" (generated tones).
 
         Raises:
             KeyError: no such clip (templates like ``last_call`` are never pre-rendered).
@@ -381,10 +430,11 @@ class PromptLibrary:
             raise KeyError(f"no prompt clip {name!r}") from None
 
     def reference_audio(self, reference: str) -> npt.NDArray[np.int16]:
-        """Assemble "<intro> 4 2 7 — 1 9 3 — 5 8. <again> 4 2 7 — 1 9 3 — 5 8."
+        """Assemble "<intro> 4 2 7 — 1 9 3 — 5 8", read once.
 
-        150 ms between digits, 450 ms between groups (3-3-2), no synthesis: a concatenation
-        of cached arrays (≈50 µs on the x86 dev VM).
+        :data:`DIGIT_GAP_S` between digits, :data:`GROUP_GAP_S` between groups (3-3-2), no
+        synthesis: a concatenation of cached arrays (≈50 µs on the x86 dev VM). The caller
+        hears it again on the repeat key and, when the shop hangs up first, at the end.
 
         Args:
             reference: 8 digits, optionally grouped with spaces or hyphens.
@@ -393,23 +443,14 @@ class PromptLibrary:
             ReferenceFormatError: not 8 digits.
         """
         digits = normalize_reference(reference)
-        reading = self._digits_parts(digits)
-        parts = [
-            self._clips["reference_intro"],
-            self._intro_gap,
-            *reading,
-            self._repeat_gap,
-            self._clips["reference_again"],
-            self._intro_gap,
-            *reading,
-        ]
+        parts = [self._clips["reference_intro"], self._intro_gap, *self._digits_parts(digits)]
         return np.concatenate(parts)
 
     def digits_audio(self, reference: str) -> npt.NDArray[np.int16]:
         """Assemble one reading of the digits only, "4 2 7 — 1 9 3 — 5 8".
 
         For the whisper to the shop (``whisper_reference`` clip, then this), where the
-        caller-facing intro and repetition would waste the agent's time.
+        caller-facing intro would waste the agent's time.
 
         Raises:
             ReferenceFormatError: not 8 digits.

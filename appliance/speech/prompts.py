@@ -21,9 +21,12 @@ import logging
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from appliance.errors import ConfigError
+
+if TYPE_CHECKING:
+    from appliance.config import Config
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -35,8 +38,9 @@ DEFAULT_LANG: Final[str] = "hu"
 PROMPT_NAMES: Final[frozenset[str]] = frozenset(
     {
         "notice",
+        "notice_details",
+        "notice_short",
         "reference_intro",
-        "reference_again",
         "optout_confirm",
         "not_recorded",
         "connecting",
@@ -56,6 +60,19 @@ PROMPT_NAMES: Final[frozenset[str]] = frozenset(
 
 #: Keys a caller can press for the opt-out (DTMF 0-9, *, #).
 OPTOUT_KEYS: Final[frozenset[str]] = frozenset("0123456789*#")
+
+#: The layered notice (docs/speech.md "The layered notice"): the first layer every caller
+#: hears before recording, the second layer (the full Art. 13 text) on the details key, and
+#: the returning caller's short form. Each is a template filled from the configuration.
+NOTICE_FIRST: Final[str] = "notice"
+NOTICE_DETAILS: Final[str] = "notice_details"
+NOTICE_SHORT: Final[str] = "notice_short"
+NOTICE_LAYERS: Final[tuple[str, ...]] = (NOTICE_FIRST, NOTICE_DETAILS, NOTICE_SHORT)
+#: The placeholders a notice template may use.
+NOTICE_PLACEHOLDERS: Final[tuple[str, ...]] = (
+    "company", "company_with_article", "purpose", "legal_basis", "retention", "full_notice_at",
+    "optout_key_phrase", "optout_key_name", "details_key_phrase", "details_key_name",
+)  # fmt: skip
 
 #: Package data directory (no ``__init__``; the name is shared with this module on purpose,
 #: as the brief places the texts in ``appliance/speech/prompts/``).
@@ -219,6 +236,17 @@ def hu_key_phrase(key: str) -> str:
     return f"{_HU_KEY_ADJECTIVES[key]} gombot"
 
 
+def hu_key_name(key: str) -> str:
+    """Name a telephone key in the nominative ("9" → "kilences gomb", "*" → "csillag gomb").
+
+    Raises:
+        ValueError: ``key`` is not one of 0-9, ``*``, ``#``.
+    """
+    if key not in _HU_KEY_ADJECTIVES:
+        raise ValueError(f"not a telephone key: {key!r}")
+    return f"{_HU_KEY_ADJECTIVES[key]} gomb"
+
+
 def hu_digit_word(digit: str) -> str:
     """Return the word a single digit is read as in a call reference ("2" → "kettő")."""
     return _HU_UNITS[_digit_value(digit)]
@@ -306,63 +334,91 @@ def _split_duration(days: int) -> tuple[int, str]:
     return days, "day"
 
 
-def render_notice_text(
+def render_notice_texts(
     texts: Mapping[str, str],
     *,
     lang: str,
     company: str,
     purpose: str,
+    legal_basis: str,
+    full_notice_at: str,
     retention_days: int,
     optout_key: str,
-) -> str:
-    """Fill the ``notice`` template from the configuration.
+    details_key: str,
+) -> dict[str, str]:
+    """Fill the three notice templates (:data:`NOTICE_LAYERS`) from the configuration.
 
     The same values drive the behaviour (purge after ``retention_days``, opt-out on
-    ``optout_key``), so the spoken notice cannot contradict the box.
+    ``optout_key``, the second layer on ``details_key``), so the spoken notice cannot
+    contradict the box.
 
     Args:
         texts: prompt templates from :func:`load_prompt_texts`.
         lang: language of ``texts`` (selects the inflection).
         company: controller's name as it should be spoken.
-        purpose: purpose noun phrase in ``lang`` ("minőségbiztosítás és panaszkezelés").
+        purpose: purpose noun phrase in ``lang`` ("panaszkezelés").
+        legal_basis: the legal basis as spoken ("jogos érdek").
+        full_notice_at: where the written notice is ("üzletünkben").
         retention_days: retention period in days.
         optout_key: DTMF key that stops the recording.
+        details_key: DTMF key that plays the second layer.
 
     Returns:
-        The notice text, ready to be rendered.
+        ``{"notice": …, "notice_details": …, "notice_short": …}``, ready to be rendered.
 
     Raises:
         ConfigError: a value cannot be spoken (bad key, retention, or an unknown placeholder
             in an overridden template); ``key`` names the offending setting.
     """
-    if optout_key not in OPTOUT_KEYS:
-        raise ConfigError("optout_key", "one of 0-9, *, #", optout_key)
+    for name, key in (("optout_key", optout_key), ("details_key", details_key)):
+        if key not in OPTOUT_KEYS:
+            raise ConfigError(name, "one of 0-9, *, #", key)
     try:
         if lang == "hu":
             retention = hu_duration(retention_days)
-            key_phrase = hu_key_phrase(optout_key)
-            key_phrase = f"{hu_article(key_phrase)} {key_phrase}"
+            names = {k: hu_key_name(k) for k in (optout_key, details_key)}
+            phrases = {k: f"{hu_article(p)} {p}" for k in (optout_key, details_key)
+                       for p in (hu_key_phrase(k),)}
             company_with_article = f"{hu_article(company)} {company}"
         else:
             retention = en_duration(retention_days)
-            key_phrase = en_key_phrase(optout_key)
+            names = phrases = {k: en_key_phrase(k) for k in (optout_key, details_key)}
             company_with_article = company
     except ValueError as exc:
         raise ConfigError(
             "retention_days", "1..9999 days, months or years", retention_days
         ) from exc
-    try:
-        return texts["notice"].format(
-            company=company,
-            company_with_article=company_with_article,
-            purpose=purpose,
-            retention=retention,
-            optout_key_phrase=key_phrase,
-        )
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            "speech.texts.notice",
-            "placeholders among {company}, {company_with_article}, {purpose}, {retention}, "
-            "{optout_key_phrase}",
-            str(exc),
-        ) from exc
+    values = {
+        "company": company,
+        "company_with_article": company_with_article,
+        "purpose": purpose,
+        "legal_basis": legal_basis,
+        "retention": retention,
+        "full_notice_at": full_notice_at,
+        "optout_key_phrase": phrases[optout_key],
+        "optout_key_name": names[optout_key],
+        "details_key_phrase": phrases[details_key],
+        "details_key_name": names[details_key],
+    }
+    out: dict[str, str] = {}
+    for layer in NOTICE_LAYERS:
+        try:
+            out[layer] = texts[layer].format(**values)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"speech.texts.{layer}",
+                "placeholders among " + ", ".join("{" + p + "}" for p in NOTICE_PLACEHOLDERS),
+                str(exc),
+            ) from exc
+    return out
+
+
+def notice_texts_for(config: Config, texts: Mapping[str, str], *, lang: str,
+                     company: str) -> dict[str, str]:
+    """:func:`render_notice_texts` with the values of ``config`` (the daemon's and the CLI's
+    one way to fill the notice, so both render the same text)."""
+    return render_notice_texts(
+        texts, lang=lang, company=company, purpose=config.notice.purpose,
+        legal_basis=config.notice.legal_basis, full_notice_at=config.notice.full_notice_at,
+        retention_days=config.retention.recordings_days, optout_key=config.call.optout_key,
+        details_key=config.call.details_key)

@@ -97,6 +97,11 @@ CALL_COLUMNS: Final = frozenset(
         "purged_at",
         "erased_at",
         "erase_reason",
+        # Schema v6 (the layered notice, docs/records.md "What the caller was told").
+        "notice_form",
+        "notice_form_reason",
+        "notice_first_heard",
+        "notice_layers",
     }
 )
 
@@ -246,12 +251,31 @@ def _migrate_to_5(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_6(conn: sqlite3.Connection) -> None:
+    """The layered notice: what each caller was told (docs/records.md).
+
+    ``notice_form``: ``full`` (the first layer) or ``short`` (a returning caller's form);
+    ``notice_form_reason``: why; ``notice_first_heard``: 1 when the whole first layer was
+    played (what makes a later call from that number a returning caller's);
+    ``notice_layers``: JSON list of the layers played, each with its version and whether it
+    was played in full. ``notice_version`` stays the version of the first thing said.
+    """
+    for statement in (
+        "ALTER TABLE calls ADD COLUMN notice_form TEXT",
+        "ALTER TABLE calls ADD COLUMN notice_form_reason TEXT",
+        "ALTER TABLE calls ADD COLUMN notice_first_heard INTEGER",
+        "ALTER TABLE calls ADD COLUMN notice_layers TEXT",
+    ):
+        conn.execute(statement)
+
+
 _MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
     _migrate_to_1,
     _migrate_to_2,
     _migrate_to_3,
     _migrate_to_4,
     _migrate_to_5,
+    _migrate_to_6,
 )
 #: The schema version this code writes.
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -811,6 +835,20 @@ class Store:
         """How many calls the index holds (a count, not the rows: 10^6 rows as dicts would
         take over a gigabyte)."""
         return int(self._query("SELECT COUNT(*) AS n FROM calls")[0]["n"])
+
+    def last_informed_call(self, number: str, since: float) -> dict[str, Any] | None:
+        """The newest call from ``number`` ringing at or after ``since`` in which the caller
+        heard the whole first layer of the notice, or None (the returning-caller check).
+
+        An erased or purged call no longer has its number, so it never counts.
+        """
+        rows = self._query(
+            "SELECT * FROM calls WHERE caller_number = ? AND notice_first_heard = 1 "
+            "AND COALESCE(ring_at, created_at) >= ? "
+            "ORDER BY COALESCE(ring_at, created_at) DESC, id DESC LIMIT 1",
+            (number, since),
+        )
+        return rows[0] if rows else None
 
     def last_call(self) -> dict[str, Any] | None:
         """Return the newest call, or None if there is none."""

@@ -327,6 +327,39 @@ def _finish(store: Store, row: dict[str, Any], work: Path, shown: str, as_zip: b
                         audit_hash, tuple(problems))
 
 
+_LAYER_WORDS: Final[dict[str, tuple[str, str]]] = {
+    "notice": ("első réteg (rövid tájékoztatás)", "first layer (short notice)"),
+    "notice_short": ("visszatérő hívó rövid formája", "returning caller's short form"),
+    "reference": ("hívásazonosító", "call reference"),
+    "notice_details": ("második réteg (teljes tájékoztatás)", "second layer (full notice)"),
+}
+_PLAYED_WORDS: Final[dict[str, tuple[str, str]]] = {
+    "full": ("végig lejátszva", "played in full"),
+    "partial": ("részben lejátszva", "played in part"),
+    "no": ("nem hangzott el", "not played"),
+}
+
+
+def notice_lines(row: dict[str, Any], lang: str) -> list[str]:
+    """What the caller was told, one line per notice layer (``lang``: "hu" or "en").
+
+    From ``notice_layers`` (docs/records.md); empty for a call stored before it existed.
+    """
+    index = 0 if lang == "hu" else 1
+    try:
+        layers = json.loads(row.get("notice_layers") or "[]")
+    except ValueError:
+        return []
+    out = []
+    for layer in layers:
+        name = _LAYER_WORDS.get(layer.get("layer"), (layer.get("layer"),) * 2)[index]
+        played = _PLAYED_WORDS.get(layer.get("played"), (layer.get("played"),) * 2)[index]
+        version = layer.get("version")
+        tail = (f" ({'változat' if index == 0 else 'version'} {version})" if version else "")
+        out.append(f"  - {name}: {played}{tail}")
+    return out
+
+
 def _summary(row: dict[str, Any], shown: str, original_name: str | None,
              wav_name: str | None, original_sha: str | None, matches: bool | None,
              problems: list[str], audit_hash: str) -> str:
@@ -370,6 +403,7 @@ def _summary(row: dict[str, Any], shown: str, original_name: str | None,
             f"Kimenetel:            {outcome_hu}",
             f"Felvétel:             {decision_hu}",
             f"Tájékoztatás lejátszva: {notice_hu} (változat: {row['notice_version'] or '—'})",
+            *notice_lines(row, "hu"),
             f"Hívás hossza:         {duration}",
         ]
         if deleted_hu:
@@ -398,6 +432,7 @@ def _summary(row: dict[str, Any], shown: str, original_name: str | None,
             f"Outcome:              {outcome_en}",
             f"Recording:            {decision_en}",
             f"Notice played:        {notice_en} (version {row['notice_version'] or '—'})",
+            *notice_lines(row, "en"),
             f"Call length:          {duration}",
         ]
         if deleted_en:

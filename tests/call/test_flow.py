@@ -7,6 +7,8 @@ daemon on the simulator is exercised in tests/system/.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,9 +90,13 @@ class FakeMedia:
         self.line_plays.append(token)
         self.log.add(f"media:play:{token}")
 
-    def append_to_line(self, clip: np.ndarray) -> None:
-        self.log.add("media:append")
+    def queue_to_line(self, token: str, *clips: np.ndarray) -> None:
+        self.line_plays.append(token)
+        self.log.add(f"media:queue:{token}")
         self.appended.set()
+
+    def monitor_line(self, on: bool) -> None:
+        self.log.add(f"media:monitor:{on}")
 
     def line_tone(self, kind: str) -> None:
         self.log.add(f"media:tone:{kind}")
@@ -133,11 +139,21 @@ class FakeMedia:
 
 
 class FakeStore:
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, informed: Mapping[str, float] | None = None) -> None:
         self.log = log
         self.rows: dict[str, dict[str, Any]] = {}
         self.events: list[tuple[str, str]] = []
         self.audit: list[str] = []
+        #: caller number → ring time of an earlier call that heard the whole first layer.
+        self.informed = dict(informed or {})
+        self.lookups: list[tuple[str, float]] = []
+
+    def last_informed_call(self, number: str, since: float) -> Mapping[str, Any] | None:
+        self.lookups.append((number, since))
+        ring_at = self.informed.get(number)
+        if ring_at is None or ring_at < since:
+            return None
+        return {"reference": "87654321", "ring_at": ring_at}
 
     async def create_call(self, reference: str, **fields: Any) -> int:
         self.log.add("store:create")
@@ -161,6 +177,12 @@ class FakePrompts:
     notice = np.zeros(80, dtype=np.int16)
     notice_version = "v1"
 
+    def notice_layer(self, layer: str) -> np.ndarray:
+        return np.zeros(80, dtype=np.int16)
+
+    def layer_version(self, layer: str) -> str:
+        return f"{layer}-v1"
+
     def clip(self, name: str) -> np.ndarray:
         return np.zeros(8, dtype=np.int16)
 
@@ -180,12 +202,14 @@ class FakePanel:
 
 
 class Harness:
-    def __init__(self, policy: CallPolicy | None = None, *, can_bridge: bool = True) -> None:
+    def __init__(self, policy: CallPolicy | None = None, *, can_bridge: bool = True,
+                 caller: CallerInfo | None = None,
+                 informed: Mapping[str, float] | None = None) -> None:
         self.log = Log()
         self.events: asyncio.Queue[CallEvent] = asyncio.Queue()
         self.handset = FakeHandset(self.log)
         self.media = FakeMedia(self.log)
-        self.store = FakeStore(self.log)
+        self.store = FakeStore(self.log, informed)
         self.panel = FakePanel()
         self.states: list[str] = []
         self._seen: dict[str, asyncio.Event] = {}
@@ -193,7 +217,7 @@ class Harness:
                           media=self.media, store=self.store, prompts=FakePrompts(),
                           panel=self.panel)
         self.call = InboundCall(
-            "12345678", CallerInfo(line="main", number="+3612345"), ports,
+            "12345678", caller or CallerInfo(line="main", number="+3612345"), ports,
             policy or CallPolicy(agent_timeout_s=0.2, voicemail_max_s=0.2), self.events,
             observer=self._observe,
         )
@@ -209,8 +233,35 @@ class Harness:
     def post(self, event: CallEvent) -> None:
         self.events.put_nowait(event)
 
+    async def drain(self) -> None:
+        """Return once the call has handled every event posted so far (a key nobody uses is
+        posted last, and its dtmf event awaited)."""
+        self.post(KeyPressed("5"))
+        async with asyncio.timeout(TIMEOUT_S):
+            while ("dtmf", "5 (modem)") not in self.store.events:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        self.store.events.remove(("dtmf", "5 (modem)"))
+
+    def layers(self) -> list[dict[str, str]]:
+        """The call's stored notice proof (``notice_layers``), decoded."""
+        return json.loads(self.store.rows["12345678"]["notice_layers"])
+
+    def shop_hangs_up(self) -> None:
+        """The shop hangs up while bridged; the caller hears the reference and goodbye."""
+        self.post(AgentOnHook())
+        self.post(PlaybackDone("farewell"))
+
+    def finish_notice(self) -> None:
+        """The first layer and the reference have been played out."""
+        self.post(PlaybackDone("notice"))
+        self.post(PlaybackDone("reference"))
+
     async def result(self) -> CallResult:
-        return await asyncio.wait_for(self.task, TIMEOUT_S)
+        # Not wait_for: on a timeout it cancels the call, whose finalization then returns a
+        # result, and a call that hung would pass.
+        done, _ = await asyncio.wait({self.task}, timeout=TIMEOUT_S)
+        assert done, "the call did not end by itself"
+        return self.task.result()
 
 
 def test_transition_table_is_closed() -> None:
@@ -225,7 +276,7 @@ async def test_answered_call_row_before_answer_record_after_notice() -> None:
     await h.until_state("notice")
     assert h.log.index("store:create") < h.log.index("line:answer")
     assert "media:record" not in h.log.entries
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("ringing-agent")
     assert h.log.index("media:record") > h.log.index("media:play:notice")
     h.handset.off_hook = True
@@ -250,13 +301,16 @@ async def test_optout_during_notice_never_records_but_speaks_reference() -> None
     await h.until_state("notice")
     h.post(KeyPressed("9"))
     await h.until_state("recording-declined")
-    assert h.media.line_plays == ["notice", "notice"]  # replaced: confirm + reference
-    h.post(PlaybackDone("notice"))
+    # The first layer is cut: the confirmation, then the reference (not heard yet).
+    assert h.media.line_plays == ["notice", "reference", "optout", "reference"]
+    h.post(PlaybackDone("notice"))  # late: from the prompt that was replaced
+    h.post(PlaybackDone("optout"))
+    h.post(PlaybackDone("reference"))
     await h.until_state("ringing-agent")
     h.handset.off_hook = True
     h.post(AgentOffHook())
     await h.until_state("bridged")
-    h.post(AgentOnHook())
+    h.shop_hangs_up()
     result = await h.result()
     assert result.recording_decision == "declined"
     assert "media:record" not in h.log.entries
@@ -283,17 +337,17 @@ async def test_agent_lifting_during_notice_hears_whisper_then_is_bridged() -> No
     await h.until_state("agent-off-hook")
     assert "media:handset:whisper" in h.log.entries
     assert not h.media.bridged
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("bridged")
     assert h.log.index("media:record") < h.log.index("media:bridge")
-    h.post(AgentOnHook())
+    h.shop_hangs_up()
     assert (await h.result()).outcome == "bridged"
 
 
 async def test_nobody_answers_voicemail_then_goodbye() -> None:
     h = Harness()
     await h.until_state("notice")
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("voicemail")
     h.post(PlaybackDone("voicemail"))
     await h.until_state("voicemail-recording")
@@ -310,7 +364,7 @@ async def test_a_line_that_cannot_bridge_takes_a_message_without_ringing_the_sho
     await h.until_state("notice")
     h.handset.off_hook = True
     h.post(AgentOffHook())
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("voicemail")
     assert "handset:ring" not in h.log.entries
     assert "media:handset:whisper" not in h.log.entries
@@ -332,7 +386,7 @@ async def test_a_line_that_cannot_bridge_respects_the_opt_out() -> None:
     await h.until_state("notice")
     h.post(KeyPressed("9"))
     await h.until_state("recording-declined")
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("no-answer")
     assert "voicemail" not in h.states
     h.post(PlaybackDone("goodbye"))
@@ -346,7 +400,7 @@ async def test_a_line_that_cannot_bridge_respects_the_opt_out() -> None:
 async def test_line_lost_while_bridged_still_finalizes() -> None:
     h = Harness()
     await h.until_state("notice")
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     h.handset.off_hook = True
     h.post(AgentOffHook())
     await h.until_state("bridged")
@@ -360,7 +414,7 @@ async def test_line_lost_while_bridged_still_finalizes() -> None:
 async def test_max_call_length_ends_the_call() -> None:
     h = Harness(CallPolicy(max_call_s=0.3, agent_timeout_s=10))
     await h.until_state("notice")
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     h.handset.off_hook = True
     h.post(AgentOffHook())
     result = await h.result()
@@ -368,12 +422,240 @@ async def test_max_call_length_ends_the_call() -> None:
     assert any("maximum call length" in detail for _, detail in h.store.events)
 
 
-@pytest.mark.parametrize("key", ["*"])
-async def test_repeat_key_appends_the_reference(key: str) -> None:
+@pytest.mark.parametrize("key_after", ["nothing", "first layer"])
+async def test_details_key_at_the_last_moment_plays_the_whole_second_layer_first(
+        key_after: str) -> None:
+    # The caller presses the details key as the first layer ends: the key may be detected
+    # just before or just after its last sample. Either way the reference (already queued)
+    # and then the whole second layer are played, and only then does recording start.
     h = Harness()
     await h.until_state("notice")
-    h.post(KeyPressed(key))
-    await asyncio.wait_for(h.media.appended.wait(), TIMEOUT_S)
+    if key_after == "first layer":
+        h.post(PlaybackDone("notice"))
+    h.post(KeyPressed("0"))
+    if key_after == "nothing":
+        h.post(PlaybackDone("notice"))
+    h.post(PlaybackDone("reference"))
+    await h.until_state("details-requested")
+    await h.drain()
+    assert h.media.line_plays == ["notice", "reference", "details"]
+    assert "media:record" not in h.log.entries
+    assert "notice-finished" not in h.states
+    h.post(PlaybackDone("details"))
+    await h.until_state("ringing-agent")
+    assert h.log.index("media:record") > h.log.index("media:queue:details")
+    assert [(e["layer"], e["played"]) for e in h.layers()] == [
+        ("notice", "full"), ("reference", "full"), ("notice_details", "full")]
+    assert h.layers()[2]["version"] == "notice_details-v1"
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(CallerHungUp("busy"))
+    assert (await h.result()).recording_decision == "recorded"
+
+
+async def test_details_key_twice_plays_the_second_layer_once() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(KeyPressed("0"))
+    await h.until_state("details-requested")
+    h.post(KeyPressed("1"))  # another key between, so the two 0s are two presses
+    h.post(KeyPressed("0"))
+    await h.drain()
+    assert h.media.line_plays.count("details") == 1
+    h.post(CallerHungUp("busy"))
+    await h.result()
+
+
+async def test_optout_in_the_second_layer_stops_it_and_never_records() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(KeyPressed("0"))
+    h.finish_notice()
+    await h.until_state("details-requested")
+    await h.drain()
+    h.post(KeyPressed("9"))
+    await h.until_state("recording-declined")
+    assert ("recording-declined", "opt-out key during notice_details") in h.store.events
+    # The reference was heard already: only the confirmation replaces the second layer.
+    assert h.media.line_plays == ["notice", "reference", "details", "optout"]
+    h.post(PlaybackDone("details"))  # late, from the prompt that was replaced: ignored
+    await h.drain()
+    assert "notice-finished" not in h.states
+    h.post(PlaybackDone("optout"))
+    await h.until_state("ringing-agent")
+    assert [(e["layer"], e["played"]) for e in h.layers()] == [
+        ("notice", "full"), ("reference", "full"), ("notice_details", "partial")]
+    h.post(CallerHungUp("busy"))
+    result = await h.result()
+    assert result.recording_decision == "declined"
+    assert "media:record" not in h.log.entries
+
+
+async def test_optout_in_the_first_layer_is_proven_as_a_partial_first_layer() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(KeyPressed("9"))
+    await h.until_state("recording-declined")
+    assert ("recording-declined", "opt-out key during notice") in h.store.events
+    h.post(KeyPressed("0"))  # details after refusing: nothing to explain, not played
+    h.post(PlaybackDone("optout"))
+    h.post(PlaybackDone("reference"))
+    await h.until_state("notice-finished")
+    assert "details" not in h.media.line_plays
+    assert [(e["layer"], e["played"]) for e in h.layers()] == [
+        ("notice", "partial"), ("reference", "no"), ("reference", "full")]
+    assert h.store.rows["12345678"]["notice_first_heard"] == 0
+    h.post(CallerHungUp("busy"))
+    await h.result()
+
+
+async def test_repeat_key_reads_the_reference_again_before_recording() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.post(KeyPressed("*"))  # during the first layer: the reference is next anyway
+    await h.drain()
+    assert h.media.line_plays == ["notice", "reference"]
+    h.post(PlaybackDone("notice"))
+    h.post(KeyPressed("*"))  # during the reference: once more after it
+    await h.until_state("reference-repeated")
+    assert h.media.line_plays == ["notice", "reference", "repeat-1"]
+    h.post(PlaybackDone("reference"))
+    await h.drain()
+    assert "media:record" not in h.log.entries
+    h.post(PlaybackDone("repeat-1"))
+    await h.until_state("ringing-agent")
+    assert h.layers()[-1] == {"layer": "reference", "played": "full"}
+    # While waiting for the shop, the repeat key reads it again, then ringback resumes.
+    assert h.media.line_plays[-1] == "connecting"
+    h.post(PlaybackDone("connecting"))
+    h.post(KeyPressed("*"))
+    await h.drain()
+    assert h.media.line_plays[-1] == "repeat"
+    h.post(PlaybackDone("repeat"))
+    await h.drain()
+    assert h.log.entries.count("media:tone:ringback") == 2
+    h.post(CallerHungUp("busy"))
+    await h.result()
+
+
+async def test_repeat_key_on_hold_reads_the_reference() -> None:
+    h = Harness(CallPolicy(agent_timeout_s=5, hold_max_s=5, hold_reassure_s=5))
+    h.handset.available = False
+    await h.until_state("notice")
+    h.finish_notice()
+    await h.until_state("holding")
+    h.post(KeyPressed("*"))
+    await h.until_state("reference-repeated")
+    assert h.media.line_plays[-2:] == ["hold", "hold"]
+    h.post(CallerHungUp("busy"))
+    await h.result()
+
+
+DAY_S = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("caller", "heard_days_ago", "form"),
+    [
+        (CallerInfo(line="main", number="+3612345"), 3, "short"),
+        (CallerInfo(line="main", number="+3612345"), 31, "full"),  # outside the window
+        (CallerInfo(line="main", number="+3699999"), 3, "full"),  # another number
+        # A withheld number never gets the short form, whatever the exchange sent along.
+        (CallerInfo(line="main", number="+3612345", withheld=True), 3, "full"),
+        (CallerInfo(line="main", number=None), 3, "full"),
+    ],
+)
+async def test_returning_caller_form(caller: CallerInfo, heard_days_ago: float,
+                                     form: str) -> None:
+    h = Harness(CallPolicy(returning_caller_days=30), caller=caller,
+                informed={"+3612345": time.time() - heard_days_ago * DAY_S})
+    await h.until_state("notice")
+    row = h.store.rows["12345678"]
+    assert row["notice_form"] == form
+    first = "notice_short" if form == "short" else "notice"
+    assert row["notice_version"] == f"{first}-v1"
+    h.finish_notice()
+    await h.until_state("notice-finished")
+    assert h.layers()[0] == {"layer": first, "version": f"{first}-v1", "played": "full"}
+    # Only a full first layer heard in full makes the next call a returning caller's.
+    assert h.store.rows["12345678"]["notice_first_heard"] == int(form == "full")
+    if form == "short":
+        assert any(state == "notice-form" and "87654321" in detail
+                   for state, detail in h.store.events)
+    if caller.withheld or caller.number is None:
+        assert h.store.lookups == []
+        assert row["notice_form_reason"] == "number withheld or unknown"
+    h.post(CallerHungUp("busy"))
+    await h.result()
+
+
+async def test_returning_caller_form_is_off_by_default() -> None:
+    h = Harness(informed={"+3612345": time.time()})
+    await h.until_state("notice")
+    assert h.store.rows["12345678"]["notice_form"] == "full"
+    assert h.store.lookups == []
+    h.post(CallerHungUp("busy"))
+    await h.result()
+
+
+async def test_shop_hanging_up_first_gives_the_caller_the_reference_and_goodbye() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.finish_notice()
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(AgentOnHook())
+    await h.until_state("farewell")
+    assert h.media.line_plays[-1] == "farewell"
+    assert not h.media.bridged  # the caller hears the box, not the shop's dead handset
+    await asyncio.sleep(0.05)
+    assert "line:hang_up" not in h.log.entries  # not before the farewell has been played
+    h.post(PlaybackDone("farewell"))
+    result = await h.result()
+    assert result.outcome == "bridged"
+    assert h.states[-1] == "ended"
+    assert ("ended", "bridged: shop hung up") in h.store.events
+
+
+async def test_caller_hanging_up_during_the_farewell_ends_the_call() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.finish_notice()
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(AgentOnHook())
+    await h.until_state("farewell")
+    h.post(CallerHungUp("busy"))
+    assert (await h.result()).outcome == "bridged"
+
+
+async def test_farewell_can_be_turned_off() -> None:
+    h = Harness(CallPolicy(reference_at_end=False))
+    await h.until_state("notice")
+    h.finish_notice()
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("bridged")
+    h.post(AgentOnHook())
+    assert (await h.result()).outcome == "bridged"
+    assert "farewell" not in h.media.line_plays
+
+
+async def test_shop_lifting_early_hears_the_notice_and_a_cue_and_is_bridged_at_its_end() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.handset.off_hook = True
+    h.post(AgentOffHook())
+    await h.until_state("agent-off-hook")
+    assert h.log.entries[-2:] == ["media:handset:whisper", "media:monitor:True"]
+    h.finish_notice()
+    await h.until_state("bridged")
+    # No "connecting" prompt: the caller goes straight to the shop; the shop gets the cue.
+    assert "connecting" not in h.media.line_plays
+    assert h.log.index("media:whisper") > h.log.index("media:record")
     h.post(CallerHungUp("busy"))
     await h.result()
 
@@ -383,7 +665,7 @@ async def test_busy_handset_holds_the_caller_then_rings_when_free() -> None:
     h.handset.available = False
     await h.until_state("notice")
     assert "handset:ring" not in h.log.entries  # the other line's call has the handset
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("holding")
     assert h.media.line_plays[-1] == "hold"
     h.post(PlaybackDone("hold"))  # then, after hold_reassure_s, a reassurance
@@ -397,7 +679,7 @@ async def test_busy_handset_holds_the_caller_then_rings_when_free() -> None:
     h.handset.off_hook = True
     h.post(AgentOffHook())
     await h.until_state("bridged")
-    h.post(AgentOnHook())
+    h.shop_hangs_up()
     result = await h.result()
     assert result.outcome == "bridged"
     assert result.recording_decision == "recorded"
@@ -407,7 +689,7 @@ async def test_hold_too_long_goes_to_voicemail() -> None:
     h = Harness(CallPolicy(hold_max_s=0.2, voicemail_max_s=0.2))
     h.handset.available = False
     await h.until_state("notice")
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("voicemail")
     h.post(CallerHungUp("busy"))
     assert (await h.result()).outcome == "voicemail"

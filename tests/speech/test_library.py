@@ -14,22 +14,23 @@ from appliance.speech.library import (
     DIGIT_GAP_S,
     GROUP_GAP_S,
     INTRO_GAP_S,
-    REPEAT_GAP_S,
     PromptLibrary,
     clip_file_name,
     read_clip,
 )
-from appliance.speech.prompts import load_prompt_texts, render_notice_text
+from appliance.speech.prompts import NOTICE_LAYERS, load_prompt_texts, render_notice_texts
 from appliance.speech.tts import EspeakEngine, PiperEngine
 
 REFERENCE = "42719358"
 
 
-def _notice(lang: str, texts: dict[str, str]) -> str:
-    purpose = "minőségbiztosítás és panaszkezelés" if lang == "hu" else "quality control"
-    return render_notice_text(
-        texts, lang=lang, company="Kovács Bt.", purpose=purpose, retention_days=1825, optout_key="9"
-    )
+def _notice(lang: str, texts: dict[str, str]) -> dict[str, str]:
+    purpose = "panaszkezelés" if lang == "hu" else "complaint handling"
+    where = "üzletünkben" if lang == "hu" else "in our shop"
+    basis = "jogos érdek" if lang == "hu" else "our legitimate interest"
+    return render_notice_texts(
+        texts, lang=lang, company="Kovács Bt.", purpose=purpose, legal_basis=basis,
+        full_notice_at=where, retention_days=1825, optout_key="9", details_key="0")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def hu_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PromptLibr
         lang="hu",
         engine=EspeakEngine("hu"),
         texts=texts,
-        notice_text=_notice("hu", texts),
+        notice_texts=_notice("hu", texts),
         progress=progress,
     )
     # The progress callback reports each clip's length in seconds of 8 kHz audio.
@@ -64,7 +65,7 @@ def _s(seconds: float) -> int:
 def test_build_renders_every_clip(hu_build: tuple[Path, PromptLibrary, list]) -> None:
     cache, library, events = hu_build
     names = {name for name, _ in events}
-    assert {"notice", "reference_intro", "reference_again", "connecting", *DIGIT_CLIPS} <= names
+    assert {*NOTICE_LAYERS, "reference_intro", "connecting", *DIGIT_CLIPS} <= names
     assert "last_call" not in names  # a template: rendered on demand by the CLI
     assert not any(reused for _, reused in events)
     assert len(list(cache.glob("*.wav"))) == len(events)
@@ -76,6 +77,12 @@ def test_build_renders_every_clip(hu_build: tuple[Path, PromptLibrary, list]) ->
     assert len(library.notice) / PHONE_RATE_HZ > 5.0
     assert library.voice_id == "espeak-ng:hu"
     assert len(library.notice_version) == 64
+    # Each layer has its own version; the first layer's is the library's notice version.
+    versions = {layer: library.layer_version(layer) for layer in NOTICE_LAYERS}
+    assert versions["notice"] == library.notice_version
+    assert len(set(versions.values())) == len(NOTICE_LAYERS)
+    assert library.notice_layer("notice_details").size > library.notice.size
+    assert library.notice_layer("notice_short").size < library.notice.size
 
 
 def test_second_build_renders_nothing(hu_build: tuple[Path, PromptLibrary, list]) -> None:
@@ -87,7 +94,7 @@ def test_second_build_renders_nothing(hu_build: tuple[Path, PromptLibrary, list]
         lang="hu",
         engine=EspeakEngine("hu"),
         texts=texts,
-        notice_text=_notice("hu", texts),
+        notice_texts=_notice("hu", texts),
         progress=lambda name, reused, _seconds: events.append((name, reused)),
     )
     assert events == [(name, True) for name, _ in first_events]
@@ -99,7 +106,7 @@ def test_changed_text_renders_only_that_clip(tmp_path: Path) -> None:
     texts = load_prompt_texts("hu")
     engine = EspeakEngine("hu")
     notice = _notice("hu", texts)
-    PromptLibrary.build(tmp_path, lang="hu", engine=engine, texts=texts, notice_text=notice)
+    PromptLibrary.build(tmp_path, lang="hu", engine=engine, texts=texts, notice_texts=notice)
     changed = load_prompt_texts("hu", {"goodbye": "Viszonthallásra!"})
     events: list[tuple[str, bool]] = []
     PromptLibrary.build(
@@ -107,7 +114,7 @@ def test_changed_text_renders_only_that_clip(tmp_path: Path) -> None:
         lang="hu",
         engine=engine,
         texts=changed,
-        notice_text=notice,
+        notice_texts=notice,
         progress=lambda name, reused, _seconds: events.append((name, reused)),
     )
     assert [name for name, reused in events if not reused] == ["goodbye"]
@@ -117,7 +124,7 @@ def test_corrupt_clip_is_rendered_again(tmp_path: Path) -> None:
     texts = load_prompt_texts("hu")
     engine = EspeakEngine("hu")
     notice = _notice("hu", texts)
-    PromptLibrary.build(tmp_path, lang="hu", engine=engine, texts=texts, notice_text=notice)
+    PromptLibrary.build(tmp_path, lang="hu", engine=engine, texts=texts, notice_texts=notice)
     path = tmp_path / clip_file_name(texts["connecting"], engine.voice_id, engine.settings)
     good = read_clip(path)
     assert good is not None
@@ -129,7 +136,7 @@ def test_corrupt_clip_is_rendered_again(tmp_path: Path) -> None:
         lang="hu",
         engine=engine,
         texts=texts,
-        notice_text=notice,
+        notice_texts=notice,
         progress=lambda name, reused, _seconds: events.append((name, reused)),
     )
     assert [name for name, reused in events if not reused] == ["connecting"]
@@ -142,7 +149,7 @@ def test_corrupt_clip_is_rendered_again(tmp_path: Path) -> None:
 def test_load_without_engine(hu_build: tuple[Path, PromptLibrary, list]) -> None:
     cache, library, _ = hu_build
     texts = load_prompt_texts("hu")
-    loaded = PromptLibrary.load(cache, lang="hu", notice_text=_notice("hu", texts))
+    loaded = PromptLibrary.load(cache, lang="hu", notice_texts=_notice("hu", texts))
     assert loaded.notice_version == library.notice_version
     assert loaded.voice_id == library.voice_id
     assert np.array_equal(loaded.reference_audio(REFERENCE), library.reference_audio(REFERENCE))
@@ -153,7 +160,9 @@ def test_load_without_engine(hu_build: tuple[Path, PromptLibrary, list]) -> None
 def test_load_refuses_stale_notice(hu_build: tuple[Path, PromptLibrary, list]) -> None:
     cache, _, _ = hu_build
     with pytest.raises(SpeechError, match="sounds build"):
-        PromptLibrary.load(cache, lang="hu", notice_text="Másik szöveg.")
+        PromptLibrary.load(cache, lang="hu",
+                           notice_texts={**_notice("hu", load_prompt_texts("hu")),
+                                         "notice_details": "Másik szöveg."})
     with pytest.raises(SpeechError, match="no prompt build"):
         PromptLibrary.load(cache, lang="en")
 
@@ -174,19 +183,12 @@ def test_reference_audio_structure(hu_build: tuple[Path, PromptLibrary, list]) -
                 parts.append(library.clip(digit))
         return parts
 
+    # Read once (the repeat key and the end of the call read it again).
     expected = np.concatenate(
-        [
-            library.clip("reference_intro"),
-            np.zeros(_s(INTRO_GAP_S), np.int16),
-            *reading(),
-            np.zeros(_s(REPEAT_GAP_S), np.int16),
-            library.clip("reference_again"),
-            np.zeros(_s(INTRO_GAP_S), np.int16),
-            *reading(),
-        ]
+        [library.clip("reference_intro"), np.zeros(_s(INTRO_GAP_S), np.int16), *reading()]
     )
     assert np.array_equal(audio, expected)
-    # Spot-check the gaps really are where the spec puts them: the 450 ms group gap after "7".
+    # Spot-check the gaps really are where the spec puts them: the group gap after "7".
     start = len(library.clip("reference_intro")) + _s(INTRO_GAP_S)
     start += sum(len(library.clip(d)) for d in "427") + 2 * _s(DIGIT_GAP_S)
     assert not audio[start : start + _s(GROUP_GAP_S)].any()
@@ -233,6 +235,17 @@ def test_beep_clip(hu_build: tuple[Path, PromptLibrary, list]) -> None:
     assert abs(tone[0]) < 100  # ramped in: no click
 
 
+def test_cue_clip_is_two_soft_pips(hu_build: tuple[Path, PromptLibrary, list]) -> None:
+    _, library, _ = hu_build
+    cue = library.clip("cue").astype(np.float64)
+    pip = _s(0.06)
+    assert len(cue) == 3 * pip
+    assert not cue[pip : 2 * pip].any()  # the gap between the pips
+    assert np.max(np.abs(cue)) < 32767 * 10 ** (-19 / 20)  # soft: at most −20 dBFS
+    spectrum = np.abs(np.fft.rfft(cue[:pip]))
+    assert abs(np.fft.rfftfreq(pip, 1 / PHONE_RATE_HZ)[np.argmax(spectrum)] - 1400) < 70
+
+
 def test_clips_are_read_only(hu_build: tuple[Path, PromptLibrary, list]) -> None:
     _, library, _ = hu_build
     with pytest.raises(ValueError, match="read-only"):
@@ -253,22 +266,22 @@ def test_piper_english_library(tmp_path: Path, piper_joe: PiperEngine) -> None:
     # Only the clips a call needs (notice, connectives, digits): the full set is covered with
     # espeak above and would cost seconds more on a 2-vCPU runner.
     full = load_prompt_texts("en")
-    texts = {name: full[name] for name in ("reference_intro", "reference_again")}
+    texts = {"reference_intro": full["reference_intro"]}
     notice = _notice("en", full)
     library = PromptLibrary.build(
-        tmp_path, lang="en", engine=piper_joe, texts=texts, notice_text=notice
+        tmp_path, lang="en", engine=piper_joe, texts=texts, notice_texts=notice
     )
     assert library.voice_id == "piper:en_US-joe-medium"
     assert len(library.notice) / PHONE_RATE_HZ > 5.0
     audio = library.reference_audio(REFERENCE)
-    assert len(audio) / PHONE_RATE_HZ > 4.0
+    assert len(audio) / PHONE_RATE_HZ > 3.0
     events: list[tuple[str, bool]] = []
     again = PromptLibrary.build(
         tmp_path,
         lang="en",
         engine=piper_joe,
         texts=texts,
-        notice_text=notice,
+        notice_texts=notice,
         progress=lambda name, reused, _seconds: events.append((name, reused)),
     )
     assert events

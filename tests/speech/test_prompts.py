@@ -14,13 +14,22 @@ from appliance.speech.prompts import (
     en_number_words,
     hu_article,
     hu_duration,
+    hu_key_name,
     hu_key_phrase,
     hu_number_words,
     load_prompt_texts,
-    render_notice_text,
+    render_notice_texts,
 )
 
 HU_PURPOSE = "minőségbiztosítás és panaszkezelés"
+
+
+def render_notice_text(texts: dict[str, str], **values: object) -> str:
+    """All three layers filled from ``values`` (defaults for the rest), joined."""
+    defaults: dict[str, object] = {"legal_basis": "jogos érdek", "full_notice_at": "üzletünkben",
+                                   "details_key": "0"}
+    layers = render_notice_texts(texts, **{**defaults, **values})  # type: ignore[arg-type]
+    return " ".join(layers[name] for name in ("notice", "notice_details", "notice_short"))
 
 
 @pytest.mark.parametrize(
@@ -169,10 +178,9 @@ def test_texts_define_exactly_the_prompt_names(lang: str) -> None:
 
 def test_hungarian_fixed_texts() -> None:
     texts = load_prompt_texts("hu")
-    assert texts["reference_intro"] == "A hívás azonosítója:"
-    assert texts["reference_again"] == "Ismétlem:"
+    assert texts["reference_intro"] == "Hívásazonosító:"
     assert texts["optout_confirm"] == "Rendben, ezt a hívást nem rögzítjük."
-    assert texts["whisper_notice"] == "A hívó még a tájékoztatót hallgatja."
+    assert texts["whisper_notice"] == "A hívó még a tájékoztatót hallja."
     assert texts["last_call"].format(reference="1", caller="2", time="3") == (
         "Az utolsó hívás azonosítója: 1, hívó: 2, időpont: 3."
     )
@@ -211,12 +219,14 @@ def test_hungarian_notice_filled_from_config() -> None:
         retention_days=1825,
         optout_key="1",
     )
-    assert "az Alfa Kft." in text
+    assert "Alfa Kft., " in text
     assert "öt évig" in text
     assert "nyomja meg az egyes gombot" in text
+    assert "Ne rögzítsük? egyes gomb." in text
+    assert "Jogai: nullás gomb, vagy üzletünkben" in text
     assert HU_PURPOSE in text
     assert "jogos érdek" in text
-    assert "NAIH" in text
+    assert "Nemzeti Adatvédelmi és Információszabadság Hatóság" in text
     assert "{" not in text
 
 
@@ -229,7 +239,7 @@ def test_hungarian_notice_article_follows_company() -> None:
         retention_days=90,
         optout_key="9",
     )
-    assert "a Kovács Bt." in text
+    assert "Kovács Bt., " in text
     assert "három hónapig" in text
     assert "a kilences gombot" in text
 
@@ -246,7 +256,8 @@ def test_english_notice_filled_from_config() -> None:
     assert "Alpha Ltd" in text
     assert "three months" in text
     assert "press hash" in text
-    assert "legitimate interest" in text
+    assert "press zero" in text
+    assert "NAIH" in text
 
 
 def test_notice_rejects_bad_key_and_retention() -> None:
@@ -261,9 +272,38 @@ def test_notice_rejects_bad_key_and_retention() -> None:
 
 
 def test_notice_override_with_unknown_placeholder() -> None:
-    texts = load_prompt_texts("en", {"notice": "Hello {shop}"})
+    texts = load_prompt_texts("en", {"notice_details": "Hello {shop}"})
     with pytest.raises(ConfigError) as info:
         render_notice_text(
             texts, lang="en", company="A", purpose="p", retention_days=30, optout_key="9"
         )
-    assert info.value.key == "speech.texts.notice"
+    assert info.value.key == "speech.texts.notice_details"
+
+
+def test_layers_are_filled_separately() -> None:
+    layers = render_notice_texts(
+        load_prompt_texts("hu"), lang="hu", company="Példa Bolt", purpose="panaszkezelés",
+        legal_basis="jogos érdek", full_notice_at="üzletünkben", retention_days=1825,
+        optout_key="9", details_key="0")
+    assert layers["notice"] == ("Példa Bolt, panaszkezelés céljából rögzítjük a hívást. Jogai: "
+                                "nullás gomb, vagy üzletünkben. Ne rögzítsük? kilences gomb.")
+    # Only the second layer has the legal basis, retention and the NAIH complaint.
+    for word in ("jogos érdek", "öt évig", "Hatóság"):
+        assert word in layers["notice_details"]
+        assert word not in layers["notice"]
+    assert "Példa Bolt" not in layers["notice_short"]
+    assert "kilences gomb" in layers["notice_short"]
+    assert "nullás gomb" in layers["notice_short"]
+
+
+def test_details_key_must_be_a_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        render_notice_text(load_prompt_texts("hu"), lang="hu", company="A", purpose="p",
+                           retention_days=30, optout_key="9", details_key="x")
+    assert info.value.key == "details_key"
+
+
+@pytest.mark.parametrize(("key", "name"), [("0", "nullás gomb"), ("*", "csillag gomb"),
+                                           ("3", "hármas gomb")])
+def test_hu_key_name(key: str, name: str) -> None:
+    assert hu_key_name(key) == name

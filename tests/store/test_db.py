@@ -43,7 +43,7 @@ async def test_open_empty_creates_schema_and_version(tmp_path: Path) -> None:
     store = Store.open(path)
     await store.close()
     with _raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -316,3 +316,26 @@ def test_newest_first_uses_the_index(tmp_path: Path) -> None:
     finally:
         store.close_sync()
     assert any("idx_calls_newest" in str(row) for row in plan), plan
+
+
+# ---------------------------------------------------------------------- the notice proof
+
+
+async def test_last_informed_call_finds_only_a_whole_first_layer_in_the_window(
+        store: Store) -> None:
+    day = 86400.0
+    now = 1_800_000_000.0
+    layers = '[{"layer": "notice", "version": "v", "played": "full"}]'
+    await store.create_call("11111111", caller_number="+361", ring_at=now - 3 * day,
+                            notice_form="full", notice_first_heard=1, notice_layers=layers)
+    await store.create_call("22222222", caller_number="+361", ring_at=now - 1 * day,
+                            notice_form="full", notice_first_heard=0)  # hung up mid-notice
+    await store.create_call("33333333", caller_number="+362", ring_at=now - 40 * day,
+                            notice_form="full", notice_first_heard=1)
+    found = store.last_informed_call("+361", now - 30 * day)
+    assert found is not None
+    assert found["reference"] == "11111111"
+    assert found["notice_layers"] == layers
+    assert store.last_informed_call("+361", now - 2 * day) is None
+    assert store.last_informed_call("+362", now - 30 * day) is None  # too long ago
+    assert store.last_informed_call("+363", now - 30 * day) is None

@@ -85,7 +85,7 @@ def test_v1_database_migrates_to_v2_with_tombstone_columns(tmp_path: Path) -> No
     finally:
         store.close_sync()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master "
                                                "WHERE type='index'")}
         # Schema v4 widened the outcome CHECK in place: 'unknown' is accepted, junk is not.
