@@ -495,6 +495,7 @@ RANGES: Final[dict[str, Range]] = {
     "call.hold_max_s": Range(0, 3600, _S, above=True),
     "call.hold_reassure_s": Range(0, 600, _S, above=True),
     "call.silence_hangup_s": Range(0, 3600, _S),
+    "notice.returning_caller_days": Range(0, 3650, "days (0 = off)"),
     "recording.fsync_interval_s": Range(0.1, 1.0, "seconds (at most 1 s of audio lost)"),
     "recording.min_free_mb": Range(0, 999_999, "megabytes (no recording started below)"),
     "retention.recordings_days": _DAYS,
@@ -565,8 +566,6 @@ def _validate(c: Config) -> None:
            and c.call.details_key not in (c.call.optout_key, c.call.repeat_key),
            "call.details_key", "one DTMF key other than call.optout_key and call.repeat_key",
            c.call.details_key)
-    _check(0 <= c.notice.returning_caller_days <= 3650, "notice.returning_caller_days",
-           "0 (off) .. 3650 days", c.notice.returning_caller_days)
     _check(c.call.silence_hangup_s == 0 or c.call.silence_hangup_s >= 5,
            "call.silence_hangup_s", "0 (off) or at least 5 seconds", c.call.silence_hangup_s)
     _check(c.recording.codec in CODECS, "recording.codec", f"one of {CODECS}", c.recording.codec)
