@@ -17,6 +17,7 @@ from appliance.bench.calls import CallFigures, clean, run_bridged_calls, run_lin
 from appliance.bench.codecs import bytes_per_minute
 from appliance.bench.daemonproc import measure_daemon
 from appliance.bench.halfduplex import measure_half_duplex
+from appliance.bench.human import measure_time_to_human
 from appliance.bench.index import measure_index
 from appliance.bench.probes import percentile_ms
 from appliance.bench.web import measure_web
@@ -124,6 +125,9 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
                      "aligned": all(f.caller_channel.aligned for f in fs)}
             for n, fs in levels.items()}
 
+    async def human_section() -> None:
+        out.update(await measure_time_to_human(work, progress=progress))
+
     async def half_duplex_section() -> None:
         progress("half-duplex transmit pacing (20 s prompt on the pty emulator)")
         out.update(await measure_half_duplex())
@@ -138,7 +142,8 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
                                            progress=progress))
 
     sections: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-        ("calls", calls_section), ("codecs", codecs_section), ("lines", lines_section),
+        ("calls", calls_section), ("time-to-human", human_section),
+        ("codecs", codecs_section), ("lines", lines_section),
         ("half-duplex", half_duplex_section), ("index", index_section),
         ("web", web_section)]
     if daemon_process:

@@ -48,9 +48,9 @@ REFERENCE_GROUPS: Final[tuple[int, ...]] = (3, 3, 2)
 DIGIT_GAP_S: Final[float] = 0.150
 #: Pause between groups ("4 2 7 — 1 9 3 — 5 8"): the reference is read once, so each group
 #: gets time to be written down before the next one.
-GROUP_GAP_S: Final[float] = 0.500
+GROUP_GAP_S: Final[float] = 0.450
 #: Pause after "Hívásazonosító:" before the first digit.
-INTRO_GAP_S: Final[float] = 0.250
+INTRO_GAP_S: Final[float] = 0.200
 #: Clip names of the digit words.
 DIGIT_CLIPS: Final[tuple[str, ...]] = tuple("0123456789")
 NOTICE_CLIP: Final[str] = NOTICE_FIRST

@@ -63,6 +63,12 @@ def test_bench_one_call_json_keys() -> None:
         "recording_bytes_per_call_minute_flac"]
     assert 0 < data["web_calls_page_server_ms_p50"] < 5000
     assert data["web_rss_peak_mb"] > 0
+    # Time to a person: the default notice, then the same number as a returning caller.
+    assert data["time_to_human_forms"] == ["full", "short"]
+    assert data["time_to_human_voice"] == "espeak-ng:hu"
+    assert 0 < data["time_to_human_returning_s"] < data["time_to_human_s"]
+    assert data["notice_first_layer_s"] <= 10.0
+
 
 
 def test_web_figures_with_a_small_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
