@@ -732,7 +732,7 @@ async def test_a_full_index_never_keeps_the_line_off_hook(caplog: pytest.LogCapt
     h.call.ports.store = store
     await h.until_state("notice")
     store.full = True
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("ringing-agent")
     h.post(CallerHungUp("busy"))
     result = await h.result()
@@ -753,7 +753,9 @@ async def test_a_full_index_never_keeps_the_line_off_hook(caplog: pytest.LogCapt
 async def test_too_little_space_answers_with_the_not_recorded_notice() -> None:
     h = Harness(CallPolicy(agent_timeout_s=0.2, record=False))
     await h.until_state("notice")
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
+    await h.until_state("no-answer")
+    h.post(PlaybackDone("goodbye"))
     result = await h.result()
     assert "media:record" not in h.log.entries
     assert result.recording_decision == "none"
@@ -761,12 +763,30 @@ async def test_too_little_space_answers_with_the_not_recorded_notice() -> None:
     row = h.store.rows["12345678"]
     assert row["notice_version"] == NOT_RECORDED_NOTICE
     assert ("not-recorded", "too little free space (recording.min_free_mb)") in h.store.events
+    # The proof says which notice it was; such a call never counts as having heard the first
+    # layer (a returning-caller short form must not follow from it).
+    assert row["notice_form"] == "not_recorded"
+    assert row["notice_first_heard"] == 0
+    assert [(e["layer"], e["played"]) for e in json.loads(row["notice_layers"])] == [
+        ("not_recorded", "full"), ("reference", "full")]
+
+
+async def test_no_details_layer_when_the_call_is_not_recorded() -> None:
+    h = Harness(CallPolicy(agent_timeout_s=0.2, record=False, returning_caller_days=30),
+                informed={"+3612345": time.time()})
+    await h.until_state("notice")
+    assert h.store.lookups == []  # no short form either: the caller must hear "not recorded"
+    h.post(KeyPressed("0"))
+    await h.drain()
+    assert "details" not in h.media.line_plays
+    h.post(CallerHungUp("busy"))
+    await h.result()
 
 
 async def test_a_recording_that_fails_mid_call_turns_the_led_off_and_the_call_goes_on() -> None:
     h = Harness(CallPolicy(agent_timeout_s=10))
     await h.until_state("notice")
-    h.post(PlaybackDone("notice"))
+    h.finish_notice()
     await h.until_state("ringing-agent")
     h.post(RecordingFailed("No space left on device"))
     await h.until_state("recording-failed")
