@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -128,26 +128,63 @@ def has_tables(conn: sqlite3.Connection) -> bool:
         is not None
 
 
-def reconcile(conn: sqlite3.Connection, now: float | None = None) -> tuple[int, int]:
+def reconcile(conn: sqlite3.Connection, now: float | None = None,
+              references: Collection[str] | None = None) -> tuple[int, int]:
     """Queue newly finalized recordings; move calls whose recording went to ``deleting``.
+
+    Args:
+        conn: a connection from :func:`open_queue`.
+        now: the queue time to record (default: now).
+        references: only these calls (what changed, see :func:`changed_since`); None scans
+            every call (0.7 s with 10^6 calls in ``appliance bench``: at start and hourly).
 
     Returns:
         (calls newly queued for upload, calls newly queued for deletion).
     """
     now = time.time() if now is None else now
+    chunks: list[list[str]] = ([[]] if references is None else
+                               [list(references)[i:i + 500]
+                                for i in range(0, len(references), 500)])
+    added = gone = 0
     with transaction(conn):
-        added = conn.execute(  # constant fragments, values bound
-            "INSERT INTO archive (reference, state, queued_at) "  # noqa: S608
-            f"SELECT c.reference, 'queued', ? FROM calls c WHERE {_LIVE} "
-            "AND NOT EXISTS (SELECT 1 FROM archive a WHERE a.reference = c.reference)",
-            (now,),
-        ).rowcount
-        gone = conn.execute(  # constant fragments, values bound
-            "UPDATE archive SET state = 'deleting', attempts = 0, next_try_at = 0, "  # noqa: S608
-            "last_error = NULL WHERE state IN ('queued', 'archived') AND reference IN "
-            f"(SELECT c.reference FROM calls c WHERE {_GONE})"
-        ).rowcount
+        for chunk in chunks:
+            if references is not None and not chunk:
+                continue
+            only = ("" if references is None else
+                    " AND c.reference IN (" + ", ".join("?" * len(chunk)) + ")")
+            added += conn.execute(  # constant fragments, values bound
+                "INSERT INTO archive (reference, state, queued_at) "  # noqa: S608
+                f"SELECT c.reference, 'queued', ? FROM calls c WHERE {_LIVE}{only} "
+                "AND NOT EXISTS (SELECT 1 FROM archive a WHERE a.reference = c.reference)",
+                (now, *chunk),
+            ).rowcount
+            gone += conn.execute(  # constant fragments, values bound
+                "UPDATE archive SET state = 'deleting', attempts = 0, next_try_at = 0, "  # noqa: S608
+                "last_error = NULL WHERE state IN ('queued', 'archived') AND reference IN "
+                f"(SELECT c.reference FROM calls c WHERE ({_GONE}){only})",
+                tuple(chunk),
+            ).rowcount
     return added, gone
+
+
+def audit_head(conn: sqlite3.Connection) -> int:
+    """The newest audit row's id (0 for none): where :func:`changed_since` starts."""
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0])
+
+
+def changed_since(conn: sqlite3.Connection, after_id: int) -> tuple[int, set[str]]:
+    """The calls with an audit entry after row ``after_id`` — every finalize
+    (``call-finalized``), erasure and purge writes one, in the same transaction as the row
+    change or after it — and the newest id seen.
+
+    Audit ids grow in commit order (one writer at a time, rowid = max + 1), so nothing
+    committed before the returned id is missed by the next call.
+    """
+    rows = conn.execute("SELECT id, reference FROM audit WHERE id > ? ORDER BY id",
+                        (after_id,)).fetchall()
+    if not rows:
+        return after_id, set()
+    return int(rows[-1][0]), {r[1] for r in rows if r[1] is not None}
 
 
 def due(conn: sqlite3.Connection, now: float, limit: int = 16) -> list[Job]:

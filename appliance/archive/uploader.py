@@ -67,6 +67,9 @@ _LOGGER = logging.getLogger(__name__)
 
 #: The actor of the uploader's audit entries.
 ACTOR: Final = "appliance-archive"
+#: A full reconcile of the queue with the calls this often (a safety net under the
+#: incremental one, which follows the audit entries).
+FULL_RECONCILE_S: Final = 3600.0
 #: First retry delay; doubles per failure up to ``archive.retry_max_s``.
 RETRY_FIRST_S: Final = 1.0
 #: Bytes per read of an upload body (the bandwidth cap is enforced per block).
@@ -161,6 +164,9 @@ class Uploader:
     _key_checked: bool = False
     _bucket_ok: bool = False
     _data_version: int | None = None
+    _audit_seen: int | None = None
+    _inode: int | None = None
+    _full_at: float = 0.0
     _service_ok: bool = False
 
     # ------------------------------------------------------------------ set-up
@@ -172,6 +178,8 @@ class Uploader:
                             for k in self.config.archive.recipients]
         self._conn = queue.open_queue(self.config.db_path)
         self._store = Store.open(self.config.db_path, check=False)
+        self._inode = os.stat(self.config.db_path).st_ino
+        self._audit_seen = self._data_version = None
 
     def close(self) -> None:
         if self._store is not None:
@@ -217,15 +225,18 @@ class Uploader:
         (the caller backs off), a job error is recorded on the job.
         """
         assert self._conn is not None, "open() first"
-        # Reconcile only when another connection (the daemon, purge, erase) has committed
-        # since the last time: on an idle box with 10^6 calls the loop then costs one PRAGMA
-        # per poll, not a scan of the calls table.
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._data_version:
-            self._data_version = version
-            added, gone = queue.reconcile(self._conn)
-            if added or gone:
-                _LOGGER.info("Archive queue: %d new recordings, %d to delete", added, gone)
+        try:
+            replaced = os.stat(self.config.db_path).st_ino != self._inode
+        except FileNotFoundError:
+            replaced = True
+        if replaced:
+            # `appliance index rebuild` (or a restore) put a new file in place: follow it
+            # (the queue is derived, a full reconcile rebuilds it). Until the new file exists
+            # open() raises and the process restarts under systemd.
+            _LOGGER.warning("The index %s was replaced; reopening it", self.config.db_path)
+            self.close()
+            self.open()
+        self._reconcile()
         worked = False
         try:
             self._backup_key()
@@ -261,6 +272,32 @@ class Uploader:
         self.service_failures = 0
         self.service_error = None
         return worked
+
+    def _reconcile(self) -> None:
+        """Bring the queue up to date with the calls, cheaply.
+
+        A full scan of the calls at start and every :data:`FULL_RECONCILE_S` (0.7 s with
+        10^6 calls); in between only when another connection committed (``PRAGMA
+        data_version``), and then only the calls named by the audit entries written since
+        (every finalize, erasure and purge writes one). An idle box costs one PRAGMA per
+        poll; a box mid-call one small query.
+        """
+        assert self._conn is not None
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        now = time.monotonic()
+        if self._audit_seen is None or now - self._full_at >= FULL_RECONCILE_S:
+            # The audit head first: what is written during the scan is picked up next time.
+            self._audit_seen = queue.audit_head(self._conn)
+            added, gone = queue.reconcile(self._conn)
+            self._full_at = now
+        elif version != self._data_version:
+            self._audit_seen, changed = queue.changed_since(self._conn, self._audit_seen)
+            added, gone = queue.reconcile(self._conn, references=changed) if changed else (0, 0)
+        else:
+            added = gone = 0
+        self._data_version = version
+        if added or gone:
+            _LOGGER.info("Archive queue: %d new recordings, %d to delete", added, gone)
 
     def _do(self, job: queue.Job) -> None:
         try:

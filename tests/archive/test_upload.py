@@ -277,3 +277,19 @@ def test_an_altered_recording_is_not_archived(tmp_path: Path,
     client = make_client(box.config.archive, box.credentials)
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{box.prefix}/calls/")
     assert not listing.get("KeyCount")
+
+
+def test_calls_finalized_while_it_runs_are_found_without_a_full_scan(
+        tmp_path: Path, objectstore: ObjectStore) -> None:
+    box = make_box(tmp_path, objectstore)
+    make_calls(box.state_dir, [{"counter": 9, "ring_at": NOW - 60}])
+    up = uploader(box)
+    try:
+        up.step()  # the full reconcile at start
+        full_at = up._full_at
+        (later,) = make_calls(box.state_dir, [{"counter": 10, "ring_at": NOW}])
+        up.step()  # found through its call-finalized audit entry
+        assert up._full_at == full_at
+    finally:
+        up.close()
+    assert state(box, later.reference) == "archived"
