@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,13 +66,19 @@ Progress = Callable[[str], None]
 
 def bench_config(state_dir: Path, devices: list[str], *, codec: str = "flac",
                  agent_timeout_s: float = 30.0, voicemail_max_s: float = 120.0,
-                 notice: str | None = BENCH_NOTICE, returning_caller_days: int = 0) -> Config:
+                 notice: str | None = BENCH_NOTICE, returning_caller_days: int = 0,
+                 echo_cancel: bool = True) -> Config:
     """Packaged defaults + simulated hardware + the benchmark's short notice (``notice``;
-    None: the packaged notice, as a shop with the default configuration speaks it)."""
+    None: the packaged notice, as a shop with the default configuration speaks it).
+
+    ``echo_cancel=False`` turns both cancellers off: a canceller reshapes the caller's
+    samples, so a recording can be compared sample for sample only without it.
+    """
     overrides: dict[str, Any] = {
-        "lines": [{"name": f"line{i + 1}", "device": d, "country_code": "51"}
+        "lines": [{"name": f"line{i + 1}", "device": d, "country_code": "51",
+                   "echo_cancel": echo_cancel}
                   for i, d in enumerate(devices)],
-        "handset": {"audio": "sim://"},
+        "handset": {"audio": "sim://", "echo_cancel": echo_cancel},
         "gpio": {"pin_factory": "mock"},
         "call": {"cid_wait_s": 0.0, "answer_after_rings": 1, "agent_timeout_s": agent_timeout_s,
                  "voicemail_max_s": voicemail_max_s},
@@ -116,7 +124,8 @@ class BenchStack:
 
     def __init__(self, state_dir: Path, *, lines: int = 1, codec: str = "flac",
                  agent_timeout_s: float = 30.0, voicemail_max_s: float = 120.0,
-                 notice: str | None = BENCH_NOTICE, returning_caller_days: int = 0) -> None:
+                 notice: str | None = BENCH_NOTICE, returning_caller_days: int = 0,
+                 echo_cancel: bool = True) -> None:
         self.state_dir = state_dir
         self.n_lines = lines
         self.codec = codec
@@ -126,6 +135,7 @@ class BenchStack:
         self.state_at: dict[tuple[str, str], float] = {}
         self._agent_timeout_s = agent_timeout_s
         self._voicemail_max_s = voicemail_max_s
+        self._echo_cancel = echo_cancel
         self.servers: list[PtyModemServer] = []
         self.modems: list[BenchModem] = []
         self._states: dict[tuple[str, str], asyncio.Event] = {}
@@ -146,7 +156,8 @@ class BenchStack:
         self.config = bench_config(self.state_dir, [s.path for s in self.servers],
                                    codec=self.codec, agent_timeout_s=self._agent_timeout_s,
                                    voicemail_max_s=self._voicemail_max_s, notice=self._notice,
-                                   returning_caller_days=self._returning_caller_days)
+                                   returning_caller_days=self._returning_caller_days,
+                                   echo_cancel=self._echo_cancel)
         self._factory = MockFactory(pin_class=MockPWMPin)
         self.handset = SimHandsetAudio()
         self.app = Application(self.config, pin_factory=self._factory,
@@ -407,9 +418,13 @@ async def run_bridged_calls(state_dir: Path, calls: int, call_s: float, *,
 
 
 async def run_lines(state_dir: Path, max_lines: int, call_s: float, *,
-                    progress: Progress) -> dict[int, list[CallFigures]]:
+                    progress: Progress) -> dict[int, list[CallFigures] | str]:
     """Simultaneous voicemail calls on 2, 4, … up to ``max_lines`` lines; stops at the first
-    level with an underrun, dropped or duplicated sample."""
+    level with an underrun, dropped or duplicated sample, or an error.
+
+    A level that raises (a step timing out on an overloaded machine) is that level's result,
+    as ``repr`` of the exception: the section reports it and never ends in the exception.
+    """
     levels = []
     n = 2
     while n < max_lines:
@@ -417,17 +432,43 @@ async def run_lines(state_dir: Path, max_lines: int, call_s: float, *,
         n *= 2
     if max_lines >= 2:
         levels.append(max_lines)
-    out: dict[int, list[CallFigures]] = {}
+    out: dict[int, list[CallFigures] | str] = {}
     for n in levels:
         progress(f"{n} lines at once: {call_s:.0f} s voicemail each")
-        async with BenchStack(state_dir / f"lines{n}", lines=n,
-                              agent_timeout_s=LINES_AGENT_TIMEOUT_S,
-                              voicemail_max_s=call_s + 30.0) as stack:
-            figs = await stack.voicemail_calls(call_s)
+        try:
+            # Cancellers off: the caller channel is compared sample for sample (bench_config).
+            async with BenchStack(state_dir / f"lines{n}", lines=n,
+                                  agent_timeout_s=LINES_AGENT_TIMEOUT_S,
+                                  voicemail_max_s=call_s + 30.0, echo_cancel=False) as stack:
+                figs = await stack.voicemail_calls(call_s)
+        except Exception as exc:  # the level failed; the figure says how
+            _LOGGER.warning("%d lines at once failed: %r", n, exc)
+            out[n] = repr(exc)
+            break
         out[n] = figs
         if not all(clean(f) for f in figs):
             break
     return out
+
+
+class CpuHog:
+    """A process that keeps one core busy (``while True: pass``) while the ``with`` lasts.
+
+    The lines run under load with it: on the appliance the archive, a web page or a backup
+    may take a core at any time.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> CpuHog:
+        self._proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
 
 
 def clean(fig: CallFigures) -> bool:

@@ -42,10 +42,12 @@ Progress = Callable[[str], None]
 class DaemonProcess:
     """One ``appliance.bench.worker`` child."""
 
-    def __init__(self, state_dir: Path, devices: list[str], codec: str = "flac") -> None:
+    def __init__(self, state_dir: Path, devices: list[str], codec: str = "flac", *,
+                 echo_cancel: bool = True) -> None:
         self.state_dir = state_dir
         self.devices = devices
         self.codec = codec
+        self.echo_cancel = echo_cancel
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -60,7 +62,8 @@ class DaemonProcess:
         with open(log, "a", encoding="utf-8") as err:  # noqa: ASYNC230 (set-up, not measured)
             self.proc = subprocess.Popen(  # noqa: ASYNC220 (stdout read in a thread below)
                 [sys.executable, "-m", "appliance.bench.worker", str(self.state_dir),
-                 "--codec", self.codec, *self.devices],
+                 "--codec", self.codec, *([] if self.echo_cancel else ["--no-echo-cancel"]),
+                 *self.devices],
                 stdout=subprocess.PIPE, stderr=err, text=True,
             )
         proc = self.proc

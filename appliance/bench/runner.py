@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audio.pcm import FRAME_MS
-from appliance.bench.calls import CallFigures, clean, run_bridged_calls, run_lines
+from appliance.bench.budget import measure_budget
+from appliance.bench.calls import CallFigures, CpuHog, clean, run_bridged_calls, run_lines
 from appliance.bench.codecs import bytes_per_minute
 from appliance.bench.daemonproc import measure_daemon
 from appliance.bench.halfduplex import measure_half_duplex
@@ -85,6 +86,27 @@ def _calls_figures(figs: list[CallFigures]) -> dict[str, Any]:
     }
 
 
+def _clean_lines(levels: dict[int, list[CallFigures] | str], lines: int) -> int:
+    """The most lines that ran at once with every call clean (1 when none was tried)."""
+    passing = [n for n, fs in levels.items()
+               if not isinstance(fs, str) and all(clean(f) for f in fs)]
+    return max(passing, default=1 if lines >= 1 else 0)
+
+
+def _lines_tested(levels: dict[int, list[CallFigures] | str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n, fs in levels.items():
+        if isinstance(fs, str):
+            out[str(n)] = {"clean": False, "error": fs}
+            continue
+        out[str(n)] = {"clean": all(clean(f) for f in fs),
+                       "modem_underruns": sum(f.modem_underruns for f in fs),
+                       "dropped_or_duplicated_samples": sum(
+                           f.caller_channel.dropped + f.caller_channel.duplicated for f in fs),
+                       "aligned": all(f.caller_channel.aligned for f in fs)}
+    return out
+
+
 async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_calls: int,
                     daemon_process: bool, progress: Progress) -> dict[str, Any]:
     """Run every measurement; return the figures (see docs/performance.md for each key).
@@ -109,21 +131,26 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
     async def daemon_section() -> None:
         out.update(await measure_daemon(work / "daemon", calls, call_s, progress=progress))
 
+    async def budget_section() -> None:
+        out.update(await measure_budget(work / "budget", call_s, progress=progress))
+
     async def codecs_section() -> None:
         progress("recording sizes per codec")
         out.update(await bytes_per_minute(work))
 
     async def lines_section() -> None:
         levels = await run_lines(work, lines, call_s, progress=progress) if lines >= 2 else {}
-        passing = [n for n, fs in levels.items() if all(clean(f) for f in fs)]
-        out["max_lines_zero_underruns"] = max(passing, default=1 if lines >= 1 else 0)
-        out["lines_tested"] = {
-            str(n): {"clean": all(clean(f) for f in fs),
-                     "modem_underruns": sum(f.modem_underruns for f in fs),
-                     "dropped_or_duplicated_samples": sum(
-                         f.caller_channel.dropped + f.caller_channel.duplicated for f in fs),
-                     "aligned": all(f.caller_channel.aligned for f in fs)}
-            for n, fs in levels.items()}
+        out["max_lines_zero_underruns"] = _clean_lines(levels, lines)
+        out["lines_tested"] = _lines_tested(levels)
+
+    async def lines_under_load_section() -> None:
+        if lines < 2:
+            return
+        progress("lines again, with a CPU hog on the other core")
+        with CpuHog():
+            levels = await run_lines(work / "under-load", lines, call_s, progress=progress)
+        out["max_lines_zero_underruns_under_load"] = _clean_lines(levels, lines)
+        out["lines_tested_under_load"] = _lines_tested(levels)
 
     async def human_section() -> None:
         out.update(await measure_time_to_human(work, progress=progress))
@@ -144,10 +171,12 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
     sections: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("calls", calls_section), ("time-to-human", human_section),
         ("codecs", codecs_section), ("lines", lines_section),
+        ("lines-under-load", lines_under_load_section),
         ("half-duplex", half_duplex_section), ("index", index_section),
         ("web", web_section)]
     if daemon_process:
         sections.insert(1, ("daemon", daemon_section))
+        sections.insert(2, ("pi-budget", budget_section))
     for name, section in sections:
         try:
             await section()

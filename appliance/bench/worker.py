@@ -23,10 +23,10 @@ from appliance.daemon.app import Application
 READY_LINE = "READY"
 
 
-async def _main(state_dir: Path, devices: list[str], codec: str) -> None:
+async def _main(state_dir: Path, devices: list[str], codec: str, echo_cancel: bool) -> None:
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    config = bench_config(state_dir, devices, codec=codec)
+    config = bench_config(state_dir, devices, codec=codec, echo_cancel=echo_cancel)
     factory: Any = MockFactory(pin_class=MockPWMPin)
     shk = factory.pin(config.handset.shk_pin)
 
@@ -55,14 +55,17 @@ async def _main(state_dir: Path, devices: list[str], codec: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``STATE_DIR [--codec C] DEVICE …``."""
+    """Entry point: ``STATE_DIR [--codec C] [--no-echo-cancel] DEVICE …``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    echo_cancel = "--no-echo-cancel" not in args
+    if not echo_cancel:
+        args.remove("--no-echo-cancel")
     codec = "flac"
     if "--codec" in args:
         i = args.index("--codec")
         codec = args[i + 1]
         del args[i : i + 2]
-    asyncio.run(_main(Path(args[0]), args[1:], codec))
+    asyncio.run(_main(Path(args[0]), args[1:], codec, echo_cancel))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def _progress(message: str) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (keys carry units).")
 @click.option("--calls", default=3, show_default=True, help="Bridged calls to measure.")
-@click.option("--lines", default=4, show_default=True,
+@click.option("--lines", default=16, show_default=True,
               help="Most simultaneous lines to try (2, 4, … up to this).")
 @click.option("--call-seconds", default=20.0, show_default=True,
               help="Bridged (or recorded) seconds per call, after the notice.")
