@@ -88,3 +88,16 @@ def test_the_daemon_does_not_import_what_it_only_needs_elsewhere() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PACKAGE_DIR.parent)
     assert out.stdout.split() == []
+
+
+def test_the_bench_daemon_child_carries_no_instruments() -> None:
+    # Its RSS is the daemon_rss figure: the emulator and the probes live in the bench process.
+    import subprocess
+    import sys
+
+    code = ("import sys, appliance.bench.worker; print(' '.join(m for m in "
+            "('appliance.line.sim', 'appliance.bench.probes', 'appliance.bench.calls') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=PACKAGE_DIR.parent)
+    assert out.stdout.split() == []

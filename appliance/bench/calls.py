@@ -29,6 +29,7 @@ import numpy as np
 import soundfile
 
 from appliance.audio.backend import SimHandsetAudio
+from appliance.bench.benchconfig import BENCH_NOTICE, bench_config
 from appliance.bench.probes import (
     BenchModem,
     Continuity,
@@ -39,16 +40,11 @@ from appliance.bench.probes import (
     match_latencies,
     notice_arrival_s,
 )
-from appliance.config import Config, load_config
 from appliance.daemon.app import Application
 from appliance.line.sim import PtyModemServer
 
 _LOGGER = logging.getLogger(__name__)
 
-#: A short notice keeps each benchmark call short; the off-hook → first-byte figure does not
-#: depend on the notice's length (the reference is still spoken, as in production). The time
-#: to a person is measured with the default notice instead (appliance/bench/human.py).
-BENCH_NOTICE: Final = "Tájékoztatjuk, hogy a hívást rögzítjük."
 #: One marker each way this often while bridged (longer than any plausible latency).
 MARKER_PERIOD_S: Final = 0.5
 #: After "bridged" is published, wait this long before sending noise and markers (the bridge
@@ -62,32 +58,6 @@ RING_POLL_S: Final = 0.01
 LINES_AGENT_TIMEOUT_S: Final = 1.0
 
 Progress = Callable[[str], None]
-
-
-def bench_config(state_dir: Path, devices: list[str], *, codec: str = "flac",
-                 agent_timeout_s: float = 30.0, voicemail_max_s: float = 120.0,
-                 notice: str | None = BENCH_NOTICE, returning_caller_days: int = 0,
-                 echo_cancel: bool = True) -> Config:
-    """Packaged defaults + simulated hardware + the benchmark's short notice (``notice``;
-    None: the packaged notice, as a shop with the default configuration speaks it).
-
-    ``echo_cancel=False`` turns both cancellers off: a canceller reshapes the caller's
-    samples, so a recording can be compared sample for sample only without it.
-    """
-    overrides: dict[str, Any] = {
-        "lines": [{"name": f"line{i + 1}", "device": d, "country_code": "51",
-                   "echo_cancel": echo_cancel}
-                  for i, d in enumerate(devices)],
-        "handset": {"audio": "sim://", "echo_cancel": echo_cancel},
-        "gpio": {"pin_factory": "mock"},
-        "call": {"cid_wait_s": 0.0, "answer_after_rings": 1, "agent_timeout_s": agent_timeout_s,
-                 "voicemail_max_s": voicemail_max_s},
-        # espeak-ng, not Piper: the prompt library is rebuilt in every fresh state dir.
-        "speech": {"voice": "espeak", "texts": {} if notice is None else {"notice": notice}},
-        "recording": {"codec": codec},
-        "notice": {"returning_caller_days": returning_caller_days},
-    }
-    return load_config(Path("/dev/null"), state_dir=state_dir, overrides=overrides)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audio.backend import SimHandsetAudio
-from appliance.bench.calls import bench_config
+from appliance.bench.benchconfig import bench_config
 from appliance.daemon.app import Application
 
 READY_LINE = "READY"
