@@ -293,3 +293,32 @@ def test_calls_finalized_while_it_runs_are_found_without_a_full_scan(
     finally:
         up.close()
     assert state(box, later.reference) == "archived"
+
+
+def test_the_bandwidth_cap_paces_the_body(tmp_path: Path) -> None:
+    """100 kB at 80 kbit/s (10 kB/s) must be paced over ~10 s. A recording Event answers the
+    reader's waits at once, so no test time passes and each wait is how far the body is ahead
+    of its schedule since the start: the last one is the whole body's ~10 s."""
+    from appliance.archive.uploader import Stopped, _Throttled
+
+    class Recording(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(timeout or 0.0)
+            return False
+
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 100_000)
+    stop = Recording()
+    with body.open("rb") as raw:
+        reader = _Throttled(raw, 80 * 1000 / 8, stop)  # type: ignore[arg-type]
+        received = b"".join(iter(lambda: reader.read(8192), b""))
+    assert len(received) == 100_000
+    assert stop.waits == sorted(stop.waits)
+    assert 9.0 <= stop.waits[-1] <= 10.0
+    stop.set()
+    with body.open("rb") as raw, pytest.raises(Stopped):  # stop is set: the upload ends
+        _Throttled(raw, 0, stop).read(8192)  # type: ignore[arg-type]
