@@ -264,7 +264,8 @@ def _checks(obj: Any) -> list[Check]:
     out.append(_check_audio(config.handset.audio, status=status))
     out.append(_check_pins(config.gpio.pin_factory, status))
     out.append(_check_voice(config))
-    out.append(_check_disk(state if state.exists() else state.parent, config.recording.codec))
+    out.append(_check_disk(state if state.exists() else state.parent, config.recording.codec,
+                           config.recording.min_free_mb))
     out.append(_check_clock())
     out.append(_check_web(config))
     from appliance.archive.doctor import archive_findings  # docs/archive.md
@@ -451,13 +452,19 @@ def _check_voice(config: Any) -> Check:
     return Check("speech", "pass", f"voice {engine.voice_id}")
 
 
-def _check_disk(path: Path, codec: str) -> Check:
-    from appliance.daemon.app import BYTES_PER_HOUR
+def _check_disk(path: Path, codec: str, min_free_mb: int = 0) -> Check:
+    from appliance.daemon.app import BYTES_PER_HOUR, BYTES_PER_MB
 
     free = shutil.disk_usage(path).free
     hours = free / BYTES_PER_HOUR.get(codec, BYTES_PER_HOUR["wav"])
+    detail = f"{free / 1e9:.1f} GB free ≈ {hours:.0f} h of {codec} recording"
+    if free < min_free_mb * BYTES_PER_MB:
+        # Issue 15 item 1: below the floor the daemon answers without recording.
+        return Check("disk", "fail", f"{detail}: below recording.min_free_mb = {min_free_mb}, "
+                     "calls are answered but NOT recorded",
+                     "appliance purge; a larger SD card")
     level = "pass" if hours >= MIN_FREE_HOURS else "fail"
-    return Check("disk", level, f"{free / 1e9:.1f} GB free ≈ {hours:.0f} h of {codec} recording",
+    return Check("disk", level, detail,
                  "" if level == "pass" else "appliance purge; a larger SD card")
 
 

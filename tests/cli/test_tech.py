@@ -139,3 +139,17 @@ def test_doctor_leaves_the_sound_card_to_a_running_daemon() -> None:
     assert bad.level == "fail"
     assert "device unplugged" in bad.detail
     assert _check_audio("alsa:plughw:CARD=Nowhere").level == "fail"  # no daemon: opened here
+
+
+async def test_doctor_fails_below_the_recording_floor(tmp_path: Path) -> None:
+    """Issue 15 item 1: below recording.min_free_mb calls are answered but not recorded."""
+    path = tmp_path / "floor.toml"
+    path.write_text('[recording]\nmin_free_mb = 999999\n[gpio]\npin_factory = "mock"\n',
+                    encoding="utf-8")
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli,
+        ["--config", str(path), "--state-dir", str(tmp_path / "s"), "doctor", "--json"])
+    assert result.exit_code == 1
+    disk = {c["name"]: c for c in json.loads(result.stdout)}["disk"]
+    assert disk["level"] == "fail"
+    assert "NOT recorded" in disk["detail"]
