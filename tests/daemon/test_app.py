@@ -143,6 +143,11 @@ async def test_lost_index_is_a_fault_and_no_reference_is_issued_again(
         assert lost.fault_codes()[0] == "index-lost"
         assert "appliance index rebuild" in lost.status_line()
         assert not lost.relay.energised, "the phone is on the line, the box does not answer"
+        busy = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["--config", "/dev/null", "--state-dir",
+                                      str(config.device.state_dir), "index", "rebuild"])
+        assert busy.exit_code == 1
+        assert "stop it first" in busy.output
     finally:
         await lost.stop()
     doctor = CliRunner().invoke(cli, ["--config", "/dev/null", "--state-dir",
