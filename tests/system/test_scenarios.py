@@ -29,6 +29,8 @@ SHORT_NOTICE = {
 
 FRAME = 160
 LOUD_DBFS = -40.0
+#: Frames (20 ms) of the shop's greeting checked for cross-talk into the caller's channel.
+GREETING_CHECK_FRAMES = 30
 
 
 def frame_levels(channel: np.ndarray) -> np.ndarray:
@@ -113,9 +115,13 @@ async def test_answered(tmp_path: Path) -> None:
     # frames may still hold the notice's residual echo (the canceller is then 1–3 s old and
     # its suppressor's output lags a frame: docs/performance.md), so they are left out here.
     assert shop_loud[0] < caller_loud[caller_loud > 2][0]
-    # No cross-talk: while the shop greets, the caller's channel is quiet.
-    greeting = shop[shop_loud[0] : shop_loud[0] + 50]
-    assert np.all(caller[shop_loud[0] : shop_loud[0] + 50][greeting > LOUD_DBFS] < LOUD_DBFS)
+    # No cross-talk: while the shop greets, the caller's channel is quiet. Only the first
+    # 0.6 s of the ≈1.2 s greeting: the caller answers when the greeting has left the shop's
+    # mouth, and on a loaded machine the two channels' paths differ by up to a few hundred ms,
+    # so the greeting's end may overlap the caller's first words in the file (double talk).
+    greeting = shop[shop_loud[0] : shop_loud[0] + GREETING_CHECK_FRAMES]
+    caller_meanwhile = caller[shop_loud[0] : shop_loud[0] + GREETING_CHECK_FRAMES]
+    assert np.all(caller_meanwhile[greeting > LOUD_DBFS] < LOUD_DBFS)
     # The sidecar and the index agree on the hash.
     sidecar = path.with_suffix(".json").read_text()
     assert summary["recording_sha256"] in sidecar
