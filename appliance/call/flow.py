@@ -839,8 +839,8 @@ class InboundCall:
             return
         media = self.ports.media
         media.unbridge()
-        await self._event("farewell", "shop hung up first: reference and goodbye to the caller")
         media.play_to_line("farewell", self._repeat_audio(), self.ports.prompts.clip("goodbye"))
+        await self._event("farewell", "shop hung up first: reference and goodbye to the caller")
         loop = asyncio.get_running_loop()
         until = loop.time() + FAREWELL_TIMEOUT_S
         while True:

@@ -104,13 +104,14 @@ def run(obj: CliContext) -> None:
 
 @cli.command()
 @click.option("--scenario",
-              type=click.Choice(["answered", "declined", "abandoned", "voicemail", "two-lines",
-                                 "outbound", "half-duplex"]),
+              type=click.Choice(["answered", "declined", "abandoned", "voicemail", "details",
+                                 "two-lines", "outbound", "half-duplex"]),
               default="answered", show_default=True,
               help="answered: the shop talks to the caller; declined: the caller presses 9 "
                    "during the notice; abandoned: hangs up during the notice; voicemail: "
-                   "nobody lifts, the caller leaves a message; two-lines: two callers on two "
-                   "lines share the one handset (the second holds); outbound: the shop "
+                   "nobody lifts, the caller leaves a message; details: the caller presses 0 "
+                   "for the full notice, and the shop hangs up first; two-lines: two callers "
+                   "on two lines share the one handset (the second holds); outbound: the shop "
                    "lifts, dials by DTMF and talks with the called customer; half-duplex: "
                    "the modem has no full duplex, so the phone rings first and the box "
                    "answers as an answering machine.")
@@ -189,6 +190,8 @@ def demo(obj: CliContext, scenario: str, as_json: bool, profile: str, line_echo:
             ("outcome", s["outcome"]),
             ("recording", s["recording_decision"]),
             ("notice completed", "yes" if s["notice_completed"] else "no"),
+            ("notice", f"{s.get('notice_form')}: " + ", ".join(
+                f"{layer['layer']} {layer['played']}" for layer in s.get("notice_layers", []))),
             ("time to a person", "—" if s.get("time_to_human_s") is None
              else f"{s['time_to_human_s']:.1f} s after the box answered"),
             ("recording file", s["recording_path"] or "—"),

@@ -27,6 +27,7 @@ from appliance.audio.hybrid import (
     LINE_TAIL_MS,
     HybridSpec,
 )
+from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.call.reference import format_reference
 from appliance.config import Config, load_config
 from appliance.daemon.app import Application
@@ -165,11 +166,15 @@ async def run_demo(
             lift_after_rings=(None if scenario in ("voicemail", "half-duplex")
                               else LIFT_AFTER_RINGS),
             speech=speech,
+            hangs_up_first=scenario == "details",
         )
         handset.connect_user(agent.mouth, agent.ear)
         callers = [
             ScriptedCaller(servers[0].sim, world, caller_scenario, speech=speech,
-                           optout_key=config.call.optout_key),
+                           optout_key=config.call.optout_key,
+                           details_key=config.call.details_key,
+                           # "At the last moment" of the first layer: 0.3 s before its end.
+                           details_at_s=max(0.0, app.prompts.notice.size / SAMPLE_RATE_HZ - 0.3)),
         ]
         if n_lines == 2:
             second_speech = await asyncio.to_thread(

@@ -27,7 +27,10 @@ from appliance.line.sim import SimModem
 
 _LOGGER = logging.getLogger(__name__)
 
-SCENARIOS: Final = ("answered", "declined", "abandoned", "voicemail")
+#: ``details``: the caller presses the details key as the first layer of the notice ends,
+#: hears the second layer, talks to the shop, and the shop hangs up first (the caller then
+#: hears the reference and goodbye, and the box hangs up).
+SCENARIOS: Final = ("answered", "declined", "abandoned", "voicemail", "details")
 
 #: What the people in the simulation say (Hungarian, like the shop's callers).
 LINES_HU: Final = {
@@ -171,6 +174,8 @@ class ScriptedCaller:
         number: str = "+36301234567",
         name: str | None = "KOVACS ANNA",
         optout_key: str = "9",
+        details_key: str = "0",
+        details_at_s: float = 0.0,
         cid_before_first_ring: bool = True,
         line: str = "main",
         speech: dict[str, np.ndarray],
@@ -183,6 +188,9 @@ class ScriptedCaller:
         self.number = number
         self.name = name
         self.optout_key = optout_key
+        self.details_key = details_key
+        #: ``details``: press the details key after hearing this much of the call's audio.
+        self.details_at_s = details_at_s
         self.cid_before_first_ring = cid_before_first_ring
         self.line = line
         self.speech = speech
@@ -233,6 +241,10 @@ class ScriptedCaller:
             await self._hear_for(2.5)
             w.log(self.actor, "presses", self.optout_key)
             self.modem.press_key(self.optout_key)
+        if self.scenario == "details":
+            await self._hear_for(self.details_at_s)
+            w.log(self.actor, "presses", f"{self.details_key} (the details)")
+            self.modem.press_key(self.details_key)
         if self.scenario == "voicemail":
             await _wait(w.state("voicemail-recording", line))
             await self._say("caller_message")
@@ -244,6 +256,12 @@ class ScriptedCaller:
         w.cue("caller_spoke", line).set()
         await _wait(w.cue("agent_replied", line))
         await self._say("caller_bye")
+        if self.scenario == "details":
+            # The shop hangs up first; the caller stays and hears the reference and goodbye.
+            w.cue("caller_said_bye", line).set()
+            await _wait(w.state("ended", line))
+            w.log(self.actor, "heard the box hang up")
+            return
         self._hang_up()
 
 
@@ -259,8 +277,11 @@ class SimulatedAgent:
         shk_pin: int,
         lift_after_rings: int | None,
         speech: dict[str, np.ndarray],
+        hangs_up_first: bool = False,
     ) -> None:
         self.world = world
+        #: Put the phone down after the caller's goodbye, before the caller does.
+        self.hangs_up_first = hangs_up_first
         self.factory = pin_factory
         self.rm_pin = rm_pin
         self.shk_pin = shk_pin
@@ -324,6 +345,9 @@ class SimulatedAgent:
                 await _wait(w.cue("caller_spoke", line))
                 await self._say("agent_reply")
                 w.cue("agent_replied", line).set()
+            if self.hangs_up_first:
+                await _wait(w.cue("caller_said_bye", line))
+                return True
             await _wait(w.state("finalizing", line))
         finally:
             w.log("shop", "hangs up")

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.timeout(150)
 
 SHORT_NOTICE = {
     "speech": {"texts": {"notice": "Tájékoztatjuk, hogy a hívást rögzítjük. Ha nem járul "
-                                   "hozzá, nyomja meg {optout_key_phrase}."}},
+                                   "hozzá, nyomja meg {optout_key_phrase}.",
+                         "notice_details": "A rögzítés jogalapja: {legal_basis}, {retention} "
+                                           "őrizzük."}},
 }
 
 FRAME = 160
@@ -242,3 +244,47 @@ async def test_answered_on_a_modem_that_refuses_the_vtr_test_command(tmp_path: P
     assert np.count_nonzero(caller > LOUD_DBFS) > 50, "the caller's speech is on channel 0"
     assert np.count_nonzero(shop > LOUD_DBFS) > 50, "the shop's speech is on channel 1"
     assert summary["pins"]["led_recording"][-1][1] is False
+
+
+async def test_details_key_at_the_end_of_the_first_layer_and_the_shop_hanging_up_first(
+        tmp_path: Path) -> None:
+    # Issue 14 item 6: the caller presses the details key 0.3 s before the first layer ends;
+    # the reference and then the whole second layer are played before recording starts. The
+    # shop hangs up first: the caller hears the reference and goodbye, then the box hangs up.
+    summary = await scenario("details", tmp_path, echo=False)
+    row = assert_common(summary)
+    assert summary["outcome"] == "bridged"
+    assert summary["recording_decision"] == "recorded"
+    s = states(summary)
+    assert (s.index("details-requested") < s.index("notice-finished")
+            < s.index("recording-started") < s.index("bridged") < s.index("farewell"))
+    assert [(e["layer"], e["played"]) for e in summary["notice_layers"]] == [
+        ("notice", "full"), ("reference", "full"), ("notice_details", "full")]
+    assert row["notice_form"] == "full"
+    assert row["notice_first_heard"] == 1
+    # Recording began only after all three had been played: at least their length after
+    # the notice started (the clips as the daemon rendered them).
+    from appliance.speech.library import PromptLibrary
+
+    library = PromptLibrary.load(Path(summary["db_path"]).parent / "prompt-cache", lang="hu")
+    heard_s = (library.notice.size + library.reference_audio(summary["reference_digits"]).size
+               + library.notice_layer("notice_details").size) / 8000
+    assert row["record_start_at"] - row["notice_start_at"] >= heard_s - 0.1
+    # The shop lifted early: put through the moment the notice ended, no "connecting".
+    assert "ringing-agent" not in s
+    assert summary["time_to_human_s"] >= heard_s - 0.1
+    # The end: the shop hung up, the caller got the reference and goodbye, the box hung up.
+    farewell = s.index("farewell")
+    assert s[farewell + 1] == "finalizing"
+    assert summary["events"][-1]["detail"] == "bridged: shop hung up"
+    end = next(e["t"] for e in summary["events"] if e["state"] == "finalizing")
+    said = next(e["t"] for e in summary["events"] if e["state"] == "farewell")
+    goodbye_s = (library.reference_audio(summary["reference_digits"]).size
+                 + library.clip("goodbye").size) / 8000
+    assert end - said >= goodbye_s - 0.1, "the box hung up only after the reference and goodbye"
+    # A playable file and the LED history.
+    info = soundfile.info(summary["recording_path"])
+    assert info.channels == 2
+    led = summary["pins"]["led_recording"]
+    assert any(state for _, state in led)
+    assert led[-1][1] is False
