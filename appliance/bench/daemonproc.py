@@ -29,7 +29,8 @@ _LOGGER = logging.getLogger(__name__)
 
 #: How long the child may take to print READY (prompt rendering with espeak-ng included).
 READY_TIMEOUT_S: Final = 90.0
-#: Off-hook → the shop is on the line: the notice and the reference twice (≈17 s measured).
+#: Off-hook → the shop is on the line: the bench's one-sentence notice and the reference
+#: (was ≈17 s with the reference read twice; an upper bound, not a figure).
 NOTICE_ALLOWANCE_S: Final = 20.0
 #: Upper bound for the line to come back on-hook after the caller hangs up.
 HANGUP_TIMEOUT_S: Final = 30.0

@@ -869,14 +869,21 @@ class InboundCall:
             await self._say_goodbye()
             raise _CallOver("missed", reason)
         await self._transition(CallState.VOICEMAIL, reason)
-        self.ports.media.play_to_line("voicemail", self.ports.prompts.clip("voicemail"),
-                                      self.ports.prompts.clip("beep"))
+        prompt = (self.ports.prompts.clip("voicemail"), self.ports.prompts.clip("beep"))
+        self.ports.media.play_to_line("voicemail", *prompt)
         while True:
             event = await self._next()
             if event is None or await self._common(event):
                 continue
             if isinstance(event, PlaybackDone) and event.token == "voicemail":
                 break
+            if isinstance(event, KeyPressed):
+                await self._event("dtmf", f"{event.digit} ({event.source})")
+                if event.digit == self.policy.repeat_key:
+                    # Before the beep the box still talks: the reference, then the prompt
+                    # again (after the beep the caller's keys are part of the message).
+                    self.ports.media.play_to_line("voicemail", self._repeat_audio(), *prompt)
+                    await self._event("reference-repeated", "repeat key, before the message")
         await self._event("voicemail-recording", f"up to {self.policy.voicemail_max_s:.0f} s")
         if self.policy.silence_hangup_s:
             self.ports.media.watch_silence(min(self.policy.silence_hangup_s, VOICEMAIL_SILENCE_S))

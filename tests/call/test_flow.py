@@ -539,6 +539,20 @@ async def test_repeat_key_reads_the_reference_again_before_recording() -> None:
     await h.result()
 
 
+async def test_repeat_key_before_the_voicemail_beep_reads_the_reference() -> None:
+    h = Harness()
+    await h.until_state("notice")
+    h.finish_notice()
+    await h.until_state("voicemail")
+    h.post(KeyPressed("*"))
+    await h.until_state("reference-repeated")
+    assert h.media.line_plays[-2:] == ["voicemail", "voicemail"]  # reference + prompt again
+    h.post(PlaybackDone("voicemail"))
+    await h.until_state("voicemail-recording")
+    h.post(CallerHungUp("busy"))
+    assert (await h.result()).outcome == "voicemail"
+
+
 async def test_repeat_key_on_hold_reads_the_reference() -> None:
     h = Harness(CallPolicy(agent_timeout_s=5, hold_max_s=5, hold_reassure_s=5))
     h.handset.available = False
@@ -599,14 +613,20 @@ async def test_returning_caller_form_is_off_by_default() -> None:
     await h.result()
 
 
-async def test_shop_hanging_up_first_gives_the_caller_the_reference_and_goodbye() -> None:
-    h = Harness()
+async def bridged_then_shop_hangs_up(policy: CallPolicy | None = None) -> Harness:
+    """A call through the notice to the shop, which then hangs up first."""
+    h = Harness(policy)
     await h.until_state("notice")
     h.finish_notice()
     h.handset.off_hook = True
     h.post(AgentOffHook())
     await h.until_state("bridged")
     h.post(AgentOnHook())
+    return h
+
+
+async def test_shop_hanging_up_first_gives_the_caller_the_reference_and_goodbye() -> None:
+    h = await bridged_then_shop_hangs_up()
     await h.until_state("farewell")
     assert h.media.line_plays[-1] == "farewell"
     assert not h.media.bridged  # the caller hears the box, not the shop's dead handset
@@ -620,26 +640,14 @@ async def test_shop_hanging_up_first_gives_the_caller_the_reference_and_goodbye(
 
 
 async def test_caller_hanging_up_during_the_farewell_ends_the_call() -> None:
-    h = Harness()
-    await h.until_state("notice")
-    h.finish_notice()
-    h.handset.off_hook = True
-    h.post(AgentOffHook())
-    await h.until_state("bridged")
-    h.post(AgentOnHook())
+    h = await bridged_then_shop_hangs_up()
     await h.until_state("farewell")
     h.post(CallerHungUp("busy"))
     assert (await h.result()).outcome == "bridged"
 
 
 async def test_farewell_can_be_turned_off() -> None:
-    h = Harness(CallPolicy(reference_at_end=False))
-    await h.until_state("notice")
-    h.finish_notice()
-    h.handset.off_hook = True
-    h.post(AgentOffHook())
-    await h.until_state("bridged")
-    h.post(AgentOnHook())
+    h = await bridged_then_shop_hangs_up(CallPolicy(reference_at_end=False))
     assert (await h.result()).outcome == "bridged"
     assert "farewell" not in h.media.line_plays
 
