@@ -113,6 +113,9 @@ class LineConfig:
     """The pause after it (0 = ``handset.ring_off_s``)."""
     tx_lead_ms: int = 20
     """Audio kept ahead in the modem's transmit buffer (20 ms steps; raise on underruns)."""
+    liveness_interval_s: float = 30.0
+    """While idle, a bare ``AT`` this often: a modem that stopped answering faults the line
+    (and is reopened with back-off) instead of leaving it looking ready."""
     audio: str = ""
     """Where the line's call audio flows: "" = the modem's voice data stream (``+VTR``), or
     ``"alsa:<device>"`` for an FXO board / modem that exposes it as a sound card (call
@@ -504,6 +507,7 @@ RANGES: Final[dict[str, Range]] = {
     "lines[].ring_on_s": Range(0, 10, "seconds (0 = handset.ring_on_s)"),
     "lines[].ring_off_s": Range(0, 60, "seconds (0 = handset.ring_off_s)"),
     "lines[].tx_lead_ms": Range(20, 200, "ms"),
+    "lines[].liveness_interval_s": Range(0.5, 3600, _S),
     "handset.ring_hz": Range(20, 25, "Hz (AG1171 ring window)"),
     "handset.ring_on_s": Range(0, 10, _S, above=True),
     "handset.ring_off_s": Range(0, 60, _S, above=True),

@@ -48,6 +48,11 @@ class ModemGone(ModemError, ConnectionError):
     """The modem's port disappeared or the link failed; the supervisor will reopen it."""
 
 
+class LineOffHook(ModemError):
+    """The modem holds the line off-hook and refuses every way of hanging up (docs/line.md,
+    "Hanging up"): nobody can call in while it does; the line is faulted."""
+
+
 class AudioError(ApplianceError):
     """An audio device could not be opened or failed."""
 

@@ -367,6 +367,11 @@ def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check
     label = f"modem {name}"
     if status is not None and status.get("ok"):
         line = next((x for x in status["lines"] if x["name"] == name), None)
+        if line and line.get("fault_code") == "line-off-hook":
+            return Check(label, "fail", f"{device}: {line['fault']}",
+                         "the relay has put the phone on the line; unplug and re-plug the "
+                         "modem (a power cycle releases the line); the daemon retries by "
+                         "itself and clears the fault once the line is on-hook")
         if line and line["link"] == "connected":
             on_modem = line.get("audio", "modem") == "modem"
             evidence = line.get("duplex_evidence") or "AT+VTR refused"

@@ -48,12 +48,14 @@ from appliance.daemon.outbound_control import OutboundController
 from appliance.errors import (
     ApplianceError,
     AudioError,
+    LineOffHook,
     ModemCommandError,
     ModemError,
     SpeechError,
     StoreError,
 )
 from appliance.handset.slic import RingCadence, Slic, SlicPins
+from appliance.line.at import LinkState
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
 from appliance.panel.panel import Panel, PanelPins, PanelState
 from appliance.panel.relay import BypassRelay
@@ -87,6 +89,10 @@ UNSAVED_RETRY_S: Final = 5.0
 PROBE_BYTES: Final = 1_000_000
 #: ``recording.min_free_mb`` counts megabytes of 10^6 bytes (as df -H and SD cards do).
 BYTES_PER_MB: Final = 1_000_000
+#: The line fault shown while the modem holds the line and will not hang up (code 9).
+LINE_OFF_HOOK_FAULT: Final = "the modem holds the line off-hook and refuses to hang up"
+#: The line fault shown when the idle liveness check went unanswered (code 1, as unplugged).
+MODEM_SILENT_FAULT: Final = "the modem stopped answering (no reply to AT while idle)"
 
 CallObserver = Callable[[str, str, str], None]
 
@@ -342,11 +348,13 @@ class _LinePort:
 
     def __init__(self, modem: Modem, media: CallMedia,
                  audio: SoundDeviceAudio | None = None,
-                 on_no_duplex: Callable[[], None] | None = None) -> None:
+                 on_no_duplex: Callable[[], None] | None = None,
+                 on_hung_up: Callable[[Modem, bool], None] | None = None) -> None:
         self._modem = modem
         self._media = media
         self._audio = audio
         self._on_no_duplex = on_no_duplex
+        self._on_hung_up = on_hung_up
         self._half: HalfDuplexAudio | None = None
 
     @property
@@ -384,7 +392,9 @@ class _LinePort:
             with contextlib.suppress(ModemError, OSError):
                 # A prompt still in the modem (the goodbye) is played out, not cut.
                 await self._modem.stop_voice(flush=False)
-        await self._modem.hang_up()
+        confirmed = await self._modem.hang_up()
+        if self._on_hung_up is not None:
+            self._on_hung_up(self._modem, confirmed)
 
 
 @dataclass(slots=True)
@@ -414,6 +424,10 @@ class LineSession:
         self._rings = 0
         self._last_ring_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        #: Why the dispatcher was ended from inside (a hang-up that failed, a modem that
+        #: stopped answering): the fault to show and its panel code, or no fault for a
+        #: plain reopen (a hang-up that reset the modem). None: the link went down.
+        self._down: tuple[str | None, str] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_supervisor(), name=f"line-{self.line.name}")
@@ -446,10 +460,14 @@ class LineSession:
             except (ApplianceError, OSError) as exc:
                 delay = REOPEN_BACKOFF_S[min(attempt, len(REOPEN_BACKOFF_S) - 1)]
                 attempt += 1
-                self._set_fault(str(exc) if isinstance(exc, AudioError)
-                                else f"modem on {self.line.device} not ready: {exc}",
-                                code="audio-missing" if isinstance(exc, AudioError)
-                                else "modem-missing")
+                self.state = "fault"
+                if isinstance(exc, LineOffHook):
+                    self._set_fault(f"{LINE_OFF_HOOK_FAULT} ({exc})", code="line-off-hook")
+                else:
+                    self._set_fault(str(exc) if isinstance(exc, AudioError)
+                                    else f"modem on {self.line.device} not ready: {exc}",
+                                    code="audio-missing" if isinstance(exc, AudioError)
+                                    else "modem-missing")
                 _LOGGER.warning("line %s: cannot open modem %s (%s); retry in %.0f s",
                                 self.line.name, self.line.device, exc, delay)
                 with contextlib.suppress(Exception):
@@ -478,8 +496,34 @@ class LineSession:
                 self.modem = None
                 with contextlib.suppress(Exception):
                     await modem.close()
-            self._set_fault("modem link lost")
+            fault, code = self._down or ("modem link lost", "modem-missing")
+            self._down = None
+            self.state = "fault" if fault else "reopening"
+            if fault:
+                self._set_fault(fault, code=code)
             await asyncio.sleep(REOPEN_BACKOFF_S[0])
+
+    def _reopen(self, modem: Modem, reason: str, fault: str | None,
+                code: str = "modem-missing") -> None:
+        """End the dispatcher of ``modem`` from inside: the supervisor closes and reopens it
+        (whose open confirms the line on-hook), showing ``fault`` meanwhile (None: none)."""
+        if self.modem is not modem or self._down is not None:
+            return
+        self._down = (fault, code)
+        modem.events.put_nowait(LinkDown(reason))
+
+    def hung_up(self, modem: Modem, confirmed: bool) -> None:
+        """A call on ``modem`` was hung up (inbound or outbound); ``confirmed`` as
+        :meth:`Modem.hang_up` returned it. An unconfirmed hang-up faults the line at once
+        (the relay drops: the phone is on the line, not the stuck modem) and reopens the
+        modem, which tries again and stays faulted with back-off while it cannot."""
+        if not confirmed and modem.link_state is not LinkState.FAILED:
+            _LOGGER.error("line %s: %s; the phone is put on the line", self.line.name,
+                          LINE_OFF_HOOK_FAULT)
+            self._reopen(modem, "hang-up not confirmed", LINE_OFF_HOOK_FAULT, "line-off-hook")
+        elif confirmed and modem.reopen_needed:
+            _LOGGER.info("line %s: the modem was reset to hang up; reopening", self.line.name)
+            self._reopen(modem, "the modem was reset", None)
 
     def _set_fault(self, fault: str | None, *, code: str = "modem-missing") -> None:
         """Record the line's fault (None clears it); ``code`` is its panel blink code."""
@@ -490,11 +534,18 @@ class LineSession:
     async def _dispatch(self, modem: Modem) -> None:
         loop = asyncio.get_running_loop()
         answer_at: float | None = None  # set while waiting for caller ID before answering
+        interval_s = self.line.liveness_interval_s
+        check_at = loop.time() + interval_s  # the next idle liveness check
         while True:
             try:
-                async with asyncio.timeout_at(answer_at):
+                async with asyncio.timeout_at(answer_at if answer_at is not None else check_at):
                     event = await modem.events.get()
             except TimeoutError:
+                if answer_at is None:
+                    check_at = loop.time() + interval_s
+                    if self._idle(modem) and not await self._alive(modem):
+                        return
+                    continue
                 answer_at = None
                 _LOGGER.info("line %s: no caller ID within %.1f s; answering", self.line.name,
                              self.app.config.call.cid_wait_s)
@@ -541,6 +592,24 @@ class LineSession:
                     answer_at = loop.time() + cid_wait_s
                 else:
                     await self._start_call(modem)
+
+    def _idle(self, modem: Modem) -> bool:
+        """Nothing uses the modem: no call, no outbound seizure, on-hook in command state."""
+        return (self.active is None and self.line.name not in self.app.outbound.seized
+                and not modem.off_hook and modem.voice_op is None)
+
+    async def _alive(self, modem: Modem) -> bool:
+        """The idle liveness check (issue: a modem silent while idle looked "ready"): a bare
+        ``AT``. No reply → the line faults as for a missing modem and the supervisor reopens
+        it with back-off; False then (the dispatcher ends)."""
+        try:
+            await modem.check_alive()
+        except ModemError as exc:
+            _LOGGER.error("line %s: %s (%s); reopening", self.line.name, MODEM_SILENT_FAULT,
+                          exc)
+            self._down = (MODEM_SILENT_FAULT, "modem-missing")
+            return False
+        return True
 
     def _rings_to_answer(self) -> int:
         call = self.app.config.call
@@ -616,7 +685,8 @@ class LineSession:
         app.handset.register(reference, events)
         app.panel_board.report(f"line:{self.line.name}", "idle")  # the call reports now
         ports = CallPorts(
-            line=_LinePort(modem, media, line_audio, on_no_duplex=self._no_duplex),
+            line=_LinePort(modem, media, line_audio, on_no_duplex=self._no_duplex,
+                           on_hung_up=self.hung_up),
             handset=_CallHandset(app.handset, reference, cadence),
             media=media,
             store=app.store,
@@ -914,6 +984,8 @@ class Application:
         codes = []
         if getattr(self, "index_fault", None):
             codes.append("index-lost")
+        if any(s.fault and s.fault_code == "line-off-hook" for s in self.lines):
+            codes.append("line-off-hook")
         if any(s.fault and s.fault_code == "modem-missing" for s in self.lines):
             codes.append("modem-missing")
         if getattr(self, "audio_fault", None) or any(
@@ -1374,6 +1446,7 @@ class Application:
                 "device": session.line.device,
                 "state": session.state,
                 "fault": session.fault,
+                "fault_code": session.fault_code,
                 "chipset": modem.chipset if modem else None,
                 "voice_format": modem.voice_format if modem else None,
                 "audio": session.line.audio or "modem",

@@ -332,7 +332,7 @@ class _Session:
         if modem is not None:
             with contextlib.suppress(ModemError, OSError):
                 await modem.stop_duplex()
-            await modem.hang_up()
+            session.hung_up(modem, await modem.hang_up())
         self.release_line()
 
     def release_line(self) -> None:

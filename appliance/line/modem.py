@@ -8,8 +8,10 @@ commands flow down as awaited methods. Sequences follow reference/v253-modem.md 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
-from appliance.errors import ModemCommandError, ModemError, ModemGone, ModemTimeout
+from appliance.errors import LineOffHook, ModemCommandError, ModemError, ModemGone, ModemTimeout
 from appliance.line.at import AtProtocol, LinkState, Mode
 from appliance.line.codec import (
     DLE_ABORT_RX,
@@ -39,7 +41,7 @@ from appliance.line.commands import (
     parse_vls_list,
     parse_vsm_list,
 )
-from appliance.line.transport import open_transport
+from appliance.line.transport import drop_dtr, open_transport
 
 if TYPE_CHECKING:
     from appliance.line.sim import SimModem
@@ -60,6 +62,8 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 INIT_TIMEOUT_S: Final = 5.0
+#: :meth:`Modem.close` waits this long at most for the port to be released.
+CLOSE_TIMEOUT_S: Final = 1.0
 #: Every way out of a voice data state a previous host may have left the modem in (a daemon
 #: killed mid-call never sent its <DLE>^): end duplex, abort receive, end transmit
 #: (v253-modem.md §5.2/§5.3). In command state a modem ignores these non-AT bytes.
@@ -96,8 +100,13 @@ _HANGUP_DLE: Final = {
     "s": "silence",
     "q": "silence",
 }
-#: Tries of leaving voice mode and going on-hook in :meth:`Modem.hang_up`.
+#: Tries of leaving a voice state that began under one hang-up command (see :meth:`Modem.hang_up`).
 HANG_UP_ATTEMPTS: Final = 3
+#: The ways on-hook, in the order :meth:`Modem.hang_up` tries them, each confirmed before the
+#: next is tried (docs/line.md, "Hanging up"): V.253 ``+VLS=0``, V.250 ``H0`` and its bare form
+#: (some firmware parses only one), ``Z`` (a reset is on-hook), then a DTR drop (``&D2``).
+HANG_UP_LADDER: Final = ("AT+VLS=0", "ATH0", "ATH", "ATZ", "DTR")
+_VLS_VALUE_RE: Final = re.compile(r"(\d+)\s*$")
 #: `<DLE>H` (line current detected) within this time of our own off-hook is the modem
 #: confirming it (quirk #23, seen on the USR5637, whose table drops `H` altogether); later it
 #: means the loop changed under a call, which ends it.
@@ -281,6 +290,9 @@ class Modem:
         self._dialled = False
         self._off_hook_at = 0.0
         self._reversals = 0
+        #: The last hang-up reset the modem (``ATZ`` or DTR): its settings are gone, so the
+        #: owner must reopen it (close, open: the init script runs again).
+        self.reopen_needed = False
 
     # --- lifecycle
 
@@ -303,9 +315,33 @@ class Modem:
         if sim is not None:
             self.sim = sim
         try:
-            await self._init_script(protocol)
+            try:
+                await self._init_script(protocol)
+            except ModemCommandError:
+                # A modem holding the line refuses ATZ on some firmware (and in the emulator's
+                # refuse_hang_up): say so rather than "init failed".
+                await self._refuse_if_off_hook()
+                raise
+            # A modem left off-hook (a previous hang-up that failed, a host killed mid-call)
+            # must not be taken for a ready line: nobody could call in.
+            await self._refuse_if_off_hook()
         except ModemTimeout as exc:
             raise ModemGone(f"modem at {self.url} does not answer: {exc}") from exc
+
+    async def _refuse_if_off_hook(self) -> None:
+        """Raise :class:`LineOffHook` if the modem holds the line and will not hang up."""
+        at = self._at()
+        await self._optional(at, "AT+FCLASS=8")  # +VLS? is a voice command (§3)
+        if await self._hook_state(at) is False:
+            _LOGGER.warning("the modem holds the line off-hook at open; hanging up")
+            self.reopen_needed = False
+            if not await self.hang_up():
+                raise LineOffHook(f"the modem at {self.url} holds the line off-hook and "
+                                  "refuses to hang up")
+            if self.reopen_needed:
+                await self._init_script(at)  # the hang-up reset it: its settings are gone
+                self.reopen_needed = False
+        await self._optional(at, "AT+FCLASS=0")  # quirk #27: idle in data class
 
     async def _init_script(self, at: AtProtocol) -> None:
         await at.wait_connected()
@@ -388,6 +424,11 @@ class Modem:
         if protocol is not None:
             protocol.link_failed = None  # a deliberate close is not a LinkDown
             protocol.close()
+            # The port is released when the transport has gone (a tty's exclusive lock):
+            # wait for that, so an open right after this one finds it free.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await protocol.wait_closed()
 
     # --- call operations
 
@@ -679,37 +720,113 @@ class Modem:
         await at.stop_voice(DLE_END_DUPLEX)
         self._voice_op = None
 
-    async def hang_up(self) -> None:
-        """Put the line on-hook: ``AT+VLS=0`` (``ATH0`` fallback), ``AT+FCLASS=0``.
+    async def hang_up(self) -> bool:
+        """Put the line on-hook and confirm it; True once confirmed.
 
-        Never raises: with the port gone or the modem wedged it logs and returns.
+        Tries each way in :data:`HANG_UP_LADDER` until one is confirmed: the modem answers
+        ``OK`` and, where it answers ``AT+VLS?``, reports label 0 (on-hook); a refused or
+        unconfirmed way moves on to the next. After ``ATZ`` or a DTR drop the modem has lost
+        its settings and :attr:`reopen_needed` is set. False means the modem may still hold
+        the line — nobody can call in: the owner faults the line (which releases the bypass
+        relay) and reopens the modem. Never raises; with the port gone it returns False.
         """
         self._off_hook = False
         self._reset_call()
         at = self._protocol
         if at is None or not at.connected:
             _LOGGER.warning("hang up: modem link is down")
-            return
-        try:
-            for attempt in range(HANG_UP_ATTEMPTS):
-                if at.mode is Mode.VOICE:
-                    await self.stop_voice()
+            return False
+        for way in HANG_UP_LADDER:
+            try:
+                if not await self._hang_up_once(at, way):
+                    continue
+                state = await self._hook_state(at)
+            except ModemGone as exc:
+                _LOGGER.warning("hang up: %s", exc)
+                return False
+            except ModemError as exc:
+                _LOGGER.warning("hang up: %s failed (%s)", way, exc)
+                continue
+            if state is False:
+                _LOGGER.warning("hang up: the modem answered %s but still holds the line", way)
+                continue
+            if way in ("ATZ", "DTR"):
+                self.reopen_needed = True
+            else:
                 try:
-                    try:
-                        await at.command("AT+VLS=0")
-                    except ModemCommandError:
-                        await at.command("ATH0")
-                    break
-                except ModemError:
-                    # A voice state began while we waited for the link: a +VTX/+VRX/+VTR that
-                    # was in flight when its caller was cancelled completes anyway (shielded).
-                    # Leave it, then hang up again.
-                    if at.mode is not Mode.VOICE or attempt == HANG_UP_ATTEMPTS - 1:
-                        raise
-            await at.command("AT+FCLASS=0")
-        except ModemError as exc:
-            _LOGGER.warning("hang up incomplete: %s", exc)
-        _LOGGER.info("line on-hook")
+                    await at.command("AT+FCLASS=0")  # quirk #27: idle in data class
+                except ModemError as exc:
+                    _LOGGER.warning("hang up: AT+FCLASS=0 failed (%s); the line is on-hook",
+                                    exc)
+                    self.reopen_needed = True
+            _LOGGER.info("line on-hook (%s)", way)
+            return True
+        _LOGGER.error("hang up failed: the modem refused every way on-hook (%s)",
+                      ", ".join(HANG_UP_LADDER))
+        return False
+
+    async def _hang_up_once(self, at: AtProtocol, way: str) -> bool:
+        """One way on-hook; False when this port cannot do it (no DTR line).
+
+        Raises:
+            ModemError: refused, timed out, or the link failed.
+        """
+        if way == "DTR":
+            if at.mode is Mode.VOICE:
+                await self.stop_voice()
+            return self._transport is not None and await drop_dtr(self._transport)
+        for attempt in range(HANG_UP_ATTEMPTS):
+            if at.mode is Mode.VOICE:
+                await self.stop_voice()
+            try:
+                # ATZ resets the modem, which takes a moment on real hardware (init).
+                await at.command(way, timeout_s=max(INIT_TIMEOUT_S, self.command_timeout_s)
+                                 if way == "ATZ" else None)
+                return True
+            except ModemError:
+                # A voice state began while we waited for the link: a +VTX/+VRX/+VTR that
+                # was in flight when its caller was cancelled completes anyway (shielded).
+                # Leave it, then hang up again.
+                if at.mode is not Mode.VOICE or attempt == HANG_UP_ATTEMPTS - 1:
+                    raise
+        return False  # not reached: the last attempt returns or raises
+
+    async def _hook_state(self, at: AtProtocol) -> bool | None:
+        """``AT+VLS?``: True on-hook (label 0), False off-hook, None when the modem does not
+        say (refused — e.g. in data class, or no read form — or an answer without a number).
+
+        Raises:
+            ModemGone, ModemTimeout: as :meth:`AtProtocol.command`.
+        """
+        try:
+            lines = await at.command("AT+VLS?")
+        except ModemCommandError:
+            return None
+        for line in lines:
+            m = _VLS_VALUE_RE.search(line)
+            if m is not None:
+                return int(m.group(1)) == 0
+        return None
+
+    async def check_alive(self) -> None:
+        """Liveness: a bare ``AT`` must be answered (``ERROR`` counts: the modem spoke).
+
+        A timeout is asked again once: the second ``AT`` resyncs the link (SUSPECT), and
+        the consecutive timeouts then make it FAILED (:class:`LinkDown` follows).
+
+        Raises:
+            ModemTimeout, ModemGone: the modem does not answer.
+        """
+        at = self._at()
+        for attempt in range(2):
+            try:
+                await at.command("AT")
+                return
+            except ModemCommandError:
+                return
+            except ModemTimeout:
+                if attempt == 1:
+                    raise
 
     # --- event plumbing
 

@@ -324,6 +324,10 @@ class SimModem:
         self._cmd_queue: deque[str] = deque()
         self._busy = False  # a deferred final result (+VTS, ATD) is pending
         self._stalled = False
+        #: On-hook commands still to refuse while off-hook (None: every one); see
+        #: :meth:`refuse_hang_up`.
+        self._refuse_hang_ups: int | None = 0
+        self.refused_hang_ups = 0
         self._callee = SimCallee()
         self.dialled: list[str] = []
         self._answered_event = asyncio.Event()
@@ -525,6 +529,34 @@ class SimModem:
             raise ValueError(f"a DLE event is one character: {code!r}")
         self._injected.append(code)
 
+    def refuse_hang_up(self, count: int | None = 2) -> None:
+        """Refuse the next ``count`` on-hook commands while off-hook (None: every one, until
+        :meth:`accept_hang_up`): ``+VLS=0``, ``H``, ``Z`` answer ``ERROR`` and a DTR drop is
+        ignored; the line stays off-hook. ``count=2`` is the fault found in the field: one
+        hang-up whose ``AT+VLS=0`` and ``ATH0`` both answered ``ERROR``."""
+        if count is not None and count < 0:
+            raise ValueError(f"count must be ≥ 0 or None, not {count}")
+        self._refuse_hang_ups = count
+
+    def accept_hang_up(self) -> None:
+        """Undo :meth:`refuse_hang_up`: on-hook commands work again."""
+        self._refuse_hang_ups = 0
+
+    def dtr_dropped(self) -> None:
+        """The host dropped DTR: with ``&D2`` (the default) the modem hangs up."""
+        if self._refusing_hang_up():
+            return
+        self._hang_up()
+
+    def _refusing_hang_up(self) -> bool:
+        """True if this on-hook command is refused (and counted)."""
+        if not self.off_hook or self._refuse_hang_ups == 0:
+            return False
+        if self._refuse_hang_ups is not None:
+            self._refuse_hang_ups -= 1
+        self.refused_hang_ups += 1
+        return True
+
     def stall(self) -> None:
         """Stop answering commands (and stop the RX stream): a wedged modem."""
         self._stalled = True
@@ -703,6 +735,8 @@ class SimModem:
             self.verbose = value == 1
         elif cmd == "Q":
             self.quiet = value == 1
+        elif cmd in ("Z", "H") and self._refusing_hang_up():
+            return "ERROR"
         elif cmd == "Z":
             was_vcid = self.params["VCID"]
             self._hang_up()
@@ -802,6 +836,8 @@ class SimModem:
             self._info('1,"T",0B8433C1,0FE431C1,0B8431C1')
         elif arg in ("0", "1", "5"):
             if arg == "0":
+                if self._refusing_hang_up():
+                    return "ERROR"
                 self._hang_up()
             else:
                 self._go_off_hook(int(arg))

@@ -24,7 +24,8 @@ from appliance.errors import ConfigError, ModemGone
 if TYPE_CHECKING:
     from appliance.line.sim import SimModem
 
-__all__ = ["BAUD_RATE", "SIM_SCHEME", "SimLoopbackTransport", "open_transport"]
+__all__ = ["BAUD_RATE", "DTR_DROP_S", "SIM_SCHEME", "SimLoopbackTransport", "drop_dtr",
+           "open_transport"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ LOOPBACK_CHUNK_BYTES: Final = 1024
 """The loopback delivers host bytes in chunks this big, like a tty read."""
 LOOPBACK_HIGH_WATER_BYTES: Final = 16384
 LOOPBACK_LOW_WATER_BYTES: Final = 4096
+DTR_DROP_S: Final = 0.5
+"""How long DTR is held low to make the modem hang up (V.250 ``&D2``: on-hook and command
+state on an ON-to-OFF transition of DTR; well over the tens of ms a modem debounces)."""
 
 _P = TypeVar("_P", bound=asyncio.Protocol)
 
@@ -105,6 +109,11 @@ class SimLoopbackTransport(asyncio.Transport):
         self._sim_paused = False
         self._schedule_flush()
 
+    def drop_dtr(self) -> None:
+        """The host drops DTR (V.250 ``&D2``): the modem hangs up."""
+        if not self._closing:
+            self._sim.dtr_dropped()
+
     def unplug(self) -> None:
         """The port vanishes: the host sees ``connection_lost`` with an error."""
         self._lose(ConnectionResetError("simulated modem unplugged"))
@@ -165,6 +174,31 @@ class DirectWriteSerialTransport(serial_asyncio.SerialTransport):  # type: ignor
             return
         if sent < len(data):
             super().write(bytes(data[sent:]))
+
+
+async def drop_dtr(transport: asyncio.BaseTransport, seconds: float = DTR_DROP_S) -> bool:
+    """Hold DTR low for ``seconds`` then raise it again: a modem set to ``&D2`` (the V.250
+    default, and what ``ATZ`` restores) goes on-hook. The last resort of a hang-up before the
+    port is reopened.
+
+    Returns:
+        False when the port has no DTR line to drop (a pty, a TCP link); True otherwise.
+    """
+    if isinstance(transport, SimLoopbackTransport):
+        transport.drop_dtr()
+        return True
+    port = transport.get_extra_info("serial")
+    if port is None:
+        return False
+    try:
+        port.dtr = False
+        await asyncio.sleep(seconds)
+        port.dtr = True
+    except (serial.SerialException, OSError, ValueError) as exc:
+        # A pty or socket:// has no modem-control lines (pyserial's ioctl fails with ENOTTY).
+        _LOGGER.info("cannot drop DTR on this port: %s", exc)
+        return False
+    return True
 
 
 async def open_transport(

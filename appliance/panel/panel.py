@@ -35,6 +35,7 @@ Fault blink codes (:meth:`Panel.set_fault`): the fault LED blinks N times (``fau
 | `handset-off-hook` | 6    |
 | `half-duplex`    | 7      |
 | `index-lost`     | 8      |
+| `line-off-hook`  | 9      |
 
 An unknown fault name lights the fault LED steadily (and logs a warning).
 
@@ -81,6 +82,7 @@ FAULT_CODES: Final[dict[str, int]] = {
     "handset-off-hook": 6,
     "half-duplex": 7,
     "index-lost": 8,
+    "line-off-hook": 9,
 }
 
 

@@ -117,7 +117,7 @@ async def test_whole_call(rig: tuple[Modem, SimModem]) -> None:
     assert not modem.off_hook
     assert received
     assert all(frame.shape == (160,) and frame.dtype == np.int16 for frame in received)
-    assert sim.commands[-2:] == ["AT+VLS=0", "AT+FCLASS=0"]
+    assert sim.commands[-3:] == ["AT+VLS=0", "AT+VLS?", "AT+FCLASS=0"]
 
 
 async def test_caller_audio_reaches_host(rig: tuple[Modem, SimModem]) -> None:

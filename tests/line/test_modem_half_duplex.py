@@ -94,7 +94,7 @@ async def test_hang_up_while_playing_flushes_the_modem_buffer(
     await modem.hang_up()  # <DLE><CAN><DLE><ETX>: no waiting for the rest to play out
     await sim.wait_on_hook(TIMEOUT_S)
     assert len(sim.played) < len(tone)
-    assert sim.commands[-2:] == ["AT+VLS=0", "AT+FCLASS=0"]
+    assert sim.commands[-3:] == ["AT+VLS=0", "AT+VLS?", "AT+FCLASS=0"]
 
 
 async def test_record_delivers_frames_and_ignores_audio_sent_meanwhile(
@@ -181,4 +181,4 @@ async def test_hang_up_while_a_voice_state_is_being_entered(
     assert sim.mode == "command"
     assert modem.link_state is LinkState.CONNECTED
     assert modem.voice_op is None
-    assert sim.commands[-2:] == ["AT+VLS=0", "AT+FCLASS=0"]
+    assert sim.commands[-3:] == ["AT+VLS=0", "AT+VLS?", "AT+FCLASS=0"]
