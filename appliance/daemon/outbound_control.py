@@ -106,6 +106,8 @@ class OutboundLine(Protocol):
         """The inbound call on this line, if any (the controller only asks whether one is)."""
     @property
     def no_duplex(self) -> bool: ...
+    def hung_up(self, modem: Modem, confirmed: bool) -> None:
+        """The call on ``modem`` was hung up; an unconfirmed hang-up faults the line."""
 
 
 class HandsetClaim(Protocol):
