@@ -21,16 +21,19 @@ BENCH_NOTICE: Final = "Tájékoztatjuk, hogy a hívást rögzítjük."
 def bench_config(state_dir: Path, devices: list[str], *, codec: str = "flac",
                  agent_timeout_s: float = 30.0, voicemail_max_s: float = 120.0,
                  notice: str | None = BENCH_NOTICE, returning_caller_days: int = 0,
-                 echo_cancel: bool = True) -> Config:
+                 echo_cancel: bool = True, line_extra: dict[str, Any] | None = None,
+                 recording_extra: dict[str, Any] | None = None) -> Config:
     """Packaged defaults + simulated hardware + the benchmark's short notice (``notice``;
     None: the packaged notice, as a shop with the default configuration speaks it).
+    ``line_extra`` and ``recording_extra`` are laid on every ``[[lines]]`` table and on
+    ``[recording]``.
 
     ``echo_cancel=False`` turns both cancellers off: a canceller reshapes the caller's
     samples, so a recording can be compared sample for sample only without it.
     """
     overrides: dict[str, Any] = {
         "lines": [{"name": f"line{i + 1}", "device": d, "country_code": "51",
-                   "echo_cancel": echo_cancel}
+                   "echo_cancel": echo_cancel, **(line_extra or {})}
                   for i, d in enumerate(devices)],
         "handset": {"audio": "sim://", "echo_cancel": echo_cancel},
         "gpio": {"pin_factory": "mock"},
@@ -38,7 +41,7 @@ def bench_config(state_dir: Path, devices: list[str], *, codec: str = "flac",
                  "voicemail_max_s": voicemail_max_s},
         # espeak-ng, not Piper: the prompt library is rebuilt in every fresh state dir.
         "speech": {"voice": "espeak", "texts": {} if notice is None else {"notice": notice}},
-        "recording": {"codec": codec},
+        "recording": {"codec": codec, **(recording_extra or {})},
         "notice": {"returning_caller_days": returning_caller_days},
     }
     return load_config(Path("/dev/null"), state_dir=state_dir, overrides=overrides)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,11 +45,12 @@ class DaemonProcess:
     """One ``appliance.bench.worker`` child."""
 
     def __init__(self, state_dir: Path, devices: list[str], codec: str = "flac", *,
-                 echo_cancel: bool = True) -> None:
+                 echo_cancel: bool = True, soak: bool = False) -> None:
         self.state_dir = state_dir
         self.devices = devices
         self.codec = codec
         self.echo_cancel = echo_cancel
+        self.soak = soak
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -64,7 +66,7 @@ class DaemonProcess:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 (stdout read in a thread below)
                 [sys.executable, "-m", "appliance.bench.worker", str(self.state_dir),
                  "--codec", self.codec, *([] if self.echo_cancel else ["--no-echo-cancel"]),
-                 *self.devices],
+                 *(["--soak"] if self.soak else []), *self.devices],
                 stdout=subprocess.PIPE, stderr=err, text=True,
             )
         proc = self.proc
@@ -179,78 +181,272 @@ async def measure_daemon(state_dir: Path, calls: int, call_s: float, *,
 
 # --- the fault soak ---------------------------------------------------------------------------
 
-FAULTS: Final = ("none", "kill9", "unplug", "garbage")
+#: One fault per call, drawn at random (docs/performance.md, "Fault soak").
+FAULTS: Final = ("none", "kill9", "unplug", "garbage", "refuse-hangup", "silent-idle",
+                 "disk-full", "index-deleted")
+#: The caller-ID name of every fourth call: a terminal title and clear-screen sequence.
+HOSTILE_NAME: Final = "\x1b]0;PWNED\x07\x1b[2J"
+#: The soak's state dir is a tmpfs this big, so "disk full" is a real ENOSPC.
+SOAK_TMPFS: Final = "512m"
+#: Free bytes left on the tmpfs while the disk is "full" (less than one second of WAV).
+DISK_FULL_LEFT_BYTES: Final = 4096
+#: How long the daemon may take to show an injected fault, and to clear it.
+FAULT_SEEN_TIMEOUT_S: Final = 40.0
+POLL_S: Final = 0.2
 
 
-async def run_soak(state_dir: Path, minutes: float, *, progress: Progress,
+class SoakState:
+    """The daemon child of the soak, its state dir (a tmpfs when it can be mounted) and the
+    control-socket probes the soak reads its faults through."""
+
+    def __init__(self, work: Path, link: Path) -> None:
+        self.dir = work / "state"
+        self.link = link
+        self.mounted = False
+        self.daemon: DaemonProcess | None = None
+
+    def mount(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self.mounted = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={SOAK_TMPFS},mode=0750", "tmpfs",
+                 str(self.dir)], capture_output=True, check=False).returncode == 0
+
+    def umount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.dir)], capture_output=True, check=False)
+
+    async def start(self) -> None:
+        self.daemon = DaemonProcess(self.dir, [str(self.link)], soak=True)
+        await self.daemon.start()
+
+    async def stop(self, *, kill: bool = False) -> None:
+        if self.daemon is not None:
+            if kill:
+                self.daemon.kill9()
+            await self.daemon.stop()
+            self.daemon = None
+
+    async def status(self) -> dict[str, Any] | None:
+        from appliance.daemon.control import request, socket_path
+
+        try:
+            return await asyncio.to_thread(request, socket_path(self.dir), {"cmd": "status"})
+        except (OSError, ValueError):
+            return None
+
+    async def faults(self) -> set[str]:
+        """The fault names the daemon shows now: line fault codes and the panel's."""
+        status = await self.status()
+        if status is None:
+            return set()
+        codes = {line.get("fault_code") for line in status.get("lines", [])}
+        # The status line names what stops recording or answering ("disk nearly full" in
+        # the fault list is only the 24 h forecast, always shown on the soak's small tmpfs).
+        text = str(status.get("status", ""))
+        if "disk full" in text:
+            codes.add("disk-full")
+        if "index:" in text:
+            codes.add("index-lost")
+        return {c for c in codes if c}
+
+    async def wait_fault(self, wanted: set[str], *, present: bool) -> bool:
+        """Wait until one of ``wanted`` is shown (or, ``present=False``, none is)."""
+        deadline = time.monotonic() + FAULT_SEEN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            shown = await self.faults()
+            if bool(shown & wanted) == present:
+                return True
+            await asyncio.sleep(POLL_S)
+        return False
+
+    async def wait_ready(self) -> bool:
+        """Wait until the line is idle with no fault (``appliance status`` says ready)."""
+        deadline = time.monotonic() + FAULT_SEEN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            status = await self.status()
+            if status is not None and str(status.get("status", "")).startswith("ready") \
+                    and all(line.get("state") == "idle" for line in status["lines"]):
+                return True
+            await asyncio.sleep(POLL_S)
+        return False
+
+    def fill(self) -> None:
+        """Take all but DISK_FULL_LEFT_BYTES of the tmpfs."""
+        if not self.mounted:
+            return
+        free = shutil.disk_usage(self.dir).free
+        with open(self.dir / "soak-filler", "wb") as f:
+            f.truncate(0)
+            for _ in range(max(0, free - DISK_FULL_LEFT_BYTES) // (1 << 20)):
+                f.write(bytes(1 << 20))
+            with contextlib.suppress(OSError):
+                f.write(bytes(max(0, shutil.disk_usage(self.dir).free - DISK_FULL_LEFT_BYTES)))
+
+    def unfill(self) -> None:
+        (self.dir / "soak-filler").unlink(missing_ok=True)
+
+    def delete_index(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            (self.dir / f"appliance.db{suffix}").unlink(missing_ok=True)
+
+    def rebuild_index(self) -> dict[str, Any] | None:
+        """``appliance index rebuild --json`` (what doctor advises); its report, None if it
+        failed."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "appliance", "--config", "/dev/null", "--state-dir",
+             str(self.dir), "index", "rebuild", "--json"],
+            capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            return None
+        try:
+            report: dict[str, Any] = json.loads(proc.stdout)
+        except ValueError:
+            return None
+        return report
+
+
+async def run_soak(work: Path, minutes: float, *, progress: Progress,
                    seed: int = 8) -> dict[str, Any]:
-    """Calls with random faults for ``minutes``; then recover, verify and count.
+    """Calls with one random fault each for ``minutes``; then recover, verify and count.
 
-    Faults: kill -9 of the daemon mid-call (restarted), the modem unplugged mid-call (a new
-    one plugged in under the same link), garbage bytes from the modem mid-call. "Disk nearly
-    full" is not injected: no small filesystem can be mounted without privileges here.
+    Faults (:data:`FAULTS`): kill -9 of the daemon mid-call (restarted), the modem unplugged
+    mid-call (a new one plugged in under the same link), 200 garbage bytes from the modem
+    mid-call, the modem refusing the hang-up (2–5 on-hook commands), the modem silent for a
+    while after the call, the disk full mid-call (the state dir is a tmpfs, filled), the index
+    deleted after the call (then a restart, which must refuse to answer, `appliance index
+    rebuild`, restart). Every fourth caller's name is :data:`HOSTILE_NAME`. After every call the
+    soak waits for the line to be on-hook and records whether it was; a fault the daemon must
+    show (status over the control socket) is counted when seen.
     """
     rng = random.Random(seed)  # noqa: S311 (reproducible fault schedule, not security)
-    state_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up)
-    slot = ModemSlot(state_dir / "modem0")
+    work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up)
+    slot = ModemSlot(work / "modem0")
     await slot.plug()
-    daemon_state = state_dir / "state"
-    daemon = DaemonProcess(daemon_state, [str(slot.link)])
-    counts = dict.fromkeys(FAULTS, 0)
+    soak = SoakState(work, slot.link)
+    soak.mount()
+    injected = dict.fromkeys(FAULTS, 0)
+    seen: dict[str, int] = {}
+    on_hook: list[bool] = []
     answered = 0
     attempts = 0
+    hostile = 0
+    not_answered: list[str] = []
+    rebuilds: list[dict[str, Any]] = []
+
+    def saw(kind: str, ok: bool) -> None:
+        if ok:
+            seen[kind] = seen.get(kind, 0) + 1
+        else:
+            progress(f"soak: {kind} was not shown by the daemon")
+
     deadline = time.monotonic() + minutes * 60
     try:
-        await daemon.start()
+        await soak.start()
         while time.monotonic() < deadline:
             attempts += 1
             fault = rng.choice(FAULTS)
             modem = slot.modem
             modem.set_caller_audio(TestSignal(rng.randrange(1 << 30),
                                               asyncio.get_running_loop().time).read)
-            modem.ring("+36301234567", "SOAK", cid_before_first_ring=True)
+            name = "SOAK"
+            if attempts % 4 == 0:
+                name = HOSTILE_NAME
+                hostile += 1
+            modem.ring("+36301234567", name, cid_before_first_ring=True)
             try:
                 await modem.wait_off_hook(HANGUP_TIMEOUT_S)
             except TimeoutError:
-                progress(f"soak call {attempts}: not answered")
+                faults = await soak.faults()
+                not_answered.append(f"call {attempts}: faults {sorted(faults)}")
+                progress(f"soak call {attempts}: not answered (faults {sorted(faults)})")
                 modem.stop_ringing()
+                await soak.wait_ready()
                 continue
             answered += 1
             await asyncio.sleep(rng.uniform(2.0, NOTICE_ALLOWANCE_S + 5.0))
-            counts[fault] += 1
+            injected[fault] += 1
             progress(f"soak call {attempts}: fault {fault}")
             if fault == "kill9":
-                daemon.kill9()
-                await daemon.stop()
-                # A real modem sees DTR drop when its host dies and (AT&D2) hangs up into
-                # command mode. The emulator models no DTR and stays in +VTR data mode, where
-                # the new daemon's ATZ is audio and open() never succeeds (found by this soak,
-                # see docs/performance.md) — so the modem is reset by replugging it.
-                slot.unplug()
-                await slot.plug()
-                daemon = DaemonProcess(daemon_state, [str(slot.link)])
-                await daemon.start()
+                await soak.stop(kill=True)
+                # The emulated modem has no DTR: it holds the line (in +VTR) until the new
+                # daemon's open() leaves the data state and hangs up.
+                await soak.start()
             elif fault == "unplug":
                 slot.unplug()
                 await slot.plug()
-                # The daemon's supervisor reopens the link after its back-off.
-                await asyncio.sleep(3.0)
+                saw("modem-missing", await soak.wait_fault({"modem-missing"}, present=True))
             else:
                 if fault == "garbage":
                     modem.inject_garbage(bytes(rng.randrange(256) for _ in range(200)))
                     await asyncio.sleep(1.0)
+                elif fault == "refuse-hangup":
+                    # 2: the fault found in the field; 5: more than the ladder on a pty
+                    # (no DTR): the line faults (line-off-hook) until the reopen hangs up.
+                    modem.refuse_hang_up(rng.choice((2, 3, 4, 5)))
+                elif fault == "disk-full":
+                    await asyncio.to_thread(soak.fill)
+                    await asyncio.sleep(3.0)  # the recorder hits ENOSPC mid-call
                 modem.remote_hangup()
-                with contextlib.suppress(TimeoutError):
-                    await modem.wait_on_hook(HANGUP_TIMEOUT_S)
+            with contextlib.suppress(TimeoutError):
+                await slot.modem.wait_on_hook(HANGUP_TIMEOUT_S)
+            on_hook.append(not slot.modem.off_hook)
+            if fault == "refuse-hangup" and slot.modem.refused_hang_ups:
+                saw("refused-hangups", True)
+            if fault == "disk-full":
+                saw("disk-full", await soak.wait_fault({"disk-full"}, present=True))
+                soak.unfill()
+                saw("disk-full-cleared",
+                    await soak.wait_fault({"disk-full"}, present=False))
+            elif fault == "silent-idle":
+                slot.modem.stall()
+                saw("modem-missing", await soak.wait_fault({"modem-missing"}, present=True))
+                slot.modem.unstall()
+            elif fault == "index-deleted":
+                soak.delete_index()
+                # The running daemon writes to the deleted file until it restarts (the
+                # daily reboot, a crash): then it must refuse to answer until a rebuild.
+                await soak.stop()
+                await soak.start()
+                saw("index-lost", await soak.wait_fault({"index-lost"}, present=True))
+                await soak.stop()
+                report = await asyncio.to_thread(soak.rebuild_index)
+                saw("index-rebuilt", report is not None)
+                if report is not None:
+                    rebuilds.append({key: report.get(key) for key in
+                                     ("sidecars", "added", "not_indexed")})
+                await soak.start()
+            if not await soak.wait_ready():
+                progress(f"soak call {attempts}: the line did not come back ready")
         progress("soak: stopping, restarting once for start-up recovery")
-        await daemon.stop()
-        daemon = DaemonProcess(daemon_state, [str(slot.link)])
-        await daemon.start()
+        await soak.stop()
+        await soak.start()
+        await soak.stop()
+        checks = _check_soak(soak.dir, answered)
+        checks.update(_check_hostile(soak.dir, work / "worker.log"))
     finally:
-        await daemon.stop()
+        await soak.stop()
+        soak.umount()
         await slot.close()
-    return {"attempts": attempts, "answered": answered, "faults": counts,
-            **_check_soak(daemon_state, answered)}
+    return {"minutes": minutes, "attempts": attempts, "answered": answered,
+            "not_answered": not_answered, "faults_injected": injected, "faults_seen": seen,
+            "disk_full_injected_on_tmpfs": soak.mounted, "hostile_caller_ids": hostile,
+            "index_rebuilds": rebuilds,
+            "on_hook_after_call": "".join("1" if ok else "0" for ok in on_hook),
+            "left_off_hook": on_hook.count(False), **checks}
+
+
+def _check_hostile(state: Path, log: Path) -> dict[str, Any]:
+    """What a person reads must carry no raw escape byte: ``calls``, ``last``, the log."""
+    outputs = []
+    for args in (["calls", "--limit", "1000"], ["last"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "appliance", "--config", "/dev/null", "--state-dir",
+             str(state), *args], capture_output=True, text=True, check=False)
+        outputs.append(proc.stdout)
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    return {"raw_escapes_in_cli": sum(o.count("\x1b") + o.count("\x07") for o in outputs),
+            "raw_escapes_in_log": text.count("\x1b") + text.count("\x07")}
 
 
 def _check_soak(state: Path, answered: int) -> dict[str, Any]:
