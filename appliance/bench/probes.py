@@ -90,7 +90,7 @@ class BenchModem(SimModem):
 
     def inject_garbage(self, data: bytes) -> None:
         """Send ``data`` to the host as if the modem (or a noisy USB link) produced it."""
-        self._send(data)
+        self.inject(data)
 
 
 def notice_arrival_s(modem: BenchModem, notice: npt.NDArray[np.int16], fmt: str) -> float | None:

@@ -35,6 +35,9 @@ def _progress(message: str) -> None:
 @click.option("--echo", "echo_only", is_flag=True,
               help="Compare the echo canceller libraries on simulated hybrids instead "
                    "(docs/performance.md, \"Echo cancellation\").")
+@click.option("--fuzz-streams", "fuzz_streams", type=click.IntRange(min=1), default=None,
+              help="Fuzz the line layers with this many random modem streams instead of the "
+                   "benchmark (docs/performance.md).")
 @click.option("--keep", type=click.Path(path_type=Path),
               help="Work in this new (or empty) directory and keep it (default: a temporary "
                    "one, removed).")
@@ -46,6 +49,7 @@ def _progress(message: str) -> None:
               help="Calls in the index whose Litestream restore --archive times.")
 def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_calls: int,
           no_daemon_process: bool, soak_minutes: float | None, echo_only: bool,
+          fuzz_streams: int | None,
           keep: Path | None, force: bool, archive: bool, archive_restore_calls: int) -> None:
     """Measure the appliance on simulated hardware: latencies, CPU, memory, sample
     continuity, recording sizes, index look-ups, simultaneous lines (DESIGN.md §9)."""
@@ -73,6 +77,8 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
 
             result: dict[str, Any] = measure_archive(work, restore_calls=archive_restore_calls,
                                                      progress=_progress)
+        elif fuzz_streams is not None:
+            result = asyncio.run(_fuzz(fuzz_streams))
         elif soak_minutes is not None:
             from appliance.bench.daemonproc import run_soak
 
@@ -92,6 +98,24 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
         return
     for key, value in result.items():
         click.echo(f"{key:<48} {value}")
+
+
+async def _fuzz(count: int) -> dict[str, Any]:
+    """The line fuzz (appliance/line/fuzz.py): the tally, streams per second, and the
+    first failures."""
+    import dataclasses
+    import logging
+    import time
+
+    from appliance.line.fuzz import run_streams
+
+    # Each stream's recoveries are logged as warnings by design; the tally counts them.
+    logging.getLogger("appliance.line").setLevel(logging.ERROR)
+    started = time.monotonic()
+    tally = await run_streams(count, progress=_progress)
+    wall_s = time.monotonic() - started
+    return {**dataclasses.asdict(tally), "ok": tally.ok, "wall_s": round(wall_s, 1),
+            "streams_per_s": round(tally.streams / wall_s, 1) if wall_s else None}
 
 
 def register(group: click.Group) -> None:

@@ -130,6 +130,7 @@ class AtProtocol(asyncio.Protocol):
         max_timeouts: consecutive timeouts that make the link FAILED.
         voice_format: the ``+VSM`` format of the voice stream (:mod:`appliance.audio.pcm`).
         tx_max_buffered_bytes: :meth:`send_voice` drops audio beyond this many queued bytes.
+        stop_timeout_s: default time :meth:`stop_voice` waits for each stop sequence's answer.
     """
 
     def __init__(
@@ -139,12 +140,14 @@ class AtProtocol(asyncio.Protocol):
         max_timeouts: int = MAX_CONSECUTIVE_TIMEOUTS,
         voice_format: str = "u8",
         tx_max_buffered_bytes: int = TX_MAX_BUFFERED_BYTES,
+        stop_timeout_s: float = STOP_VOICE_TIMEOUT_S,
     ) -> None:
         self.urc_received: Callable[[str], None] | None = None
         self.voice_received: Callable[[npt.NDArray[np.int16]], None] | None = None
         self.dle_event_received: Callable[[str], None] | None = None
         self.link_failed: Callable[[str], None] | None = None
         self.command_timeout_s = command_timeout_s
+        self.stop_timeout_s = stop_timeout_s
         self.max_timeouts = max_timeouts
         self.tx_max_buffered_bytes = tx_max_buffered_bytes
         self.voice_format = voice_format
@@ -281,7 +284,7 @@ class AtProtocol(asyncio.Protocol):
         # so a late OK can never be taken as the answer to the next command.
         return await asyncio.shield(task)
 
-    async def stop_voice(self, sequence: bytes, *, timeout_s: float = STOP_VOICE_TIMEOUT_S) -> None:
+    async def stop_voice(self, sequence: bytes, *, timeout_s: float | None = None) -> None:
         """End the voice stream with ``sequence`` (``DLE_END_DUPLEX``, ``DLE_ABORT_RX`` …).
 
         Waits for ``<DLE><ETX>`` and ``OK``, accepting either alone (quirk #2, §5.3). If nothing
@@ -295,7 +298,7 @@ class AtProtocol(asyncio.Protocol):
         """
         # Audio queued ahead of the stop sequence (transport, tty, modem buffer) must play out
         # before the modem even reads the sequence: allow for the backlog sent ahead of real time.
-        timeout_s += self.tx_backlog_s()
+        timeout_s = (self.stop_timeout_s if timeout_s is None else timeout_s) + self.tx_backlog_s()
         task = asyncio.create_task(self._locked_stop(sequence, timeout_s), name="at-stop-voice")
         self._keep(task)
         await asyncio.shield(task)

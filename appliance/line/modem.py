@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.errors import LineOffHook, ModemCommandError, ModemError, ModemGone, ModemTimeout
-from appliance.line.at import AtProtocol, LinkState, Mode
+from appliance.line.at import STOP_VOICE_TIMEOUT_S, AtProtocol, LinkState, Mode
 from appliance.line.codec import (
     DLE_ABORT_RX,
     DLE_CAN,
@@ -224,6 +224,7 @@ class Modem:
         sim: for ``sim://``, the emulator to use (default: a new one; see :attr:`sim`).
         cid_settle_s: caller-ID burst settle time.
         ring_gap_reset_s: silence after which the ring count restarts.
+        stop_timeout_s: time for the answer to each voice stop sequence (V.253 §5.3).
     """
 
     def __init__(
@@ -237,6 +238,7 @@ class Modem:
         cid_settle_s: float = CID_SETTLE_S,
         ring_gap_reset_s: float = RING_GAP_RESET_S,
         duplex: str = "auto",
+        stop_timeout_s: float = STOP_VOICE_TIMEOUT_S,
     ) -> None:
         if duplex not in DUPLEX_SETTINGS:
             raise ValueError(f"duplex must be one of {DUPLEX_SETTINGS}, not {duplex!r}")
@@ -247,6 +249,7 @@ class Modem:
         self.requested_format = voice_format
         self.cid_settle_s = cid_settle_s
         self.ring_gap_reset_s = ring_gap_reset_s
+        self.stop_timeout_s = stop_timeout_s
         self.events: asyncio.Queue[LineEvent] = asyncio.Queue()
         self.chipset = "generic"
         self.voice_format = voice_format or "u8"
@@ -304,7 +307,8 @@ class Modem:
             ModemCommandError: an essential command (``ATE0``, ``ATV1``) was refused.
         """
         self._link_down_reported = False
-        protocol = AtProtocol(command_timeout_s=self.command_timeout_s)
+        protocol = AtProtocol(command_timeout_s=self.command_timeout_s,
+                              stop_timeout_s=self.stop_timeout_s)
         protocol.urc_received = self._urc_received
         protocol.dle_event_received = self._dle_event_received
         protocol.voice_received = self._voice_received
@@ -746,9 +750,16 @@ class Modem:
                 return False
             except ModemError as exc:
                 _LOGGER.warning("hang up: %s failed (%s)", way, exc)
+                if isinstance(exc, ModemTimeout):
+                    # No answer: the modem may still be in a voice data state the host
+                    # thinks it left (a stray <DLE><ETX> mid-call, found by the line fuzz),
+                    # where our commands are audio to it. Leave it, as open() does.
+                    with contextlib.suppress(ModemError):
+                        at.write_raw(LEAVE_DATA_STATE)
+                        await asyncio.sleep(LEAVE_DATA_SETTLE_S)
                 continue
             if state is False:
-                _LOGGER.warning("hang up: the modem answered %s but still holds the line", way)
+                _LOGGER.warning("hang up: %s done, but the modem still holds the line", way)
                 continue
             if way in ("ATZ", "DTR"):
                 self.reopen_needed = True

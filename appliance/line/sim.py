@@ -557,6 +557,10 @@ class SimModem:
         self.refused_hang_ups += 1
         return True
 
+    def inject(self, data: bytes) -> None:
+        """Send ``data`` to the host as if the modem (or a noisy USB link) produced it."""
+        self._send(data)
+
     def stall(self) -> None:
         """Stop answering commands (and stop the RX stream): a wedged modem."""
         self._stalled = True
