@@ -2,12 +2,12 @@
 
 ``python -m appliance.bench.worker STATE_DIR [--codec C] [--no-echo-cancel] [--soak] DEVICE
 [DEVICE …]`` runs the real :class:`~appliance.daemon.app.Application` on the given serial
-devices (ptys served by the benchmark process) with the benchmark configuration, MockFactory pins and the in-memory
-handset. The shop is event-driven (no polling, so it costs the process nothing measurable): it
-lifts the handset when a call enters the notice and puts it down when the call has ended.
-Prints ``READY`` on stdout once every modem is initialised; SIGTERM stops it cleanly. With
-``--soak`` the idle liveness check runs every :data:`SOAK_LIVENESS_S` and the free-space floor
-is :data:`SOAK_MIN_FREE_MB` (the soak's state dir is a small tmpfs).
+devices (ptys served by the benchmark process) with the benchmark configuration, MockFactory
+pins and the in-memory handset. The shop is event-driven (no polling, so it costs the process
+nothing measurable): it lifts the handset when a call enters the notice and puts it down when
+the call has ended. Prints ``READY`` on stdout once every modem is initialised; SIGTERM stops it
+cleanly. With ``--soak`` the idle liveness check runs every :data:`SOAK_LIVENESS_S` and the
+free-space floor is :data:`SOAK_MIN_FREE_MB` (the soak's state dir is a small tmpfs).
 """
 
 from __future__ import annotations
