@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -145,6 +145,24 @@ class CpuQuota:
             self.path.rmdir()
 
 
+@contextlib.contextmanager
+def priority(name: str) -> Iterator[str]:
+    """Run this process with :data:`PRIORITY_WEIGHT` (no quota) while the ``with`` lasts.
+
+    Yields where (or why not). On the appliance the daemon competes only with its own
+    background services, which run at ``Nice=10`` (a tenth of its weight); on a shared
+    development machine the other users' load would otherwise decide the figure.
+    """
+    group, where = CpuQuota.create(name)
+    if group is not None:
+        group.add(os.getpid())
+    try:
+        yield where
+    finally:
+        if group is not None:
+            group.remove()
+
+
 async def _two_calls(slots: list[ModemSlot], talk_s: float,
                      seed: int) -> tuple[list[TestSignal], int]:
     """Ring every slot at once, talk ``talk_s`` after off-hook, hang up.
@@ -241,9 +259,12 @@ async def measure_budget(work: Path, call_s: float, *, steps: int = 4,
         return {"pi_budget_min_cpu_pct": None, "pi_budget_note": f"no CPU quota: {where}"}
     # The emulated modems (this process) get the same priority, but no quota: a late
     # emulator tick would count as the daemon's underrun.
-    emulator, _ = CpuQuota.create(f"appliance-bench-{os.getpid()}-modems")
-    if emulator is not None:
-        emulator.add(os.getpid())
+    with priority(f"appliance-bench-{os.getpid()}-modems"):
+        return await _measure(quota, where, work, call_s, steps, progress)
+
+
+async def _measure(quota: CpuQuota, where: str, work: Path, call_s: float, steps: int,
+                   progress: Progress) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up)
     slots = [ModemSlot(work / f"modem{i}") for i in range(CALLS_AT_ONCE)]
     daemon = DaemonProcess(work / "state", [str(s.link) for s in slots], echo_cancel=False)
@@ -284,8 +305,6 @@ async def measure_budget(work: Path, call_s: float, *, steps: int = 4,
         for slot in slots:
             await slot.close()
         quota.remove()
-        if emulator is not None:
-            emulator.remove()
     passing = [lv["cpu_pct"] for lv in levels if lv["clean"]]
     return {"pi_budget_min_cpu_pct": min(passing) if passing else None,
             "pi_budget_highest_failing_cpu_pct": max(

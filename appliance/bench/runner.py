@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audio.pcm import FRAME_MS
-from appliance.bench.budget import measure_budget
+from appliance.bench.budget import measure_budget, priority
 from appliance.bench.calls import CallFigures, CpuHog, clean, run_bridged_calls, run_lines
 from appliance.bench.codecs import bytes_per_minute
 from appliance.bench.daemonproc import measure_daemon
@@ -139,7 +139,12 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
         out.update(await bytes_per_minute(work))
 
     async def lines_section() -> None:
-        levels = await run_lines(work, lines, call_s, progress=progress) if lines >= 2 else {}
+        if lines < 2:
+            levels = {}
+        else:
+            with priority(f"appliance-bench-{os.getpid()}-lines") as where:
+                out["lines_priority"] = where
+                levels = await run_lines(work, lines, call_s, progress=progress)
         out["max_lines_zero_underruns"] = _clean_lines(levels, lines)
         out["lines_tested"] = _lines_tested(levels)
 
@@ -147,7 +152,8 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
         if lines < 2:
             return
         progress("lines again, with a CPU hog on the other core")
-        with CpuHog():
+        # The hog starts first: it must stay outside the bench's priority group.
+        with CpuHog(), priority(f"appliance-bench-{os.getpid()}-lines"):
             levels = await run_lines(work / "under-load", lines, call_s, progress=progress)
         out["max_lines_zero_underruns_under_load"] = _clean_lines(levels, lines)
         out["lines_tested_under_load"] = _lines_tested(levels)
