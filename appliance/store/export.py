@@ -332,6 +332,7 @@ _LAYER_WORDS: Final[dict[str, tuple[str, str]]] = {
     "notice_short": ("visszatérő hívó rövid formája", "returning caller's short form"),
     "reference": ("hívásazonosító", "call reference"),
     "notice_details": ("második réteg (teljes tájékoztatás)", "second layer (full notice)"),
+    "not_recorded": ("„a hívást nem rögzítjük” tájékoztatás", "'this call is not recorded'"),
 }
 _PLAYED_WORDS: Final[dict[str, tuple[str, str]]] = {
     "full": ("végig lejátszva", "played in full"),

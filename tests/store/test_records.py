@@ -25,7 +25,7 @@ from appliance.errors import StoreError
 from appliance.store import verify as v
 from appliance.store.audit import config_changes, current_actor, record_config
 from appliance.store.db import SCHEMA_VERSION, Store
-from appliance.store.export import ExportError, display_reference, export_call
+from appliance.store.export import ExportError, display_reference, export_call, notice_lines
 from appliance.store.retention import (
     AlreadyErased,
     RecordNotFound,
@@ -558,3 +558,19 @@ def test_a_failed_export_is_audited_as_a_failure(state: Path, tmp_path: Path) ->
     finally:
         store.close_sync()
     assert list(out.iterdir()) == [], "no half-written copy of personal data left"
+
+
+def test_summary_lists_what_the_caller_was_told() -> None:
+    row = {"notice_layers": '[{"layer": "notice", "version": "v1", "played": "full"}, '
+                            '{"layer": "reference", "played": "full"}, '
+                            '{"layer": "notice_details", "version": "v2", "played": "partial"}]'}
+    assert notice_lines(row, "en") == [
+        "  - first layer (short notice): played in full (version v1)",
+        "  - call reference: played in full",
+        "  - second layer (full notice): played in part (version v2)",
+    ]
+    assert notice_lines(row, "hu")[2] == (
+        "  - második réteg (teljes tájékoztatás): részben lejátszva (változat v2)")
+    # A call stored before the layered notice, or a damaged value: no lines, no error.
+    assert notice_lines({"notice_layers": None}, "en") == []
+    assert notice_lines({"notice_layers": "{not json"}, "hu") == []
