@@ -609,6 +609,8 @@ case "$cmd" in
         ensure_venv "test"
         say "ruff check"
         "$VENV/bin/ruff" check appliance tests
+        say "mypy (strict on line/, call/, store/, audio/; pyproject.toml)"
+        "$VENV/bin/mypy"
         # The system tests spend most of their time waiting on real-time audio, so a few
         # workers (pytest-xdist) cut the wall time even on two cores.
         say "pytest (${APPLIANCE_TEST_WORKERS:-3} workers)"

@@ -22,15 +22,13 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, TypeAlias
 
 from appliance.config import ArchiveConfig
 from appliance.errors import ApplianceError, ConfigError
 
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client  # pragma: no cover
-else:
-    S3Client = Any
+#: boto3's S3 client (boto3 ships no type hints; mypy-boto3-s3 is not a dependency).
+S3Client: TypeAlias = Any
 
 #: Seconds to wait for a TCP connection / for data on it before the attempt counts as failed.
 CONNECT_TIMEOUT_S: Final = 5.0

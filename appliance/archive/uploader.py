@@ -84,7 +84,7 @@ class Stopped(Exception):
 
 def backoff_s(failures: int, ceiling_s: float) -> float:
     """Delay before the next attempt after ``failures`` consecutive failures (≥ 1)."""
-    return min(ceiling_s, RETRY_FIRST_S * 2 ** max(0, failures - 1))
+    return float(min(ceiling_s, RETRY_FIRST_S * 2 ** max(0, failures - 1)))
 
 
 class _Throttled(io.RawIOBase):
@@ -391,7 +391,7 @@ class Uploader:
             self.bytes_sent += n
 
         with sealed.path.open("rb") as raw:
-            body = _Throttled(raw, rate, self.stop, count)  # type: ignore[arg-type]
+            body = _Throttled(raw, rate, self.stop, count)
             try:
                 self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=body, ContentLength=sealed.stored_bytes,

@@ -91,7 +91,8 @@ class HybridSpec:
         shaped = lfilter(b, a, raw)
         h = np.concatenate((np.zeros(delay), shaped))
         energy = float(np.sum(h**2))
-        return h * np.sqrt(10 ** (-self.erl_db / 10) / energy)
+        response: npt.NDArray[np.float64] = h * np.sqrt(10 ** (-self.erl_db / 10) / energy)
+        return response
 
 
 def parse_hybrid(text: str, *, default: HybridSpec) -> HybridSpec | None:

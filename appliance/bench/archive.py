@@ -222,6 +222,8 @@ def measure_archive(work: Path, *, restore_calls: int, progress: Progress) -> di
                 archived_at = _wait_archived(config.db_path, ref)
                 cpu = proc_cpu_s(uploader.pid) - cpu0
                 row = store.get_call(ref)
+                if row is None:
+                    raise RuntimeError(f"the bench's call {ref} is not in the index")
                 tag = f"{minutes:g}min_call"
                 figures[f"upload_cpu_s_per_call_minute_{tag}"] = round(cpu / minutes, 3)
                 figures[f"finalize_to_archived_s_{tag}"] = round(archived_at - finalized, 2)

@@ -315,7 +315,8 @@ SILENT_DBFS: Final = -60.0
 def _frame_dbfs(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     n = len(x) // FRAME_SAMPLES
     f = np.asarray(x[: n * FRAME_SAMPLES], dtype=np.float64).reshape(n, FRAME_SAMPLES)
-    return 10 * np.log10(np.mean(f**2, axis=1) / 32767.0**2 + 1e-12)
+    levels: npt.NDArray[np.float64] = 10 * np.log10(np.mean(f**2, axis=1) / 32767.0**2 + 1e-12)
+    return levels
 
 
 def cross_talk(*, echo_cancel: bool, line: HybridSpec, handset: HybridSpec,
@@ -423,10 +424,10 @@ def dtmf_under_prompt(*, erl_db: float, key_dbfs: float, seconds: float = 40.0,
         frame = rx[start : start + FRAME_SAMPLES]
         tx = prompt[start : start + FRAME_SAMPLES]
         clean = aec.process(frame, tx)
-        at = start / SAMPLE_RATE_HZ
+        at_s = start / SAMPLE_RATE_HZ
         for name, (x, ref) in (("gate", (frame, previous)), ("cancelled", (clean, None)),
                                ("cancelled+gate", (clean, previous))):
-            found[name] += [(at, digit) for digit in detectors[name].feed(x, reference=ref)]
+            found[name] += [(at_s, digit) for digit in detectors[name].feed(x, reference=ref)]
         previous = tx
     aec.close()
     result = {}

@@ -668,7 +668,7 @@ class InboundCall:
             # unless it was heard already, after confirming that nothing will be recorded.
             self._play("optout", prompts.clip("optout_confirm"), replace=True)
             if not reference_heard:
-                self._play("reference", self._reference_audio, layer=LAYER_REFERENCE)
+                self._play("reference", self._repeat_audio(), layer=LAYER_REFERENCE)
         elif (digit == policy.details_key and not self._details_asked and not self._declined
               and policy.record):
             self._details_asked = True
@@ -683,7 +683,7 @@ class InboundCall:
                            for _, entry in self._queued[1:])
             if not upcoming:
                 self._repeats += 1
-                self._play(f"repeat-{self._repeats}", self._reference_audio)
+                self._play(f"repeat-{self._repeats}", self._repeat_audio())
                 await self._event("reference-repeated", "repeat key")
 
     async def _agent_lifted_early(self) -> None:

@@ -280,7 +280,8 @@ class Recorder:
         if isinstance(exc, OSError):
             return exc.strerror or str(exc)
         with contextlib.suppress(Exception):
-            text = sf._ffi.string(sf._snd.sf_strerror(self._sf._file)).decode(errors="replace")
+            text = str(sf._ffi.string(sf._snd.sf_strerror(self._sf._file)).decode(
+                errors="replace"))
             if text:
                 return text
         return str(exc) or type(exc).__name__

@@ -223,6 +223,7 @@ class Accounts:
         if raw.get("locked_until", 0.0) > now:
             _dummy_verify(password)
             return None, "locked"
+        ok: bool
         try:
             ok = _HASHER.verify(raw["hash"], password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
