@@ -49,8 +49,11 @@ class DeviceConfig:
 
 @dataclass(frozen=True, slots=True)
 class NoticeConfig:
+    #: Why calls are recorded, as the notice says it (Hungarian inflection is generated).
     purpose: str
+    #: The GDPR Art. 6 basis the full notice names (docs/legal.md).
     legal_basis: str
+    #: Where the written notice is (the shop, a web page), as the notice says it.
     full_notice_at: str
     returning_caller_days: int = 0
     """A number that heard the whole first layer within this many days gets the short form
@@ -59,19 +62,34 @@ class NoticeConfig:
 
 @dataclass(frozen=True, slots=True)
 class CallConfig:
+    #: Rings before the box answers.
     answer_after_rings: int
+    #: Rings before answering on a modem without full duplex (the phone rings first).
     half_duplex_answer_after_rings: int
+    #: How long to wait for caller ID after a RING before answering without it.
     cid_wait_s: float
+    #: Ring the shop's phone while the caller hears the notice.
     ring_during_notice: bool
+    #: The key that refuses recording (the call still goes through).
     optout_key: str
+    #: The key that repeats the call reference.
     repeat_key: str
+    #: Ringing the shop this long without a lift leads to voicemail.
     agent_timeout_s: float
+    #: Take a message when nobody lifts (else the caller hears goodbye).
     voicemail: bool
+    #: Longest voicemail message.
     voicemail_max_s: float
+    #: Longest call; the box ends it then.
     max_call_s: float
+    #: Whisper the call reference into the earpiece when the shop lifts.
     whisper_reference: bool
+    #: A caller held for the one handset leaves a message after this long.
     hold_max_s: float
+    #: A held caller hears a reassurance this often.
     hold_reassure_s: float
+    #: End a call after this long of silence on the line (and from the shop once bridged);
+    #: 0 = never.
     silence_hangup_s: float
     details_key: str = "0"
     """The key that plays the second layer of the notice (the full Art. 13 text)."""
@@ -81,7 +99,9 @@ class CallConfig:
 
 @dataclass(frozen=True, slots=True)
 class RecordingConfig:
+    #: Final recording format: "flac", "opus" or "wav".
     codec: str
+    #: The live recording reaches the disk at least this often (what a power cut may lose).
     fsync_interval_s: float
     min_free_mb: int = 100
     """No recording is started with less free space than this (megabytes, 10^6 bytes): the
@@ -90,8 +110,11 @@ class RecordingConfig:
 
 @dataclass(frozen=True, slots=True)
 class RetentionConfig:
+    #: Days a recording is kept (the notice speaks this figure).
     recordings_days: int
+    #: Days a voicemail message is kept.
     voicemail_days: int
+    #: Days the caller's number, name and event details are kept (the row itself stays).
     metadata_days: int
 
 
@@ -131,47 +154,67 @@ class LineConfig:
 
 @dataclass(frozen=True, slots=True)
 class HandsetConfig:
+    #: Handset audio URL: "sim://" or "alsa:<device>".
     audio: str
     echo_cancel: bool
     """Cancel the handset's echo (the caller's voice returned by the SLIC's hybrid)."""
+    #: Ringing frequency (the Ag1171 is made for 20–25 Hz).
     ring_hz: float
+    #: Ring burst length (at most 33 % duty with ring_off_s).
     ring_on_s: float
+    #: Pause between ring bursts.
     ring_off_s: float
+    #: BCM pin driving the SLIC's RM (ringing mode).
     rm_pin: int
+    #: BCM pin driving the SLIC's F/R (forward/reverse).
     fr_pin: int
+    #: BCM pin reading the SLIC's SHK (switch hook).
     shk_pin: int
 
 
 @dataclass(frozen=True, slots=True)
 class PanelConfig:
+    #: BCM pin of the ready LED.
     ready_pin: int
+    #: BCM pin of the line LED.
     line_pin: int
+    #: BCM pin of the recording LED.
     recording_pin: int
+    #: BCM pin of the fault LED (blink codes, hw/pinout.md).
     fault_pin: int
+    #: BCM pin of the front-panel button (to GND, internal pull-up).
     button_pin: int
+    #: BCM pin of the bypass relay's driver (energised = calls go through the box).
     bypass_relay_pin: int
+    #: A press at least this long is a long press (the health summary).
     long_press_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class GpioConfig:
+    #: gpiozero pin factory: "" picks the Pi's own, "mock" simulates the pins.
     pin_factory: str
 
 
 @dataclass(frozen=True, slots=True)
 class SpeechConfig:
+    #: Piper voice name or .onnx path, or "espeak" for espeak-ng.
     voice: str
+    #: espeak-ng's speaking rate, words per minute.
     espeak_wpm: int
+    #: Overrides of prompt texts by name, in the device's language.
     texts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class TonesConfig:
+    #: Call-progress tone zone: "hu", "eu" or "us".
     zone: str
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
+    #: Log level: DEBUG, INFO, WARNING or ERROR.
     level: str
 
 
