@@ -193,3 +193,29 @@ def test_the_ranges_are_documented() -> None:
         encoding="utf-8")
     for key, allowed in RANGES.items():
         assert f"| `{key}` | {allowed.describe()} |" in doc, key
+
+
+def test_every_config_field_says_what_it_is() -> None:
+    # Each field of each [section] dataclass carries its one-line doc (a `#:` comment above
+    # it or a string below it), so the code explains a key where it is read.
+    import ast
+
+    import appliance.config as config_module
+
+    source = Path(config_module.__file__).read_text(encoding="utf-8")
+    lines = source.splitlines()
+    undocumented = []
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.ClassDef) and node.name.endswith("Config")
+                and node.name != "Config"):
+            continue
+        for i, field in enumerate(node.body):
+            if not isinstance(field, ast.AnnAssign) or not isinstance(field.target, ast.Name):
+                continue
+            above = lines[field.lineno - 2].strip()
+            below = node.body[i + 1] if i + 1 < len(node.body) else None
+            doc_below = (isinstance(below, ast.Expr) and isinstance(below.value, ast.Constant)
+                         and isinstance(below.value.value, str))
+            if not above.startswith("#:") and not doc_below:
+                undocumented.append(f"{node.name}.{field.target.id}")
+    assert undocumented == []
