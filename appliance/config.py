@@ -30,7 +30,8 @@ DEFAULT_CONFIG_PATH: Final = Path("/etc/appliance/config.toml")
 ENV_CONFIG: Final = "APPLIANCE_CONFIG"
 ENV_STATE_DIR: Final = "APPLIANCE_STATE_DIR"
 
-LANGUAGES: Final = ("hu", "en")
+#: Languages with a packaged prompt file (appliance/speech/prompts/); Hungarian is the default.
+LANGUAGES: Final[tuple[str, ...]] = ("hu", "en")
 CODECS: Final = ("flac", "opus", "wav")
 DTMF_KEYS: Final = tuple("0123456789*#")
 #: Where plain HTTP may listen (web.tls = false): the box itself only.

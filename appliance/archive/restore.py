@@ -31,7 +31,6 @@ from typing import Any, Final
 from appliance.archive import queue
 from appliance.archive.s3 import (
     AGE_SUFFIX,
-    REFERENCE_KEY_FILE,
     ArchiveError,
     Credentials,
     S3Client,
@@ -40,7 +39,7 @@ from appliance.archive.s3 import (
 )
 from appliance.config import Config
 from appliance.store.db import COUNTER_KEY, Store, _connect
-from appliance.store.highwater import write_mark
+from appliance.store.highwater import REFERENCE_KEY_FILE, write_mark
 from appliance.store.recorder import DIR_MODE, FILE_MODE, sha256_file
 
 _LOGGER = logging.getLogger(__name__)

@@ -36,9 +36,6 @@ READ_TIMEOUT_S: Final = 60.0
 #: Object kinds of one call, in upload order (the proof last: it vouches for the others).
 CALL_KINDS: Final = ("recording", "sidecar", "proof")
 AGE_SUFFIX: Final = ".age"
-#: The device key's file in the state directory — appliance.daemon.app.REFERENCE_KEY_FILE,
-#: repeated here so the archive processes need not import the daemon (a test keeps them equal).
-REFERENCE_KEY_FILE: Final = "reference.key"
 #: S3 DeleteObjects takes at most this many keys per request.
 DELETE_BATCH: Final = 1000
 

@@ -46,7 +46,6 @@ from typing import Any, Final
 
 from appliance.archive import queue
 from appliance.archive.s3 import (
-    REFERENCE_KEY_FILE,
     ArchiveError,
     Credentials,
     S3Client,
@@ -61,6 +60,7 @@ from appliance.archive.s3 import (
 )
 from appliance.config import Config
 from appliance.store.db import Store
+from appliance.store.highwater import REFERENCE_KEY_FILE
 from appliance.store.retention import locate_recording, sidecar_for
 
 _LOGGER = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ from typing import Any
 
 from appliance.archive import queue
 from appliance.archive.s3 import (
-    REFERENCE_KEY_FILE,
     S3Client,
     index_path,
     iter_objects,
     key_backup_key,
 )
 from appliance.store.db import _connect
+from appliance.store.highwater import REFERENCE_KEY_FILE
 
 
 @dataclass(slots=True)

@@ -25,8 +25,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from appliance.archive.s3 import REFERENCE_KEY_FILE
+from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.bench.probes import percentile_ms, proc_cpu_s, proc_memory_mb
+from appliance.store.highwater import REFERENCE_KEY_FILE
 
 Progress = Callable[[str], None]
 
@@ -39,7 +40,6 @@ CALL_MINUTES: Final = (1.0, 10.0)
 ARCHIVE_TIMEOUT_S: Final = 300.0
 #: The reference key of the bench box (fixed: reproducible references).
 BENCH_KEY: Final = b"archive-bench-key-32-bytes......"
-SAMPLE_RATE_HZ: Final = 8000
 
 
 def speechlike(seconds: float, seed: int) -> npt.NDArray[np.int16]:

@@ -14,10 +14,10 @@ from typing import Any, Final
 import numpy as np
 
 from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from appliance.config import CODECS
 from appliance.sim.world import LINES_HU, render_speech
 from appliance.store.recorder import Recorder
 
-CODECS: Final = ("flac", "opus", "wav")
 #: Length of the synthetic conversation.
 CONVERSATION_S: Final = 60.0
 #: Pause between turns.

@@ -34,10 +34,10 @@ def rebuild(obj: CliContext, as_json: bool) -> None:
     recording cannot be recovered: the report counts them. Audited as index-rebuilt.
     """
     from appliance.cli.context import fail
-    from appliance.daemon.app import REFERENCE_KEY_FILE
     from appliance.daemon.control import request, socket_path
     from appliance.errors import StoreError
     from appliance.store.audit import current_actor
+    from appliance.store.highwater import REFERENCE_KEY_FILE
     from appliance.store.rebuild import rebuild_index
 
     config = obj.config()

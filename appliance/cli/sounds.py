@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import click
 
 from appliance.cli.context import CliContext, check_output_path, fail
-from appliance.speech.prompts import LANGUAGES
+from appliance.config import LANGUAGES
 
 if TYPE_CHECKING:
     from appliance.config import Config

@@ -44,7 +44,7 @@ from appliance.config import Config, LineConfig
 from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.halfduplex import HalfDuplexAudio
 from appliance.daemon.media import CallMedia
-from appliance.daemon.outbound_control import OutboundController
+from appliance.daemon.outbound_control import RING_GONE_S, OutboundController
 from appliance.errors import (
     ApplianceError,
     AudioError,
@@ -64,7 +64,7 @@ from appliance.speech.prompts import load_prompt_texts, notice_texts_for
 from appliance.speech.tts import find_piper_voice, select_engine
 from appliance.store.audit import record_config
 from appliance.store.db import DB_DIR_MODE, Store
-from appliance.store.highwater import read_mark, write_mark
+from appliance.store.highwater import REFERENCE_KEY_FILE, read_mark, write_mark
 from appliance.store.recorder import recover_leftovers
 
 if TYPE_CHECKING:
@@ -74,9 +74,6 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Back-off between attempts to reopen a failed modem (USB modems come back).
 REOPEN_BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
-#: Seconds after the last RING before a ringing-but-unanswered call counts as gone.
-RING_GONE_S: Final = 8.0
-REFERENCE_KEY_FILE: Final = "reference.key"
 #: Storage per hour of a 2-channel 8 kHz call by codec (audio-speech.md §5.2, ×2 channels).
 BYTES_PER_HOUR: Final = {"wav": 115_200_000, "flac": 72_000_000, "opus": 19_000_000}
 #: Less free space than this many hours of recording is the "disk-full" fault.

@@ -77,7 +77,9 @@ _LOGGER = logging.getLogger(__name__)
 
 #: The SharedHandset owner name of an outbound session (references are digits only).
 OWNER: Final = "outbound"
-#: A line that rang this recently is not free: going off-hook on it would answer that call.
+#: Seconds after the last RING before a ringing-but-unanswered call counts as gone: an
+#: inbound call is then missed, and only then is the line free for an outbound call (going
+#: off-hook earlier would answer it).
 RING_GONE_S: Final = 8.0
 #: Ringback heard, then none for this long (> one 5 s Hungarian cadence): answered.
 RINGBACK_GONE_S: Final = 6.5

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 
+from appliance.config import LANGUAGES
 from appliance.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Languages with a packaged prompt file; Hungarian is the default (DESIGN.md §6).
-LANGUAGES: Final[tuple[str, ...]] = ("hu", "en")
 DEFAULT_LANG: Final[str] = "hu"
 
 #: Every prompt name a language file must define (and the only names overrides may use).

@@ -22,6 +22,9 @@ from typing import Final
 
 from appliance.errors import StoreError
 
+#: The device's reference key in the state directory (made at first start, never replaced).
+REFERENCE_KEY_FILE: Final = "reference.key"
+#: The counter's high-water mark, beside the key.
 MARK_FILE: Final = "reference.counter"
 #: Mode of the mark file: like the key, only the service user needs it.
 MARK_FILE_MODE: Final = 0o600

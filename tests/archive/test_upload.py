@@ -244,13 +244,6 @@ def test_run_exits_78_naming_the_key(tmp_path: Path) -> None:
     assert "0644" in result.output
 
 
-def test_the_key_file_name_is_the_daemons() -> None:
-    from appliance.archive.s3 import REFERENCE_KEY_FILE
-    from appliance.daemon.app import REFERENCE_KEY_FILE as DAEMONS
-
-    assert REFERENCE_KEY_FILE == DAEMONS
-
-
 def test_an_altered_recording_is_not_archived(tmp_path: Path,
                                                objectstore: ObjectStore) -> None:
     box = make_box(tmp_path, objectstore)
