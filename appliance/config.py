@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.errors import ConfigError
+from appliance.line.commands import DEFAULT_FORMAT_PREFERENCE, FORMAT_NAMES
 
 #: sysexits.h EX_CONFIG: "something was found in an unconfigured or misconfigured state".
 EXIT_CONFIG: Final = 78
@@ -151,6 +152,9 @@ class LineConfig:
     echo_cancel: bool = True
     """Cancel the line's echo (the shop's voice returned by the modem's hybrid); off only
     for an audio path that cancels it already (a sound card with its own AEC)."""
+    audio_formats: tuple[str, ...] = DEFAULT_FORMAT_PREFERENCE
+    """The modem's voice formats in order of preference, best first (``s16le``, ``alaw``,
+    ``ulaw``, ``u8``, ``s8``); the first the modem offers at 8 kHz is used, others never."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,6 +645,11 @@ def _validate(c: Config) -> None:
                line.audio)
         _check(line.duplex in ("auto", "full", "half"), f"lines[{i}].duplex",
                '"auto", "full" or "half"', line.duplex)
+        _check(bool(line.audio_formats) and all(f in FORMAT_NAMES for f in line.audio_formats)
+               and len(set(line.audio_formats)) == len(line.audio_formats),
+               f"lines[{i}].audio_formats",
+               f"a non-empty list of distinct formats from {sorted(FORMAT_NAMES)}",
+               line.audio_formats)
     h = c.handset
     _check(h.audio == "sim://" or h.audio.startswith("alsa:"), "handset.audio",
            '"sim://" or "alsa:<device>"', h.audio)

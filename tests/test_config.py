@@ -219,3 +219,18 @@ def test_every_config_field_says_what_it_is() -> None:
             if not above.startswith("#:") and not doc_below:
                 undocumented.append(f"{node.name}.{field.target.id}")
     assert undocumented == []
+
+
+def test_line_audio_formats_default_to_the_best_first_and_are_checked(tmp_path: Path) -> None:
+    line = {"name": "main", "device": "sim://", "country_code": "51"}
+    config = load_config(Path("/dev/null"), state_dir=tmp_path, overrides={"lines": [line]})
+    assert config.lines[0].audio_formats == ("s16le", "alaw", "ulaw", "u8", "s8")
+    config = load_config(Path("/dev/null"), state_dir=tmp_path, overrides={
+        "lines": [{**line, "audio_formats": ["alaw", "u8"]}]})
+    assert config.lines[0].audio_formats == ("alaw", "u8")
+    for bad, message in ((["alaw", "gsm"], "distinct formats"), (["u8", "u8"], "distinct"),
+                         ([], "non-empty list"), ("alaw", "list of strings")):
+        with pytest.raises(ConfigError, match=r"lines\[0\]\.audio_formats") as exc:
+            load_config(Path("/dev/null"), state_dir=tmp_path, overrides={
+                "lines": [{**line, "audio_formats": bad}]})
+        assert message in str(exc.value)

@@ -17,6 +17,7 @@ from appliance.bench.budget import measure_budget, priority
 from appliance.bench.calls import CallFigures, CpuHog, clean, run_bridged_calls, run_lines
 from appliance.bench.codecs import bytes_per_minute
 from appliance.bench.daemonproc import measure_daemon
+from appliance.bench.formats import measure_formats
 from appliance.bench.halfduplex import measure_half_duplex
 from appliance.bench.human import measure_time_to_human
 from appliance.bench.index import measure_index
@@ -165,6 +166,10 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
         progress("half-duplex transmit pacing (20 s prompt on the pty emulator)")
         out.update(await measure_half_duplex())
 
+    async def formats_section() -> None:
+        progress("recording SNR per voice format (quiet and normal caller)")
+        out.update(await measure_formats())
+
     async def index_section() -> None:
         out.update(await asyncio.to_thread(measure_index, work, index_calls,
                                            progress=progress))
@@ -178,7 +183,8 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
         ("calls", calls_section), ("time-to-human", human_section),
         ("codecs", codecs_section), ("lines", lines_section),
         ("lines-under-load", lines_under_load_section),
-        ("half-duplex", half_duplex_section), ("index", index_section),
+        ("half-duplex", half_duplex_section), ("formats", formats_section),
+        ("index", index_section),
         ("web", web_section)]
     if daemon_process:
         sections.insert(1, ("daemon", daemon_section))

@@ -256,19 +256,27 @@ class ProbeReport:
 
 
 async def probe_modem(device: str, *, timeout_s: float = PROBE_TIMEOUT_S,
-                      try_vtr: bool = False) -> ProbeReport:
+                      try_vtr: bool = False,
+                      audio_formats: tuple[str, ...] | None = None) -> ProbeReport:
     """Open ``device`` (tty path, ``socket://…`` or ``sim://profile``) and ask what it supports.
 
     With ``try_vtr``, a modem that does not answer ``AT+VTR=?`` with OK is taken off-hook
     for a moment (``AT+VLS``, ``AT+VTR``, ``<DLE>^``, ``AT+VLS=0``) to find out whether it
-    has full duplex: the only test that counts (docs/line.md).
+    has full duplex: the only test that counts (docs/line.md). ``audio_formats`` is the
+    line's order of preference (default: the driver's), for "would use" and its reason.
 
     Raises:
         ModemGone: the port cannot be opened (missing, or locked by another program).
         ModemError: the modem does not answer at all.
     """
     from appliance.line.at import AtProtocol
-    from appliance.line.commands import choose_voice_format, detect_chipset, parse_vsm_list
+    from appliance.line.commands import (
+        DEFAULT_FORMAT_PREFERENCE,
+        choose_voice_format,
+        detect_chipset,
+        explain_voice_format,
+        parse_vsm_list,
+    )
     from appliance.line.transport import open_transport
 
     transport, at = await open_transport(device, lambda: AtProtocol(command_timeout_s=timeout_s))
@@ -297,9 +305,12 @@ async def probe_modem(device: str, *, timeout_s: float = PROBE_TIMEOUT_S,
                 {"cml": e.cml, "name": e.name, "bits": e.bits, "rates": list(e.rates),
                  "format": e.fmt} for e in entries
             ]
-            chosen = choose_voice_format(entries)
+            order = audio_formats or DEFAULT_FORMAT_PREFERENCE
+            chosen = choose_voice_format(entries, order=order)
             if chosen is not None:
-                report.chosen_format = {"cml": chosen[0], "format": chosen[1]}
+                report.chosen_format = {"cml": chosen[0], "format": chosen[1],
+                                        "reason": explain_voice_format(entries, chosen[1],
+                                                                       order)}
             report.vls_labels = await ask("AT+VLS=?") or []
             if await ask("AT+VTR=?") is not None:
                 report.full_duplex = True
@@ -438,6 +449,9 @@ def probe(obj: Any, device: str | None, timeout_s: float, try_vtr: bool,
             click.echo("appliance: no [[lines]] configured; give --device", err=True)
             sys.exit(1)
         device = config.lines[0].device
+    # The formats in the order of the line that uses this device (its own preference).
+    audio_formats = next((line.audio_formats for line in config.lines
+                          if line.device == device), None)
     holder = port_lock_holder(device)
     if holder is not None:
         click.echo(f"appliance: {device} is locked by process {holder} (mgetty, minicom or "
@@ -445,7 +459,8 @@ def probe(obj: Any, device: str | None, timeout_s: float, try_vtr: bool,
         sys.exit(1)
     started = time.monotonic()
     try:
-        report = asyncio.run(probe_modem(device, timeout_s=timeout_s, try_vtr=try_vtr))
+        report = asyncio.run(probe_modem(device, timeout_s=timeout_s, try_vtr=try_vtr,
+                                         audio_formats=audio_formats))
     except ModemGone as exc:
         reason = str(exc)
         if "lock" in reason.lower() or "busy" in reason.lower():
@@ -477,7 +492,8 @@ def _print_report(r: ProbeReport, took_s: float) -> None:
     else:
         row("voice formats", "none (no voice mode: AT+FCLASS=8 or AT+VSM=? refused)")
     chosen = r.chosen_format
-    row("would use", f"AT+VSM={chosen['cml']},8000 ({chosen['format']})" if chosen else "—")
+    row("would use", f"AT+VSM={chosen['cml']},8000 ({chosen['format']}): {chosen['reason']}"
+        if chosen else "— (nothing usable in lines[].audio_formats is offered)")
     row("+VLS labels", "; ".join(r.vls_labels) or "—")
     if r.full_duplex:
         row("full duplex", f"yes ({r.duplex_evidence}) — the bridge can carry both voices")

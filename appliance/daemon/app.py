@@ -446,7 +446,7 @@ class LineSession:
         attempt = 0
         while True:
             modem = Modem(self.line.device, country_code=self.line.country_code,
-                          duplex=self.line.duplex)
+                          duplex=self.line.duplex, audio_formats=self.line.audio_formats)
             try:
                 await modem.open()
                 if self.line.audio:
@@ -1446,6 +1446,7 @@ class Application:
                 "fault_code": session.fault_code,
                 "chipset": modem.chipset if modem else None,
                 "voice_format": modem.voice_format if modem else None,
+                "voice_format_reason": modem.voice_format_reason if modem else None,
                 "audio": session.line.audio or "modem",
                 "duplex": modem.full_duplex if modem else None,
                 "duplex_evidence": modem.duplex_evidence if modem else None,

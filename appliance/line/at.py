@@ -54,8 +54,8 @@ MAX_CONSECUTIVE_TIMEOUTS: Final = 3
 STOP_VOICE_TIMEOUT_S: Final = 2.0
 """Time for ``<DLE><ETX>`` + ``OK`` after a stop sequence (§5.3)."""
 TX_MAX_BUFFERED_BYTES: Final = 32000
-"""Voice bytes allowed to wait in the transport (4 s at 8000 B/s) before ``send_voice`` drops
-frames: the caller must pace (§8 recommendation), this only bounds memory."""
+"""Voice bytes allowed to wait in the transport (4 s of 8-bit, 2 s of 16-bit audio) before
+``send_voice`` drops frames: the caller must pace (§8 recommendation), this only bounds memory."""
 
 # V.250 / §3: final result codes. CONNECT and VCON end a command too (data state follows).
 FINAL_RESULTS: Final = frozenset(

@@ -14,11 +14,13 @@ from typing import Final
 __all__ = [
     "CHIPSETS",
     "DEFAULT_FORMAT_PREFERENCE",
+    "FORMAT_NAMES",
     "SAMPLE_RATE_HZ",
     "Chipset",
     "VsmEntry",
     "choose_voice_format",
     "detect_chipset",
+    "explain_voice_format",
     "parse_vsm_list",
 ]
 
@@ -149,26 +151,56 @@ def parse_vsm_list(lines: list[str]) -> list[VsmEntry]:
     return entries
 
 
-DEFAULT_FORMAT_PREFERENCE: Final = ("u8", "ulaw", "alaw", "s16le", "s8")
-"""Field-proven 8-bit unsigned first (§4.3: both target modems are used that way)."""
+DEFAULT_FORMAT_PREFERENCE: Final = ("s16le", "alaw", "ulaw", "u8", "s8")
+"""Best audio first (recordings are evidence): 16-bit linear, then G.711 A-law (the
+Hungarian network's own companding, ≈ 38 dB SNR over its whole range), µ-law, and the 8-bit
+linear formats last (≈ 48 dB of range: a quiet caller at −30 dBFS keeps about 20 dB SNR).
+``lines[].audio_formats`` changes it per line; docs/performance.md has the measured SNR."""
+
+FORMAT_NAMES: Final = {
+    "s16le": "16-bit linear",
+    "alaw": "G.711 A-law",
+    "ulaw": "G.711 µ-law",
+    "u8": "8-bit unsigned linear",
+    "s8": "8-bit signed linear",
+}
+"""How a person reads each appliance format name."""
+
+
+def _offered(entry: VsmEntry, fmt: str) -> bool:
+    return entry.fmt == fmt and (not entry.rates or SAMPLE_RATE_HZ in entry.rates)
 
 
 def choose_voice_format(
-    entries: list[VsmEntry], preferred: str | None = None
+    entries: list[VsmEntry], preferred: str | None = None,
+    order: tuple[str, ...] = DEFAULT_FORMAT_PREFERENCE,
 ) -> tuple[int, str] | None:
     """Pick ``(cml, fmt)`` at 8000 Hz from the modem's list.
 
-    ``preferred`` (an appliance format name) wins if offered; otherwise
-    :data:`DEFAULT_FORMAT_PREFERENCE` order; among equal formats the first listed id wins
-    (unlike vgetty's last-match rule, quirk #7: V.253 cml 1 before vendor 130).
+    ``preferred`` (an appliance format name) wins if offered; otherwise the first of
+    ``order`` (:data:`DEFAULT_FORMAT_PREFERENCE`, or ``lines[].audio_formats``) the modem
+    offers; among equal formats the first listed id wins (unlike vgetty's last-match rule,
+    quirk #7: V.253 cml 1 before vendor 130). Formats outside ``order`` are never chosen.
     Returns None if nothing usable is offered.
     """
-    order = ((preferred,) if preferred else ()) + DEFAULT_FORMAT_PREFERENCE
-    for fmt in order:
+    for fmt in ((preferred,) if preferred else ()) + tuple(order):
         for entry in entries:
-            if entry.fmt == fmt and (not entry.rates or SAMPLE_RATE_HZ in entry.rates):
+            if _offered(entry, fmt):
                 return entry.cml, fmt
     return None
+
+
+def explain_voice_format(entries: list[VsmEntry], fmt: str,
+                         order: tuple[str, ...] = DEFAULT_FORMAT_PREFERENCE) -> str:
+    """Why ``fmt`` was chosen from ``entries``: its rank in ``order`` and what ranked above
+    it but is not offered at 8000 Hz (for ``modem probe`` and the log)."""
+    above = list(order[: order.index(fmt)]) if fmt in order else []
+    missing = [f for f in above if not any(_offered(e, f) for e in entries)]
+    why = f"{FORMAT_NAMES.get(fmt, fmt)}, the best the modem offers in the order " + " > ".join(
+        order)
+    if missing:
+        why += f" (not offered: {', '.join(missing)})"
+    return why
 
 
 # §4.2: one +VLS=? line per label: <label>,"<primitives>",<tx-events>,<rx-events>,<idle-events>

@@ -32,12 +32,14 @@ from appliance.line.codec import (
 )
 from appliance.line.commands import (
     CHIPSETS,
+    DEFAULT_FORMAT_PREFERENCE,
     DEFAULT_LINE_LABEL,
     SAMPLE_RATE_HZ,
     Chipset,
     choose_line_label,
     choose_voice_format,
     detect_chipset,
+    explain_voice_format,
     parse_vls_list,
     parse_vsm_list,
 )
@@ -221,6 +223,8 @@ class Modem:
         command_timeout_s: per-command timeout.
         voice_format: force an appliance format (``u8``, ``ulaw`` …) if the modem offers it.
         duplex: ``auto`` (find out), ``full`` or ``half`` (:data:`DUPLEX_SETTINGS`).
+        audio_formats: the voice formats in order of preference (``lines[].audio_formats``;
+            default :data:`~appliance.line.commands.DEFAULT_FORMAT_PREFERENCE`, best first).
         sim: for ``sim://``, the emulator to use (default: a new one; see :attr:`sim`).
         cid_settle_s: caller-ID burst settle time.
         ring_gap_reset_s: silence after which the ring count restarts.
@@ -239,6 +243,7 @@ class Modem:
         ring_gap_reset_s: float = RING_GAP_RESET_S,
         duplex: str = "auto",
         stop_timeout_s: float = STOP_VOICE_TIMEOUT_S,
+        audio_formats: tuple[str, ...] = DEFAULT_FORMAT_PREFERENCE,
     ) -> None:
         if duplex not in DUPLEX_SETTINGS:
             raise ValueError(f"duplex must be one of {DUPLEX_SETTINGS}, not {duplex!r}")
@@ -247,6 +252,9 @@ class Modem:
         self.country_code = country_code
         self.command_timeout_s = command_timeout_s
         self.requested_format = voice_format
+        self.audio_formats = tuple(audio_formats)
+        #: Why :attr:`voice_format` was chosen, in words (``status``, the log).
+        self.voice_format_reason = "not chosen yet"
         self.cid_settle_s = cid_settle_s
         self.ring_gap_reset_s = ring_gap_reset_s
         self.stop_timeout_s = stop_timeout_s
@@ -363,11 +371,17 @@ class Modem:
         self._table = CHIPSETS[self.chipset]
         await at.command("AT+FCLASS=8")
         entries = parse_vsm_list(await self._optional(at, "AT+VSM=?"))
-        chosen = choose_voice_format(entries, self.requested_format)
+        chosen = choose_voice_format(entries, self.requested_format, self.audio_formats)
         if chosen is None:
             # §9.3 last resort (vgetty detect.c): V.253 unsigned PCM.
             chosen = (1, "u8")
+            self.voice_format_reason = "assumed: no usable +VSM=? list (V.253 id 1)"
             _LOGGER.warning("no usable +VSM=? list; assuming V.253 id 1 (unsigned PCM)")
+        elif chosen[1] == self.requested_format:
+            self.voice_format_reason = "requested"
+        else:
+            self.voice_format_reason = explain_voice_format(entries, chosen[1],
+                                                            self.audio_formats)
         self.vsm_id, self.voice_format = chosen
         at.set_voice_format(self.voice_format)
         # §4.2: which +VLS label is "off-hook on the line" ("T"); 1 unless the modem says else.
@@ -379,10 +393,11 @@ class Modem:
         # Quirk #27: idle in data class so rings arrive as text RING.
         await at.command("AT+FCLASS=0")
         _LOGGER.info(
-            "modem ready: chipset %s, voice format %s (+VSM=%d)",
+            "modem ready: chipset %s, voice format %s (+VSM=%d: %s)",
             self.chipset,
             self.voice_format,
             self.vsm_id,
+            self.voice_format_reason,
         )
 
     async def _find_duplex(self, at: AtProtocol) -> None:

@@ -59,7 +59,9 @@ def test_probe_sim_json(tmp_path: Path) -> None:
     assert report["ati0"] == ["V253"]
     assert report["chipset"] == "generic"
     assert {f["format"] for f in report["voice_formats"]} == {"s8", "u8", "ulaw", "alaw"}
-    assert report["chosen_format"] == {"cml": 1, "format": "u8"}
+    assert report["chosen_format"]["cml"] == 5  # no 16-bit on this profile: A-law
+    assert report["chosen_format"]["format"] == "alaw"
+    assert "not offered: s16le" in report["chosen_format"]["reason"]
     assert report["vls_labels"][1].startswith('1,"T"')
     assert report["full_duplex"] is True
     assert report["caller_id"] == "(0-2)"
@@ -78,7 +80,7 @@ async def test_probe_pty_text_and_leaves_data_class(tmp_path: Path) -> None:
     out = result.output
     assert "dialect         conexant (ATI0 56000)" in out
     assert "CX93001" in out
-    assert "would use       AT+VSM=1,8000 (u8)" in out
+    assert "would use       AT+VSM=133,8000 (s16le): 16-bit linear, the best" in out
     assert "full duplex     yes" in out
     assert "caller ID       yes" in out
     assert "Hungary is 51" in out

@@ -13,6 +13,7 @@ from appliance.line.commands import (
     choose_line_label,
     choose_voice_format,
     detect_chipset,
+    explain_voice_format,
     parse_vls_list,
     parse_vsm_list,
 )
@@ -48,12 +49,27 @@ def test_usr_table_drops_its_off_hook_confirmation() -> None:
     assert CHIPSETS["conexant"].vsm_suffix == ",0,0"  # AT+VSM=1,8000,0,0 (§4.3)
 
 
+def test_the_line_order_decides_and_the_reason_says_why() -> None:
+    entries = parse_vsm_list(list(HSF_VSM))
+    assert choose_voice_format(entries, order=("ulaw", "u8")) == (131, "ulaw")
+    assert choose_voice_format(entries, order=("s8",)) is None, "only what the line allows"
+    v253 = parse_vsm_list(['1,"UNSIGNED PCM",8,0,(8000),(0),(0)',
+                           '5,"G.711A",8,0,(8000),(0),(0)'])
+    why = explain_voice_format(v253, "alaw")
+    assert why.startswith("G.711 A-law")
+    assert "s16le > alaw > ulaw > u8 > s8" in why
+    assert "not offered: s16le" in why
+    assert "not offered" not in explain_voice_format(entries, "s16le")
+
+
 @pytest.mark.parametrize(("lines", "preferred", "chosen"), [
-    (HSF_VSM, None, (1, "u8")),  # V.253 id 1 before vendor 130 (quirk #7)
+    (HSF_VSM, None, (133, "s16le")),  # the best audio first (recordings are evidence)
     (HSF_VSM, "ulaw", (131, "ulaw")),
-    (HSF_VSM, "s16le", (133, "s16le")),
+    (HSF_VSM, "u8", (1, "u8")),  # V.253 id 1 before vendor 130 (quirk #7)
     (['0,"SIGNED PCM",8,0,(8000),(0),(0)', '4,"G.711U",8,0,(8000),(0),(0)'], None,
      (4, "ulaw")),
+    (['0,"SIGNED PCM",8,0,(8000),(0),(0)', '4,"G.711U",8,0,(8000),(0),(0)',
+      '5,"G.711A",8,0,(8000),(0),(0)'], None, (5, "alaw")),  # A-law before µ-law
     (['+VSM: 5,"G.711A",8,0,(8000),(0),(0)'], None, (5, "alaw")),
     (['1,"unsigned pcm",8,0,(7200,8000,11025),(0),(0)'], None, (1, "u8")),  # quirk #14
     (['1,"UNSIGNED PCM",8,0,(4800-11025),(0),(0)'], None, (1, "u8")),

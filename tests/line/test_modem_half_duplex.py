@@ -64,7 +64,7 @@ async def test_play_drains_then_returns_to_command_state(rig: tuple[Modem, SimMo
         modem.send_audio(tone[k : k + FRAME_SAMPLES])
     await modem.stop_play()
     # <DLE><ETX> means "play out what you hold": OK comes only after the last sample.
-    expected = decode_voice(encode_voice(tone, "u8"), "u8")
+    expected = decode_voice(encode_voice(tone, modem.voice_format), modem.voice_format)
     np.testing.assert_array_equal(sim.played, expected)
     assert modem.voice_op is None
     assert sim.mode == "command"
