@@ -26,6 +26,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _instant_busy_detection(request: pytest.FixtureRequest,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process emulators report busy at once, so the many tests that end calls by a
+    remote hang-up do not each wait the realistic 1.5–2 s cadence recognition. Tests marked
+    ``@pytest.mark.realistic_hangup`` (and emulators in other processes) keep the profiles'
+    delays; docs/line.md says what they are."""
+    if request.node.get_closest_marker("realistic_hangup") is not None:
+        return
+    import dataclasses
+
+    from appliance.line import sim
+
+    for name, profile in list(sim.PROFILES.items()):
+        monkeypatch.setitem(sim.PROFILES, name, dataclasses.replace(profile, busy_detect_s=0.0))
+
+
 @pytest.fixture
 def mock_factory() -> Iterator[object]:
     """A fresh gpiozero MockFactory, closed afterwards (pins are reserved per factory)."""

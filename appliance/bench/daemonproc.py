@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.bench.probes import BenchModem, TestSignal, proc_cpu_s, proc_memory_mb
+from appliance.bench.probes import (
+    BenchModem,
+    TestSignal,
+    percentile_ms,
+    proc_cpu_s,
+    proc_memory_mb,
+)
 from appliance.line.sim import PtyModemServer
 
 _LOGGER = logging.getLogger(__name__)
@@ -133,17 +140,23 @@ class ModemSlot:
         self.link.unlink(missing_ok=True)
 
 
-async def _one_call(slot: ModemSlot, talk_s: float, seed: int) -> float:
-    """Ring, wait off-hook, talk ``talk_s``, hang up, wait on-hook; return off-hook seconds."""
+async def _one_call(slot: ModemSlot, talk_s: float, seed: int) -> tuple[float, float]:
+    """Ring, wait off-hook, talk ``talk_s``, hang up, wait on-hook; return off-hook seconds
+    and the seconds from the caller's hang-up to the line on-hook again.
+
+    The emulator reports the hang-up as its profile does (docs/line.md): ``<DLE>b`` only after
+    recognising the busy cadence, or never; the daemon also hears the busy tone itself."""
     modem = slot.modem
     modem.set_caller_audio(TestSignal(seed, asyncio.get_running_loop().time).read)
     modem.ring("+36301234567", "BENCH ELEK", cid_before_first_ring=True)
     await modem.wait_off_hook(HANGUP_TIMEOUT_S)
     t0 = time.monotonic()
     await asyncio.sleep(talk_s)
+    hung_up = time.monotonic()
     modem.remote_hangup()
     await modem.wait_on_hook(HANGUP_TIMEOUT_S)
-    return time.monotonic() - t0
+    done = time.monotonic()
+    return done - t0, done - hung_up
 
 
 async def measure_daemon(state_dir: Path, calls: int, call_s: float, *,
@@ -160,11 +173,21 @@ async def measure_daemon(state_dir: Path, calls: int, call_s: float, *,
         idle = proc_memory_mb(daemon.pid)
         cpu0 = proc_cpu_s(daemon.pid)
         call_wall = 0.0
+        hangups: list[float] = []
         for n in range(calls):
             progress(f"daemon process: call {n + 1}/{calls}")
-            call_wall += await _one_call(slot, NOTICE_ALLOWANCE_S + call_s, 500 + n)
+            wall, hangup = await _one_call(slot, NOTICE_ALLOWANCE_S + call_s, 500 + n)
+            call_wall += wall
+            hangups.append(hangup)
         cpu = proc_cpu_s(daemon.pid) - cpu0
         peak = proc_memory_mb(daemon.pid)
+        # One more call on a modem that never reports the hang-up: only the busy tone tells.
+        progress("daemon process: a call on a modem that reports no busy")
+        modem = slot.modem
+        reporting = modem.profile
+        modem.profile = dataclasses.replace(reporting, hangup_report="none")
+        _, silent = await _one_call(slot, NOTICE_ALLOWANCE_S + 2.0, 600)
+        modem.profile = reporting
     finally:
         await daemon.stop()
         await slot.close()
@@ -176,6 +199,10 @@ async def measure_daemon(state_dir: Path, calls: int, call_s: float, *,
         "cpu_percent_of_one_core_in_call": round(100 * cpu / call_wall, 2) if call_wall else None,
         "daemon_rss_idle_mb": idle.get("VmRSS"),
         "daemon_rss_peak_mb": peak.get("VmHWM"),
+        "hangup_busy_detect_ms": round(reporting.busy_detect_s * 1000),
+        "hangup_to_on_hook_ms_p50": percentile_ms(hangups, 50),
+        "hangup_to_on_hook_ms_max": round(max(hangups) * 1000, 1) if hangups else None,
+        "hangup_to_on_hook_silent_modem_ms": round(silent * 1000, 1),
     }
 
 

@@ -110,12 +110,19 @@ def _unlink_ours(link: Path | None, target: str) -> None:
 @click.option("--no-vtr-test", "no_vtr_test", is_flag=True,
               help="Answer ERROR to the test command AT+VTR=? but accept AT+VTR, as many "
                    "real modems do (docs/line.md).")
+@click.option("--hangup-report", type=click.Choice(["busy", "silence", "none"]),
+              default=None, help="How the far end's hang-up is reported: <DLE>b once the busy "
+              "cadence is recognised (busy), only <DLE>s after the busy tone (silence), or not "
+              "at all (none). [default: busy]")
+@click.option("--busy-detect", "busy_detect_s", type=click.FloatRange(min=0.0), default=None,
+              help="Seconds of busy tone before <DLE>b. [default: the dialect's, 1.5–2.0]")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON lines on stdout: {event: serving, pty, …}, then one per script step.")
 @click.option("--verbose", "-v", is_flag=True, help="Log the emulator's work on stderr.")
 def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None,
               link: Path | None, force: bool, ring_period_s: float, half_duplex: bool,
-              echo: str, no_vtr_test: bool, as_json: bool, verbose: bool) -> None:
+              echo: str, no_vtr_test: bool, hangup_report: str | None,
+              busy_detect_s: float | None, as_json: bool, verbose: bool) -> None:
     """Serve the emulated V.253 voice modem on a pty until Ctrl-C or SIGTERM.
 
     The first line on stdout is the pty path: point any modem software at it (vgetty with
@@ -144,12 +151,16 @@ def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None
             sys.exit(EXIT_CONFIG)
     _claim_link(link, force)
     asyncio.run(_serve(dialect, script, link, ring_period_s, as_json,
-                       half_duplex=half_duplex, echo=echo_spec, vtr_test=not no_vtr_test))
+                       half_duplex=half_duplex, echo=echo_spec, vtr_test=not no_vtr_test,
+                       hangup={k: v for k, v in (("hangup_report", hangup_report),
+                                                 ("busy_detect_s", busy_detect_s))
+                               if v is not None}))
 
 
 async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: float,
                  as_json: bool, *, half_duplex: bool = False,
-                 echo: HybridSpec | None = None, vtr_test: bool = True) -> None:
+                 echo: HybridSpec | None = None, vtr_test: bool = True,
+                 hangup: dict[str, Any] | None = None) -> None:
     from appliance.line.script import ScriptedCallResult, play_script
     from appliance.line.sim import CID_DELAY_S, PtyModemServer, SimModem
 
@@ -160,7 +171,7 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
     sim = SimModem(DIALECTS[dialect], ring_period_s=ring_period_s,
                    cid_delay_s=min(CID_DELAY_S, ring_period_s / 2), echo=echo)
     sim.profile = dataclasses.replace(sim.profile, full_duplex=not half_duplex,
-                                      vtr_test_command=vtr_test)
+                                      vtr_test_command=vtr_test, **(hangup or {}))
     server = PtyModemServer(sim)
     path = await server.start()
     t0 = loop.time()
@@ -187,6 +198,8 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
             click.echo(json.dumps({"event": "serving", "pty": path, "dialect": dialect,
                                    "full_duplex": not half_duplex,
                                    "vtr_test_command": vtr_test,
+                                   "hangup_report": sim.profile.hangup_report,
+                                   "busy_detect_s": sim.profile.busy_detect_s,
                                    "link": str(link) if link else None}))
         else:
             click.echo(path)

@@ -664,6 +664,7 @@ class LineSession:
             tx_lead_frames=self.line.tx_lead_ms // 20,
             line_echo_cancel=self.line.echo_cancel,
             handset_echo_cancel=app.config.handset.echo_cancel,
+            hear_hang_up=True,
         )
         info = CallerInfo(
             line=self.line.name,

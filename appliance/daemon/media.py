@@ -39,6 +39,7 @@ from appliance.call.events import (
 )
 from appliance.call.flow import RecordingInfo
 from appliance.errors import StoreError
+from appliance.line.progress import BusyCadenceDetector
 from appliance.store.recorder import Recorder
 
 _LOGGER = logging.getLogger(__name__)
@@ -88,7 +89,10 @@ class CallMedia:
     """Audio routing for one call (implements :class:`appliance.call.flow.MediaPort`).
 
     All methods run on the event loop. ``send_to_line`` is the modem's ``send_audio``;
-    ``play_to_earpiece`` the handset backend's ``play``.
+    ``play_to_earpiece`` the handset backend's ``play``. With ``hear_hang_up`` the line
+    audio is watched for the exchange's busy tone, which posts
+    ``CallerHungUp("busy (in-band)")`` once: an answered call's backstop for modems that
+    report the hang-up late or never (docs/line.md). A dialled call has its own detector.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class CallMedia:
         tx_lead_frames: int = TX_LEAD_FRAMES,
         line_echo_cancel: bool = True,
         handset_echo_cancel: bool = True,
+        hear_hang_up: bool = False,
     ) -> None:
         self.reference = reference
         self._send = send_to_line
@@ -128,6 +133,11 @@ class CallMedia:
         self._monitor = False
         self._last_tx = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._silence_limit = 0  # frames; 0 = not watching
+        # The caller's hang-up heard in the line audio: the exchange's busy (or, later, dial)
+        # tone. Modems report busy only after recognising the cadence, some never
+        # (docs/line.md); this ends the call whichever comes first.
+        self._far_end = BusyCadenceDetector(tone_hz=tone_zone.busy.freqs_hz[0])
+        self._far_end_gone = not hear_hang_up
         self._quiet_frames = 0
         self._host_clocked_tx = False
         self._line_aec = _canceller(line_echo_cancel, reference, "line")
@@ -225,6 +235,7 @@ class CallMedia:
             self._record(np.column_stack((frame, shop)))
         if self._silence_limit:
             self._watch_silence(frame, shop)
+        self._watch_far_end(frame)
 
     def _on_received_only(self, frame: np.ndarray) -> None:
         # Half duplex, receive state: the caller (and whoever else is on the copper) is
@@ -236,6 +247,7 @@ class CallMedia:
             self._record(np.column_stack((frame, silent)))
         if self._silence_limit:
             self._watch_silence(frame, silent)
+        self._watch_far_end(frame)
 
     def _record(self, frames: np.ndarray) -> None:
         """One stereo frame to the recorder; a writer that has failed is reported once."""
@@ -258,6 +270,12 @@ class CallMedia:
                 self._events.put_nowait(CallerHungUp("silence"))
         else:
             self._quiet_frames = 0
+
+    def _watch_far_end(self, frame: np.ndarray) -> None:
+        if not self._far_end_gone and self._far_end.feed(frame):
+            self._far_end_gone = True
+            _LOGGER.info("call %s: busy tone heard on the line", self.reference)
+            self._events.put_nowait(CallerHungUp("busy (in-band)"))
 
     def on_handset_capture(self, frame: np.ndarray) -> None:
         self._capture.push(frame)

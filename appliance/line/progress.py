@@ -37,6 +37,7 @@ __all__ = [
     "DIALTONE_MIN_S",
     "RINGBACK_MIN_S",
     "VOICE_MIN_S",
+    "BusyCadenceDetector",
     "CallProgressDetector",
 ]
 
@@ -170,3 +171,69 @@ class CallProgressDetector:
             if length_s > hi:
                 self._busy_cycles = 0
                 self._reported.discard("busy")
+
+
+#: :class:`BusyCadenceDetector`: a frame is "on" within this many dB of the recent tone peak.
+ON_WINDOW_DB: Final = 6.0
+#: How fast the remembered peak follows a falling tone level (dB per 20 ms frame): slow
+#: enough that an echo of the tone in the gaps (≥ 10 dB down) stays "off".
+PEAK_DECAY_DB: Final = 0.2
+
+
+class BusyCadenceDetector:
+    """The exchange's busy (or congestion) tone on an answered call's line audio.
+
+    Unlike :class:`CallProgressDetector` it judges the cadence by the tone's level relative
+    to its recent peak, not by absolute quiet: on a real line the gaps of the busy tone are
+    not quiet while the call is bridged — the tone goes to the shop's earpiece, returns
+    through the handset's and the modem's hybrids and fills the gaps some 10–15 dB down
+    (docs/line.md). :meth:`feed` returns True once, when :data:`BUSY_MIN_CYCLES` cycles of
+    bursts and gaps in :data:`BUSY_ON_RANGE_S` have been heard (≈ 1.5 s in Hungary).
+
+    Args:
+        tone_hz: the zone's busy-tone frequency (425 Hz in Hungary).
+        sample_rate_hz: the line's rate (8 kHz).
+    """
+
+    def __init__(self, tone_hz: float = 425.0, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
+        self._basis = np.exp(-2j * np.pi * tone_hz * np.arange(FRAME_SAMPLES) / sample_rate_hz)
+        self._quiet = 10.0 ** (QUIET_DBFS / 10.0)
+        self._peak_db = -200.0
+        self._on = False
+        self._run_s = 0.0
+        self._last_gap_s = 0.0
+        self._cycles = 0
+        self._reported = False
+
+    def feed(self, frame: npt.ArrayLike) -> bool:
+        """Consume one 20 ms frame; True the first time the busy cadence is recognised."""
+        x = np.asarray(frame, dtype=np.float64).reshape(-1)[:FRAME_SAMPLES] / 32767.0
+        if x.size < FRAME_SAMPLES:
+            return False
+        power = float(np.mean(x * x))
+        tone = 2.0 * abs(complex(x @ self._basis)) ** 2 / (x.size * x.size)
+        tonal = tone >= self._quiet and tone >= TONE_FRACTION * power
+        level_db = 10.0 * np.log10(tone) if tone > 0 else -200.0
+        self._peak_db = max(level_db if tonal else -200.0, self._peak_db - PEAK_DECAY_DB)
+        on = tonal and level_db >= self._peak_db - ON_WINDOW_DB
+        if on != self._on:
+            self._run_ended()
+            self._on = on
+            self._run_s = 0.0
+        self._run_s += FRAME_S
+        if self._cycles >= BUSY_MIN_CYCLES and not self._reported:
+            self._reported = True
+            return True
+        return False
+
+    def _run_ended(self) -> None:
+        lo, hi = BUSY_ON_RANGE_S
+        if self._on:
+            if lo <= self._run_s <= hi and lo <= self._last_gap_s <= hi:
+                self._cycles += 1
+            elif not lo <= self._run_s <= hi:
+                self._cycles = 0
+        else:
+            self._last_gap_s = self._run_s
+            if self._run_s > hi:
+                self._cycles = 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import pty
 import re
@@ -68,6 +69,11 @@ BUSY_OFF_S: Final = 0.300
 BUSY_LEVEL: Final = 0.3
 BUSY_REPORT_S: Final = 4.0
 """``<DLE>b`` repeated every 4 s while busy is present (§5.1, Rockwell/ZyXEL)."""
+HANGUP_REPORTS: Final = ("busy", "silence", "none")
+"""How a profile reports the far end hanging up (:attr:`SimProfile.hangup_report`)."""
+SILENCE_REPORT_S: Final = 5.0
+"""``hangup_report = "silence"``: ``<DLE>s`` after this long of quiet line (a typical +VSD
+silence time; the busy tone before it is not quiet)."""
 DIAL_TONE_AFTER_S: Final = 30.0
 """After this long of busy the exchange returns dial tone: ``<DLE>d`` every 3 s [INF]."""
 DIAL_REPORT_S: Final = 3.0
@@ -124,6 +130,13 @@ class SimProfile:
         vtr_test_command: ``AT+VTR=?`` answers ``OK``; False models the modems that answer
             ``ERROR`` to the test form yet accept ``AT+VTR`` (V.250 leaves test forms of
             action commands to the vendor; docs/line.md).
+        busy_detect_s: from the start of the busy tone to the first ``<DLE>b``: a modem
+            reports busy only once it has recognised the cadence (a few 300/300 ms cycles).
+            Assumed per dialect, not measured (no datasheet gives it; docs/line.md).
+        hangup_report: ``busy`` (``<DLE>b`` after :attr:`busy_detect_s`, ``<DLE>d`` once
+            dial tone returns), ``silence`` (never busy: the busy tone, then quiet line and
+            ``<DLE>s`` after :data:`SILENCE_REPORT_S`) or ``none`` (nothing at all: only the
+            busy tone, then quiet line).
     """
 
     name: str
@@ -139,6 +152,14 @@ class SimProfile:
     dle_ring_in_voice_class: bool = False
     full_duplex: bool = True
     vtr_test_command: bool = True
+    busy_detect_s: float = 1.8
+    hangup_report: str = "busy"
+
+    def __post_init__(self) -> None:
+        if self.hangup_report not in HANGUP_REPORTS:
+            raise ValueError(f"hangup_report must be one of {HANGUP_REPORTS}")
+        if self.busy_detect_s < 0:
+            raise ValueError("busy_detect_s must be ≥ 0")
 
 
 PROFILES: Final[dict[str, SimProfile]] = {
@@ -159,6 +180,7 @@ PROFILES: Final[dict[str, SimProfile]] = {
         vsm_list=_HSF_VSM,
         cid_spaced=False,
         dle_h_after_off_hook=True,
+        busy_detect_s=1.5,
     ),
     "v253": SimProfile(
         name="v253",
@@ -167,6 +189,7 @@ PROFILES: Final[dict[str, SimProfile]] = {
         gmi="APPLIANCE",
         vsm_list=_V253_VSM,
         info_prefix=True,
+        busy_detect_s=2.0,
     ),
 }
 _PROFILE_ALIASES: Final = {
@@ -300,6 +323,8 @@ class SimModem:
         self.profile = PROFILES[key]
         self.ring_period_s = ring_period_s
         self.cid_delay_s = cid_delay_s
+        #: How long the exchange plays busy tone after the far end hangs up (then dial tone).
+        self.exchange_busy_s = DIAL_TONE_AFTER_S
         self.commands: list[str] = []
         self._injected: list[str] = []
         self.first_tx_byte_at: float | None = None
@@ -382,6 +407,7 @@ class SimModem:
         self._hung_up_at: float | None = None
         self._next_busy_report = 0.0
         self._next_dial_report = 0.0
+        self._next_silence_report = math.inf
         self._rx_index = 0
         self._progress: _Progress | None = None
 
@@ -513,14 +539,14 @@ class SimModem:
             _LOGGER.debug("key %s pressed while on-hook: nothing to hear", digit)
 
     def remote_hangup(self) -> None:
-        """The caller hangs up: busy tone in the RX audio, ``<DLE>b`` every 4 s (§5.3)."""
+        """The caller hangs up: busy tone in the RX audio; as the profile reports it
+        (:attr:`SimProfile.hangup_report`): ``<DLE>b`` after the cadence is recognised
+        (:attr:`SimProfile.busy_detect_s`) and every 4 s after, or only ``<DLE>s``, or
+        nothing (§5.3)."""
         if not self.off_hook:
             self.stop_ringing()
             return
-        now = asyncio.get_running_loop().time()
-        self._hung_up_at = now
-        self._next_busy_report = now
-        self._next_dial_report = now + DIAL_TONE_AFTER_S
+        self._network_busy(asyncio.get_running_loop().time())
 
     def report_event(self, code: str) -> None:
         """Send ``<DLE>code`` at the next clock tick, in any state (e.g. ``l``, ``L``, ``h``,
@@ -968,9 +994,14 @@ class SimModem:
 
     def _network_busy(self, now: float) -> None:
         # Busy/congestion from the exchange: the same tone and reports as a remote hang-up.
+        # A modem recognises the cadence only after a few cycles (busy_detect_s).
         self._hung_up_at = now
-        self._next_busy_report = now
-        self._next_dial_report = now + DIAL_TONE_AFTER_S
+        kind = self.profile.hangup_report
+        never = math.inf
+        self._next_busy_report = now + self.profile.busy_detect_s if kind == "busy" else never
+        self._next_dial_report = now + self.exchange_busy_s if kind == "busy" else never
+        self._next_silence_report = (now + self.exchange_busy_s + SILENCE_REPORT_S
+                                     if kind == "silence" else never)
 
     def _vts_done(self) -> None:
         self._vts_handle = None
@@ -1118,6 +1149,9 @@ class SimModem:
             if now >= self._next_dial_report:
                 events.append("d")
                 self._next_dial_report += DIAL_REPORT_S
+            if now >= self._next_silence_report:
+                events.append("s")  # once: the modem's silence timer ran out
+                self._next_silence_report = math.inf
         return events
 
     def _progress_events(self, progress: _Progress, now: float) -> list[str]:
@@ -1153,10 +1187,13 @@ class SimModem:
             out = BUSY_LEVEL * np.sin(phase) * on * 32767.0
             return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
         if self._hung_up_at is not None:
-            # The caller is gone: the exchange plays busy tone 425 Hz 300/300 ms.
+            # The caller is gone: the exchange plays busy tone 425 Hz 300/300 ms, then dial
+            # tone — which a modem that reports nothing does not tell apart: quiet line then.
             offsets = np.arange(n) / SAMPLE_RATE_HZ
             since = (now - self._hung_up_at) + offsets
             on = (since % (BUSY_ON_S + BUSY_OFF_S)) < BUSY_ON_S
+            if self.profile.hangup_report != "busy":
+                on &= since < self.exchange_busy_s
             phase = 2 * np.pi * BUSY_TONE_HZ * (self._rx_index / SAMPLE_RATE_HZ + offsets)
             mix = BUSY_LEVEL * np.sin(phase) * on
         else:

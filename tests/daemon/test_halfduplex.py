@@ -77,10 +77,11 @@ async def test_a_prompt_is_paced_with_a_bounded_lead_and_played_whole(rig: Rig) 
     rig.audio.start()
     assert await asyncio.wait_for(rig.events.get(), TIMEOUT_S) == PlaybackDone("notice")
     await _until(lambda: rig.sim.mode == "vrx")  # nothing more to say: listening
-    # Everything arrived, in order, sample-exact (8-bit codec), with no gap in between.
+    # Everything arrived, in order, sample-exact (in the modem's format), with no gap in between.
     played = rig.sim.played
     start = int(np.flatnonzero(played)[0])
-    expected = decode_voice(encode_voice(clip, "u8"), "u8")
+    fmt = rig.modem.voice_format
+    expected = decode_voice(encode_voice(clip, fmt), fmt)
     np.testing.assert_array_equal(played[start : start + len(clip)], expected)
     assert rig.sim.stats["underruns"] == 0, "the modem's buffer never ran dry"
     # The lead the modem held stayed bounded (issue 3 item 5), never the whole 2 s clip.

@@ -13,7 +13,7 @@ from appliance.call.events import CallerHungUp, CallEvent, KeyPressed, PlaybackD
 from appliance.daemon.media import TX_LEAD_FRAMES, CallMedia
 
 
-def make(tmp_path: Path, *, echo_cancel: bool = False) -> tuple[
+def make(tmp_path: Path, *, echo_cancel: bool = False, hear_hang_up: bool = False) -> tuple[
         CallMedia, list[np.ndarray], list[np.ndarray], asyncio.Queue[CallEvent]]:
     """A call's media; the routing tests use exact sample values, so no cancellers there."""
     sent: list[np.ndarray] = []
@@ -21,7 +21,8 @@ def make(tmp_path: Path, *, echo_cancel: bool = False) -> tuple[
     events: asyncio.Queue[CallEvent] = asyncio.Queue()
     media = CallMedia("12345678", send_to_line=sent.append, play_to_earpiece=heard.append,
                       events=events, tone_zone=tone_zone("hu"), recordings_dir=tmp_path,
-                      line_echo_cancel=echo_cancel, handset_echo_cancel=echo_cancel)
+                      line_echo_cancel=echo_cancel, handset_echo_cancel=echo_cancel,
+                      hear_hang_up=hear_hang_up)
     return media, sent, heard, events
 
 
@@ -167,3 +168,52 @@ async def test_a_quiet_key_under_the_prompts_echo_is_found_on_the_cancelled_sign
         if isinstance(event, KeyPressed):
             keys.append(event)
     assert keys == [KeyPressed("5", "inband")]
+
+
+def _tone_frames(on_s: float, off_s: float, seconds: float, level: float = 0.3) -> list[np.ndarray]:
+    t = np.arange(int(seconds * 8000)) / 8000
+    on = (t % (on_s + off_s)) < on_s
+    x = np.rint(level * 32767 * np.sin(2 * np.pi * 425 * t) * on).astype(np.int16)
+    return [x[i : i + 160] for i in range(0, len(x) - 159, 160)]
+
+
+async def test_busy_tone_on_the_line_ends_the_call_once(tmp_path: Path) -> None:
+    # A modem that never reports busy (docs/line.md): the exchange's 300/300 ms tone is heard.
+    media, _, _, events = make(tmp_path, hear_hang_up=True)
+    busy = _tone_frames(0.3, 0.3, 3.0)
+    heard_s = 0.0
+    for frame in busy:
+        media.on_line_audio(frame)
+        heard_s += 0.02
+        if not events.empty():
+            break
+    assert events.get_nowait() == CallerHungUp("busy (in-band)")
+    assert heard_s <= 1.6, "three bursts (two full cadence cycles) suffice"
+    for frame in busy:
+        media.on_line_audio(frame)
+    assert events.empty(), "reported once"
+    quiet, _, _, events = make(tmp_path / "dialled")  # a dialled call: its own detector
+    for frame in busy:
+        quiet.on_line_audio(frame)
+    assert events.empty()
+
+
+async def test_busy_tone_is_heard_through_its_own_echo(tmp_path: Path) -> None:
+    # Bridged, the tone returns through the earpiece and both hybrids and fills the gaps
+    # ≈ 13 dB down, 180 ms late (as the demo's line measures): the gaps are not quiet.
+    media, _, _, events = make(tmp_path, hear_hang_up=True)
+    busy = np.concatenate(_tone_frames(0.3, 0.3, 3.0))
+    echo = np.concatenate([np.zeros(1440), busy[:-1440]]) * 10 ** (-13 / 20)
+    line = np.rint(busy + echo).astype(np.int16)
+    for start in range(0, len(line) - 159, 160):
+        media.on_line_audio(line[start : start + 160])
+    assert events.get_nowait() == CallerHungUp("busy (in-band)")
+
+
+async def test_ringback_and_voice_on_the_line_are_not_a_hang_up(tmp_path: Path) -> None:
+    media, _, _, events = make(tmp_path, hear_hang_up=True)
+    rng = np.random.default_rng(3)
+    voice = [np.rint(rng.normal(0, 3000, 160)).astype(np.int16) for _ in range(100)]
+    for frame in _tone_frames(1.25, 3.75, 10.0) + voice:
+        media.on_line_audio(frame)
+    assert events.empty()

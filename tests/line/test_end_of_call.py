@@ -5,6 +5,7 @@ call (the off-hook confirmation ``<DLE>H``, the answer reversal on a dialled cal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from appliance.line import modem as modem_module
 from appliance.line.modem import CallProgress, DialResult, Dtmf, Modem, RemoteHangup
-from appliance.line.sim import SimModem
+from appliance.line.sim import SILENCE_REPORT_S, SimModem
 from tests.line.test_modem_calls import next_event
 
 pytestmark = pytest.mark.timeout(30)
@@ -116,3 +117,67 @@ async def test_on_a_dialled_call_the_first_reversal_is_the_answer() -> None:
     finally:
         await modem.hang_up()
         await modem.close()
+
+
+@pytest.mark.realistic_hangup
+@pytest.mark.parametrize(("profile", "detect_s"), [("conexant", 1.8), ("usr", 1.5),
+                                                   ("v253", 2.0)])
+async def test_busy_is_reported_only_once_the_cadence_is_recognised(
+    profile: str, detect_s: float
+) -> None:
+    # A real modem says <DLE>b only after a few 300/300 ms busy cycles, not at the hang-up.
+    modem, sim = await _answered(profile)
+    try:
+        assert sim.profile.busy_detect_s == detect_s
+        await modem.start_duplex(lambda frame: None)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        sim.remote_hangup()
+        assert await next_event(modem, RemoteHangup) == RemoteHangup("busy")
+        assert detect_s <= loop.time() - t0 < detect_s + 1.0
+    finally:
+        await modem.hang_up()
+        await modem.close()
+
+
+@pytest.mark.parametrize("kind", ["silence", "none"])
+async def test_a_modem_that_never_reports_busy(kind: str) -> None:
+    # Busy tone in the audio, then a quiet line; "silence" modems say <DLE>s after their
+    # silence timer, the others nothing at all.
+    sim = SimModem("conexant", ring_period_s=0.1, cid_delay_s=0.03)
+    sim.profile = dataclasses.replace(sim.profile, hangup_report=kind)
+    sim.exchange_busy_s = 1.0
+    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+    await modem.open()
+    try:
+        sim.ring("3612345678")
+        await modem.answer()
+        frames: list[np.ndarray] = []
+        await modem.start_duplex(frames.append)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        sim.remote_hangup()
+        if kind == "silence":
+            event = await next_event(modem, RemoteHangup, SILENCE_REPORT_S + TIMEOUT_S)
+            assert event == RemoteHangup("silence")
+            assert loop.time() - t0 >= 1.0 + SILENCE_REPORT_S - 0.1
+        else:
+            n0 = len(frames)
+            async with asyncio.timeout(TIMEOUT_S):
+                while len(frames) < n0 + 100:  # noqa: ASYNC110 - 2 s of the line's clock
+                    await asyncio.sleep(0.02)
+            assert not any(isinstance(e, RemoteHangup) for e in _drain(modem))
+        rx = np.concatenate(frames[-100:])
+        busy_part = np.concatenate(frames[-100:-50])
+        assert np.abs(busy_part).max() > 5000 or kind == "silence", "busy tone first"
+        assert not rx[-160 * 20:].any(), "then a quiet line"
+    finally:
+        await modem.hang_up()
+        await modem.close()
+
+
+def _drain(modem: Modem) -> list[object]:
+    out = []
+    while not modem.events.empty():
+        out.append(modem.events.get_nowait())
+    return out

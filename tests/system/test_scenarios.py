@@ -288,3 +288,26 @@ async def test_details_key_at_the_end_of_the_first_layer_and_the_shop_hanging_up
     led = summary["pins"]["led_recording"]
     assert any(state for _, state in led)
     assert led[-1][1] is False
+
+
+@pytest.mark.realistic_hangup
+async def test_a_modem_that_never_reports_the_hang_up(tmp_path: Path) -> None:
+    # Issue 16 item 2: some modems never say <DLE>b; the caller's hang-up is only the
+    # exchange's busy tone on the line (which, bridged, returns through both hybrids and
+    # fills its own gaps). The daemon hears the cadence itself and ends the call.
+    result = await run_demo("answered", tmp_path / "state", config_extra=SHORT_NOTICE,
+                            profile="usr", modem_options={"hangup_report": "none"})
+    summary = result.summary
+    row = assert_common(summary)
+    assert summary["outcome"] == "bridged"
+    ended = summary["events"][-1]
+    assert "busy (in-band)" in ended["detail"]
+    hung_up = next(t for t, actor, what, _ in result.timeline
+                   if actor == "caller" and what == "hangs up")
+    finalizing = next(t for t, actor, what, _ in result.timeline
+                      if actor == "appliance" and what == "finalizing")
+    # Three busy bursts (two 300/300 ms cycles) are heard first: ≈ 1.5 s.
+    assert 1.2 <= finalizing - hung_up < 4.0
+    assert row["end_at"] is not None
+    assert Path(summary["recording_path"]).exists()
+    assert summary["pins"]["led_recording"][-1][1] is False
