@@ -61,7 +61,8 @@ def test_bench_one_call_json_keys() -> None:
     assert data["daemon_rss_peak_mb"] > 0
     assert 0 < data["hangup_to_on_hook_ms_p50"] < 5000
     assert 0 < data["hangup_to_on_hook_silent_modem_ms"] < 5000
-    assert data["format_recording_exact"] and data["format_transmit_exact"]
+    assert data["format_recording_exact"]
+    assert data["format_transmit_exact"]
     assert data["format_snr_db_s16le_-30dbfs"] > data["format_snr_db_u8_-30dbfs"]
     assert data["recording_bytes_per_call_minute_wav"] > data[
         "recording_bytes_per_call_minute_flac"]
