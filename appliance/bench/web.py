@@ -28,9 +28,10 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.bench.index import synthetic_reference
 from appliance.bench.probes import percentile_ms
-from appliance.store.recorder import SAMPLE_RATE_HZ, Recorder
+from appliance.store.recorder import Recorder
 
 #: Requests timed per kind.
 REPEATS: Final = 30

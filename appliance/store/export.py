@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import soundfile as sf
 
+from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.errors import ReferenceFormatError, StoreError
 from appliance.store.db import Store
 from appliance.store.recorder import (
@@ -34,7 +35,6 @@ from appliance.store.recorder import (
     DIR_MODE,
     ENCODE_BLOCK_FRAMES,
     FILE_MODE,
-    SAMPLE_RATE_HZ,
     sha256_file,
 )
 from appliance.store.retention import RecordNotFound, locate_recording, sidecar_for

@@ -38,12 +38,11 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 
+from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.errors import StoreError
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Recording sample rate (DESIGN.md §5: 8 kHz telephone audio).
-SAMPLE_RATE_HZ: Final = 8000
 #: Channel 0 = caller (line), 1 = shop (handset).
 CHANNELS: Final = 2
 CHANNEL_LAYOUT: Final = ("caller", "shop")
