@@ -225,7 +225,7 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class OutboundConfig:
-    """Calling out from the handset (issue 9, docs/outbound.md)."""
+    """Calling out from the handset."""
 
     interdigit_timeout_s: float = 4.0
     """The number is complete this long after the last digit (or at ``#``)."""
@@ -723,7 +723,7 @@ def _age_recipient_ok(key: str) -> bool:
 
 
 #: BCM pins the appliance must not use: the UART pair (serial console / Bluetooth UART;
-#: callattendant's defaults collided with it, reference/hardware.md §1.5).
+#: callattendant's defaults collided with it, hw/ag1171.md §1.5).
 RESERVED_PINS: Final = {14: "UART TXD", 15: "UART RXD"}
 
 

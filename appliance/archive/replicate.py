@@ -25,7 +25,7 @@ from appliance.config import ArchiveConfig
 #: How often Litestream ships new WAL frames (the most of the index a dead SD card loses).
 SYNC_INTERVAL: Final = "1s"
 #: Snapshots (and the WAL history between them) kept in the bucket. Short on purpose: an
-#: erased caller's number must leave every copy (law-gdpr.md §4); after this it is gone from
+#: erased caller's number must leave every copy (docs/legal.md); after this it is gone from
 #: the replica too. Recovery needs only the newest snapshot.
 SNAPSHOT_RETENTION: Final = "24h"
 SNAPSHOT_INTERVAL: Final = "1h"

@@ -1,6 +1,6 @@
 """Streaming DTMF detector (numpy, block DFT at the eight DTMF frequencies).
 
-Written by hand because no suitable library exists (reference/audio-speech.md §7.1):
+Written by hand because no suitable library exists (docs/audio.md §7.1):
 ``dtmf`` 1.1.0 uses a wrong real-valued Goertzel, has no twist or duration checks, crashes
 on digital silence and produced false digits on speech; ``pydtmf`` is GPL-2.0-only, pure
 Python (0.8 s per 60 s of audio) and not streaming. The design follows §7.2 exactly:
@@ -25,8 +25,8 @@ fed in 20 ms frames (per-call numpy overhead dominates; ≈ 0.15 % of one core i
 and ≈ 5–8 ms when fed as one chunk. With a ``reference`` (echo gate) the 20 ms-frame case
 takes ≈ 0.35 s (a second matrix product and the sliding maximum per frame).
 
-Echo gate (issue 5 item 5). While the appliance plays a prompt to the line, the line hybrid
-(the modem's 2-wire/4-wire converter; ``+VTR`` has no echo cancellation, v253-modem.md §4.1) sends
+Echo gate. While the appliance plays a prompt to the line, the line hybrid
+(the modem's 2-wire/4-wire converter; ``+VTR`` has no echo cancellation, docs/v253.md §4.1) sends
 part of it back into the received audio. A prompt containing a DTMF-like chord would then be
 "heard" as a key, and speech echo can look like a tone for a block or two. So
 :meth:`DtmfDetector.feed` takes the transmitted audio as ``reference`` and applies this rule:
@@ -38,7 +38,7 @@ part of it back into the received audio. A prompt containing a DTMF-like chord w
     ``ECHO_WINDOW_S`` (so an echo delayed by up to that much is still covered).
 
 The echo is assumed at least :data:`TRANS_HYBRID_LOSS_DB` (6 dB) below the transmitted audio
-— a worst case; the Ag1171 SLIC specifies 12–21 dB (hardware.md) and telephone hybrids are
+— a worst case; the Ag1171 SLIC specifies 12–21 dB (hw/ag1171.md) and telephone hybrids are
 typically 10–20 dB. With the default 3 dB margin a key is accepted during a prompt when it is
 louder at its two frequencies than the prompt's echo at those frequencies plus 3 dB, i.e.
 louder than 3 dB below the transmitted level there. A key under loud speech may also fail the
@@ -73,7 +73,7 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 BLOCK_SAMPLES: Final = 102
-"""Analysis block length at 8 kHz (audio-speech.md §7.2); scaled for other rates."""
+"""Analysis block length at 8 kHz (docs/audio.md §7.2); scaled for other rates."""
 ENERGY_FLOOR_DBFS: Final = -45.0
 """Blocks quieter than this (mean-square level) never hold a digit."""
 DOMINANCE_DB: Final = 8.0

@@ -2,7 +2,7 @@
 
 Everything in the appliance is 8 kHz mono ``np.int16`` in frames of :data:`FRAME_SAMPLES`
 samples (20 ms). This module converts that to and from the byte formats a V.253 modem
-streams (reference/v253-modem.md §8), and measures levels. No I/O, no state.
+streams (docs/v253.md §8), and measures levels. No I/O, no state.
 
 Level convention used throughout the audio package: **dBFS is relative to int16 full scale
 32767 (float 1.0)**, RMS levels included, so a full-scale square wave is 0 dBFS and a
@@ -55,7 +55,7 @@ SILENCE_DBFS: Final = -120.0
 FORMATS: Final = frozenset({"u8", "s8", "ulaw", "alaw", "s16le"})
 """Modem voice formats understood by :func:`decode_voice` / :func:`encode_voice`."""
 
-# v253-modem.md §8: silence per format (8-bit unsigned 0x80, signed 0x00, µ-law 0xFF,
+# docs/v253.md §8: silence per format (8-bit unsigned 0x80, signed 0x00, µ-law 0xFF,
 # A-law 0xD5, 16-bit linear 0).
 _SILENCE_BYTE: Final[dict[str, int]] = {
     "u8": 0x80,

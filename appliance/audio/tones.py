@@ -111,16 +111,16 @@ class ToneZone:
 
 
 # Receiver-off-hook tone: 1400+2060+2450+2600 Hz, 0.1 s on / 0.1 s off (North American ROH,
-# also BT's howler frequencies); no Hungarian value is documented (hardware.md §3).
+# also BT's howler frequencies); no Hungarian value is documented (hw/ag1171.md §3).
 _HOWLER: Final = Tone("howler", (1400.0, 2060.0, 2450.0, 2600.0), (100, 100), HOWLER_LEVEL_DBFS)
 
 _ZONES: dict[str, ToneZone] = {
-    # hardware.md §3 = Asterisk indications.conf [hu] = DAHDI zone 21 (ITU-T tones-0203).
+    # hw/ag1171.md §3 = Asterisk indications.conf [hu] = DAHDI zone 21 (ITU-T tones-0203).
     "hu": ToneZone(
         name="hu",
         dial=Tone("dial", (425.0,)),
         busy=Tone("busy", (425.0,), (300, 300)),
-        # Identical to busy in Hungary: cannot be told apart by cadence (hardware.md §3).
+        # Identical to busy in Hungary: cannot be told apart by cadence (hw/ag1171.md §3).
         congestion=Tone("congestion", (425.0,), (300, 300)),
         ringback=Tone("ringback", (425.0,), (1250, 3750)),
         call_waiting=Tone("call_waiting", (425.0,), (40, 1960)),

@@ -1,4 +1,4 @@
-"""``appliance bench``: measure the real stack on simulated hardware (issue 8, DESIGN.md §9).
+"""``appliance bench``: measure the real stack on simulated hardware.
 
 Modules: :mod:`probes` (instrumented emulator, test signals, detectors, statistics),
 :mod:`calls` (whole calls through the in-process daemon: latencies, continuity, lines),

@@ -1,4 +1,4 @@
-"""Recording quality per voice format: SNR of a caller, line → recording (issue 16 item 3).
+"""Recording quality per voice format: SNR of a caller, line → recording.
 
 For each format some emulator profile offers (``+VSM=?``), a caller at a quiet (−30 dBFS) and a
 normal (−15 dBFS) level speaks into the emulated line: band-limited noise (300–3400 Hz, the

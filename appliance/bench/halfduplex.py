@@ -1,4 +1,4 @@
-"""Transmit pacing on a modem without full duplex (issue 3 items 2 and 5).
+"""Transmit pacing on a modem without full duplex (the answering machine, docs/line.md).
 
 A prompt is played through :class:`~appliance.daemon.halfduplex.HalfDuplexAudio` (``+VTX``,
 host-clocked) to the emulated half-duplex modem served on a real pty and opened by pyserial.

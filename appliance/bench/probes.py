@@ -60,7 +60,7 @@ class BenchModem(SimModem):
     :attr:`tx_head` (the first :data:`TX_HEAD_BYTES` host audio bytes) for the call in progress,
     and :meth:`inject_garbage`. Overrides two private hooks of :class:`SimModem`
     (``_go_off_hook``, ``_tx_audio``): the emulator has no public off-hook or host-byte
-    listener (asked for in the issue 8 report).
+    listener.
     """
 
     def __init__(self, profile: str = "conexant", **kwargs: Any) -> None:

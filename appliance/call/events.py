@@ -67,7 +67,7 @@ CallEvent = (
 )
 
 
-# --- outbound calls (issue 9): added alongside, the inbound union above is unchanged --------
+# --- outbound calls: added alongside, the inbound union above is unchanged --------
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The inbound call state machine (DESIGN.md §3).
+"""The inbound call state machine (docs/design.md §3).
 
 One :class:`InboundCall` per answered call. It owns no hardware: it talks to *ports* (the
 Protocols below) that the daemon implements, and reacts to :mod:`appliance.call.events`
@@ -125,7 +125,7 @@ class LinePort(Protocol):
     @property
     def can_bridge(self) -> bool:
         """After :meth:`answer`: False when the line cannot carry the shop's voice to the
-        caller (a modem without full duplex, issue 3 item 2). The call is then an answering
+        caller (a modem without full duplex, docs/line.md). The call is then an answering
         machine: notice, reference, a message — the handset is never rung."""
 
 
@@ -473,7 +473,7 @@ class InboundCall:
             outcome, reason = over.outcome, over.reason
         except asyncio.CancelledError:
             # The daemon is stopping (SIGTERM). Before the shop was asked for, nobody hung
-            # up: the call was interrupted, not abandoned (issue 15 item 9).
+            # up: the call was interrupted, not abandoned.
             outcome = ("interrupted" if self.state in (CallState.RINGING, CallState.ANSWERING,
                                                        CallState.NOTICE)
                        else self._outcome_now())
@@ -600,7 +600,7 @@ class InboundCall:
         if self._form == FORM_SHORT:
             await self._event("notice-form", f"short: {self._form_reason}")
         # Queue the notice before going off-hook, so the very first frames sent after CONNECT
-        # are the notice itself (DESIGN.md §9: off-hook → first notice audio ≤ 20 ms): the
+        # are the notice itself (docs/design.md §9: off-hook → first notice audio ≤ 20 ms): the
         # first layer (or the short form), then the reference once, with no gap between.
         prompts = self.ports.prompts
         self._reference_audio = prompts.reference_audio(self.reference)
@@ -664,8 +664,9 @@ class InboundCall:
             playing = self._queued[0][1] if self._queued else None
             where = playing["layer"] if playing is not None else "the notice"
             await self._event("recording-declined", f"opt-out key during {where}")
-            # Stop the notice; still give the reference (§17/A: a unique ID for complaints)
-            # unless it was heard already, after confirming that nothing will be recorded.
+            # Stop the notice; still give the reference (a unique ID for complaints,
+            # docs/legal.md) unless it was heard already, after confirming that nothing
+            # will be recorded.
             self._play("optout", prompts.clip("optout_confirm"), replace=True)
             if not reference_heard:
                 self._play("reference", self._repeat_audio(), layer=LAYER_REFERENCE)

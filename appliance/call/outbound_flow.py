@@ -1,4 +1,4 @@
-"""The outbound call state machine (issue 9): the shop lifts the handset and calls out.
+"""The outbound call state machine: the shop lifts the handset and calls out.
 
 One :class:`OutboundCall` per lift of the handset while the box is idle. Like
 :class:`~appliance.call.flow.InboundCall` it owns no hardware: it talks to ports the daemon
@@ -70,7 +70,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-#: The results an outbound call can have (issue 9 item 3).
+#: The results an outbound call can have.
 OUTBOUND_OUTCOMES: Final = ("answered", "busy", "no-answer", "no-dialtone", "abandoned",
                             "no-line", "error")
 #: Result → the index's ``outcome`` vocabulary (store/db.py OUTCOMES, fixed by a CHECK).
@@ -455,7 +455,7 @@ class OutboundCall:
                     await self._record(self.policy.record_code)
 
     async def _record(self, source: str) -> None:
-        """Tell both sides first (notice + reference), then record (issue 9 item 4)."""
+        """Tell both sides first (notice + reference), then record."""
         ports = self.ports
         if not self.policy.record:
             await self._event("record-refused", f"{source}: outbound recording is off")

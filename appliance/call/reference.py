@@ -1,6 +1,6 @@
 """Call references: 8 digits a customer can read back over the phone.
 
-DESIGN.md §7. A reference is a 7-digit value from a keyed permutation of the per-device call
+docs/design.md §7. A reference is a 7-digit value from a keyed permutation of the per-device call
 counter, followed by one Damm check digit:
 
 * **Unique by construction** — the permutation is a bijection on ``[0, COUNTER_SPACE)``, so
@@ -62,7 +62,7 @@ KEY_BYTES: Final = 32
 
 #: Digits of the permuted counter (the reference minus its check digit).
 _VALUE_DIGITS: Final = REFERENCE_DIGITS - 1
-#: Spoken/printed grouping, 3-3-2 (DESIGN.md §7: "Spoken in groups (3-3-2), digit by digit").
+#: Spoken/printed grouping, 3-3-2 (docs/design.md §7: "Spoken in groups (3-3-2), digit by digit").
 _GROUPS: Final = (3, 3, 2)
 
 # Damm, H. M. (2004): "Total anti-symmetrische Quasigruppen", dissertation, Philipps-Universität
@@ -101,7 +101,7 @@ _ROUND_DIGEST_BYTES: Final = 8
 _SEPARATORS: Final = frozenset("./_,'")
 # A leading label a human might type or paste in front of the digits: "#", "№", "ref", "ref.",
 # "Ref:", "reference", "no.", "nr", "call", "id", and the Hungarian "hivatkozás(i szám)",
-# "azonosító", "szám", "sz." (the appliance serves Hungarian shops, DESIGN.md §6). Matched
+# "azonosító", "szám", "sz." (the appliance serves Hungarian shops, docs/design.md §6). Matched
 # case-insensitively after NFKC normalisation; repeated so "Ref. no.: #" works.
 _LABEL_RE: Final = re.compile(
     r"""^(?:
@@ -357,7 +357,7 @@ def _check_canonical(ref: str) -> None:
 def spoken_groups(ref: str) -> list[str]:
     """Split a canonical reference into its 3-3-2 groups: ``"42719353"`` → ``["427", "193", "53"]``.
 
-    DESIGN.md §7: the prompt speaks each group digit by digit (TTS would read "42719358" as one
+    docs/design.md §7: the prompt speaks each group digit by digit (TTS would read "42719358" as one
     large number).
 
     Raises:

@@ -1,4 +1,4 @@
-"""``appliance bench``: the benchmark and the fault soak (issue 8; method in
+"""``appliance bench``: the benchmark and the fault soak (method in
 docs/performance.md). Progress goes to stderr; the figures to stdout (text or ``--json``)."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
           fuzz_streams: int | None,
           keep: Path | None, force: bool, archive: bool, archive_restore_calls: int) -> None:
     """Measure the appliance on simulated hardware: latencies, CPU, memory, sample
-    continuity, recording sizes, index look-ups, simultaneous lines (DESIGN.md §9)."""
+    continuity, recording sizes, index look-ups, simultaneous lines (docs/design.md §9)."""
     from appliance.logs import setup_logging
 
     setup_logging("WARNING")

@@ -4,7 +4,7 @@ probe`` (what a real modem supports).
 ``modem probe`` needs the port to itself: it refuses while the daemon runs (its control socket
 answers) or while something else holds the port (the daemon's exclusive lock, a UUCP lock file
 from mgetty/minicom). It only asks questions (``ATI``, ``=?`` and ``?`` forms); the one setting
-it changes, ``+FCLASS=8`` (voice commands answer ERROR outside it, v253-modem.md §3), it puts
+it changes, ``+FCLASS=8`` (voice commands answer ERROR outside it, docs/v253.md §3), it puts
 back to ``+FCLASS=0`` before closing.
 """
 
@@ -311,7 +311,7 @@ async def probe_modem(device: str, *, timeout_s: float = PROBE_TIMEOUT_S,
         report.chipset = detect_chipset(report.ati0, report.ati3)
         report.country = _bare(await ask("AT+GCI?"), "+GCI")
         report.countries = _bare(await ask("AT+GCI=?"), "+GCI")
-        # §3: voice commands answer ERROR unless +FCLASS=8.
+        # docs/v253.md §3: voice commands answer ERROR unless +FCLASS=8.
         if await ask("AT+FCLASS=8") is not None:
             entries = parse_vsm_list(await ask("AT+VSM=?") or [])
             report.voice_formats = [
@@ -370,7 +370,7 @@ async def _try_vtr(at: Any, report: ProbeReport, chosen: tuple[int, str],
 
 
 def _bare(lines: list[str] | None, prefix: str) -> str | None:
-    """The value of a one-line answer, without a ``+CMD:`` prefix (§3: some firmware adds it)."""
+    """The value of a one-line answer, without a ``+CMD:`` prefix (docs/v253.md §3)."""
     if not lines:
         return None
     value = lines[0].strip()

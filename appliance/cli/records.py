@@ -1,7 +1,7 @@
-"""The records commands: ``purge``, ``export``, ``erase``, ``verify``, ``find`` (issue 6).
+"""The records commands: ``purge``, ``export``, ``erase``, ``verify``, ``find``.
 
 Registered on the main group by :func:`register`. Heavy imports stay inside the commands so
-``appliance last``/``show`` keep their start-up time (issue 6 item 8). Exit codes as in
+``appliance last``/``show`` keep their start-up time. Exit codes as in
 :mod:`appliance.cli.context`.
 
 The write commands open the index read-write and must run as the ``appliance`` user (the

@@ -1,4 +1,4 @@
-"""The ``appliance sounds`` commands: render, list and listen to the prompt clips (issue 5).
+"""The ``appliance sounds`` commands: render, list and listen to the prompt clips.
 
 * ``appliance sounds build`` renders every prompt, the notice and the digit words into the
   prompt cache (``<state_dir>/prompt-cache``) with the configured voice — the same call the

@@ -258,7 +258,7 @@ def _checks(obj: Any) -> list[Check]:
                              "sudo systemctl start appliance; journalctl -u appliance"))
     for line in config.lines:
         out.append(_check_modem(line.name, line.device, status))
-        if line.audio:  # issue 3 item 8: the line's own sound card
+        if line.audio:  # the line's own sound card
             out.append(_check_audio(line.audio, f"line {line.name} audio", "lines[].audio",
                                     status))
     out.append(_check_audio(config.handset.audio, status=status))
@@ -299,8 +299,8 @@ _AS_SERVICE_FIX = ("run the check as the service user: sudo appliancectl doctor 
 
 def _check_index(path: Path) -> list[Check]:
     """The index opens, passes quick_check, lists its calls, and knows every reference issued
-    (its counter is not behind the high-water mark kept beside the device key, issue 15
-    item 4); none yet is not a failure unless references were issued.
+    (its counter is not behind the high-water mark kept beside the device key,
+    docs/records.md); none yet is not a failure unless references were issued.
 
     What cannot be read is a failure, never a skipped check: the probe is a stat that tells
     "not there" (ENOENT) from "may not look" (EACCES).
@@ -376,7 +376,7 @@ def _check_modem(name: str, device: str, status: dict[str, Any] | None) -> Check
             on_modem = line.get("audio", "modem") == "modem"
             evidence = line.get("duplex_evidence") or "AT+VTR refused"
             if line.get("duplex") is False and on_modem:
-                # Issue 3 item 2: without +VTR the bridge cannot carry the shop's voice.
+                # without +VTR the bridge cannot carry the shop's voice.
                 return Check(label, "warn", f"{line['chipset']} answers on {device} but has "
                              f"no full-duplex voice ({evidence}): the shop cannot talk to "
                              "callers through it, so the box only takes messages after the "
@@ -464,7 +464,7 @@ def _check_disk(path: Path, codec: str, min_free_mb: int = 0) -> Check:
     hours = free / BYTES_PER_HOUR.get(codec, BYTES_PER_HOUR["wav"])
     detail = f"{free / 1e9:.1f} GB free ≈ {hours:.0f} h of {codec} recording"
     if free < min_free_mb * BYTES_PER_MB:
-        # Issue 15 item 1: below the floor the daemon answers without recording.
+        # below the floor the daemon answers without recording.
         return Check("disk", "fail", f"{detail}: below recording.min_free_mb = {min_free_mb}, "
                      "calls are answered but NOT recorded",
                      "appliance purge; a larger SD card")

@@ -74,7 +74,7 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Back-off between attempts to reopen a failed modem (USB modems come back).
 REOPEN_BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
-#: Storage per hour of a 2-channel 8 kHz call by codec (audio-speech.md §5.2, ×2 channels).
+#: Storage per hour of a 2-channel 8 kHz call by codec (docs/audio.md §5.2, ×2 channels).
 BYTES_PER_HOUR: Final = {"wav": 115_200_000, "flac": 72_000_000, "opus": 19_000_000}
 #: Less free space than this many hours of recording is the "disk-full" fault.
 DISK_FULL_HOURS: Final = 24.0
@@ -259,7 +259,7 @@ class _PanelPort:
 
 
 class SharedHandset:
-    """One handset for every line: first come, first served; later calls hold (issue 10).
+    """One handset for every line: first come, first served; later calls hold.
 
     The call that first asks to ring the handset owns it until it ends; a call that asks
     while it is owned waits in FIFO order and gets ``HandsetFree`` when its turn comes. Hook
@@ -331,7 +331,7 @@ class _CallHandset:
 class _LinePort:
     """One call's line: call control by AT commands, audio from the modem or a sound card.
 
-    With ``audio`` (``lines[].audio = "alsa:…"``, issue 3 item 8) the modem only holds the
+    With ``audio`` (``lines[].audio = "alsa:…"``, docs/line.md) the modem only holds the
     line in voice command state — its ``<DLE>`` hang-up and DTMF events still arrive
     (:meth:`Modem.answer`) — and the sound card is the call's audio and its clock: each
     captured frame drives ``media.on_line_audio`` exactly as a ``+VTR`` frame would, and
@@ -340,7 +340,7 @@ class _LinePort:
 
     A modem without full duplex (known at init, or ``+VTR`` refused now) gets
     :class:`HalfDuplexAudio` instead: ``+VTX`` for prompts, ``+VRX`` otherwise, and
-    :attr:`can_bridge` is False, which makes the call an answering machine (issue 3 item 2).
+    :attr:`can_bridge` is False, which makes the call an answering machine.
     """
 
     def __init__(self, modem: Modem, media: CallMedia,
@@ -450,7 +450,7 @@ class LineSession:
             try:
                 await modem.open()
                 if self.line.audio:
-                    # Issue 3 item 8: the line's sound card is part of the line being ready;
+                    # the line's sound card is part of the line being ready;
                     # without it the line bypasses the box and is retried like a modem.
                     await SoundDeviceAudio(self.line.audio.removeprefix("alsa:"),
                                            role=f"line {self.line.name}").check()
@@ -621,7 +621,7 @@ class LineSession:
         self._caller = None
         self._rings = 0
         if self.no_duplex and not app.config.call.voicemail:
-            # Issue 3 item 2: nothing the box could do for this caller but talk at them; the
+            # nothing the box could do for this caller but talk at them; the
             # bypass relay has already put the phone on the line.
             _LOGGER.info("line %s: not answering (no full duplex and call.voicemail is off)",
                          self.line.name)
@@ -633,7 +633,7 @@ class LineSession:
             _LOGGER.error("line %s: not answering: %s", self.line.name, app.index_fault)
             app.panel_board.report(f"line:{self.line.name}", "idle")
             return
-        # Issue 15 item 1: a recording the disk cannot keep is not started, and the caller
+        # a recording the disk cannot keep is not started, and the caller
         # hears the short "not recorded" notice instead of being told something false.
         record = app.may_record()
         try:
@@ -648,7 +648,7 @@ class LineSession:
             app.panel_board.report(f"line:{self.line.name}", "idle")
             return
         events: asyncio.Queue[CallEvent] = asyncio.Queue()
-        # lines[].audio = "alsa:<device>": the line's audio is a sound card (issue 3 item 8).
+        # lines[].audio = "alsa:<device>": the line's audio is a sound card.
         line_audio = (SoundDeviceAudio(self.line.audio.removeprefix("alsa:"),
                                        role=f"line {self.line.name}")
                       if self.line.audio else None)
@@ -699,7 +699,7 @@ class LineSession:
         task.add_done_callback(lambda t: self._call_done(t))
 
     def _log_audio_counters(self, active: _ActiveCall) -> None:
-        """Say in the log how the call's audio went (issue 3 item 5): frames each way, the
+        """Say in the log how the call's audio went: frames each way, the
         modem's transmit underruns (``<DLE>u``), audio dropped, and the handset jitter
         buffer's under/overruns. A warning when anything was lost."""
         modem = self.modem
@@ -719,7 +719,7 @@ class LineSession:
     def _no_duplex(self) -> None:
         """The modem has no full duplex: the line becomes an answering machine.
 
-        Without ``+VTR`` the bridge cannot carry the shop's voice (issue 3 item 2). The box
+        Without ``+VTR`` the bridge cannot carry the shop's voice. The box
         still does what the modem can: it lets the phone ring first (the line's fault drops
         the bypass relay, so the phone is on the line), then answers with the notice and the
         reference (``+VTX``) and records a message (``+VRX``). ``appliance status``/``doctor``
@@ -1052,7 +1052,7 @@ class Application:
         self.storage_failed("a call's row could not be finalized", index=True)
 
     async def _run_unsaved(self) -> None:
-        """Finalize kept rows as soon as the index can be written again (issue 15 item 1),
+        """Finalize kept rows as soon as the index can be written again,
         and clear the storage fault once nothing is pending and space is back."""
         while True:
             if not self._unsaved and self.storage_error is None:
@@ -1133,8 +1133,8 @@ class Application:
 
         Runs in a thread. The daemon itself never loads a speech engine: rendering (espeak-ng
         or Piper, soxr, scipy) happens in a spawned child process, so the daemon stays small
-        (scipy alone is ≈ 88 MB RSS; DESIGN.md §9 targets 60 MB) and the GPL-3 Piper code runs
-        in its own process (reference/audio-speech.md §1.7).
+        (scipy alone is ≈ 88 MB RSS; docs/design.md §9 targets 60 MB) and the GPL-3 Piper code runs
+        in its own process (docs/audio.md §1.7).
         """
         cfg = self.config
         default_key = (cfg.device.language, cfg.device.company)
@@ -1263,7 +1263,7 @@ class Application:
         Returns the fault text when the index is behind the mark (it was deleted, emptied or
         restored from an old copy): answering on it would issue references again and
         overwrite their recordings, so the daemon does not answer until ``appliance index
-        rebuild`` (issue 15 item 4). A missing mark (first start, or an index from before
+        rebuild``. A missing mark (first start, or an index from before
         the mark existed) is written from the index.
         """
         state_dir = self.config.device.state_dir

@@ -1,8 +1,8 @@
 """A call on a modem without full duplex: transmit while the caller has something to hear,
-receive the rest of the time (issue 3 item 2: "degrade to what is possible").
+receive the rest of the time ("degrade to what is possible").
 
 A half-duplex voice modem has ``+VTX`` (play) and ``+VRX`` (record) but no ``+VTR``
-(v253-modem.md §3, prior-art.md §1.9 #8). The shop's voice cannot reach the caller, so the
+(docs/v253.md §3). The shop's voice cannot reach the caller, so the
 call is an answering machine (see ``InboundCall._after_notice``): the notice and the
 reference in ``+VTX``, then the message in ``+VRX``, and ``+VTX`` again for the goodbye.
 :class:`HalfDuplexAudio` switches the modem between the two states as :class:`CallMedia`
@@ -12,7 +12,7 @@ modem transmits; otherwise it receives.
 Pacing in the transmit state: there is no received audio to clock the transmit side, so frames
 go out on the host's monotonic clock against absolute deadlines (``t0 + k·20 ms``, lateness is
 caught up, never accumulated) with a bounded lead of :data:`TX_LEAD_S` ahead of real time
-(issue 3 item 5: 100–200 ms), and nothing is written while the port throttles us
+(100–200 ms), and nothing is written while the port throttles us
 (``pause_writing``). The two crystals differ by ≤ 50 ppm — 3 ms per minute of prompt — well
 inside the lead; a modem whose buffer still runs dry reports ``<DLE>u`` (counted).
 """
@@ -31,7 +31,7 @@ from appliance.errors import ModemError
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Audio kept queued ahead of real time while transmitting (issue 3 item 5: 100–200 ms). It
+#: Audio kept queued ahead of real time while transmitting (100–200 ms). It
 #: absorbs scheduling jitter of the host; every frame of it delays what the caller hears
 #: after a key press (e.g. the opt-out confirmation) by 20 ms.
 TX_LEAD_S: Final = 0.12
@@ -95,7 +95,7 @@ class HalfDuplexAudio:
         self._task: asyncio.Task[None] | None = None
         #: Transmit/receive switches (``play``/``record`` entries), for status and tests.
         self.states: list[str] = []
-        #: The largest lead seen while transmitting, in frames (the bound of issue 3 item 5).
+        #: The largest lead seen while transmitting, in frames.
         self.max_lead_frames = 0
 
     def start(self) -> None:

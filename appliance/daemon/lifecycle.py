@@ -3,7 +3,7 @@
 systemd's watchdog (``WatchdogSec=`` in ``systemd/appliance.service``) restarts the daemon when
 ``WATCHDOG=1`` stops arriving. A timer that pings blindly would keep a sick daemon alive, so the
 ping is tied to the health of the one thing that owns every piece of state: the asyncio loop
-(DESIGN.md "One asyncio loop owns all state"). :class:`LoopLagMonitor` sleeps ``interval_s``
+(docs/design.md "One asyncio loop owns all state"). :class:`LoopLagMonitor` sleeps ``interval_s``
 over and over and measures by how much each wake-up overshoots; it feeds the watchdog only
 after a tick whose lag stayed below ``max_lag_s``. A loop that is stuck (a blocking call, a
 CPU-bound callback) cannot run the monitor at all, and a loop that is merely crawling measures
@@ -11,7 +11,7 @@ lags above the threshold — in both cases the pings stop and systemd restarts t
 also drops the bypass relay (hw/README.md) so the shop keeps a plain phone meanwhile.
 
 Everything goes through :func:`appliance.daemon.notify.sd_notify`, which encodes UTF-8 so
-Hungarian ``STATUS=`` text arrives intact (reference/audio-speech.md §9).
+Hungarian ``STATUS=`` text arrives intact (docs/audio.md §9).
 
 Usage in the daemon's ``run`` command (the lead wires it)::
 
@@ -55,7 +55,7 @@ _LOGGER = logging.getLogger(__name__)
 #: How often the monitor wakes up to measure the loop's lag (seconds).
 LOOP_LAG_INTERVAL_S: Final[float] = 0.5
 #: A wake-up later than this stops the watchdog ping for that tick (seconds). Calls already
-#: suffer at 0.25 s (the jitter buffers hold ≈0.2 s, audio-speech.md), but killing the daemon
+#: suffer at 0.25 s (the jitter buffers hold ≈0.2 s, docs/audio.md), but killing the daemon
 #: mid-call for one slow SQLite commit is worse than a glitch; 5 s of a stuck loop is a fault.
 MAX_LOOP_LAG_S: Final[float] = 5.0
 #: Lags above this are logged as warnings (seconds) even while the watchdog is still fed.
@@ -242,7 +242,7 @@ def dump_stacks() -> str:
 
     Tasks come first (name, coroutine, where it is suspended), then threads from
     ``sys._current_frames()`` — the thread list includes the PortAudio, gpiozero and SQLite
-    writer threads (DESIGN.md: threads only at the edges), which is where a hang usually is.
+    writer threads (docs/design.md: threads only at the edges), which is where a hang usually is.
     """
     out = io.StringIO()
     try:

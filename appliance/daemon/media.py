@@ -47,7 +47,7 @@ _LOGGER = logging.getLogger(__name__)
 #: Frames kept ahead in the modem's transmit buffer (default lines[].tx_lead_ms = 20 ms).
 #: Transmit is clocked by receive, so the lead only has to cover the host's turnaround from
 #: a received frame to the next sent one (≈ 1 ms on a pty); every frame of lead is 20 ms of
-#: added shop→caller delay (DESIGN.md §9 target: ≤ 30 ms). Raise it for a modem that reports
+#: added shop→caller delay (docs/design.md §9 target: ≤ 30 ms). Raise it for a modem that reports
 #: <DLE>u underruns.
 TX_LEAD_FRAMES: Final = 1
 #: The same digit from the modem's report and the in-band detector within this window is one key.
@@ -262,7 +262,7 @@ class CallMedia:
             self._events.put_nowait(RecordingFailed(str(recorder.error)))
 
     def _watch_silence(self, frame: np.ndarray, shop: np.ndarray) -> None:
-        # Some chips ignore +VSD and report no hang-up at all (v253-modem.md §10 #3): prolonged
+        # Some chips ignore +VSD and report no hang-up at all (docs/v253.md §10 #3): prolonged
         # silence on the line itself (and from the shop, when bridged) ends the call.
         if _quiet(frame) and (not self._bridged or _quiet(shop)):
             self._quiet_frames += 1

@@ -2,7 +2,7 @@
 
 The ``sdnotify`` package encodes latin-1: Hungarian status text is garbled, and a character
 outside latin-1 makes it drop the whole datagram silently — including a ``WATCHDOG=1`` sent
-with it (reference/audio-speech.md §9). systemd-python needs a C build. The protocol is one
+with it (docs/audio.md §9). systemd-python needs a C build. The protocol is one
 datagram on a UNIX socket, so fifteen lines do it.
 """
 

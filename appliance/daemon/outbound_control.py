@@ -1,4 +1,4 @@
-"""Everything outbound on the daemon side (issue 9): dial tone, digits, the line, the call.
+"""Everything outbound on the daemon side: dial tone, digits, the line, the call.
 
 :class:`OutboundController` is created by ``Application.start`` and offered, first, every
 handset event, handset frame, front-panel press and the modem events of the line it uses.
@@ -10,7 +10,7 @@ While the box is idle, lifting the handset starts a session (one :class:`Outboun
 * **Digits**: DTMF detected on the handset capture (``DtmfDetector``) and pulse digits from the
   SLIC (``HookEvent(kind="digit")``) both become ``DigitDialled``.
 * **The handset** is taken in :class:`~appliance.daemon.app.SharedHandset` under
-  :data:`OWNER`, so an inbound call on another line holds (issue 10) instead of ringing an
+  :data:`OWNER`, so an inbound call on another line holds instead of ringing an
   off-hook phone; a RING on a line while the shop has not dialled a digit wins: the session
   ends and the inbound call finds the shop already off-hook.
 * **The line**: a free line (modem up, no call, no RING in the last ``RING_GONE_S``) is seized
@@ -18,7 +18,7 @@ While the box is idle, lifting the handset starts a session (one :class:`Outboun
   both ways, so the shop hears the network's ringback, busy tone or the callee. Progress comes
   from the modem (``<DLE>r``/``<DLE>b``…) and from :class:`CallProgressDetector` on the line
   audio; an answer is "voice heard" or ringback gone for :data:`RINGBACK_GONE_S` (the host-side
-  analogue of the modem's ``+VRA`` timer, v253-modem.md §4.1).
+  analogue of the modem's ``+VRA`` timer, docs/v253.md §4.1).
 * **No dial tone** on the line: congestion tone in the earpiece and the line's state in
   ``appliance status`` says so until the line next works.
 """
@@ -259,7 +259,7 @@ class _Session:
         if state in ("calling", "connected", "finalizing"):
             panel.show(PanelState.IN_CALL)
         elif state == "offhook-warning":
-            # Issue 9 item 5: the LED shows a handset left off the hook.
+            # the LED shows a handset left off the hook.
             self.app.handset_left_off_hook = True
             self.app.update_faults()
         elif state in ("offhook-cleared", "ended"):
@@ -345,7 +345,7 @@ class _Session:
             return
         self.controller.seized.pop(session.line.name, None)
         if self.no_dialtone:
-            # Issue 9 item 5: `appliance status` says why the last outbound call failed.
+            # `appliance status` says why the last outbound call failed.
             session.state = time.strftime(
                 "idle — no dial tone on the line at %H:%M (outbound call)")
         else:

@@ -1,7 +1,7 @@
 """AG1171 ringing-SLIC driver: ringing with cadence, ring-trip, hook, flash and pulse digits.
 
 The Silvertel Ag1171 (or a KS0835F clone) powers and rings the shop's handset. It has three
-logic pins (reference/hardware.md §1.1):
+logic pins (hw/ag1171.md §1.1):
 
 * **RM** (ringing mode, output): H only while a ring burst is on; the RM duty cycle must stay
   ≤ 33 % (datasheet absolute maximum, §1.2).
@@ -10,13 +10,13 @@ logic pins (reference/hardware.md §1.1):
 * **SHK** (switch hook, input): H = off-hook; pulses during pulse dialling and on ring-trip, so it
   is debounced (10 ms, §1.2/§2).
 
-All methods run on the asyncio event loop. gpiozero calls the SHK edge callbacks on its own
-thread; they only post the edge to the loop with ``loop.call_soon_threadsafe`` (house-style §2.4
-item 3). Debounce, the hook state machine and every timer run on the loop (``loop.call_later``),
-so tests drive SHK with ``MockPin.drive_high()/drive_low()`` and await events from
-:attr:`Slic.events` with a timeout.
+All methods run on the asyncio event loop. gpiozero calls the SHK edge callbacks on its own thread;
+they only post the edge to the loop with ``loop.call_soon_threadsafe`` (docs/architecture.md,
+concurrency 3). Debounce, the hook state machine and every timer run on the loop
+(``loop.call_later``), so tests drive SHK with ``MockPin.drive_high()/drive_low()`` and await events
+from :attr:`Slic.events` with a timeout.
 
-Break classification of the debounced SHK while off-hook (hardware.md §2, "Synthesis"):
+Break classification of the debounced SHK while off-hook (hw/ag1171.md §2, "Synthesis"):
 
 =====================================  =========================================
 break (SHK low) duration                meaning
@@ -40,9 +40,9 @@ from gpiozero.pins import Factory
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Datasheet absolute maximum for the RM (ringing mode) duty cycle (hardware.md §1.2).
+#: Datasheet absolute maximum for the RM (ringing mode) duty cycle (hw/ag1171.md §1.2).
 RM_DUTY_MAX: Final = 0.33
-#: Ring frequency window whose edge slopes the Ag1171 is designed for (hardware.md §1.2).
+#: Ring frequency window whose edge slopes the Ag1171 is designed for (hw/ag1171.md §1.2).
 RING_HZ_MIN: Final = 20.0
 RING_HZ_MAX: Final = 25.0
 #: Ring-trip: RM must go low more than 10 ms and less than 500 ms after F/R is set H (§1.3).
@@ -73,11 +73,11 @@ class RingCadence:
     """A ring cadence: bursts of ``on_s`` separated by ``off_s`` of silence.
 
     The default is the Hungarian ringing cadence 1.25 s / 3.75 s (Asterisk ``[hu]``
-    ``ringcadence=1250,3750``, hardware.md §3), an RM duty of 25 %.
+    ``ringcadence=1250,3750``, hw/ag1171.md §3), an RM duty of 25 %.
 
     Raises:
         ValueError: if ``on_s`` ≤ 0, ``off_s`` < 0 or the RM duty cycle
-            ``on_s / (on_s + off_s)`` exceeds 33 % (Ag1171 absolute maximum, hardware.md §1.2).
+            ``on_s / (on_s + off_s)`` exceeds 33 % (Ag1171 absolute maximum, hw/ag1171.md §1.2).
     """
 
     on_s: float = 1.25
@@ -411,13 +411,13 @@ class Slic:
     # ------------------------------------------------------------------ SHK edges
 
     def _on_shk_high_thread(self) -> None:
-        """gpiozero thread: post the edge to the loop (house-style §2.4 item 3)."""
+        """gpiozero thread: post the edge to the loop (docs/architecture.md, concurrency 3)."""
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._on_raw_edge, True)
 
     def _on_shk_low_thread(self) -> None:
-        """gpiozero thread: post the edge to the loop (house-style §2.4 item 3)."""
+        """gpiozero thread: post the edge to the loop (docs/architecture.md, concurrency 3)."""
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._on_raw_edge, False)

@@ -1,6 +1,6 @@
 """Layer 2: the AT link — an ``asyncio.Protocol`` speaking V.250 commands and V.253 voice.
 
-House style §2.5 (bellows ``ash.py`` + pyserial ``examples/at_protocol.py``): one command in
+As bellows ``ash.py`` and pyserial ``examples/at_protocol.py`` do it: one command in
 flight under an ``asyncio.Lock`` (V.250 has no tags), the exchange shielded so a cancelled caller
 cannot let a late ``OK`` match the next command, URCs classified by content, an explicit link
 state with SUSPECT (resync with ``AT``) and FAILED (every pending future fails with
@@ -91,7 +91,7 @@ def _is_final(line: str) -> bool:
 
 
 class LinkState(enum.Enum):
-    """Health of the link (house style §2.5)."""
+    """Health of the link."""
 
     CONNECTED = "connected"
     SUSPECT = "suspect"  # a command timed out: resync with AT before the next one
@@ -270,7 +270,7 @@ class AtProtocol(asyncio.Protocol):
 
         For commands whose success has several spellings, e.g. ``ATD`` in voice mode, which
         ends with ``OK``/``VCON`` or a call-progress result (``BUSY``, ``NO DIALTONE`` …,
-        v253-modem.md §3); list every acceptable one in ``expect``.
+        docs/v253.md §3); list every acceptable one in ``expect``.
 
         Raises:
             The same as :meth:`command`.
@@ -383,7 +383,7 @@ class AtProtocol(asyncio.Protocol):
             return await self._exchange(cmd, timeout_s, expect)
 
     async def _resync(self) -> None:
-        # House style §2.5: after a timeout, "AT" until OK so stale replies are drained. Each
+        # After a timeout, "AT" until OK so stale replies are drained. Each
         # failed attempt counts as a timeout, so FAILED bounds the loop.
         while True:
             self.stats["resyncs"] += 1
@@ -517,7 +517,7 @@ class AtProtocol(asyncio.Protocol):
     def _audio_received(self, audio: bytes) -> None:
         stop = self._stop_future
         if stop is not None and not stop.done():
-            # Quirk #2: a modem may answer the stop with OK but no <DLE><ETX>; the text then
+            # quirk #2: a modem may answer the stop with OK but no <DLE><ETX>; the text then
             # sits in the voice stream.
             window = self._stop_tail + audio
             if _DLE_OK_RE.search(window):

@@ -1,7 +1,7 @@
 """Pure V.250/V.253 codecs: result-line framing, voice-stream DLE shielding, caller ID.
 
 No I/O and no asyncio here: every class is a small state machine fed with bytes, so it can be
-table- and property-tested at every split point (reference/v253-modem.md §5.5: "events are not
+table- and property-tested at every split point (docs/v253.md §5.5: "events are not
 atomic in reads"; field quirk #20: per-chunk parsers miss DLE pairs split across reads).
 
 Written by hand because no maintained library implements V.253 DLE shielding or the modem
@@ -88,7 +88,7 @@ class LineFramer:
           the event characters are collected and taken with :meth:`take_dle_events`.
           DTMF shielding (``<DLE>/ … <DLE>~``) collapses to one digit per block exactly as
           in the voice stream (:class:`VoiceDecoder`): a line held off-hook in voice command
-          state without ``+VTR`` (line audio through ALSA, issue 3 item 8) still reports
+          state without ``+VTR`` (line audio through ALSA, docs/line.md) still reports
           each key once.
         * When a line equals ``CONNECT`` the framer stops: ``feed`` returns the lines before it
           plus ``"CONNECT"`` and, as the second element, every byte after its terminator (the

@@ -2,7 +2,7 @@
 
 Like bellows' ``ezsp/vN/commands.py``: data, not code paths. The modem layer probes the chipset
 (``ATI0``/``ATI3``) and picks a :class:`Chipset`; the voice format comes from the modem's own
-``+VSM=?`` list (reference/v253-modem.md §4.3: compression ids are vendor specific).
+``+VSM=?`` list (docs/v253.md §4.3: compression ids are vendor specific).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Layer 3: voice-modem operations (open/init, answer, duplex audio, hang up) and line events.
 
 The rest of the appliance uses only :class:`Modem` and the :data:`LineEvent` types. Events flow up
-through ``Modem.events`` (an ``asyncio.Queue``, never awaited by the link: house style §2.1 #6);
-commands flow down as awaited methods. Sequences follow reference/v253-modem.md §12.
+through ``Modem.events`` (an ``asyncio.Queue`` the link never awaits);
+commands flow down as awaited methods. Sequences follow docs/v253.md §12.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ INIT_TIMEOUT_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 1.0
 #: Every way out of a voice data state a previous host may have left the modem in (a daemon
 #: killed mid-call never sent its <DLE>^): end duplex, abort receive, end transmit
-#: (v253-modem.md §5.2/§5.3). In command state a modem ignores these non-AT bytes.
+#: (docs/v253.md §5.2/§5.3). In command state a modem ignores these non-AT bytes.
 LEAVE_DATA_STATE: Final = b"\x10^\x10!\x10\x03\r"
 #: Time for the modem to answer LEAVE_DATA_STATE (its <DLE><ETX>/OK is then drained).
 LEAVE_DATA_SETTLE_S: Final = 0.3
@@ -158,7 +158,7 @@ class LinkDown:
 class CallProgress:
     """Call progress while dialling out: ``ringback`` (``<DLE>r``) or ``voice`` (``<DLE>v``).
 
-    Only some modems report these (v253-modem.md §5.1, mgetty codes); the daemon also runs
+    Only some modems report these (docs/v253.md §5.1, mgetty codes); the daemon also runs
     its own in-band detector (:mod:`appliance.line.progress`) on the received audio.
     """
 
@@ -169,7 +169,7 @@ LineEvent = Ring | CallerIdReceived | Dtmf | RemoteHangup | LinkDown | CallProgr
 
 
 class DialResult(enum.Enum):
-    """How ``ATD`` ended (v253-modem.md §3 result codes).
+    """How ``ATD`` ended (docs/v253.md §3 result codes).
 
     ``DIALLED``: the digits went out and the modem returned to voice command state (``OK``,
     or ``VCON`` on IS-101/USR); whether the far end rings, is busy or answers is then heard
@@ -363,7 +363,7 @@ class Modem:
         await at.command("ATE0")  # echo off first: later lines need no echo filtering
         await at.command("ATV1")
         await self._optional(at, f"AT+GCI={self.country_code}")
-        # Quirk #4: +VCID=1 is lost at ATZ on some Conexant dongles: send it every init.
+        # quirk #4: +VCID=1 is lost at ATZ on some Conexant dongles: send it every init.
         await self._optional(at, "AT+VCID=1")
         ati0 = await self._optional(at, "ATI0")
         ati3 = await self._optional(at, "ATI3")
@@ -390,7 +390,7 @@ class Modem:
         if self.line_label != DEFAULT_LINE_LABEL:
             _LOGGER.info("the modem's line label is +VLS=%d", self.line_label)
         await self._find_duplex(at)
-        # Quirk #27: idle in data class so rings arrive as text RING.
+        # quirk #27: idle in data class so rings arrive as text RING.
         await at.command("AT+FCLASS=0")
         _LOGGER.info(
             "modem ready: chipset %s, voice format %s (+VSM=%d: %s)",
@@ -491,7 +491,7 @@ class Modem:
     async def dial(self, number: str, *, timeout_s: float | None = None) -> DialResult:
         """Dial ``number`` in voice mode; on ``DIALLED`` the line is off-hook like after answer.
 
-        Sequence (v253-modem.md §4.1, §12): ``AT+FCLASS=8``, ``AT+VSM``, the chipset's answer
+        Sequence (docs/v253.md §4.1, §12): ``AT+FCLASS=8``, ``AT+VSM``, the chipset's answer
         commands, ``AT+VRN=0`` (optional), ``ATDT<digits>;``. Real V.253 modems hold the
         ``OK`` of a voice ``ATD`` until ringback has gone away for ``+VRA`` (0.1 s units,
         answer assumed) or never appeared within ``+VRN`` (1 s units, default 10 s) — audio
@@ -518,7 +518,7 @@ class Modem:
         await at.command(f"AT+VSM={self.vsm_id},{SAMPLE_RATE_HZ}{self._table.vsm_suffix}")
         for cmd in self._table.answer_commands:
             await self._optional(at, cmd)
-        # Quirk #9: timer ranges differ per modem (vgetty's +VRA=70 exceeds MT5634's 0–50);
+        # quirk #9: timer ranges differ per modem (vgetty's +VRA=70 exceeds MT5634's 0–50);
         # a refusal only means we hear the ringback later.
         await self._optional(at, "AT+VRN=0")
         self._hangup_reported = False
@@ -933,7 +933,7 @@ class Modem:
                 self._put(CallProgress(progress))
             return
         if code == "R":
-            # Quirk #27: a ring reported as <DLE>R in voice class.
+            # quirk #27: a ring reported as <DLE>R in voice class.
             self._ring(asyncio.get_running_loop().time())
         elif code == "u":
             self._stats["tx_underruns"] += 1  # §8: a pacing bug on our side

@@ -1,6 +1,6 @@
 """In-band call-progress detection on the line audio while dialling out.
 
-Modems differ in what they report during an outgoing voice call (v253-modem.md §5.1: ``<DLE>r``
+Modems differ in what they report during an outgoing voice call (docs/v253.md §5.1: ``<DLE>r``
 ringback and ``<DLE>v`` voice exist only on some chipsets; ``<DLE>b``/``<DLE>d`` depend on the
 ``+GCI`` tone tables, §12). So the daemon also listens itself, as §12 recommends ("an own 425 Hz
 cadence + energy detector … as the backstop"). :class:`CallProgressDetector` classifies each
@@ -10,7 +10,7 @@ Hungary) or other, and reports:
 * ``ringback`` — a tone burst of at least :data:`RINGBACK_MIN_S` (Hungary: 1250 ms on);
 * ``dialtone`` — continuous tone for :data:`DIALTONE_MIN_S` (the exchange is back to dial tone);
 * ``busy`` — :data:`BUSY_MIN_CYCLES` short on/off cycles (Hungary: 300/300 ms; congestion is
-  the same tone, hardware.md §3);
+  the same tone, hw/ag1171.md §3);
 * ``voice`` — :data:`VOICE_MIN_S` of sound that is not the tone: somebody answered. Sound
   that could be the echo of what we send (the shop's voice through the line hybrid, no echo
   cancellation in ``+VTR``) does not count: a frame must be louder than the loudest recent

@@ -1,6 +1,6 @@
 """The emulated voice modem: the DCE side of the same V.253 link (ships in the product).
 
-:class:`SimModem` speaks the dialects of the modems we target (reference/v253-modem.md §11
+:class:`SimModem` speaks the dialects of the modems we target (docs/v253.md §11
 checklist): E/V/Q flags and echo, ``+FCLASS``, ``+VLS``, ``+VSM`` (duplicates accepted, quirk #8),
 ``+VCID``, ``+VTX``/``+VRX``/``+VTR`` with a STATEFUL host-DLE parser (quirk #1), ``+VTS`` answering
 ``OK`` after the tone, ``+GCI``, ``+IFC``, ``ATZ``, ``ATI0/3``; unknown commands → ERROR; voice
@@ -57,7 +57,7 @@ _LOGGER = logging.getLogger(__name__)
 TICK_S: Final = FRAME_SAMPLES / SAMPLE_RATE_HZ
 """The voice clock: one 160-sample frame every 20 ms."""
 RING_PERIOD_S: Final = 5.0
-"""Hungarian ringing: 1.25 s on / 3.75 s off → one RING every 5 s (§7.5, hardware.md)."""
+"""Hungarian ringing: 1.25 s on / 3.75 s off → one RING every 5 s (§7.5, hw/ag1171.md)."""
 CID_DELAY_S: Final = 1.75
 """Caller ID after the first ring: the 1.25 s burst plus ≈0.5 s of silence (§7.3)."""
 DTMF_REPEAT_S: Final = 0.070
@@ -65,7 +65,7 @@ DTMF_REPEAT_S: Final = 0.070
 BUSY_TONE_HZ: Final = 425.0
 BUSY_ON_S: Final = 0.300
 BUSY_OFF_S: Final = 0.300
-"""Hungarian busy tone 425 Hz 300/300 ms (§7.7, hardware.md)."""
+"""Hungarian busy tone 425 Hz 300/300 ms (§7.7, hw/ag1171.md)."""
 BUSY_LEVEL: Final = 0.3
 BUSY_REPORT_S: Final = 4.0
 """``<DLE>b`` repeated every 4 s while busy is present (§5.1, Rockwell/ZyXEL)."""
@@ -79,7 +79,7 @@ DIAL_TONE_AFTER_S: Final = 30.0
 DIAL_REPORT_S: Final = 3.0
 RINGBACK_ON_S: Final = 1.25
 RINGBACK_PERIOD_S: Final = 5.0
-"""Hungarian ringback 425 Hz 1250 ms on / 3750 ms off (hardware.md §3, Asterisk [hu])."""
+"""Hungarian ringback 425 Hz 1250 ms on / 3750 ms off (hw/ag1171.md §3, Asterisk [hu])."""
 ANSWER_AFTER_BURST_S: Final = 0.5
 """A callee lifts in the pause after a ringback burst (the exchange stops ringback then)."""
 DIAL_DIGIT_S: Final = 0.2
@@ -126,7 +126,7 @@ class SimProfile:
         vcid_lost_at_atz: ``+VCID`` resets to 0 at ``ATZ`` (quirk #4).
         dle_ring_in_voice_class: on-hook rings as ``<DLE>R`` in ``+FCLASS=8`` (quirk #27).
         full_duplex: ``+VTR`` exists; False models a half-duplex voice modem that answers
-            ``ERROR`` to ``AT+VTR`` and ``AT+VTR=?`` (§3, issue 3 item 2).
+            ``ERROR`` to ``AT+VTR`` and ``AT+VTR=?`` (§3).
         vtr_test_command: ``AT+VTR=?`` answers ``OK``; False models the modems that answer
             ``ERROR`` to the test form yet accept ``AT+VTR`` (V.250 leaves test forms of
             action commands to the vendor; docs/line.md).
@@ -550,7 +550,7 @@ class SimModem:
 
     def report_event(self, code: str) -> None:
         """Send ``<DLE>code`` at the next clock tick, in any state (e.g. ``l``, ``L``, ``h``,
-        ``H``: loop-current events a real line produces, v253-modem.md §5.1)."""
+        ``H``: loop-current events a real line produces, docs/v253.md §5.1)."""
         if len(code) != 1:
             raise ValueError(f"a DLE event is one character: {code!r}")
         self._injected.append(code)
@@ -872,7 +872,7 @@ class SimModem:
             else:
                 self._go_off_hook(int(arg))
                 if self.profile.dle_h_after_off_hook:
-                    # Quirk #23: USR confirms with <DLE>H right after the OK.
+                    # quirk #23: USR confirms with <DLE>H right after the OK.
                     asyncio.get_running_loop().call_soon(self._send, b"\x10H")
         else:
             return "ERROR"

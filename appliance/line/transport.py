@@ -2,7 +2,7 @@
 
 * ``/dev/ttyACM0``, ``/dev/pts/7``, ``/dev/appliance-modem`` … → pyserial-asyncio 0.6 at 115200 8N1,
   ``exclusive=True`` (not the ``-fast`` fork: it busy-loops after a partial write, reference
-  v253-modem.md "Serial I/O under asyncio"). ``socket://`` and ``rfc2217://`` go to pyserial too.
+  docs/v253.md "Serial I/O under asyncio"). ``socket://`` and ``rfc2217://`` go to pyserial too.
 * ``sim://[profile]`` → an in-process :class:`~appliance.line.sim.SimModem` behind a loopback
   transport whose ``write()`` reaches the modem via ``loop.call_soon`` (ordering like a real port)
   and which honours the modem's read pausing (back-pressure, like a full tty buffer).

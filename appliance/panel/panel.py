@@ -1,8 +1,8 @@
 """Front panel: four LEDs (ready, line, recording, fault) and one push button, on gpiozero.
 
-LED patterns run on gpiozero's own threads (``LED.blink(background=True)`` and, for the fault
-blink codes, ``LED.source`` fed from an endless value cycle); the event loop only calls those
-non-blocking setters (house-style §2.4 item 3). The button's edge callbacks arrive on gpiozero's
+LED patterns run on gpiozero's own threads (``LED.blink(background=True)`` and, for the fault blink
+codes, ``LED.source`` fed from an endless value cycle); the event loop only calls those non-blocking
+setters (docs/architecture.md, concurrency 3). The button's edge callbacks arrive on gpiozero's
 thread and are posted to the loop with ``loop.call_soon_threadsafe``; debounce and the long-press
 timer run on the loop (``loop.call_later``).
 
@@ -65,7 +65,7 @@ LedPattern: TypeAlias = (
 
 LED_NAMES: Final = ("ready", "line", "recording", "fault")
 
-#: Hungarian ringing cadence (hardware.md §3): the line LED blinks in step with the handset ring.
+#: Hungarian ringing cadence (hw/ag1171.md §3): the line LED blinks in step with the handset ring.
 RING_BLINK: Final[LedPattern] = ("blink", 1.25, 3.75)
 #: Default length of one fault-code blink (on) and of one gap (off), seconds.
 FAULT_UNIT_S: Final = 0.3
@@ -323,13 +323,13 @@ class Panel:
     # ------------------------------------------------------------------ button
 
     def _on_pressed_thread(self) -> None:
-        """gpiozero thread: post the edge to the loop (house-style §2.4 item 3)."""
+        """gpiozero thread: post the edge to the loop (docs/architecture.md, concurrency 3)."""
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._on_raw_edge, True)
 
     def _on_released_thread(self) -> None:
-        """gpiozero thread: post the edge to the loop (house-style §2.4 item 3)."""
+        """gpiozero thread: post the edge to the loop (docs/architecture.md, concurrency 3)."""
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._on_raw_edge, False)

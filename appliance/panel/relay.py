@@ -1,4 +1,4 @@
-"""The power-fail bypass relay (reference/hardware.md §4).
+"""The power-fail bypass relay (hw/ag1171.md §4).
 
 A normally-closed relay connects the landline straight to the shop's phone. The daemon
 energises its coil (through a transistor; a Pi GPIO cannot drive a coil) only while it is

@@ -114,7 +114,7 @@ async def run_demo(
     ``two-lines``: two callers on two emulated modems at overlapping times and one shared
     handset — the first is put through, the second holds and is put through after the first
     hangs up. ``DemoResult.summaries`` has one summary per call (``summary`` is the first).
-    ``half-duplex``: the emulated modem has no ``+VTR`` (issue 3 item 2); the box lets the
+    ``half-duplex``: the emulated modem has no ``+VTR``; the box lets the
     phone ring first, then answers as an answering machine and the caller leaves a message.
     ``line_echo`` / ``handset_echo``: the hybrids of the modem and of the SLIC (None: an
     echo-free line, as no real one is); a second line's hybrid is another path of that shape.

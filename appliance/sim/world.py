@@ -229,7 +229,7 @@ class ScriptedCaller:
         self.modem.add_tx_listener(self._ear)
         w.log(self.actor, "dials", f"{self.number} ({self.name or 'no name'})")
         # ETSI EN 300 659 caller ID before the first ring (the European method; Hungary's is
-        # unverified, reference/v253-modem.md §7.7). The daemon also copes with CID after it.
+        # unverified, docs/v253.md §7.7). The daemon also copes with CID after it.
         self.modem.ring(self.number, self.name, cid_before_first_ring=self.cid_before_first_ring)
         await self.modem.wait_off_hook(ACT_TIMEOUT_S)
         w.log(self.actor, "hears the box answer")

@@ -1,6 +1,6 @@
 """Telephone conditioning: any TTS output → 8 kHz mono int16 ready for the line.
 
-Pipeline (reference/audio-speech.md §4): soxr HQ resampling to 8 kHz → 4th-order Butterworth
+Pipeline (docs/audio.md §4): soxr HQ resampling to 8 kHz → 4th-order Butterworth
 band-pass 300–3400 Hz as second-order sections → peak normalised to −3 dBFS → leading and
 trailing silence below −50 dBFS trimmed to 30 ms → int16. The band-pass comes before the level
 step so the headroom goes to the telephone band (§4.2); normalising last also means the filter's
@@ -41,7 +41,7 @@ def _band_sos() -> Any:
 
     scipy and soxr are imported here, not at module load: the daemon only conditions audio
     when a prompt is missing from the cache, and importing scipy.signal alone costs ≈ 88 MB
-    of RSS (measured), more than the daemon's whole memory target (DESIGN.md §9: 60 MB).
+    of RSS (measured), more than the daemon's whole memory target (docs/design.md §9: 60 MB).
     """
     from scipy import signal
 
@@ -79,7 +79,7 @@ def condition_for_phone(audio: npt.ArrayLike, rate: int) -> npt.NDArray[np.int16
     else:
         floats = samples.astype(np.float64)
     if rate != PHONE_RATE_HZ:
-        # reference/audio-speech.md §4.1: soxr HQ, −143 dB aliasing; np.interp would alias
+        # docs/audio.md §4.1: soxr HQ, −143 dB aliasing; np.interp would alias
         # 4–11 kHz into the band and can fake DTMF tones.
         import soxr  # late: see _band_sos
 

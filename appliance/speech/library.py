@@ -1,7 +1,7 @@
 """The prompt library: every prompt pre-rendered to 8 kHz telephone audio, cached on disk.
 
 ``appliance sounds build`` calls :meth:`PromptLibrary.build` with an engine; the daemon calls
-:meth:`PromptLibrary.load`, which needs no engine and no model (DESIGN.md §6). Call references
+:meth:`PromptLibrary.load`, which needs no engine and no model (docs/design.md §6). Call references
 are assembled from pre-rendered digit clips at call time: pure array concatenation, no synthesis.
 
 Cache layout (``cache_dir``):
@@ -41,7 +41,7 @@ from appliance.speech.tts import TtsEngine
 
 _LOGGER = logging.getLogger(__name__)
 
-#: DESIGN.md §7: references are 8 digits, spoken in groups of 3-3-2.
+#: docs/design.md §7: references are 8 digits, spoken in groups of 3-3-2.
 REFERENCE_DIGITS: Final[int] = 8
 REFERENCE_GROUPS: Final[tuple[int, ...]] = (3, 3, 2)
 #: Pause between digits of one group.
@@ -186,7 +186,7 @@ def read_clip(path: Path) -> npt.NDArray[np.int16] | None:
     """Read a cached clip, or return None if it is missing or not well-formed.
 
     Well-formed: RIFF size field matches the file length (a truncated file fails this even
-    though libsndfile would read what is there, audio-speech.md §5.3), 8 kHz, mono,
+    though libsndfile would read what is there, docs/audio.md §5.3), 8 kHz, mono,
     PCM_16, at least one frame.
     """
     try:

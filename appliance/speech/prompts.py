@@ -10,7 +10,7 @@ Each TOML file holds one table, ``[texts]``, of named ``str.format`` templates; 
 must define exactly :data:`PROMPT_NAMES`.
 
 Hungarian numbers, durations and key names are inflected by code, not hand-written per value
-(DESIGN.md §6: "öt évig", "kilencven napig", "kilences gombot"). ``num2words`` would cover the
+(docs/design.md §6: "öt évig", "kilencven napig", "kilences gombot"). ``num2words`` would cover the
 cardinals but is not a project dependency and does not produce the attributive "két" or the
 case-suffixed forms, so the small tables below are written by hand.
 """

@@ -3,11 +3,11 @@
 Every engine has one method, ``synthesize(text) -> (float32 mono samples, rate)``, plus a
 ``voice_id`` and ``settings`` that together identify the sound it makes (cache keys in
 library.py). Engines are used by ``appliance sounds build`` and the CLI only — the daemon
-plays pre-rendered clips and never loads a model (DESIGN.md §6).
+plays pre-rendered clips and never loads a model (docs/design.md §6).
 
-Facts used (reference/audio-speech.md): piper-tts 1.8 API and thread control (§1.3),
+Facts used (docs/audio.md): piper-tts 1.8 API and thread control (§1.3),
 bit-identical output with ``noise_scale=0, noise_w_scale=0`` (§1.3), espeak-ng via its CLI
-(§3), the voice search directories and fallback with a warning (DESIGN.md §6).
+(§3), the voice search directories and fallback with a warning (docs/design.md §6).
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 ESPEAK_EXECUTABLE: Final[str] = "espeak-ng"
-#: reference/audio-speech.md §3: espeak's default 175 wpm is hurried on a phone line.
+#: docs/audio.md §3: espeak's default 175 wpm is hurried on a phone line.
 ESPEAK_DEFAULT_WPM: Final[int] = 150
 #: The whole notice renders in ≈0.02 s (§3); a hung process is a fault, not slowness.
 ESPEAK_TIMEOUT_S: Final[float] = 10.0
 #: §1.4/§1.6: two ONNX threads are as fast as the default on 2 cores and leave a core free
 #: for audio I/O on a 4-core Pi.
 PIPER_THREADS: Final[int] = 2
-#: Where installed Piper voices are looked for, in order (DESIGN.md §6, setup.sh).
+#: Where installed Piper voices are looked for, in order (docs/design.md §6, setup.sh).
 VOICE_DIRS: Final[tuple[Path, ...]] = (
     Path("/usr/share/appliance/voices"),
     Path("/var/lib/appliance/voices"),
@@ -83,7 +83,7 @@ class EspeakEngine:
     """espeak-ng via its command line (``--stdout`` WAV, read with soundfile).
 
     A subprocess rather than a binding: no GPL library in-process, 8 MB RSS, and the
-    Debian package is the only dependency (reference/audio-speech.md §3, §1.7).
+    Debian package is the only dependency (docs/audio.md §3, §1.7).
     Thread-safe: every call is its own process.
     """
 
@@ -185,7 +185,7 @@ class PiperEngine:
     """Piper (piper-tts 1.8) with deterministic settings, loaded lazily.
 
     ``noise_scale=0`` and ``noise_w_scale=0`` make the output bit-identical across runs
-    (reference/audio-speech.md §1.3), which the render cache relies on. ONNX runtime is
+    (docs/audio.md §1.3), which the render cache relies on. ONNX runtime is
     limited to :data:`PIPER_THREADS` threads. Piper yields one chunk per sentence; they are
     concatenated. Synthesis is serialised by a lock (one ONNX session).
     """

@@ -1,6 +1,6 @@
 """Who did it, and what changed: the actor of CLI audit entries and the configuration record.
 
-Issue 6 item 3: audit entries for export, erase, purge, verify and configuration changes, each
+audit entries for export, erase, purge, verify and configuration changes, each
 naming the actor — the user, plus the SSH client address when there is one. The chain itself
 lives in :mod:`appliance.store.db`.
 """

@@ -1,11 +1,10 @@
 """The call index: SQLite (the stdlib driver) with numbered migrations, one writer thread.
 
-DESIGN.md §5 and reference/house-style.md §1.1/§2.4 rule 4 (zigpy ``appdb.py``): WAL, ordered
-``PRAGMA user_version`` migrations, an integrity check at open, and every write through ONE
+docs/design.md §5 and the concurrency rules (docs/architecture.md), as zigpy's ``appdb.py``: WAL,
+ordered ``PRAGMA user_version`` migrations, an integrity check at open, and every write through ONE
 worker. Here the worker is a single-thread executor: the event loop awaits each write via
 ``loop.run_in_executor``, and the write is committed before the await returns, so a returned
 ``create_call`` means a durable row (``synchronous=FULL``: call rows are few and precious).
-
 Reads (the CLI, ``appliance show``/``verify``) go through a second connection guarded by a
 lock; in WAL mode readers never block the writer and always see the last committed write.
 """
@@ -33,7 +32,7 @@ _LOGGER = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: Mode of the database file (and, by SQLite's rule, of its -wal/-shm files): DESIGN.md §5,
+#: Mode of the database file (and, by SQLite's rule, of its -wal/-shm files): docs/design.md §5,
 #: plus group write: the owner's page runs as its own user in the ``appliance`` group and
 #: appends to the audit chain (docs/web.md "Users and files").
 DB_FILE_MODE: Final = 0o660
@@ -42,12 +41,12 @@ DB_DIR_MODE: Final = 0o770
 #: How long a writer waits for another process's write lock (the CLI appending an audit row
 #: while the daemon writes) before SQLITE_BUSY.
 BUSY_TIMEOUT_MS: Final = 5000
-#: prev_hash of the first audit row (DESIGN.md §5: hash-chained audit).
+#: prev_hash of the first audit row (docs/design.md §5: hash-chained audit).
 GENESIS_HASH: Final = "0" * 64
-#: meta key of the per-device call counter (DESIGN.md §7: input of the reference permutation).
+#: meta key of the per-device call counter (docs/design.md §7: input of the reference permutation).
 COUNTER_KEY: Final = "call_counter"
 
-#: Values the CHECK constraints of schema v1 allow (DESIGN.md §5; the brief adds
+#: Values the CHECK constraints of schema v1 allow (docs/design.md §5; the brief adds
 #: 'pending'/'in_progress' for a call still running and 'interrupted' for crash recovery).
 DIRECTIONS: Final = ("in", "out")
 RECORDING_DECISIONS: Final = ("recorded", "declined", "failed", "none", "pending")
@@ -92,7 +91,7 @@ CALL_COLUMNS: Final = frozenset(
         "duration_s",
         "language",
         "created_at",
-        # Schema v2 (issue 6): the tombstone columns set by purge and erase.
+        # Schema v2: the tombstone columns set by purge and erase.
         "recording_deleted_at",
         "purged_at",
         "erased_at",
@@ -106,7 +105,7 @@ CALL_COLUMNS: Final = frozenset(
 )
 
 #: Columns holding the caller's personal data, cleared by erasure and by the metadata purge
-#: (law-gdpr.md §4: erasure per call; the tombstone keeps reference, times and outcome).
+#: (docs/legal.md: erasure per call; the tombstone keeps reference, times and outcome).
 PERSONAL_COLUMNS: Final = ("caller_number", "caller_name")
 
 
@@ -186,7 +185,7 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_to_2(conn: sqlite3.Connection) -> None:
-    """Add the tombstone columns of issue 6 (retention purge and erasure).
+    """Add the tombstone columns (retention purge and erasure).
 
     ``recording_deleted_at``: when the audio and sidecar were removed (purge or erase);
     ``purged_at``: when retention cleared the personal fields; ``erased_at``/``erase_reason``:
@@ -372,7 +371,7 @@ class Store:
         wanted = DB_FILE_MODE if created else mode & DB_FILE_MODE
         if mode != wanted:
             # Only the owner may chmod; a technician in the appliance group opening the
-            # daemon's file must not fail here (issue 6 item 8: a clear message, not EPERM).
+            # daemon's file must not fail here (a clear message, not EPERM).
             with contextlib.suppress(PermissionError):
                 os.chmod(path, wanted)
         writer: sqlite3.Connection | None = None
@@ -386,7 +385,7 @@ class Store:
             mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError(f"{path}: cannot enable WAL (journal_mode={mode})")
-            # DESIGN.md §5: synchronous=FULL — a committed call row survives a power cut.
+            # docs/design.md §5: synchronous=FULL — a committed call row survives a power cut.
             writer.execute("PRAGMA synchronous=FULL")
             _migrate(writer, path)
             reader = _connect(path)
@@ -647,7 +646,7 @@ class Store:
         with self._write_txn() as conn:
             return _insert_audit(conn, action, actor, reference, details)
 
-    # ------------------------------------------------------------------ records (issue 6)
+    # ------------------------------------------------------------------ records
 
     def tombstone_sync(self, reference: str, *, action: str, actor: str,
                        details: Mapping[str, Any] | None = None,
@@ -711,7 +710,7 @@ class Store:
 
         Inside one write transaction: read the old value; if it equals ``value`` do nothing;
         else call ``details_for(old)`` for the audit details, append the audit row, store
-        ``value``. Used for the configuration fingerprint (issue 6 item 3).
+        ``value``. Used for the configuration fingerprint.
 
         Returns:
             The new audit row's hash, or None when nothing changed.

@@ -1,7 +1,7 @@
 """Subject access: one call exported with its proof (``appliance export REF --out DIR``).
 
-law-gdpr.md §4 (GDPR Art. 15, NAIH 2018): the caller may get a copy of the recording, free,
-within a month. Issue 6 item 5: the audio as WAV (plays anywhere), the original file as the
+docs/legal.md (GDPR Art. 15, NAIH 2018): the caller may get a copy of the recording, free,
+within a month. the audio as WAV (plays anywhere), the original file as the
 device stored it, the metadata, the hash proof (SHA-256 of the original and the audit
 entries for the call with their chain hashes) and a short summary in Hungarian and English.
 

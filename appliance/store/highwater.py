@@ -1,9 +1,9 @@
 """The reference counter's high-water mark, kept beside the device key (``reference.counter``).
 
-A reference is the keyed permutation of the per-device call counter (DESIGN.md §7). The
+A reference is the keyed permutation of the per-device call counter (docs/design.md §7). The
 counter lives in the index (``meta.call_counter``), and an index lost, deleted or restored from
 an old backup would start it again from a lower value: with ``reference.key`` kept, the same
-references would be issued again and their recordings overwritten (issue 15 item 4). The last
+references would be issued again and their recordings overwritten. The last
 counter issued is therefore also written here, fsync'ed before the reference is used; the
 daemon never issues a counter at or below it, and an index whose counter is below it is known
 to be lost (the daemon faults and does not answer until ``appliance index rebuild``).

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Final
 
-#: Hungarian numbering: country code 36, national trunk prefix 06 (law-gdpr.md is about HU).
+#: Hungarian numbering: country code 36, national trunk prefix 06 (docs/legal.mdis about HU).
 HU_COUNTRY_CODE: Final = "36"
 HU_TRUNK_PREFIX: Final = "06"
 #: Characters people type inside phone numbers that caller ID never sends.

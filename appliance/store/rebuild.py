@@ -1,6 +1,6 @@
 """``appliance index rebuild``: the index recovered from the recordings' sidecars.
 
-The recordings tree is self-describing (DESIGN.md §5): every finished recording has a JSON
+The recordings tree is self-describing (docs/design.md §5): every finished recording has a JSON
 sidecar naming its reference, file, SHA-256, length and start time. When the index is lost
 (deleted, replaced by an empty or old copy) or corrupt, this puts a row back for every
 recording it no longer knows, raises the reference counter above every reference ever issued

@@ -1,6 +1,6 @@
 """Crash-safe two-channel call recorder and start-up recovery of interrupted recordings.
 
-reference/audio-speech.md §5.4 (recommended crash-safe recorder) and DESIGN.md §5:
+docs/audio.md §5.4 (recommended crash-safe recorder) and docs/design.md §5:
 
 * While a call runs, audio goes to ``<reference>.wav.partial``, WAV PCM_16 at 8 kHz, written
   by the recorder's own thread (``write`` only enqueues). libsndfile's
@@ -11,7 +11,7 @@ reference/audio-speech.md §5.4 (recommended crash-safe recorder) and DESIGN.md 
   partial is deleted.
 * At start-up :func:`recover_leftovers` repairs and finalizes every ``*.wav.partial`` (a kill
   between libsndfile's data write and its header rewrite leaves a header claiming fewer frames
-  than the file holds; §5.3).
+  than the file holds; docs/audio.md §5.3).
 
 Channel layout: 0 = caller (line), 1 = shop (handset).
 """
@@ -48,7 +48,7 @@ CHANNELS: Final = 2
 CHANNEL_LAYOUT: Final = ("caller", "shop")
 #: PCM_16: 2 bytes per sample, so one 2-channel frame is 4 bytes.
 BYTES_PER_FRAME: Final = 2 * CHANNELS
-#: Mode of recording files and directories (DESIGN.md §5); directories are group-writable so
+#: Mode of recording files and directories (docs/design.md §5); directories are group-writable so
 #: the owner's page (its own user in the ``appliance`` group) can erase a call (docs/web.md).
 FILE_MODE: Final = 0o640
 DIR_MODE: Final = 0o770
@@ -56,7 +56,7 @@ PARTIAL_SUFFIX: Final = ".wav.partial"
 #: Frames per read/write block while encoding (1 s of audio; bounded memory for long calls).
 ENCODE_BLOCK_FRAMES: Final = SAMPLE_RATE_HZ
 #: libsndfile command: rewrite the header after every write (sndfile.h SFC_SET_UPDATE_HEADER_AUTO;
-#: soundfile has no wrapper, reference/audio-speech.md §5.3).
+#: soundfile has no wrapper, docs/audio.md §5.3).
 SFC_SET_UPDATE_HEADER_AUTO: Final = 0x1061
 #: Opus decodes may differ from the source length by its pre-skip/padding; allow one 20 ms
 #: Opus frame each way (in 8 kHz frames) when verifying a lossy encode.
@@ -180,7 +180,7 @@ class Recorder:
             self._sf = sf.SoundFile(self._fd, mode="w", samplerate=SAMPLE_RATE_HZ,
                                     channels=CHANNELS, format="WAV", subtype="PCM_16",
                                     closefd=False)
-            # reference/audio-speech.md §5.3: with the auto header every write leaves valid
+            # docs/audio.md §5.3: with the auto header every write leaves valid
             # RIFF/data sizes, so any reader (even Python's `wave`) opens a killed file.
             ok = sf._snd.sf_command(self._sf._file, SFC_SET_UPDATE_HEADER_AUTO,
                                     sf._ffi.NULL, 1)
@@ -337,7 +337,7 @@ def repair_wav_header(path: Path) -> int:
     """Make a PCM WAV's RIFF and data sizes match the file length; return the data frames.
 
     A writer killed between libsndfile's data write and its header rewrite leaves sizes
-    that claim too little (reference/audio-speech.md §5.3). The data size becomes the bytes
+    that claim too little (docs/audio.md §5.3). The data size becomes the bytes
     after the ``data`` chunk header rounded down to whole frames, and a torn trailing frame
     is cut off. Hand-written because no library repairs a WAV in place (``sox
     --ignore-length`` copies, and is not a dependency).
@@ -398,7 +398,7 @@ def finalize_partial(partial: Path, codec: str = "flac", *,
                      created: dt.datetime | None = None) -> RecordingResult:
     """Encode a (closed) live WAV into its final file, verify it, write the sidecar.
 
-    Steps (DESIGN.md §5): repair the header from the file length; encode into
+    Steps (docs/design.md §5): repair the header from the file length; encode into
     ``<reference>.<ext>.tmp``; decode it back and compare (frame count and PCM digest for
     lossless codecs, length within one Opus frame for Opus); fsync; rename to
     ``<reference>.<ext>``; fsync the directory; write ``<reference>.json`` atomically;
@@ -467,7 +467,7 @@ def _place_exclusively(tmp: Path, final: Path, frames: int, pcm_digest: str | No
     """Move ``tmp`` to ``final`` unless ``final`` exists: a recording is never overwritten.
 
     ``link`` + ``unlink`` is the atomic "rename unless the target exists" (``os.replace``
-    would silently replace another call's recording, issue 15 item 4). An existing ``final``
+    would replace another call's recording; a reference is never reused). An existing ``final``
     that decodes to exactly this audio is this recording's own, left by a crash between the
     rename and the deletion of the partial: it is kept and the re-run goes on.
 

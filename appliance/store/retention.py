@@ -1,8 +1,8 @@
 """Retention purge and erasure on request: audio goes, a tombstone without personal data stays.
 
-law-gdpr.md §4/§5: recordings are kept only as long as the purpose needs, then deleted; a
-caller may have their call erased; the controller must be able to prove both. Issue 6 items
-4 and 6. Every deletion is one audit entry hash-chained with the rest (no personal data in
+docs/legal.md: recordings are kept only as long as the purpose needs, then deleted; a
+caller may have their call erased; the controller must be able to prove both (docs/records.md).
+Every deletion is one audit entry hash-chained with the rest (no personal data in
 it: the chain is append-only and can never be erased itself).
 
 Order of work, for crash safety: delete the files first, then write the tombstone and the

@@ -1,7 +1,7 @@
 """``appliance verify``: every recording against its hash, every file against the index, the
 audit chain against itself — problems reported by call reference.
 
-Issue 6 item 7 and law-gdpr.md §5 (accountability: integrity proof). Three independent
+docs/records.md and docs/legal.md (accountability: integrity proof). Three independent
 witnesses of a recording's hash exist: the index row, the JSON sidecar and the
 ``call-finalized`` audit entry (hash-chained, so it cannot be edited unnoticed). A file that
 matches an index someone rewrote along with it still disagrees with the chain.
