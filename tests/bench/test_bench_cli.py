@@ -43,9 +43,11 @@ def test_synthetic_references_are_valid_and_unique() -> None:
 
 
 @pytest.mark.skipif(not os.environ.get("APPLIANCE_BENCH_SMOKE"),
-                    reason="a whole bench run takes ~80 s, too long for the test command's "
+                    reason="a whole bench run takes ~5 min, too long for the test command's "
                            "10-minute budget; set APPLIANCE_BENCH_SMOKE=1")
-@pytest.mark.timeout(300)
+# 305 s measured on the shared 2-core VM at load ≈ 7 (the pi budget's bisection and the two
+# time-to-a-person calls, ≈ 35 s, included).
+@pytest.mark.timeout(600)
 def test_bench_one_call_json_keys() -> None:
     result = CliRunner().invoke(cli, ["bench", "--json", "--calls", "1", "--lines", "1",
                                       "--call-seconds", "2", "--index-calls", "2000"])
