@@ -150,6 +150,7 @@ run_unprivileged_tests() {   # [PYTEST ARGS…] — as root only; returns pytest
     local prog name
     for prog in "$VENV"/bin/*; do
         name="$(basename "$prog")"
+        [ -f "$prog" ] || continue                  # __pycache__ and other folders
         [ -e "$tmp/venv/bin/$name" ] && continue   # python, activate: the new venv's own
         if [ "$(head -c 2 "$prog")" = "#!" ]; then
             sed "1s|^#!.*|#!$tmp/venv/bin/python|" "$prog" >"$tmp/venv/bin/$name"
@@ -613,10 +614,10 @@ case "$cmd" in
         "$VENV/bin/mypy"
         # The system tests spend most of their time waiting on real-time audio, so a few
         # workers (pytest-xdist) cut the wall time even on two cores.
-        say "pytest (${APPLIANCE_TEST_WORKERS:-3} workers)"
+        say "pytest (${APPLIANCE_TEST_WORKERS:-4} workers)"
         status=0
         # -rs lists every skip and its reason: a skipped test must say why it cannot run.
-        "$VENV/bin/python" -m pytest -rs -n "${APPLIANCE_TEST_WORKERS:-3}" "$@" || status=$?
+        "$VENV/bin/python" -m pytest -rs -n "${APPLIANCE_TEST_WORKERS:-4}" "$@" || status=$?
         if [ "$(id -u)" -eq 0 ]; then
             run_unprivileged_tests "$@" || status=$?
         fi
