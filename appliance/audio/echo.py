@@ -15,6 +15,7 @@ has been stable since 2008: nothing to compile on the Pi.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import logging
@@ -28,10 +29,29 @@ from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 _LOGGER = logging.getLogger(__name__)
 
-#: The adaptive filter's length: covers the echo's round trip through the buffers (the
-#: modem's transmit lead and clock, the sound card's periods: ≈ 40–60 ms measured) plus a
-#: hybrid tail of up to 32 ms, with room (docs/performance.md, "Echo cancellation").
-FILTER_MS: Final = 128
+#: The adaptive filter's length: the hybrid's tail (≤ 32 ms, docs/performance.md) plus the
+#: converters' delay and DELAY_MARGIN_MS, after the bulk delay (the echo's round trip through
+#: the buffers: ≈ 40–60 ms), which the reference's delay line takes up instead once measured
+#: (:meth:`SpeexEchoCanceller.process`). Fewer taps converge and reconverge faster than the
+#: 128 ms it took to cover the bulk delay too ("Echo cancellation" in docs/performance.md).
+FILTER_MS: Final = 48
+#: The filter adapts per sub-frame: two updates per 20 ms frame reconverge faster after an
+#: echo path change (measured, docs/performance.md) for ≈ 20 µs more per frame.
+SUBFRAME_SAMPLES: Final = FRAME_SAMPLES // 2
+#: Bulk delays the estimator looks for (the reference is delayed by up to this much).
+MAX_BULK_DELAY_MS: Final = 128
+#: The estimate is the cross-correlation (300–3400 Hz, phase transform) of the received
+#: against the sent audio over the last window of this length, once most of it had far-end
+#: speech in it...
+DELAY_WINDOW_MS: Final = 150
+#: ...and counts only when its peak stands this many times above the correlation's mean
+#: magnitude (noise alone peaks at ≈ 4; the bench's hybrids at 9–24).
+DELAY_CONFIDENCE: Final = 6.0
+#: Tries on every eligible frame before trying only every tenth.
+DELAY_EAGER_TRIES: Final = 25
+#: The reference is delayed by the estimate less this, so the filter also sees the few
+#: milliseconds of the echo's onset before its strongest tap; estimates this close agree.
+DELAY_MARGIN_MS: Final = 2
 #: Residual echo suppression (dB, negative) with the far end alone and during double talk
 #: (the speexdsp defaults; the double-talk value keeps the near end's speech intact).
 ECHO_SUPPRESS_DB: Final = -40
@@ -46,7 +66,6 @@ ERLE_SMOOTHING: Final = 0.96
 _SPEEX_ECHO_SET_SAMPLING_RATE: Final = 24
 _SPEEX_PREPROCESS_SET_DENOISE: Final = 0
 _SPEEX_PREPROCESS_SET_AGC: Final = 2
-_SPEEX_PREPROCESS_SET_VAD: Final = 4
 _SPEEX_PREPROCESS_SET_DEREVERB: Final = 8
 _SPEEX_PREPROCESS_SET_NOISE_SUPPRESS: Final = 18
 _SPEEX_PREPROCESS_SET_ECHO_SUPPRESS: Final = 20
@@ -117,7 +136,12 @@ class SpeexEchoCanceller:
     :meth:`process` takes the frame received (near end: what came back, with the other
     party's voice) and the frame sent at the same time (far end: the reference) and returns
     the received frame with the echo taken out. The reference must be what was sent,
-    frame-aligned with the receive stream; the echo may come back up to ``filter_ms`` later.
+    frame-aligned with the receive stream; the echo may come back up to
+    ``MAX_BULK_DELAY_MS`` later, with a tail of up to ``filter_ms`` after it.
+
+    The bulk delay is measured on the call's own audio (:attr:`bulk_delay_ms`): until it is,
+    the filter covers the first ``filter_ms``; once it is, the reference goes through a delay
+    line and the filter starts again on the tail alone.
 
     Args:
         filter_ms: the adaptive filter's length.
@@ -131,19 +155,20 @@ class SpeexEchoCanceller:
         lib = _library()
         self._lib = lib
         taps = filter_ms * SAMPLE_RATE_HZ // 1000
-        self._echo = lib.speex_echo_state_init(FRAME_SAMPLES, taps)
+        self._echo = lib.speex_echo_state_init(SUBFRAME_SAMPLES, taps)
         if not self._echo:
             raise EchoCancellerUnavailable("speex_echo_state_init failed")
         rate = ctypes.c_int(SAMPLE_RATE_HZ)
         lib.speex_echo_ctl(self._echo, _SPEEX_ECHO_SET_SAMPLING_RATE, ctypes.byref(rate))
         if residual_suppression:
-            self._pre = lib.speex_preprocess_state_init(FRAME_SAMPLES, SAMPLE_RATE_HZ)
+            self._pre = lib.speex_preprocess_state_init(SUBFRAME_SAMPLES, SAMPLE_RATE_HZ)
             # The echo suppressor is part of the denoiser's gain: the denoiser stays on with
-            # its noise attenuation at NOISE_SUPPRESS_DB (next to none).
+            # its noise attenuation at NOISE_SUPPRESS_DB (next to none). The VAD is off by
+            # default (setting it only prints a warning).
             for key, value in ((_SPEEX_PREPROCESS_SET_DENOISE, 1),
                                (_SPEEX_PREPROCESS_SET_NOISE_SUPPRESS, NOISE_SUPPRESS_DB),
                                (_SPEEX_PREPROCESS_SET_AGC, 0),
-                               (_SPEEX_PREPROCESS_SET_VAD, 0), (_SPEEX_PREPROCESS_SET_DEREVERB, 0),
+                               (_SPEEX_PREPROCESS_SET_DEREVERB, 0),
                                (_SPEEX_PREPROCESS_SET_ECHO_SUPPRESS, ECHO_SUPPRESS_DB),
                                (_SPEEX_PREPROCESS_SET_ECHO_SUPPRESS_ACTIVE,
                                 ECHO_SUPPRESS_ACTIVE_DB)):
@@ -151,10 +176,69 @@ class SpeexEchoCanceller:
                 lib.speex_preprocess_ctl(self._pre, key, ctypes.byref(v))
             lib.speex_preprocess_ctl(self._pre, _SPEEX_PREPROCESS_SET_ECHO_STATE,
                                      ctypes.c_void_p(self._echo))
-        self._out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._max_delay = MAX_BULK_DELAY_MS * SAMPLE_RATE_HZ // 1000
+        self._window = DELAY_WINDOW_MS * SAMPLE_RATE_HZ // 1000
+        # The sent audio of the last window plus the longest delay, and the received audio of
+        # the last window: the delay line and the estimator's input.
+        self._sent = np.zeros(self._window + self._max_delay, dtype=np.int16)
+        self._received = np.zeros(self._window, dtype=np.int16)
+        # The reference's delay (samples) and whether it is measured for good.
+        self._delay = 0
+        self._confirmed = False
+        self._tries = 0
+        # Which of the window's frames had far-end speech in them.
+        self._far_active = np.zeros(self._window // FRAME_SAMPLES, dtype=bool)
+        # Recent estimates (frame, delay): one counts when a later window agrees.
+        self._candidates: collections.deque[tuple[int, int]] = collections.deque(
+            maxlen=4 * len(self._far_active))
         self._in_power = 0.0
         self._out_power = 0.0
         self.frames = 0
+
+    @property
+    def bulk_delay_ms(self) -> float | None:
+        """The reference's delay (ms) once the bulk delay is measured; None before."""
+        return self._delay * 1000 / SAMPLE_RATE_HZ if self._confirmed else None
+
+    def _estimate_delay(self) -> int | None:
+        """The bulk delay (samples) by the phase-transform cross-correlation, or None."""
+        n, lags = self._window, self._max_delay
+        size = 1 << (2 * n + lags - 1).bit_length()
+        spectrum = (np.fft.rfft(self._received.astype(np.float64), size)
+                    * np.conj(np.fft.rfft(self._sent.astype(np.float64), size)))
+        spectrum /= np.maximum(np.abs(spectrum), 1e-9)
+        # Only the telephone band: outside it there is line noise and no echo.
+        freq = np.fft.rfftfreq(size, 1 / SAMPLE_RATE_HZ)
+        spectrum[(freq < 300.0) | (freq > 3400.0)] = 0.0
+        corr = np.abs(np.fft.irfft(spectrum, size))
+        # received[i] lines up with sent[i + lags - lag]: correlation index lag - lags.
+        by_lag = corr[(np.arange(lags + 1) - lags) % size]
+        peak, mean = int(np.argmax(by_lag)), float(np.mean(by_lag))
+        if mean <= 0.0 or by_lag[peak] < DELAY_CONFIDENCE * mean:  # silence, or no clear echo
+            return None
+        return max(0, peak - DELAY_MARGIN_MS * SAMPLE_RATE_HZ // 1000)
+
+    def _update_delay(self) -> None:
+        """Estimate the bulk delay on the last window (mostly far-end speech).
+
+        A confident estimate is used at once (the filter starts again on the tail); it is
+        kept for the call when an estimate a window later (independent audio) agrees, and
+        replaced when a later confident one differs (a chance peak in noise, double talk).
+        """
+        found = self._estimate_delay()
+        if found is None:
+            return
+        window = len(self._far_active)
+        slack = DELAY_MARGIN_MS * SAMPLE_RATE_HZ // 1000
+        self._confirmed = any(abs(delay - found) <= slack and self.frames - frame >= window
+                              for frame, delay in self._candidates)
+        self._candidates.append((self.frames, found))
+        if abs(found - self._delay) > slack:
+            # What was learnt is for the reference delayed otherwise: start again.
+            self._lib.speex_echo_state_reset(self._echo)
+            self._delay = found
+        if self._confirmed:
+            _LOGGER.debug("echo bulk delay %.1f ms", self.bulk_delay_ms)
 
     def process(self, near: npt.NDArray[np.int16],
                 far: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
@@ -163,15 +247,34 @@ class SpeexEchoCanceller:
             raise RuntimeError("echo canceller used after close()")
         near = np.ascontiguousarray(near, dtype=np.int16)
         far = np.ascontiguousarray(far, dtype=np.int16)
+        self._sent = np.concatenate((self._sent[FRAME_SAMPLES:], far))
+        far_power = float(np.mean(far.astype(np.float64) ** 2)) / 32767.0**2
+        far_active = _db(far_power) > ERLE_FAR_MIN_DBFS
+        if not self._confirmed:
+            self._received = np.concatenate((self._received[FRAME_SAMPLES:], near))
+            self._far_active = np.roll(self._far_active, -1)
+            self._far_active[-1] = far_active
+            if (self.frames * FRAME_SAMPLES >= len(self._sent)
+                    and np.mean(self._far_active) >= 0.6):
+                self._tries += 1
+                # Each try costs ≈ 100 µs: every frame at first, then every tenth (a path
+                # with no echo to find never confirms one).
+                if self._tries <= DELAY_EAGER_TRIES or self._tries % 10 == 0:
+                    self._update_delay()
+        end = len(self._sent) - self._delay
+        reference = np.ascontiguousarray(self._sent[end - FRAME_SAMPLES : end])
         out = np.empty(FRAME_SAMPLES, dtype=np.int16)
         i16_p = ctypes.POINTER(ctypes.c_int16)
-        self._lib.speex_echo_cancellation(self._echo, near.ctypes.data_as(i16_p),
-                                          far.ctypes.data_as(i16_p), out.ctypes.data_as(i16_p))
-        if self._pre is not None:
-            self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(i16_p))
+        for start in range(0, FRAME_SAMPLES, SUBFRAME_SAMPLES):
+            part = slice(start, start + SUBFRAME_SAMPLES)
+            cleaned = out[part]
+            self._lib.speex_echo_cancellation(self._echo, near[part].ctypes.data_as(i16_p),
+                                              reference[part].ctypes.data_as(i16_p),
+                                              cleaned.ctypes.data_as(i16_p))
+            if self._pre is not None:
+                self._lib.speex_preprocess_run(self._pre, cleaned.ctypes.data_as(i16_p))
         self.frames += 1
-        far_power = float(np.mean(far.astype(np.float64) ** 2)) / 32767.0**2
-        if _db(far_power) > ERLE_FAR_MIN_DBFS:
+        if far_active:
             a = ERLE_SMOOTHING
             self._in_power = a * self._in_power + (1 - a) * float(
                 np.mean(near.astype(np.float64) ** 2))
@@ -193,6 +296,11 @@ class SpeexEchoCanceller:
         if self._echo is not None:
             self._lib.speex_echo_state_reset(self._echo)
         self._in_power = self._out_power = 0.0
+        self._sent[:] = 0
+        self._received[:] = 0
+        self._delay, self._confirmed, self._tries, self.frames = 0, False, 0, 0
+        self._far_active[:] = False
+        self._candidates.clear()
 
     def close(self) -> None:
         """Free the library's state (idempotent)."""
