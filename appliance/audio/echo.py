@@ -47,6 +47,8 @@ DELAY_WINDOW_MS: Final = 150
 #: ...and counts only when its peak stands this many times above the correlation's mean
 #: magnitude (noise alone peaks at ≈ 4; the bench's hybrids at 9–24).
 DELAY_CONFIDENCE: Final = 6.0
+#: ...and this many times above any peak more than DELAY_MARGIN_MS away from it.
+DELAY_UNIQUE_RATIO: Final = 1.3
 #: Tries on every eligible frame before trying only every tenth.
 DELAY_EAGER_TRIES: Final = 25
 #: The reference is delayed by the estimate less this, so the filter also sees the few
@@ -216,6 +218,12 @@ class SpeexEchoCanceller:
         peak, mean = int(np.argmax(by_lag)), float(np.mean(by_lag))
         if mean <= 0.0 or by_lag[peak] < DELAY_CONFIDENCE * mean:  # silence, or no clear echo
             return None
+        # Voiced speech repeats every pitch period: a rival peak elsewhere (a period off the
+        # true delay) as high as this one makes the estimate ambiguous.
+        near_peak = DELAY_MARGIN_MS * SAMPLE_RATE_HZ // 1000
+        rivals = np.concatenate((by_lag[: max(0, peak - near_peak)], by_lag[peak + near_peak :]))
+        if rivals.size and by_lag[peak] < DELAY_UNIQUE_RATIO * float(np.max(rivals)):
+            return None
         return max(0, peak - DELAY_MARGIN_MS * SAMPLE_RATE_HZ // 1000)
 
     def _update_delay(self) -> None:
@@ -250,17 +258,17 @@ class SpeexEchoCanceller:
         self._sent = np.concatenate((self._sent[FRAME_SAMPLES:], far))
         far_power = float(np.mean(far.astype(np.float64) ** 2)) / 32767.0**2
         far_active = _db(far_power) > ERLE_FAR_MIN_DBFS
-        if not self._confirmed:
-            self._received = np.concatenate((self._received[FRAME_SAMPLES:], near))
-            self._far_active = np.roll(self._far_active, -1)
-            self._far_active[-1] = far_active
-            if (self.frames * FRAME_SAMPLES >= len(self._sent)
-                    and np.mean(self._far_active) >= 0.6):
-                self._tries += 1
-                # Each try costs ≈ 100 µs: every frame at first, then every tenth (a path
-                # with no echo to find never confirms one).
-                if self._tries <= DELAY_EAGER_TRIES or self._tries % 10 == 0:
-                    self._update_delay()
+        self._received = np.concatenate((self._received[FRAME_SAMPLES:], near))
+        self._far_active = np.roll(self._far_active, -1)
+        self._far_active[-1] = far_active
+        if (self.frames * FRAME_SAMPLES >= len(self._sent)
+                and np.mean(self._far_active) >= 0.6):
+            self._tries += 1
+            # Each try costs ≈ 100 µs: every frame at first, then every tenth (a path with
+            # no echo to find never confirms one); none once the delay is confirmed.
+            if not self._confirmed and (self._tries <= DELAY_EAGER_TRIES
+                                        or self._tries % 10 == 0):
+                self._update_delay()
         end = len(self._sent) - self._delay
         reference = np.ascontiguousarray(self._sent[end - FRAME_SAMPLES : end])
         out = np.empty(FRAME_SAMPLES, dtype=np.int16)

@@ -45,3 +45,4 @@ def test_no_delay_is_taken_from_audio_without_echo() -> None:
     canceller, _ = _run(40.0, echo=False)
     assert canceller.bulk_delay_ms is None
     canceller.close()
+
