@@ -35,9 +35,9 @@ _LOGGER = logging.getLogger(__name__)
 #: (:meth:`SpeexEchoCanceller.process`). Fewer taps converge and reconverge faster than the
 #: 128 ms it took to cover the bulk delay too ("Echo cancellation" in docs/performance.md).
 FILTER_MS: Final = 48
-#: The filter adapts per sub-frame: two updates per 20 ms frame reconverge faster after an
-#: echo path change (measured, docs/performance.md) for ≈ 20 µs more per frame.
-SUBFRAME_SAMPLES: Final = FRAME_SAMPLES // 2
+#: The filter adapts once per 20 ms frame: 10 ms sub-frames reconverged a little faster but
+#: left single loud frames in a held call's silent channel (docs/performance.md).
+SUBFRAME_SAMPLES: Final = FRAME_SAMPLES
 #: Bulk delays the estimator looks for (the reference is delayed by up to this much).
 MAX_BULK_DELAY_MS: Final = 128
 #: The estimate is the cross-correlation (300–3400 Hz, phase transform) of the received
