@@ -11,8 +11,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,8 @@ import soundfile
 
 from appliance.line.sim import PtyModemServer
 from appliance.store.recorder import sha256_file
-from tests.system import index_probe
+from tests.system import daemon_proc, index_probe
+from tests.system.daemon_proc import start_daemon
 from tests.system.index_probe import query
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,33 +32,7 @@ POLL_S = 0.1
 
 
 def write_config(tmp_path: Path, device: str) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[call]
-cid_wait_s = 0.0
-agent_timeout_s = 60.0
-[[lines]]
-name = "main"
-device = "{device}"
-country_code = "51"
-[gpio]
-pin_factory = "mock"
-[speech]
-voice = "espeak"
-texts = {{ notice = "Tájékoztatjuk, hogy a hívást rögzítjük." }}
-""",
-        encoding="utf-8",
-    )
-    return config
-
-
-def start_daemon(config: Path, state_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--config", str(config), "--state-dir",
-         str(state_dir), "run"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    return daemon_proc.write_config(tmp_path, device, "Tájékoztatjuk, hogy a hívást rögzítjük.")
 
 
 async def wait_for_state(db: Path, state: str) -> sqlite3.Row:

@@ -17,7 +17,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 
 from appliance.daemon.control import request, socket_path
 from appliance.line.sim import PtyModemServer
+from tests.system import daemon_proc
 from tests.system.index_probe import query
 
 pytestmark = pytest.mark.timeout(150)
@@ -88,27 +88,8 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
 
 
 def write_config(tmp_path: Path, device: str, min_free_mb: int) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[call]
-cid_wait_s = 0.0
-agent_timeout_s = 60.0
-[recording]
-min_free_mb = {min_free_mb}
-[[lines]]
-name = "main"
-device = "{device}"
-country_code = "51"
-[gpio]
-pin_factory = "mock"
-[speech]
-voice = "espeak"
-texts = {{ notice = "Rögzítjük." }}
-""",
-        encoding="utf-8",
-    )
-    return config
+    return daemon_proc.write_config(tmp_path, device, "Rögzítjük.",
+                                    f"[recording]\nmin_free_mb = {min_free_mb}")
 
 
 def start_daemon(config: Path, disk: SmallDisk) -> subprocess.Popen[str]:
@@ -116,11 +97,7 @@ def start_daemon(config: Path, disk: SmallDisk) -> subprocess.Popen[str]:
         if not disk.mounted:
             resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT_BYTES, FSIZE_LIMIT_BYTES))
 
-    return subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--config", str(config), "--state-dir",
-         str(disk.state_dir), "run"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=limit,
-    )
+    return daemon_proc.start_daemon(config, disk.state_dir, preexec_fn=limit)
 
 
 async def status(state_dir: Path) -> dict[str, Any]:
