@@ -79,8 +79,9 @@ CHILD = textwrap.dedent(
                 done.set()
         tone = np.load(sys.argv[1])
         await backend.start(on_capture)
-        for i in range(0, len(tone), 160):
-            backend.play(tone[i:i + 160])
+        # One write: the ring's lock makes it atomic, so the callback thread cannot take
+        # part of the tone and pad the rest with silence when the machine is loaded.
+        backend.play(tone)
         await asyncio.wait_for(done.wait(), 10)
         await backend.stop()
         np.save(sys.argv[2], np.concatenate(captured))
