@@ -389,7 +389,7 @@ install_docs() {
 }
 
 install_ctl_wrapper() {
-    # Mopidy's mopidyctl idea (house-style.md §2.8): technician commands run as the service
+    # Mopidy's mopidyctl idea: technician commands run as the service
     # user with the service's config, so they see what the daemon sees.
     local tmp
     tmp="$(mktemp)"

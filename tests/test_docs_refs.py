@@ -58,6 +58,26 @@ def test_no_comment_points_outside_the_repository() -> None:
     assert outside == []
 
 
+#: Everything else a reader meets in the repository: docs, tests, hardware notes, units, scripts.
+OTHER_TEXTS = sorted(
+    path for path in [*ROOT.joinpath("docs").rglob("*.md"), *ROOT.joinpath("tests").rglob("*.py"),
+                      *ROOT.joinpath("hw").iterdir(), *ROOT.joinpath("systemd").iterdir(),
+                      ROOT / "README.md", ROOT / "setup.sh", ROOT / ".ci" / "run"]
+    if path.is_file() and path.name != Path(__file__).name)
+#: A pointer at a file outside the repository (the founders' maps beside it).
+OUTSIDE_FILE = re.compile(r"DESIGN\.md|\.\./shared|reference/[a-z0-9-]+\.md|house-style\.md"
+                          r"|prior-art\.md|law-gdpr\.md")
+
+
+def test_no_doc_test_or_script_points_outside_the_repository() -> None:
+    outside = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+               for path in OTHER_TEXTS
+               for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+               if OUTSIDE_FILE.search(line)]
+    assert len(OTHER_TEXTS) > 100
+    assert outside == []
+
+
 def test_every_cited_page_and_section_exists() -> None:
     missing = []
     for where, n, line in _lines():

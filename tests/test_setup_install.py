@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "setup.sh"
 SCRIPT_TIMEOUT_S = 60.0
 
-#: What a Pi must end up with: path → octal mode (house rules of issue 7).
+#: What a Pi must end up with: path → octal mode (docs/install.md, "Files and where they live").
 EXPECTED_MODES: dict[str, int] = {
     "etc/appliance": 0o750,
     "etc/appliance/config.toml": 0o640,
@@ -225,7 +225,7 @@ def test_readme_pin_map_matches_defaults() -> None:
         assert header[int(bcm)] == int(phys)
 
 
-#: USB IDs of known voice modems (reference/v253-modem.md §2).
+#: USB IDs of known voice modems, as hw/99-appliance-modem.rules lists them.
 KNOWN_MODEMS = [("0803", "3095"), ("0572", "1321"), ("0572", "1324"), ("0572", "1328"),
                 ("0572", "1329"), ("0572", "1340"), ("0572", "1349"), ("0baf", "0303")]
 

@@ -1,6 +1,6 @@
 """Tests for appliance.audio.dtmf: the streaming detector, on vectors generated here.
 
-Cases follow reference/audio-speech.md §7.3 (timing, noise, level, frequency error, repeated
+Cases follow docs/audio.md §7 (timing, noise, level, frequency error, repeated
 digits, talk-off on Hungarian speech) plus chunking invariance.
 """
 

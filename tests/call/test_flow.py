@@ -1,4 +1,4 @@
-"""The inbound call flow against in-memory ports: the ordering invariants of DESIGN.md §3.
+"""The inbound call flow against in-memory ports: the ordering invariants of docs/design.md §3.
 
 These are the flow's own unit tests (the ports are the flow's seams, not hardware); the whole
 daemon on the simulator is exercised in tests/system/.

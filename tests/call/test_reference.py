@@ -1,4 +1,4 @@
-"""Tests for call references (DESIGN.md §7): Damm digit, keyed permutation, parsing."""
+"""Tests for call references (docs/design.md §7): Damm digit, keyed permutation, parsing."""
 
 from __future__ import annotations
 

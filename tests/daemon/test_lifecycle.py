@@ -1,7 +1,7 @@
 """Life cycle under systemd: notify datagrams on a real AF_UNIX socket, watchdog vs loop lag.
 
 The receiving end is a bound AF_UNIX datagram socket standing in for systemd's notify socket
-(reference/audio-speech.md §9). A reader thread timestamps each datagram on arrival, so the
+(docs/audio.md §9). A reader thread timestamps each datagram on arrival, so the
 "no WATCHDOG while the loop is blocked" assertion does not depend on the blocked loop itself.
 """
 

@@ -1,6 +1,6 @@
 """Third-party interop: Debian's vgetty (package ``mgetty-voice``) on the emulator's pty.
 
-reference/v253-modem.md §9: an established V.253 client must answer a ringing call on the
+docs/v253.md §9: an established V.253 client must answer a ringing call on the
 emulator, play its greeting, record the caller's message, notice the hang-up and write its
 ``.rmd`` file. vgetty runs as a real child process on the pty (§9.2: port ``pts/N``,
 ``toggle-dtr no``).

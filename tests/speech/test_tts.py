@@ -78,7 +78,7 @@ def test_piper_reads_hungarian_with_espeak_override(joe_model: Path) -> None:
 
 def test_piper_identity(piper_joe: PiperEngine) -> None:
     assert piper_joe.voice_id == "piper:en_US-joe-medium"
-    # reference/audio-speech.md §1.2: the pinned hash of the packaged model.
+    # docs/audio.md §1.2: the pinned hash of the packaged model.
     assert piper_joe.settings["model_sha256"] == (
         "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"
     )

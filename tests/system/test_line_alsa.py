@@ -1,7 +1,7 @@
 """Line audio through a sound card (issue 3 item 8): a real daemon, a real pty modem for call
 control, and the call's audio through sounddevice → PortAudio → ALSA.
 
-The line's sound card is an ALSA ``asym`` PCM (reference/audio-speech.md §6.1, as in
+The line's sound card is an ALSA ``asym`` PCM (docs/line.md, "Line audio through a sound card", as in
 tests/audio/test_backend.py): playback is a ``file`` PCM over ``null`` writing a raw file;
 capture is a ``file`` PCM whose ``infile`` is a FIFO this test writes the caller's voice into
 at 8000 samples/s. ``null`` alone has no clock (PortAudio would run the call thousands of
