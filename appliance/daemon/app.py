@@ -13,12 +13,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +27,12 @@ import numpy as np
 from appliance.audio.backend import HandsetAudio, SoundDeviceAudio, open_handset_audio
 from appliance.audio.buffers import ClipPlayer
 from appliance.audio.pcm import FRAME_SAMPLES
-from appliance.audio.tones import ToneZone, one_shot, tone_zone
+from appliance.audio.tones import tone_zone
 from appliance.call.events import (
     AgentOffHook,
     AgentOnHook,
     CallerHungUp,
     CallEvent,
-    HandsetFree,
     LineLost,
 )
 from appliance.call.flow import CallerInfo, CallPolicy, CallPorts, CallResult, InboundCall
@@ -45,30 +42,30 @@ from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.halfduplex import HalfDuplexAudio
 from appliance.daemon.media import CallMedia
 from appliance.daemon.outbound_control import RING_GONE_S, OutboundController
+from appliance.daemon.panel_board import PanelBoard
+from appliance.daemon.prompts import Prompts, PromptShelf
+from appliance.daemon.shared_handset import CallHandset, SharedHandset
 from appliance.errors import (
     ApplianceError,
     AudioError,
     LineOffHook,
     ModemCommandError,
     ModemError,
-    SpeechError,
     StoreError,
 )
 from appliance.handset.slic import RingCadence, Slic, SlicPins
 from appliance.line.at import LinkState
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
-from appliance.panel.panel import Panel, PanelPins, PanelState
+from appliance.panel.panel import Panel, PanelPins
 from appliance.panel.relay import BypassRelay
-from appliance.speech.library import PromptLibrary
-from appliance.speech.prompts import load_prompt_texts, notice_texts_for
-from appliance.speech.tts import find_piper_voice, select_engine
+from appliance.speech.prompts import load_prompt_texts
 from appliance.store.audit import record_config
 from appliance.store.db import DB_DIR_MODE, Store
 from appliance.store.highwater import REFERENCE_KEY_FILE, read_mark, write_mark
 from appliance.store.recorder import recover_leftovers
 
 if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+    pass
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -92,23 +89,6 @@ LINE_OFF_HOOK_FAULT: Final = "the modem holds the line off-hook and refuses to h
 MODEM_SILENT_FAULT: Final = "the modem stopped answering (no reply to AT while idle)"
 
 CallObserver = Callable[[str, str, str], None]
-
-
-def render_library(cache_dir: str, lang: str, voice: str, wpm: int, texts: dict[str, str],
-                   notice_texts: dict[str, str]) -> None:
-    """Render a prompt library into ``cache_dir`` (runs in a spawned child process)."""
-    engine, _warning = select_engine(lang, voice, speed_wpm=wpm)
-    PromptLibrary.build(Path(cache_dir), lang=lang, engine=engine, texts=texts,
-                        notice_texts=notice_texts)
-
-
-def render_text(lang: str, voice: str, wpm: int, text: str) -> np.ndarray:
-    """Synthesize and condition one sentence (runs in a spawned child process)."""
-    from appliance.speech.condition import condition_for_phone
-
-    engine, _warning = select_engine(lang, voice, speed_wpm=wpm)
-    audio, rate = engine.synthesize(text)
-    return condition_for_phone(audio, rate)
 
 
 def make_pin_factory(name: str) -> Any:
@@ -156,176 +136,6 @@ def load_or_create_key(state_dir: Path) -> bytes:
         os.close(fd)
     os.replace(tmp, path)
     return key
-
-
-class Prompts:
-    """The call flow's view of the prompt library, plus the tones it needs as clips."""
-
-    def __init__(self, library: PromptLibrary, zone: ToneZone,
-                 extra: dict[str, np.ndarray] | None = None) -> None:
-        self._library = library
-        self._beep = one_shot(zone.beep, 400)
-        self._extra = dict(extra or {})
-
-    @property
-    def library(self) -> PromptLibrary:
-        return self._library
-
-    @property
-    def notice(self) -> np.ndarray:
-        return self._library.notice
-
-    @property
-    def notice_version(self) -> str:
-        return self._library.notice_version
-
-    def notice_layer(self, layer: str) -> np.ndarray:
-        return self._library.notice_layer(layer)
-
-    def layer_version(self, layer: str) -> str:
-        return self._library.layer_version(layer)
-
-    def clip(self, name: str) -> np.ndarray:
-        if name == "beep":
-            return self._beep
-        if name in self._extra:
-            return self._extra[name]
-        return self._library.clip(name)
-
-    def reference_audio(self, reference: str) -> np.ndarray:
-        return self._library.reference_audio(reference)
-
-
-class PanelBoard:
-    """The one front panel shared by every line: shows the busiest line's state.
-
-    Each line (and each call) reports its own state under a key; the LEDs show the most
-    active one (in call > voicemail > notice > waiting > ringing > idle), and the recording
-    LED is lit while any call records.
-    """
-
-    _STATES: Final = {
-        "idle": PanelState.IDLE,
-        "ended": PanelState.IDLE,
-        "ringing": PanelState.RINGING,
-        "answering": PanelState.NOTICE,
-        "notice": PanelState.NOTICE,
-        "holding": PanelState.WAITING_AGENT,
-        "ringing-agent": PanelState.WAITING_AGENT,
-        "bridged": PanelState.IN_CALL,
-        "voicemail": PanelState.VOICEMAIL,
-        "finalizing": PanelState.IN_CALL,
-    }
-    _PRIORITY: Final = (PanelState.IDLE, PanelState.RINGING, PanelState.WAITING_AGENT,
-                        PanelState.NOTICE, PanelState.VOICEMAIL, PanelState.IN_CALL)
-
-    def __init__(self, panel: Panel) -> None:
-        self._panel = panel
-        self._states: dict[str, PanelState] = {}
-        self._recording: set[str] = set()
-
-    def report(self, key: str, state: str) -> None:
-        panel_state = self._STATES.get(state, PanelState.IN_CALL)
-        if panel_state is PanelState.IDLE:
-            self._states.pop(key, None)
-        else:
-            self._states[key] = panel_state
-        shown = max(self._states.values(), key=self._PRIORITY.index, default=PanelState.IDLE)
-        self._panel.show(shown)
-
-    def recording(self, key: str, on: bool) -> None:
-        if on:
-            self._recording.add(key)
-        else:
-            self._recording.discard(key)
-        self._panel.set_recording(bool(self._recording))
-
-    def port(self, key: str) -> _PanelPort:
-        return _PanelPort(self, key)
-
-
-class _PanelPort:
-    """One call's view of the shared panel (implements the flow's PanelPort)."""
-
-    def __init__(self, board: PanelBoard, key: str) -> None:
-        self._board = board
-        self._key = key
-
-    def show(self, state: str) -> None:
-        self._board.report(self._key, state)
-
-    def set_recording(self, on: bool) -> None:
-        self._board.recording(self._key, on)
-
-
-class SharedHandset:
-    """One handset for every line: first come, first served; later calls hold.
-
-    The call that first asks to ring the handset owns it until it ends; a call that asks
-    while it is owned waits in FIFO order and gets ``HandsetFree`` when its turn comes. Hook
-    events, the earpiece and the mouthpiece belong to the owner only, so two calls never hear
-    each other.
-    """
-
-    def __init__(self, slic: Slic) -> None:
-        self.slic = slic
-        self.owner: str | None = None
-        self._waiting: deque[str] = deque()
-        self._queues: dict[str, asyncio.Queue[CallEvent]] = {}
-
-    def register(self, reference: str, events: asyncio.Queue[CallEvent]) -> None:
-        """A new call: it queues for the handset at once if another call has it."""
-        self._queues[reference] = events
-        if self.owner is not None and self.owner != reference:
-            self._waiting.append(reference)
-
-    def request(self, reference: str) -> bool:
-        if self.owner is None:
-            self.owner = reference
-        if self.owner != reference and reference not in self._waiting:
-            self._waiting.append(reference)
-        return self.owner == reference
-
-    def release(self, reference: str) -> None:
-        self._queues.pop(reference, None)
-        with contextlib.suppress(ValueError):
-            self._waiting.remove(reference)
-        if self.owner != reference:
-            return
-        self.owner = None
-        while self._waiting:
-            nxt = self._waiting.popleft()
-            queue = self._queues.get(nxt)
-            if queue is not None:
-                self.owner = nxt
-                queue.put_nowait(HandsetFree())
-                _LOGGER.info("call %s: the handset is free for it now", nxt)
-                return
-
-
-class _CallHandset:
-    """The shared handset as one call sees it (implements the flow's HandsetPort)."""
-
-    def __init__(self, shared: SharedHandset, reference: str, cadence: RingCadence) -> None:
-        self._shared = shared
-        self._reference = reference
-        self._cadence = cadence
-
-    @property
-    def off_hook(self) -> bool:
-        return self._shared.owner == self._reference and self._shared.slic.off_hook
-
-    @property
-    def available(self) -> bool:
-        return self._shared.owner in (None, self._reference)
-
-    def start_ringing(self) -> None:
-        if self._shared.request(self._reference):
-            self._shared.slic.start_ringing(self._cadence)
-
-    async def stop_ringing(self) -> None:
-        if self._shared.owner == self._reference:
-            await self._shared.slic.stop_ringing()
 
 
 class _LinePort:
@@ -685,7 +495,7 @@ class LineSession:
         ports = CallPorts(
             line=_LinePort(modem, media, line_audio, on_no_duplex=self._no_duplex,
                            on_hung_up=self.hung_up),
-            handset=_CallHandset(app.handset, reference, cadence),
+            handset=CallHandset(app.handset, reference, cadence),
             media=media,
             store=app.store,
             prompts=app.prompts_for(self.line),
@@ -762,17 +572,6 @@ class LineSession:
 
 
 
-def _render_pool() -> ProcessPoolExecutor:
-    """A one-process pool (spawned, so the child starts clean) for rendering speech.
-
-    multiprocessing is imported here, not at the top: the daemon needs it only on the rare
-    render path, and it and pickle are RSS the daemon carries for ever (docs/performance.md).
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-
 class Application:
     """The whole daemon. All methods run on the event loop."""
 
@@ -813,9 +612,8 @@ class Application:
         self.observers: list[CallObserver] = []
         self.completed: asyncio.Queue[CallResult] = asyncio.Queue()
         self.last_result: CallResult | None = None
-        self._prompts: dict[tuple[str, str], Prompts] = {}
+        self.prompt_shelf = PromptShelf(config, self.tone_zone)
         self.lines: list[LineSession] = []
-        self.speech_warning: str | None = None
         #: Set at start when the index is behind the reference counter's high-water mark.
         self.index_fault: str | None = None
         #: A recording or index write failed (a full disk): the disk-full fault until the
@@ -856,7 +654,7 @@ class Application:
             await self._recover()
         # The configuration in force is evidence too: audit any change since the last start.
         await asyncio.to_thread(record_config, self.store, cfg.to_dict(), actor="appliance")
-        await asyncio.to_thread(self._build_all_prompts)
+        await asyncio.to_thread(self.prompt_shelf.build)
         self.panel = Panel(
             PanelPins(ready=cfg.panel.ready_pin, line=cfg.panel.line_pin,
                       recording=cfg.panel.recording_pin, fault=cfg.panel.fault_pin,
@@ -1115,92 +913,19 @@ class Application:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _prompt_key(line: LineConfig, config: Config) -> tuple[str, str]:
-        return (line.language or config.device.language, line.company or config.device.company)
-
     def prompts_for(self, line: LineConfig) -> Prompts:
         """The prompts of ``line`` (a line may speak another company name or language)."""
-        return self._prompts[(self._prompt_key(line, self.config), line.name)]  # type: ignore[index]
+        return self.prompt_shelf.for_line(line)
 
     @property
     def prompts(self) -> Prompts:
         """The default line's prompts."""
-        return self.prompts_for(self.config.lines[0])
+        return self.prompt_shelf.for_line(self.config.lines[0])
 
-    def _build_all_prompts(self) -> None:
-        """Load every line's prompts from the cache, rendering missing ones in a child process.
-
-        Runs in a thread. The daemon itself never loads a speech engine: rendering (espeak-ng
-        or Piper, soxr, scipy) happens in a spawned child process, so the daemon stays small
-        (scipy alone is ≈ 88 MB RSS; docs/design.md §9 targets 60 MB) and the GPL-3 Piper code runs
-        in its own process (docs/audio.md §1.7).
-        """
-        cfg = self.config
-        default_key = (cfg.device.language, cfg.device.company)
-        for line in cfg.lines:
-            key = self._prompt_key(line, cfg)
-            lang, company = key
-            texts = load_prompt_texts(lang, cfg.speech.texts)
-            notice_texts = notice_texts_for(cfg, texts, lang=lang, company=company)
-            wanted = dict(texts)
-            if len(cfg.lines) > 1:
-                for other in cfg.lines:
-                    if self._prompt_key(other, cfg) == key:
-                        wanted[f"whisper_line@{other.name}"] = texts["whisper_line"].format(
-                            line=other.name)
-            # The default voice/company shares `appliance sounds build`'s cache directory.
-            slug = hashlib.sha256(f"{lang}|{company}".encode()).hexdigest()[:12]
-            cache = cfg.prompt_cache_dir if key == default_key else cfg.prompt_cache_dir / slug
-            library = self._load_or_render(cache, lang, wanted, notice_texts)
-            extra = {}
-            if len(cfg.lines) > 1:
-                extra["whisper_line"] = library.clip(f"whisper_line@{line.name}")
-            self._prompts[(key, line.name)] = Prompts(  # type: ignore[index]
-                library, self.tone_zone, extra)
-
-    def _wanted_voice(self, lang: str) -> tuple[str, str | None]:
-        """(voice id the configuration asks for, warning if it falls back to espeak-ng)."""
-        voice = self.config.speech.voice
-        if voice in ("", "espeak"):
-            return f"espeak-ng:{lang}", None
-        path = Path(voice).expanduser() if (voice.endswith(".onnx") or "/" in voice) else (
-            find_piper_voice(voice))
-        if path is None or not path.is_file():
-            return f"espeak-ng:{lang}", (
-                f"Piper voice {voice!r} is not installed; prompts are rendered with espeak-ng "
-                f"({lang}) instead — sudo ./setup.sh install fetches it")
-        return f"piper:{path.name.removesuffix('.onnx')}", None
-
-    def _load_or_render(self, cache: Path, lang: str, texts: dict[str, str],
-                        notice_texts: dict[str, str]) -> PromptLibrary:
-        voice_id, warning = self._wanted_voice(lang)
-        self.speech_warning = self.speech_warning or warning
-        if warning:
-            _LOGGER.warning("%s", warning)
-        try:
-            library = PromptLibrary.load(cache, lang=lang, notice_texts=notice_texts)
-            missing = [name for name in texts
-                       if "{" not in texts[name] and name not in library.names]
-            if library.voice_id == voice_id and not missing:
-                return library
-            _LOGGER.info("prompts in %s are out of date (voice %s, missing %s); rendering",
-                         cache, library.voice_id, missing[:3])
-        except SpeechError as exc:
-            _LOGGER.info("prompts not yet rendered (%s); rendering", exc)
-        started = time.monotonic()
-        with _render_pool() as pool:
-            pool.submit(render_library, str(cache), lang, self.config.speech.voice,
-                        self.config.speech.espeak_wpm, texts, notice_texts).result()
-        _LOGGER.info("prompts rendered in %.1f s (child process)", time.monotonic() - started)
-        return PromptLibrary.load(cache, lang=lang, notice_texts=notice_texts)
-
-    def render_text(self, text: str) -> np.ndarray:
-        """Speak ``text`` now (button announcements), rendered in a child process."""
-        with _render_pool() as pool:
-            return pool.submit(render_text, self.config.device.language,
-                               self.config.speech.voice, self.config.speech.espeak_wpm,
-                               text).result()
+    @property
+    def speech_warning(self) -> str | None:
+        """Why the prompts are not in the configured voice (None: they are)."""
+        return self.prompt_shelf.speech_warning
 
     async def _recover(self) -> None:
         """Finalize recordings a crash (or a full disk) left behind; finish unfinished calls.
@@ -1383,7 +1108,6 @@ class Application:
 
     def last_call_text(self) -> str:
         """The sentence the button speaks (template ``last_call`` / ``no_calls_yet``)."""
-        from appliance.speech.prompts import load_prompt_texts
 
         lang = self.config.device.language
         texts = load_prompt_texts(lang, self.config.speech.texts)
@@ -1401,7 +1125,6 @@ class Application:
         return texts["last_call"].format(reference=reference, caller=caller, time=spoken_time)
 
     def health_text(self) -> str:
-        from appliance.speech.prompts import load_prompt_texts
 
         texts = load_prompt_texts(self.config.device.language, self.config.speech.texts)
         faults = self.faults()
@@ -1413,7 +1136,7 @@ class Application:
         """Render ``last-call`` or ``health`` and say it into the earpiece (never to a caller)."""
         text = self.last_call_text() if what == "last-call" else self.health_text()
         try:
-            clip = await asyncio.to_thread(self.render_text, text)
+            clip = await asyncio.to_thread(self.prompt_shelf.render_text, text)
         except Exception:
             _LOGGER.exception("cannot render the %s announcement", what)
             return

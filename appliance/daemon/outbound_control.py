@@ -9,7 +9,7 @@ While the box is idle, lifting the handset starts a session (one :class:`Outboun
   frame leaves one handset tick after the debounced off-hook event.
 * **Digits**: DTMF detected on the handset capture (``DtmfDetector``) and pulse digits from the
   SLIC (``HookEvent(kind="digit")``) both become ``DigitDialled``.
-* **The handset** is taken in :class:`~appliance.daemon.app.SharedHandset` under
+* **The handset** is taken in :class:`~appliance.daemon.shared_handset.SharedHandset` under
   :data:`OWNER`, so an inbound call on another line holds instead of ringing an
   off-hook phone; a RING on a line while the shop has not dialled a digit wins: the session
   ends and the inbound call finds the shop already off-hook.
