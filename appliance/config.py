@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.errors import ConfigError
+from appliance.languages.registry import builtin as builtin_languages
+from appliance.languages.registry import for_config as languages_for
 from appliance.line.commands import DEFAULT_FORMAT_PREFERENCE, FORMAT_NAMES
 
 #: sysexits.h EX_CONFIG: "something was found in an unconfigured or misconfigured state".
@@ -31,8 +33,9 @@ DEFAULT_CONFIG_PATH: Final = Path("/etc/appliance/config.toml")
 ENV_CONFIG: Final = "APPLIANCE_CONFIG"
 ENV_STATE_DIR: Final = "APPLIANCE_STATE_DIR"
 
-#: Languages with a packaged prompt file (appliance/speech/prompts/); Hungarian is the default.
-LANGUAGES: Final[tuple[str, ...]] = ("hu", "en")
+#: The built-in languages (appliance/languages/, docs/languages.md); Hungarian is the default.
+#: ``speech.languages_dir`` may add more, so validation asks ``languages_for(config)``.
+LANGUAGES: Final[tuple[str, ...]] = builtin_languages().codes
 CODECS: Final = ("flac", "opus", "wav")
 DTMF_KEYS: Final = tuple("0123456789*#")
 #: Where plain HTTP may listen (web.tls = false): the box itself only.
@@ -46,7 +49,7 @@ class DeviceConfig:
     company: str
     """The shop's name as the notice speaks it."""
     language: str
-    """Prompt language (``hu`` or ``en``)."""
+    """Prompt language: a folder of appliance/languages/ or ``speech.languages_dir``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,8 @@ class SpeechConfig:
     espeak_wpm: int
     #: Overrides of prompt texts by name, in the device's language.
     texts: Mapping[str, str] = field(default_factory=dict)
+    #: A directory of further language folders ("" = the built-in languages only).
+    languages_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,7 +612,8 @@ def _check(ok: bool, key: str, expected: str, found: object) -> None:
 def _validate(c: Config) -> None:
     """Value checks beyond types; each names its key."""
     _check_ranges(c)
-    _check(c.device.language in LANGUAGES, "device.language", f"one of {LANGUAGES}",
+    known = languages_for(c)  # raises for a broken language folder, naming it
+    _check(c.device.language in known, "device.language", f"one of {known.codes}",
            c.device.language)
     _check(bool(c.device.company.strip()), "device.company", "a non-empty name", c.device.company)
     _check(c.call.optout_key in DTMF_KEYS, "call.optout_key", "one DTMF key 0-9 * #",
@@ -626,8 +632,8 @@ def _validate(c: Config) -> None:
         _check(bool(line.name) and names.count(line.name) == 1, f"lines[{i}].name",
                "a unique non-empty name", line.name)
         _check(bool(line.device), f"lines[{i}].device", "a serial path or sim://", line.device)
-        _check(line.language in ("", *LANGUAGES), f"lines[{i}].language",
-               f'"" or one of {LANGUAGES}', line.language)
+        _check(line.language == "" or line.language in known, f"lines[{i}].language",
+               f'"" or one of {known.codes}', line.language)
         _check(line.tx_lead_ms % 20 == 0, f"lines[{i}].tx_lead_ms",
                "20..200 in steps of 20 (ms)", line.tx_lead_ms)
         if line.ring_on_s or line.ring_off_s:

@@ -35,6 +35,7 @@ import numpy.typing as npt
 import soundfile
 
 from appliance.errors import ReferenceFormatError, SpeechError
+from appliance.languages.registry import Registry
 from appliance.speech.condition import CONDITIONING_VERSION, PHONE_RATE_HZ, condition_for_phone
 from appliance.speech.prompts import NOTICE_FIRST, NOTICE_LAYERS, digit_word
 from appliance.speech.tts import TtsEngine
@@ -258,6 +259,7 @@ class PromptLibrary:
         texts: Mapping[str, str],
         notice_texts: Mapping[str, str],
         progress: ProgressCallback | None = None,
+        languages: Registry | None = None,
     ) -> PromptLibrary:
         """Render (or reuse) every clip into ``cache_dir`` and write the manifest.
 
@@ -274,6 +276,7 @@ class PromptLibrary:
             notice_texts: the filled notice layers, by name (:data:`NOTICE_LAYERS`).
             progress: called as ``progress(name, reused, seconds)`` once per clip, right
                 after it was rendered or found in the cache.
+            languages: where ``lang`` is looked up (None = the built-in languages).
 
         Raises:
             SpeechError: the engine failed or produced silence.
@@ -292,7 +295,7 @@ class PromptLibrary:
         for layer in NOTICE_LAYERS:
             sources[layer] = notice_texts[layer]
         for digit in DIGIT_CLIPS:
-            sources[digit] = digit_word(lang, digit)
+            sources[digit] = digit_word(lang, digit, languages)
         clips: dict[str, npt.NDArray[np.int16]] = {}
         files: dict[str, str] = {}
         for name, text in sources.items():

@@ -28,6 +28,7 @@ import numpy.typing as npt
 import soundfile
 
 from appliance.errors import SpeechError
+from appliance.languages.registry import Registry, builtin
 
 if TYPE_CHECKING:
     from piper import PiperVoice
@@ -52,9 +53,15 @@ VOICE_DIRS: Final[tuple[Path, ...]] = (
 JOE_VOICE: Final[str] = "en_US-joe-medium"
 #: Accepted as ``voice`` to ask for espeak-ng explicitly.
 ESPEAK_VOICE_NAME: Final[str] = "espeak"
-#: espeak-ng voice per appliance language.
-ESPEAK_VOICES: Final[Mapping[str, str]] = {"hu": "hu", "en": "en-us"}
 _HASH_CHUNK_BYTES: Final[int] = 1 << 20
+
+
+def espeak_voice_for(lang: str, languages: Registry | None = None) -> str:
+    """The espeak-ng voice of appliance language ``lang`` (its ``language.toml``); a code
+    that is no language of ``languages`` (None = the built-in ones) is taken as an espeak-ng
+    voice name itself."""
+    known = languages or builtin()
+    return known.get(lang).espeak_voice if lang in known else lang
 
 
 @runtime_checkable
@@ -94,6 +101,7 @@ class EspeakEngine:
         *,
         executable: str = ESPEAK_EXECUTABLE,
         timeout_s: float = ESPEAK_TIMEOUT_S,
+        languages: Registry | None = None,
     ) -> None:
         """Create the engine; nothing runs until the first use.
 
@@ -102,9 +110,10 @@ class EspeakEngine:
             speed_wpm: speaking rate in words per minute.
             executable: espeak-ng program name or path.
             timeout_s: limit for one synthesis.
+            languages: where ``lang`` is looked up (None = the built-in languages).
         """
         self.lang = lang
-        self.espeak_voice = ESPEAK_VOICES.get(lang, lang)
+        self.espeak_voice = espeak_voice_for(lang, languages)
         self.speed_wpm = speed_wpm
         self.executable = executable
         self.timeout_s = timeout_s
@@ -329,6 +338,7 @@ def select_engine(
     *,
     voice_dirs: Sequence[Path] = VOICE_DIRS,
     speed_wpm: int = ESPEAK_DEFAULT_WPM,
+    languages: Registry | None = None,
 ) -> tuple[TtsEngine, str | None]:
     """Choose the engine for ``voice``, falling back to espeak-ng with a warning.
 
@@ -338,13 +348,14 @@ def select_engine(
             "espeak", or None (espeak-ng, no warning).
         voice_dirs: where named voices are installed.
         speed_wpm: espeak-ng speaking rate, if espeak-ng is chosen.
+        languages: where ``lang`` is looked up (None = the built-in languages).
 
     Returns:
         ``(engine, warning)``; ``warning`` is a sentence for ``appliance doctor`` when the
         configured Piper voice is missing or unusable, else None.
     """
     if voice is None or voice == ESPEAK_VOICE_NAME:
-        return EspeakEngine(lang, speed_wpm), None
+        return EspeakEngine(lang, speed_wpm, languages=languages), None
     path: Path | None
     if voice.endswith(".onnx") or "/" in voice:
         path = Path(voice).expanduser()
@@ -362,7 +373,7 @@ def select_engine(
         f"espeak-ng ({lang}) instead"
     )
     _LOGGER.warning("%s", warning)
-    return EspeakEngine(lang, speed_wpm), warning
+    return EspeakEngine(lang, speed_wpm, languages=languages), warning
 
 
 def espeak_available(executable: str = ESPEAK_EXECUTABLE) -> bool:

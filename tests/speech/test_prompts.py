@@ -7,19 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.errors import ConfigError
-from appliance.speech.prompts import (
-    PROMPT_NAMES,
-    en_duration,
-    en_key_phrase,
-    en_number_words,
-    hu_article,
-    hu_duration,
-    hu_key_name,
-    hu_key_phrase,
-    hu_number_words,
-    load_prompt_texts,
-    render_notice_texts,
-)
+from appliance.languages.en.grammar import duration as en_duration
+from appliance.languages.en.grammar import key_phrase as en_key_phrase
+from appliance.languages.en.grammar import number_words as en_number_words
+from appliance.languages.hu.grammar import article as hu_article
+from appliance.languages.hu.grammar import duration as hu_duration
+from appliance.languages.hu.grammar import key_accusative as hu_key_phrase
+from appliance.languages.hu.grammar import key_name as hu_key_name
+from appliance.languages.hu.grammar import number_words as hu_number_words
+from appliance.speech.prompts import PROMPT_NAMES, load_prompt_texts, render_notice_texts
 
 HU_PURPOSE = "minőségbiztosítás és panaszkezelés"
 

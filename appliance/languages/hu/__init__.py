@@ -1,0 +1,1 @@
+"""Hungarian (the default language): docs/languages.md."""
