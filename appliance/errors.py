@@ -44,6 +44,12 @@ class ModemCommandError(ModemError):
         super().__init__(f"{command!r} → {result}")
 
 
+class ModemStrayConnect(ModemError):
+    """The modem went into its data (voice) state by itself while idle: an unsolicited
+    ``CONNECT``. It takes no commands there, so the line is as dead as with a silent modem,
+    but the modem did speak (docs/line.md, "Liveness")."""
+
+
 class ModemGone(ModemError, ConnectionError):
     """The modem's port disappeared or the link failed; the supervisor will reopen it."""
 

@@ -51,6 +51,7 @@ from appliance.errors import (
     LineOffHook,
     ModemCommandError,
     ModemError,
+    ModemStrayConnect,
     StoreError,
 )
 from appliance.handset.slic import RingCadence, Slic, SlicPins
@@ -87,6 +88,10 @@ BYTES_PER_MB: Final = 1_000_000
 LINE_OFF_HOOK_FAULT: Final = "the modem holds the line off-hook and refuses to hang up"
 #: The line fault shown when the idle liveness check went unanswered (code 1, as unplugged).
 MODEM_SILENT_FAULT: Final = "the modem stopped answering (no reply to AT while idle)"
+#: The liveness check found the link in the data state with no call (an unsolicited CONNECT):
+#: the modem spoke, but it takes no commands there.
+MODEM_STRAY_CONNECT_FAULT: Final = ("the modem went into its data state by itself (an "
+                                    "unsolicited CONNECT while idle)")
 
 CallObserver = Callable[[str, str, str], None]
 
@@ -408,13 +413,15 @@ class LineSession:
     async def _alive(self, modem: Modem) -> bool:
         """The idle liveness check (issue: a modem silent while idle looked "ready"): a bare
         ``AT``. No reply → the line faults as for a missing modem and the supervisor reopens
-        it with back-off; False then (the dispatcher ends)."""
+        it with back-off; False then (the dispatcher ends). The fault says which it was: no
+        reply, or a modem that went into its data state unasked."""
         try:
             await modem.check_alive()
         except ModemError as exc:
-            _LOGGER.error("line %s: %s (%s); reopening", self.line.name, MODEM_SILENT_FAULT,
-                          exc)
-            self._down = (MODEM_SILENT_FAULT, "modem-missing")
+            fault = (MODEM_STRAY_CONNECT_FAULT if isinstance(exc, ModemStrayConnect)
+                     else MODEM_SILENT_FAULT)
+            _LOGGER.error("line %s: %s (%s); reopening", self.line.name, fault, exc)
+            self._down = (fault, "modem-missing")
             return False
         return True
 

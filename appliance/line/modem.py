@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
-from appliance.errors import LineOffHook, ModemCommandError, ModemError, ModemGone, ModemTimeout
+from appliance.errors import (
+    LineOffHook,
+    ModemCommandError,
+    ModemError,
+    ModemGone,
+    ModemStrayConnect,
+    ModemTimeout,
+)
 from appliance.line.at import STOP_VOICE_TIMEOUT_S, AtProtocol, LinkState, Mode
 from appliance.line.codec import (
     DLE_ABORT_RX,
@@ -842,8 +849,14 @@ class Modem:
 
         Raises:
             ModemTimeout, ModemGone: the modem does not answer.
+            ModemStrayConnect: the link is in the data state with no voice operation asked
+                for (the modem sent ``CONNECT`` unasked): ``AT`` would only be taken as
+                audio, so it is not sent.
         """
         at = self._at()
+        if at.mode is Mode.VOICE and self._voice_op is None:
+            raise ModemStrayConnect("the modem sent CONNECT while idle and is in its data "
+                                    "state; it takes no commands there")
         for attempt in range(2):
             try:
                 await at.command("AT")

@@ -5,7 +5,8 @@ pty opened by pyserial, MockFactory pins.
 * a modem that refuses every hang-up faults the line (code 9, relay released, never "ready")
   until it lets go;
 * a modem that stops answering while idle is noticed by the liveness check, faults the line
-  like a missing modem, and the line recovers when it answers again; doctor says so.
+  like a missing modem, and the line recovers when it answers again; doctor says so;
+* a modem that sends CONNECT while idle is not called silent: the fault says what happened.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from appliance.audio.backend import SimHandsetAudio
 from appliance.call.flow import CallResult
 from appliance.cli.main import cli
 from appliance.config import load_config
-from appliance.daemon.app import LINE_OFF_HOOK_FAULT, MODEM_SILENT_FAULT, Application
+from appliance.daemon.app import (
+    LINE_OFF_HOOK_FAULT,
+    MODEM_SILENT_FAULT,
+    MODEM_STRAY_CONNECT_FAULT,
+    Application,
+)
 from appliance.line.sim import PtyModemServer, SimModem
 
 pytestmark = pytest.mark.timeout(180)
@@ -198,3 +204,32 @@ async def test_a_modem_silent_while_idle_is_noticed_and_recovers(
     result = await asyncio.wait_for(app.completed.get(), TIMEOUT_S)
     assert app.store.get_call(result.reference) is not None
     await server.sim.wait_on_hook(TIMEOUT_S)
+
+
+@pytest.mark.parametrize("box", [0.5], indirect=True)
+async def test_a_stray_connect_while_idle_is_named_as_such(
+    box: tuple[Application, PtyModemServer, Path],
+) -> None:
+    app, server, _ = box
+    session = app.lines[0]
+    faults: list[str] = []
+
+    def watch() -> bool:
+        if session.fault is not None:
+            faults.append(session.fault)
+        return bool(faults)
+
+    # The modem goes into its data state unasked: it spoke, it is not silent.
+    server.sim.inject(b"\r\nCONNECT\r\n")
+    await _until(watch)
+    assert faults[0] == MODEM_STRAY_CONNECT_FAULT
+    assert MODEM_SILENT_FAULT not in faults
+    assert app.fault_codes()[0] == "modem-missing"
+    # The reopen leaves the data state: the line is ready and answers again.
+    await _until(lambda: session.fault is None and session.state == "idle")
+    assert app.status_line().startswith("ready")
+    server.sim.ring("+3644444444", None)
+    await server.sim.wait_off_hook(TIMEOUT_S)
+    server.sim.remote_hangup()
+    result = await asyncio.wait_for(app.completed.get(), TIMEOUT_S)
+    assert app.store.get_call(result.reference) is not None
