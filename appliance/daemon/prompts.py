@@ -22,9 +22,10 @@ import numpy as np
 
 from appliance.audio.tones import ToneZone, one_shot
 from appliance.errors import SpeechError
+from appliance.languages.registry import for_config, registry
 from appliance.speech.library import PromptLibrary
 from appliance.speech.prompts import load_prompt_texts, notice_texts_for
-from appliance.speech.tts import find_piper_voice, select_engine
+from appliance.speech.tts import espeak_voice_for, find_piper_voice, select_engine
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -35,18 +36,23 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def render_library(cache_dir: str, lang: str, voice: str, wpm: int, texts: dict[str, str],
-                   notice_texts: dict[str, str]) -> None:
-    """Render a prompt library into ``cache_dir`` (runs in a spawned child process)."""
-    engine, _warning = select_engine(lang, voice, speed_wpm=wpm)
+                   notice_texts: dict[str, str], languages_dir: str = "") -> None:
+    """Render a prompt library into ``cache_dir`` (runs in a spawned child process).
+
+    ``languages_dir`` is ``speech.languages_dir``: the child finds ``lang`` where the daemon did.
+    """
+    languages = registry(languages_dir)
+    engine, _warning = select_engine(lang, voice, speed_wpm=wpm, languages=languages)
     PromptLibrary.build(Path(cache_dir), lang=lang, engine=engine, texts=texts,
-                        notice_texts=notice_texts)
+                        notice_texts=notice_texts, languages=languages)
 
 
-def render_text(lang: str, voice: str, wpm: int, text: str) -> np.ndarray:
+def render_text(lang: str, voice: str, wpm: int, text: str, languages_dir: str = "") -> np.ndarray:
     """Synthesize and condition one sentence (runs in a spawned child process)."""
     from appliance.speech.condition import condition_for_phone
 
-    engine, _warning = select_engine(lang, voice, speed_wpm=wpm)
+    engine, _warning = select_engine(lang, voice, speed_wpm=wpm,
+                                     languages=registry(languages_dir))
     audio, rate = engine.synthesize(text)
     return condition_for_phone(audio, rate)
 
@@ -130,7 +136,7 @@ class PromptShelf:
         for line in cfg.lines:
             key = self._prompt_key(line, cfg)
             lang, company = key
-            texts = load_prompt_texts(lang, cfg.speech.texts)
+            texts = load_prompt_texts(lang, cfg.speech.texts, for_config(cfg))
             notice_texts = notice_texts_for(cfg, texts, lang=lang, company=company)
             wanted = dict(texts)
             if len(cfg.lines) > 1:
@@ -150,12 +156,13 @@ class PromptShelf:
     def _wanted_voice(self, lang: str) -> tuple[str, str | None]:
         """(voice id the configuration asks for, warning if it falls back to espeak-ng)."""
         voice = self._config.speech.voice
+        espeak_id = f"espeak-ng:{espeak_voice_for(lang, for_config(self._config))}"
         if voice in ("", "espeak"):
-            return f"espeak-ng:{lang}", None
+            return espeak_id, None
         path = Path(voice).expanduser() if (voice.endswith(".onnx") or "/" in voice) else (
             find_piper_voice(voice))
         if path is None or not path.is_file():
-            return f"espeak-ng:{lang}", (
+            return espeak_id, (
                 f"Piper voice {voice!r} is not installed; prompts are rendered with espeak-ng "
                 f"({lang}) instead — sudo ./setup.sh install fetches it")
         return f"piper:{path.name.removesuffix('.onnx')}", None
@@ -179,7 +186,8 @@ class PromptShelf:
         started = time.monotonic()
         with _render_pool() as pool:
             pool.submit(render_library, str(cache), lang, self._config.speech.voice,
-                        self._config.speech.espeak_wpm, texts, notice_texts).result()
+                        self._config.speech.espeak_wpm, texts, notice_texts,
+                        self._config.speech.languages_dir).result()
         _LOGGER.info("prompts rendered in %.1f s (child process)", time.monotonic() - started)
         return PromptLibrary.load(cache, lang=lang, notice_texts=notice_texts)
 
@@ -191,4 +199,4 @@ class PromptShelf:
         cfg = self._config
         with _render_pool() as pool:
             return pool.submit(render_text, cfg.device.language, cfg.speech.voice,
-                               cfg.speech.espeak_wpm, text).result()
+                               cfg.speech.espeak_wpm, text, cfg.speech.languages_dir).result()
