@@ -55,6 +55,7 @@ from appliance.errors import (
     StoreError,
 )
 from appliance.handset.slic import RingCadence, Slic, SlicPins
+from appliance.languages.registry import for_config as languages_for
 from appliance.line.at import LinkState
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
 from appliance.panel.panel import Panel, PanelPins
@@ -1116,24 +1117,25 @@ class Application:
     def last_call_text(self) -> str:
         """The sentence the button speaks (template ``last_call`` / ``no_calls_yet``)."""
 
-        lang = self.config.device.language
-        texts = load_prompt_texts(lang, self.config.speech.texts)
+        language = languages_for(self.config).get(self.config.device.language)
+        texts = load_prompt_texts(language.code, self.config.speech.texts,
+                                  languages_for(self.config))
         last = self.store.last_call()
         if last is None:
             return texts["no_calls_yet"]
         groups = format_reference(last["reference"]).split("-")
         reference = ", ".join(" ".join(group) for group in groups)
         number = last["caller_number"]
-        caller = " ".join(number.lstrip("+")) if number else (
-            "ismeretlen" if lang == "hu" else "unknown")
+        caller = (" ".join(number.lstrip("+")) if number
+                  else language.words["unknown_caller"])
         when = time.localtime(last["ring_at"] or 0)
-        spoken_time = (f"{when.tm_hour} óra {when.tm_min} perc" if lang == "hu"
-                       else f"{when.tm_hour} {when.tm_min:02d}")
+        spoken_time = language.grammar.spoken_time(when.tm_hour, when.tm_min)
         return texts["last_call"].format(reference=reference, caller=caller, time=spoken_time)
 
     def health_text(self) -> str:
 
-        texts = load_prompt_texts(self.config.device.language, self.config.speech.texts)
+        texts = load_prompt_texts(self.config.device.language, self.config.speech.texts,
+                                  languages_for(self.config))
         faults = self.faults()
         if not faults:
             return texts["health_ok"]
