@@ -200,11 +200,13 @@ def purge(obj: CliContext, dry_run: bool, as_json: bool) -> None:
 def export(obj: CliContext, reference: str, out_dir: Path, as_zip: bool, as_json: bool) -> None:
     """Export one call for its caller: WAV + original + metadata + hash proof + summary.
 
-    The summary (SUMMARY.txt) is in Hungarian and English; SHA256SUMS lets anyone re-check
+    The summary (SUMMARY.txt) is in Hungarian and English (after device.language if that is
+    another one); SHA256SUMS lets anyone re-check
     the files with `sha256sum -c SHA256SUMS`. The export is recorded in the audit chain.
     """
+    from appliance.languages.registry import for_config
     from appliance.store.audit import current_actor
-    from appliance.store.export import export_call
+    from appliance.store.export import export_call, summary_languages
 
     config, store = _open(obj)
     try:
@@ -212,7 +214,8 @@ def export(obj: CliContext, reference: str, out_dir: Path, as_zip: bool, as_json
         actor = current_actor()
         _audit_config(obj, config, store, actor)
         result = export_call(store, config.recordings_dir, ref, out_dir, actor=actor,
-                             as_zip=as_zip)
+                             as_zip=as_zip, summary=summary_languages(
+                                 for_config(config), config.device.language))
     finally:
         store.close_sync()
     if as_json:

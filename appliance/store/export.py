@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +30,7 @@ import soundfile as sf
 
 from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.errors import ReferenceFormatError, StoreError
+from appliance.languages.registry import DEFAULT_LANGUAGE, Language, Registry, builtin
 from appliance.store.db import Store
 from appliance.store.recorder import (
     CHANNEL_LAYOUT,
@@ -51,25 +53,25 @@ SUMMARY_NAME: Final = "SUMMARY.txt"
 #: sha256sum(1) check file: ``sha256sum -c SHA256SUMS`` re-checks the whole export anywhere.
 SUMS_NAME: Final = "SHA256SUMS"
 
-_OUTCOME_WORDS: Final[dict[str, tuple[str, str]]] = {
-    "bridged": ("a bolt fogadta a hívást", "answered by the shop"),
-    "voicemail": ("hangüzenet", "voicemail message"),
-    "abandoned": ("a hívó a tájékoztatás alatt letette", "caller hung up during the notice"),
-    "missed": ("nem fogadott hívás", "missed call"),
-    "error": ("műszaki hiba", "technical error"),
-    "interrupted": ("megszakadt (a készülék leállt vagy újraindult)",
-                    "interrupted (the device stopped or restarted)"),
-    "in_progress": ("folyamatban", "in progress"),
-    "unknown": ("nem ismert (a nyilvántartást a felvételekből állítottuk helyre)",
-                "not known (the index was rebuilt from the recordings)"),
-}
-_DECISION_WORDS: Final[dict[str, tuple[str, str]]] = {
-    "recorded": ("készült felvétel", "recorded"),
-    "declined": ("a hívó elutasította a rögzítést", "the caller declined recording"),
-    "failed": ("a felvétel nem sikerült", "the recording failed"),
-    "none": ("nem készült felvétel", "not recorded"),
-    "pending": ("nem készült felvétel", "not recorded"),
-}
+#: SUMMARY.txt is always written in these (the supervisory authority's language and a common
+#: one); a device speaking another language gets its own first (:func:`summary_languages`).
+SUMMARY_LANGUAGES: Final[tuple[str, ...]] = ("hu", "en")
+#: Width of the summary's label column (the value starts one space after it).
+_LABEL_WIDTH: Final = 21
+
+
+def summary_languages(languages: Registry | None = None,
+                      device_language: str = DEFAULT_LANGUAGE) -> tuple[Language, ...]:
+    """The languages of SUMMARY.txt, in order: :data:`SUMMARY_LANGUAGES`, preceded by
+    ``device_language`` when it is another one (looked up in ``languages``, None = built-in).
+
+    Raises:
+        ConfigError: ``device_language`` is not in ``languages``.
+    """
+    known = languages or builtin()
+    codes = dict.fromkeys((device_language, *SUMMARY_LANGUAGES)
+                          if device_language not in SUMMARY_LANGUAGES else SUMMARY_LANGUAGES)
+    return tuple(known.get(code) for code in codes)
 
 
 class ExportError(StoreError):
@@ -143,14 +145,15 @@ def _to_wav(source: Path, target: Path) -> None:
 
 
 def export_call(store: Store, recordings_dir: Path, reference: str, out_dir: Path, *,
-                actor: str, as_zip: bool = False) -> ExportResult:
+                actor: str, as_zip: bool = False,
+                summary: Sequence[Language] | None = None) -> ExportResult:
     """Export one call into ``out_dir/<427-193-53>/`` (or ``out_dir/<427-193-53>.zip``).
 
     Files: ``<ref>.wav`` (16-bit PCM, left = caller, right = shop), ``<ref>.<ext>`` (the
     original, byte for byte), ``metadata.json`` (the call row, its events, the sidecar),
     ``proof.json`` (SHA-256 of the original now and at indexing, the call's audit entries with
     their chain hashes — the ``export`` entry itself included — and the chain's state),
-    ``SUMMARY.txt`` (Hungarian, then English) and ``SHA256SUMS``. A call without audio
+    ``SUMMARY.txt`` (in ``summary``'s languages) and ``SHA256SUMS``. A call without audio
     (declined, erased, purged) exports its tombstone and summary only.
 
     Args:
@@ -160,6 +163,7 @@ def export_call(store: Store, recordings_dir: Path, reference: str, out_dir: Pat
         out_dir: where to put the export (created 0750 if missing).
         actor: see :func:`appliance.store.audit.current_actor`.
         as_zip: one ``.zip`` instead of a directory.
+        summary: the languages of SUMMARY.txt, in order; None = :func:`summary_languages`.
 
     Raises:
         RecordNotFound: unknown reference.
@@ -179,7 +183,8 @@ def export_call(store: Store, recordings_dir: Path, reference: str, out_dir: Pat
     except OSError as exc:
         raise ExportError(f"cannot write to {out_dir}: {exc.strerror}") from exc
     try:
-        result = _assemble(store, recordings_dir, row, work, shown, actor, as_zip, target)
+        result = _assemble(store, recordings_dir, row, work, shown, actor, as_zip, target,
+                           tuple(summary or summary_languages()))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -194,7 +199,8 @@ def _mkdtemp(parent: Path, prefix: str) -> str:
 
 
 def _assemble(store: Store, recordings_dir: Path, row: dict[str, Any], work: Path, shown: str,
-              actor: str, as_zip: bool, target: Path) -> ExportResult:
+              actor: str, as_zip: bool, target: Path,
+              summary: tuple[Language, ...]) -> ExportResult:
     reference = row["reference"]
     problems: list[str] = []
     files: list[str] = []
@@ -252,7 +258,7 @@ def _assemble(store: Store, recordings_dir: Path, row: dict[str, Any], work: Pat
                                                   "files": sorted(files)})
     try:
         return _finish(store, row, work, shown, as_zip, target, files, problems, original_sha,
-                       matches, original_name, wav_name, audit_hash)
+                       matches, original_name, wav_name, audit_hash, summary)
     except Exception as exc:
         # The entry above said "export"; the chain must also say it did not happen.
         store.append_audit_sync(EXPORT_FAILED_ACTION, actor=actor, reference=reference,
@@ -264,7 +270,7 @@ def _assemble(store: Store, recordings_dir: Path, row: dict[str, Any], work: Pat
 def _finish(store: Store, row: dict[str, Any], work: Path, shown: str, as_zip: bool,
             target: Path, files: list[str], problems: list[str], original_sha: str | None,
             matches: bool | None, original_name: str | None, wav_name: str | None,
-            audit_hash: str) -> ExportResult:
+            audit_hash: str, summary: tuple[Language, ...]) -> ExportResult:
     """Write the proof, summary and sums into ``work``, then move it (or its zip) into place
     without replacing anything."""
     reference = row["reference"]
@@ -299,7 +305,7 @@ def _finish(store: Store, row: dict[str, Any], work: Path, shown: str, as_zip: b
     files.append(PROOF_NAME)
     _write_bytes(work / SUMMARY_NAME, _summary(row, shown, original_name, wav_name,
                                                original_sha, matches, problems,
-                                               audit_hash).encode("utf-8"))
+                                               audit_hash, summary).encode("utf-8"))
     files.append(SUMMARY_NAME)
     sums = "".join(f"{sha256_file(work / name)}  {name}\n" for name in sorted(files))
     _write_bytes(work / SUMS_NAME, sums.encode("ascii"))
@@ -327,134 +333,86 @@ def _finish(store: Store, row: dict[str, Any], work: Path, shown: str, as_zip: b
                         audit_hash, tuple(problems))
 
 
-_LAYER_WORDS: Final[dict[str, tuple[str, str]]] = {
-    "notice": ("első réteg (rövid tájékoztatás)", "first layer (short notice)"),
-    "notice_short": ("visszatérő hívó rövid formája", "returning caller's short form"),
-    "reference": ("hívásazonosító", "call reference"),
-    "notice_details": ("második réteg (teljes tájékoztatás)", "second layer (full notice)"),
-    "not_recorded": ("„a hívást nem rögzítjük” tájékoztatás", "'this call is not recorded'"),
-}
-_PLAYED_WORDS: Final[dict[str, tuple[str, str]]] = {
-    "full": ("végig lejátszva", "played in full"),
-    "partial": ("részben lejátszva", "played in part"),
-    "no": ("nem hangzott el", "not played"),
-}
-
-
-def notice_lines(row: dict[str, Any], lang: str) -> list[str]:
-    """What the caller was told, one line per notice layer (``lang``: "hu" or "en").
+def notice_lines(row: Mapping[str, Any], lang: str | Language) -> list[str]:
+    """What the caller was told, one line per notice layer (``lang``: a built-in code or a
+    :class:`~appliance.languages.registry.Language`).
 
     From ``notice_layers`` (docs/records.md); empty for a call stored before it existed.
     """
-    index = 0 if lang == "hu" else 1
+    words = (builtin().get(lang) if isinstance(lang, str) else lang).export
     try:
         layers = json.loads(row.get("notice_layers") or "[]")
     except ValueError:
         return []
     out = []
     for layer in layers:
-        name = _LAYER_WORDS.get(layer.get("layer"), (layer.get("layer"),) * 2)[index]
-        played = _PLAYED_WORDS.get(layer.get("played"), (layer.get("played"),) * 2)[index]
+        name = words["layers"].get(layer.get("layer"), layer.get("layer"))
+        played = words["played"].get(layer.get("played"), layer.get("played"))
         version = layer.get("version")
-        tail = (f" ({'változat' if index == 0 else 'version'} {version})" if version else "")
+        tail = words["layer_version"].format(version=version) if version else ""
         out.append(f"  - {name}: {played}{tail}")
     return out
 
 
 def _summary(row: dict[str, Any], shown: str, original_name: str | None,
              wav_name: str | None, original_sha: str | None, matches: bool | None,
-             problems: list[str], audit_hash: str) -> str:
-    """The human summary: Hungarian first (the caller's language), then English."""
-    outcome_hu, outcome_en = _OUTCOME_WORDS.get(row["outcome"], (row["outcome"],) * 2)
-    decision_hu, decision_en = _DECISION_WORDS.get(row["recording_decision"],
-                                                   (row["recording_decision"],) * 2)
+             problems: list[str], audit_hash: str, languages: tuple[Language, ...]) -> str:
+    """The human summary: one block per language (:func:`summary_languages`), the first
+    followed by the problems and the export time, the others after a rule."""
     # Caller ID is whatever the line sent: escaped, so the summary cannot drive a terminal
     # (`cat SUMMARY.txt`); metadata.json keeps it as received, as a JSON string.
     number = printable(row["caller_number"]) if row["caller_number"] else None
     name = printable(row["caller_name"]) if row["caller_name"] else None
     duration = f"{row['duration_s']:.1f} s" if row["duration_s"] is not None else "—"
-    deleted_hu = deleted_en = ""
-    if row["erased_at"] is not None:
-        erased = _when(row["erased_at"])
-        deleted_hu = f"A felvételt és a személyes adatokat kérésre töröltük: {erased}."
-        deleted_en = f"The recording and personal data were erased on request: {erased}."
-    elif row["recording_deleted_at"] is not None:
-        deleted_hu = ("A felvételt a megőrzési idő lejártával töröltük: "
-                      f"{_when(row['recording_deleted_at'])}.")
-        deleted_en = ("The recording was deleted when its retention period ended: "
-                      f"{_when(row['recording_deleted_at'])}.")
-    notice_hu = "igen" if row["notice_completed"] else "nem"
-    notice_en = "yes" if row["notice_completed"] else "no"
-    if matches is True:
-        check_hu = "Megegyezik a felvétel elkészültekor rögzített értékkel: a fájl változatlan."
-        check_en = "It matches the value stored when the recording was made: the file is unchanged."
-    elif matches is False:
-        check_hu = "FIGYELEM: NEM egyezik a felvétel elkészültekor rögzített értékkel."
-        check_en = "WARNING: it does NOT match the value stored when the recording was made."
-    else:
-        check_hu = check_en = ""
 
-    def lines_hu() -> list[str]:
+    def block(language: Language) -> list[str]:
+        words = language.export
+
+        def field(label: str, value: str) -> str:
+            return f"{words[label]:<{_LABEL_WIDTH}} {value}"
+
+        answer = words["yes"] if row["notice_completed"] else words["no"]
         out = [
-            f"HÍVÁS ADATAI — hívásazonosító: {shown}",
+            words["title"].format(reference=shown),
             "",
-            f"Időpont:              {_when(row['ring_at'] or row['created_at'])}",
-            f"Hívó szám:            {number or 'nem ismert / törölve'}",
-            f"Hívó neve:            {name or 'nem ismert / törölve'}",
-            f"Kimenetel:            {outcome_hu}",
-            f"Felvétel:             {decision_hu}",
-            f"Tájékoztatás lejátszva: {notice_hu} (változat: {row['notice_version'] or '—'})",
-            *notice_lines(row, "hu"),
-            f"Hívás hossza:         {duration}",
+            field("when", _when(row["ring_at"] or row["created_at"])),
+            field("caller_number", number or words["unknown"]),
+            field("caller_name", name or words["unknown"]),
+            field("outcome", words["outcomes"].get(row["outcome"], row["outcome"])),
+            field("recording", words["decisions"].get(row["recording_decision"],
+                                                      row["recording_decision"])),
+            field("notice_played", words["notice_version"].format(
+                answer=answer, version=row["notice_version"] or "—")),
+            *notice_lines(row, language),
+            field("call_length", duration),
         ]
-        if deleted_hu:
-            out.append(deleted_hu)
-        out += ["", "Fájlok:"]
+        if row["erased_at"] is not None:
+            out.append(words["erased"].format(when=_when(row["erased_at"])))
+        elif row["recording_deleted_at"] is not None:
+            out.append(words["deleted"].format(when=_when(row["recording_deleted_at"])))
+        out += ["", words["files"]]
         if wav_name:
-            out.append(f"  {wav_name}  a felvétel WAV formátumban, bármely lejátszóval "
-                       "meghallgatható (bal csatorna: hívó, jobb: üzlet)")
+            out.append(f"  {wav_name}  {words['file_wav']}")
         if original_name and original_name != wav_name:
-            out.append(f"  {original_name}  az eredeti felvétel, ahogy a készülék tárolta")
-        out += [f"  {METADATA_NAME}  a hívás összes tárolt adata és eseményei",
-                f"  {PROOF_NAME}  sértetlenségi igazolás (ellenőrzőösszeg, naplóbejegyzések)",
-                f"  {SUMS_NAME}  ellenőrzés: sha256sum -c {SUMS_NAME}"]
+            out.append(f"  {original_name}  {words['file_original']}")
+        out += [f"  {METADATA_NAME}  {words['file_metadata']}",
+                f"  {PROOF_NAME}  {words['file_proof']}",
+                f"  {SUMS_NAME}  " + words["file_sums"].format(sums=SUMS_NAME)]
         if original_sha:
-            out += ["", f"Az eredeti fájl SHA-256 ellenőrzőösszege: {original_sha}", check_hu]
-        out.append(f"Az exportálás naplóbejegyzésének lánc-hash értéke: {audit_hash}")
+            check = ("" if matches is None
+                     else words["sha256_matches"] if matches else words["sha256_differs"])
+            out += ["", words["original_sha256"].format(sha256=original_sha), check]
+        out.append(words["audit_hash"].format(hash=audit_hash))
         return out
 
-    def lines_en() -> list[str]:
-        out = [
-            f"CALL RECORD — reference: {shown}",
-            "",
-            f"When:                 {_when(row['ring_at'] or row['created_at'])}",
-            f"Caller number:        {number or 'unknown / erased'}",
-            f"Caller name:          {name or 'unknown / erased'}",
-            f"Outcome:              {outcome_en}",
-            f"Recording:            {decision_en}",
-            f"Notice played:        {notice_en} (version {row['notice_version'] or '—'})",
-            *notice_lines(row, "en"),
-            f"Call length:          {duration}",
-        ]
-        if deleted_en:
-            out.append(deleted_en)
-        out += ["", "Files:"]
-        if wav_name:
-            out.append(f"  {wav_name}  the recording as WAV, plays in any player "
-                       "(left channel: caller, right: shop)")
-        if original_name and original_name != wav_name:
-            out.append(f"  {original_name}  the original recording as the device stored it")
-        out += [f"  {METADATA_NAME}  everything stored about the call, with its events",
-                f"  {PROOF_NAME}  integrity proof (checksum, audit log entries)",
-                f"  {SUMS_NAME}  check with: sha256sum -c {SUMS_NAME}"]
-        if original_sha:
-            out += ["", f"SHA-256 of the original file: {original_sha}", check_en]
-        out.append(f"Chain hash of this export's audit entry: {audit_hash}")
-        return out
+    def joined(key: str) -> str:
+        return " / ".join(language.export[key] for language in languages)
 
-    text = lines_hu()
+    blocks = [block(language) for language in languages]
+    text = blocks[0]
     if problems:
-        text += ["", "PROBLÉMÁK / PROBLEMS:"] + [f"  - {p}" for p in problems]
-    text += ["", f"Exportálva / exported: {_when(time.time())}", "", "-" * 72, ""]
-    text += lines_en()
+        text += ["", joined("problems") + ":"] + [f"  - {p}" for p in problems]
+    text += ["", f"{joined('exported')}: {_when(time.time())}"]
+    for other in blocks[1:]:
+        text += ["", "-" * 72, "", *other]
     return "\n".join(text).rstrip() + "\n"

@@ -126,3 +126,12 @@ def test_folder_name_must_be_a_code(tmp_path: Path) -> None:
 def test_languages_dir_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"speech\.languages_dir"):
         registry(tmp_path / "nowhere")
+
+
+def test_summary_languages_put_another_device_language_first(tmp_path: Path) -> None:
+    from appliance.store.export import summary_languages
+
+    make_toy_language(tmp_path)
+    codes = [language.code for language in summary_languages(registry(tmp_path), "xx")]
+    assert codes == ["xx", "hu", "en"]
+    assert [language.code for language in summary_languages(builtin(), "en")] == ["hu", "en"]
