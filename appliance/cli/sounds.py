@@ -23,6 +23,7 @@ import click
 
 from appliance.cli.context import CliContext, check_output_path, fail
 from appliance.config import LANGUAGES
+from appliance.languages.registry import for_config
 
 if TYPE_CHECKING:
     from appliance.config import Config
@@ -44,6 +45,18 @@ def _config_error(exc: Exception) -> NoReturn:
     fail(f"configuration error: {exc}", EXIT_CONFIG)
 
 
+def _language(config: Config, lang: str | None) -> str:
+    """``--lang`` (default ``device.language``), checked against the configuration's languages
+    (built-in plus ``speech.languages_dir``); an unknown one exits 78."""
+    from appliance.errors import ConfigError
+
+    chosen = lang or config.device.language
+    try:
+        return for_config(config).get(chosen, key="--lang").code
+    except ConfigError as exc:
+        _config_error(exc)
+
+
 def _texts_and_notice(config: Config, lang: str) -> tuple[dict[str, str], dict[str, str]]:
     """Prompt templates and the filled notice layers for ``lang``, as the daemon computes them.
 
@@ -56,7 +69,7 @@ def _texts_and_notice(config: Config, lang: str) -> tuple[dict[str, str], dict[s
     from appliance.speech.prompts import load_prompt_texts, notice_texts_for
 
     overrides = config.speech.texts if lang == config.device.language else None
-    texts = load_prompt_texts(lang, overrides)
+    texts = load_prompt_texts(lang, overrides, for_config(config))
     return texts, notice_texts_for(config, texts, lang=lang, company=config.device.company)
 
 
@@ -79,8 +92,9 @@ def sounds() -> None:
               default=ENGINE_PIPER, show_default=True,
               help="piper: the voice above, falling back to espeak-ng with a warning when it "
                    "is not installed; espeak: espeak-ng regardless of the voice.")
-@click.option("--lang", type=click.Choice(list(LANGUAGES)),
-              help="Prompt language [default: device.language from the configuration].")
+@click.option("--lang", metavar="CODE",
+              help=f"Prompt language: {', '.join(LANGUAGES)} or one in speech.languages_dir "
+                   "[default: device.language from the configuration].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the summary.")
 @click.pass_obj
 def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | None,
@@ -98,7 +112,7 @@ def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | No
     from appliance.speech.tts import EspeakEngine, select_engine
 
     config = obj.config()
-    lang = lang or config.device.language
+    lang = _language(config, lang)
     try:
         texts, notice_texts = _texts_and_notice(config, lang)
     except ConfigError as exc:
@@ -106,10 +120,12 @@ def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | No
     warning: str | None
     engine: TtsEngine
     if engine_choice == ENGINE_ESPEAK:
-        engine, warning = EspeakEngine(lang, config.speech.espeak_wpm), None
+        engine, warning = EspeakEngine(lang, config.speech.espeak_wpm,
+                                       languages=for_config(config)), None
     else:
         engine, warning = select_engine(lang, voice or config.speech.voice,
-                                        speed_wpm=config.speech.espeak_wpm)
+                                        speed_wpm=config.speech.espeak_wpm,
+                                        languages=for_config(config))
     if warning:
         click.echo(f"appliance: warning: {warning}", err=True)
     clips: list[dict[str, Any]] = []
@@ -122,7 +138,8 @@ def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | No
     cache_dir = config.prompt_cache_dir
     try:
         library = PromptLibrary.build(cache_dir, lang=lang, engine=engine, texts=texts,
-                                      notice_texts=notice_texts, progress=progress)
+                                      notice_texts=notice_texts, progress=progress,
+                                      languages=for_config(config))
     except SpeechError as exc:
         fail(f"rendering failed: {exc} (the previous build in {cache_dir} is unchanged)")
     except OSError as exc:
@@ -181,8 +198,9 @@ def _read_manifest(cache_dir: Path, lang: str) -> dict[str, Any]:
 
 
 @sounds.command("list")
-@click.option("--lang", type=click.Choice(list(LANGUAGES)),
-              help="Prompt language [default: device.language from the configuration].")
+@click.option("--lang", metavar="CODE",
+              help=f"Prompt language: {', '.join(LANGUAGES)} or one in speech.languages_dir "
+                   "[default: device.language from the configuration].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_obj
 def list_clips(obj: CliContext, lang: str | None, as_json: bool) -> None:
@@ -194,7 +212,7 @@ def list_clips(obj: CliContext, lang: str | None, as_json: bool) -> None:
     from appliance.speech.library import read_clip
 
     config = obj.config()
-    lang = lang or config.device.language
+    lang = _language(config, lang)
     cache_dir = config.prompt_cache_dir
     manifest = _read_manifest(cache_dir, lang)
     try:
@@ -243,8 +261,9 @@ def list_clips(obj: CliContext, lang: str | None, as_json: bool) -> None:
                                   "unless --force.")
 @click.option("--force", is_flag=True,
               help="Replace an existing regular file at --out (never anything else).")
-@click.option("--lang", type=click.Choice(list(LANGUAGES)),
-              help="Prompt language [default: device.language from the configuration].")
+@click.option("--lang", metavar="CODE",
+              help=f"Prompt language: {', '.join(LANGUAGES)} or one in speech.languages_dir "
+                   "[default: device.language from the configuration].")
 @click.pass_obj
 def say(obj: CliContext, name: str, out_path: Path, force: bool, lang: str | None) -> None:
     """Write the rendered clip NAME to a WAV file, for listening.
@@ -257,7 +276,7 @@ def say(obj: CliContext, name: str, out_path: Path, force: bool, lang: str | Non
     from appliance.speech.library import PromptLibrary, write_clip
 
     config = obj.config()
-    lang = lang or config.device.language
+    lang = _language(config, lang)
     try:
         library = PromptLibrary.load(config.prompt_cache_dir, lang=lang)
     except SpeechError as exc:

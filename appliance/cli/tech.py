@@ -444,12 +444,14 @@ def _check_pins(name: str, status: dict[str, Any] | None) -> Check:
 
 
 def _check_voice(config: Any) -> Check:
+    from appliance.languages.registry import for_config
     from appliance.speech.tts import espeak_available, select_engine
 
     if not espeak_available():
         return Check("speech", "fail", "espeak-ng is not installed (the fallback voice)",
                      "sudo apt-get install espeak-ng")
-    engine, warning = select_engine(config.device.language, config.speech.voice)
+    engine, warning = select_engine(config.device.language, config.speech.voice,
+                                    languages=for_config(config))
     if warning:
         return Check("speech", "warn", warning,
                      "sudo ./setup.sh install downloads the Hungarian Piper voice; or set "
