@@ -37,7 +37,7 @@ _LOGGER = logging.getLogger(__name__)
 FILTER_MS: Final = 40
 #: The filter adapts once per 20 ms frame: 10 ms sub-frames reconverged faster but left
 #: single loud frames in a held call's silent shop channel (docs/performance.md).
-SUBFRAME_SAMPLES: Final = FRAME_SAMPLES
+FRAME_STATE_SAMPLES: Final = FRAME_SAMPLES
 #: The sampling rate speexdsp's echo state is told (the audio is 8 kHz all the same). The
 #: library derives only two things from it: the time constants of its echo-leak estimate
 #: (scaled by frame size / rate) and the radius of the DC notch it puts on the received
@@ -69,6 +69,22 @@ ECHO_SUPPRESS_DB: Final = -40
 ECHO_SUPPRESS_ACTIVE_DB: Final = -15
 #: The denoiser's noise attenuation (dB): next to none, the line noise is evidence too.
 NOISE_SUPPRESS_DB: Final = -1
+#: The echo path watch (two paths, docs/audio.md "Echo cancellation"): once the filter has
+#: taken SHADOW_CONVERGED_DB out of what comes back, a fall below SHADOW_SUSPECT_DB while the
+#: far end speaks (a path change, or the near end talking) starts a fresh shadow filter beside
+#: it, which takes over when its error is SHADOW_SWAP_DB below the main filter's for
+#: SHADOW_SWAP_FRAMES frames of far-end speech in a row, and is dropped after SHADOW_MAX_S.
+#: Double talk leaves the main filter's error the lower (it still removes the echo), so the
+#: near end never gets a fresh filter; a moved handset, or a path gone (a held call), does.
+SHADOW_CONVERGED_DB: Final = 12.0
+SHADOW_SUSPECT_DB: Final = 6.0
+SHADOW_SWAP_DB: Final = 3.0
+SHADOW_SWAP_FRAMES: Final = 3
+SHADOW_MAX_S: Final = 2.0
+SHADOW_MIN_FRAMES: Final = 20
+SHADOW_HARM_DB: Final = -3.0
+#: Smoothing (per far-end frame) of the powers the watch compares: a few frames of memory.
+SHADOW_SMOOTHING: Final = 0.5
 #: A reference frame quieter than this (dBFS) does not count towards the ERLE estimate.
 ERLE_FAR_MIN_DBFS: Final = -45.0
 #: Smoothing of the ERLE estimate (per frame): about half a second of memory.
@@ -154,6 +170,11 @@ class SpeexEchoCanceller:
     the filter covers the first ``filter_ms``; once it is, the reference goes through a delay
     line and the filter starts again on the tail alone.
 
+    An echo path that changes mid-call (a moved handset, a moved bulk delay, a path gone)
+    is followed by a second, fresh filter run beside the main one while the main one
+    removes little, which takes over when it does clearly better (SHADOW_* above; the
+    hand-over fades over one frame). :attr:`swaps` counts the hand-overs.
+
     Args:
         filter_ms: the adaptive filter's length.
         residual_suppression: run speexdsp's residual echo suppressor after the linear
@@ -165,14 +186,10 @@ class SpeexEchoCanceller:
         self._pre: int | None = None
         lib = _library()
         self._lib = lib
-        taps = filter_ms * SAMPLE_RATE_HZ // 1000
-        self._echo = lib.speex_echo_state_init(SUBFRAME_SAMPLES, taps)
-        if not self._echo:
-            raise EchoCancellerUnavailable("speex_echo_state_init failed")
-        rate = ctypes.c_int(ECHO_STATE_RATE_HZ)
-        lib.speex_echo_ctl(self._echo, _SPEEX_ECHO_SET_SAMPLING_RATE, ctypes.byref(rate))
+        self._taps = filter_ms * SAMPLE_RATE_HZ // 1000
+        self._echo = self._new_state()
         if residual_suppression:
-            self._pre = lib.speex_preprocess_state_init(SUBFRAME_SAMPLES, SAMPLE_RATE_HZ)
+            self._pre = lib.speex_preprocess_state_init(FRAME_STATE_SAMPLES, SAMPLE_RATE_HZ)
             # The echo suppressor is part of the denoiser's gain: the denoiser stays on with
             # its noise attenuation at NOISE_SUPPRESS_DB (next to none). The VAD is off by
             # default (setting it only prints a warning).
@@ -210,6 +227,33 @@ class SpeexEchoCanceller:
         self._in_power = 0.0
         self._out_power = 0.0
         self.frames = 0
+        # The echo path watch: the shadow filter (None when not running), its reference's
+        # delay and age (frames), and the smoothed powers of the received audio, the main
+        # filter's and the shadow's output over far-end frames.
+        self._shadow: int | None = None
+        self._shadow_delay = 0
+        self._shadow_frames = 0
+        self._shadow_wins = 0
+        self._shadow_heard = 0
+        self._moved_delay: int | None = None
+        self._suspect_frames = 0
+        self._shadow_out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._shadow_addr = int(self._shadow_out.ctypes.data)
+        self._watch = [0.0, 0.0, 0.0]
+        self._converged = False
+        self._ramp = (np.arange(FRAME_SAMPLES, dtype=np.float32) + 0.5) / FRAME_SAMPLES
+        #: Times a shadow filter took over (a path change followed), and at which frame last.
+        self.swaps = 0
+        self.last_swap_frame: int | None = None
+
+    def _new_state(self) -> int:
+        """A fresh speexdsp echo state of this canceller's size."""
+        state: int | None = self._lib.speex_echo_state_init(FRAME_STATE_SAMPLES, self._taps)
+        if not state:
+            raise EchoCancellerUnavailable("speex_echo_state_init failed")
+        rate = ctypes.c_int(ECHO_STATE_RATE_HZ)
+        self._lib.speex_echo_ctl(state, _SPEEX_ECHO_SET_SAMPLING_RATE, ctypes.byref(rate))
+        return state
 
     @property
     def bulk_delay_ms(self) -> float | None:
@@ -285,15 +329,21 @@ class SpeexEchoCanceller:
             # no echo to find never confirms one); none once the delay is confirmed.
             if self._tries <= DELAY_EAGER_TRIES or self._tries % 10 == 0:
                 self._update_delay()
-        lib, echo, pre = self._lib, self._echo, self._pre
-        step = 2 * SUBFRAME_SAMPLES  # bytes
-        ref_addr = self._sent_addr + 2 * (len(sent) - self._delay - FRAME_SAMPLES)
-        for k in range(FRAME_SAMPLES // SUBFRAME_SAMPLES):
-            out = self._out_addr + k * step
-            lib.speex_echo_cancellation(echo, self._near_addr + k * step, ref_addr + k * step,
-                                        out)
-            if pre is not None:
-                lib.speex_preprocess_run(pre, out)
+        lib = self._lib
+        ref_end = len(sent) - self._delay
+        lib.speex_echo_cancellation(self._echo, self._near_addr,
+                                    self._sent_addr + 2 * (ref_end - FRAME_SAMPLES),
+                                    self._out_addr)
+        if self._shadow is not None:
+            lib.speex_echo_cancellation(
+                self._shadow, self._near_addr,
+                self._sent_addr + 2 * (len(sent) - self._shadow_delay - FRAME_SAMPLES),
+                self._shadow_addr)
+            self._shadow_frames += 1
+        if self._confirmed:
+            self._watch_path(sent[ref_end - FRAME_SAMPLES : ref_end])
+        if self._pre is not None:
+            lib.speex_preprocess_run(self._pre, self._out_addr)
         self.frames += 1
         cleaned = self._out.copy()
         if far_active:
@@ -303,6 +353,99 @@ class SpeexEchoCanceller:
             self._in_power = a * self._in_power + (1 - a) * float(near32 @ near32) / FRAME_SAMPLES
             self._out_power = a * self._out_power + (1 - a) * float(out32 @ out32) / FRAME_SAMPLES
         return cleaned
+
+    def _watch_path(self, reference: npt.NDArray[np.int16]) -> None:
+        """The echo path watch (SHADOW_* above), on this frame's linear outputs."""
+        ref32 = reference.astype(np.float32)
+        if float(ref32 @ ref32) / (FRAME_SAMPLES * 32767.0**2) <= 10 ** (ERLE_FAR_MIN_DBFS / 10):
+            self._age_shadow()
+            return  # no far-end speech for this frame's echo: nothing to judge by
+        a, watch = SHADOW_SMOOTHING, self._watch
+        near32 = self._received[-FRAME_SAMPLES:].astype(np.float32)
+        main32 = self._out.astype(np.float32)
+        watch[0] = a * watch[0] + (1 - a) * float(near32 @ near32)
+        watch[1] = a * watch[1] + (1 - a) * float(main32 @ main32)
+        removed_db = _db(watch[0]) - _db(watch[1])
+        if removed_db >= SHADOW_CONVERGED_DB:
+            self._converged = True
+        if removed_db < SHADOW_SUSPECT_DB:
+            self._follow_delay()
+            if self._shadow is None and self._converged:
+                self._start_shadow(self._delay)
+        if self._shadow is None:
+            return
+        shadow32 = self._shadow_out.astype(np.float32)
+        watch[2] = a * watch[2] + (1 - a) * float(shadow32 @ shadow32)
+        self._shadow_heard += 1
+        better = _db(watch[1]) - _db(watch[2]) >= SHADOW_SWAP_DB
+        self._shadow_wins = self._shadow_wins + 1 if better else 0
+        # A young filter has not started tracking its own echo estimate yet (which the
+        # residual echo suppressor works from): it takes over early only from a main
+        # filter that adds more than it removes.
+        ready = self._shadow_heard >= SHADOW_MIN_FRAMES or removed_db < SHADOW_HARM_DB
+        if ready and self._shadow_wins >= SHADOW_SWAP_FRAMES:
+            self._swap()
+        else:
+            self._age_shadow()
+
+    def _follow_delay(self) -> None:
+        """While the main filter removes little, measure the bulk delay again (one window in
+        every DELAY_WINDOW_MS of far-end speech): two windows in a row agreeing on another
+        delay than the main filter's start a shadow filter on it (a moved delay: a modem
+        underrun, a re-routed call). Only the shadow moves, and it takes over only when it
+        does better, so a wrong estimate (double talk) costs nothing audible."""
+        self._suspect_frames += 1
+        window = len(self._far_active)
+        if (self._suspect_frames % window
+                or np.count_nonzero(self._far_active) < 0.6 * window):
+            return
+        found = self._estimate_delay()
+        slack = DELAY_MARGIN_MS * SAMPLE_RATE_HZ // 1000
+        known = [self._delay] + ([self._shadow_delay] if self._shadow is not None else [])
+        if found is None or any(abs(found - d) <= slack for d in known):
+            self._moved_delay = None
+        elif self._moved_delay is not None and abs(found - self._moved_delay) <= slack:
+            _LOGGER.debug("echo bulk delay moved to %.1f ms: shadow filter on it",
+                          found * 1000 / SAMPLE_RATE_HZ)
+            self._start_shadow(found)
+        else:
+            self._moved_delay = found
+
+    def _start_shadow(self, delay: int) -> None:
+        if self._shadow is not None:
+            self._lib.speex_echo_state_destroy(self._shadow)
+        self._shadow = self._new_state()
+        self._shadow_delay, self._shadow_frames, self._shadow_wins = delay, 0, 0
+        self._shadow_heard = 0
+        self._moved_delay = None
+        # Until it has learnt anything the shadow passes what comes back through.
+        self._watch[2] = self._watch[0]
+
+    def _age_shadow(self) -> None:
+        if (self._shadow is not None
+                and self._shadow_frames * FRAME_SAMPLES >= SHADOW_MAX_S * SAMPLE_RATE_HZ):
+            self._lib.speex_echo_state_destroy(self._shadow)
+            self._shadow = None
+
+    def _swap(self) -> None:
+        """The shadow takes over: its output fades in over this frame (no click)."""
+        shadow = self._shadow
+        assert shadow is not None
+        assert self._echo is not None
+        mixed = self._out * (1 - self._ramp) + self._shadow_out * self._ramp
+        self._out[:] = np.rint(mixed)
+        self._lib.speex_echo_state_destroy(self._echo)
+        self._echo, self._shadow = shadow, None
+        self._delay = self._shadow_delay
+        if self._pre is not None:
+            self._lib.speex_preprocess_ctl(self._pre, _SPEEX_PREPROCESS_SET_ECHO_STATE,
+                                           ctypes.c_void_p(shadow))
+        self._watch[1] = self._watch[2]
+        # The new filter has to show it converged before its own fall starts a shadow.
+        self._converged = False
+        self.swaps += 1
+        self.last_swap_frame = self.frames
+        _LOGGER.debug("echo path changed: the shadow filter took over (%d)", self.swaps)
 
     @property
     def erle_db(self) -> float | None:
@@ -323,9 +466,19 @@ class SpeexEchoCanceller:
         self._delay, self._confirmed, self._tries, self.frames = 0, False, 0, 0
         self._far_active[:] = False
         self._candidates.clear()
+        if self._shadow is not None:
+            self._lib.speex_echo_state_destroy(self._shadow)
+            self._shadow = None
+        self._watch = [0.0, 0.0, 0.0]
+        self._converged = False
+        self.swaps, self.last_swap_frame = 0, None
+        self._moved_delay, self._suspect_frames = None, 0
 
     def close(self) -> None:
         """Free the library's state (idempotent)."""
+        if getattr(self, "_shadow", None) is not None:
+            self._lib.speex_echo_state_destroy(self._shadow)
+            self._shadow = None
         if self._pre is not None:
             self._lib.speex_preprocess_state_destroy(self._pre)
             self._pre = None

@@ -7,7 +7,7 @@ import numpy as np
 from appliance.audio.echo import DELAY_MARGIN_MS, SpeexEchoCanceller
 from appliance.audio.hybrid import Hybrid, HybridSpec
 from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from appliance.bench.echo import script_signals
+from appliance.bench.echo import measure, script_signals
 
 
 def _run(bulk_ms: float, *, echo: bool = True,
@@ -46,3 +46,56 @@ def test_no_delay_is_taken_from_audio_without_echo() -> None:
     assert canceller.bulk_delay_ms is None
     canceller.close()
 
+
+
+def test_a_moved_bulk_delay_is_followed_without_a_click() -> None:
+    # The echo's bulk delay grows from 40 to 60 ms after 5 s (a frame more in the modem's
+    # buffer): the estimate runs again, a shadow filter on the new delay takes over.
+    far = script_signals().far
+    n, change = len(far) // FRAME_SAMPLES * FRAME_SAMPLES, 5 * SAMPLE_RATE_HZ
+    x = far[:n].astype(np.float64)
+    sent = np.concatenate((np.zeros(320), x))[:n]
+    sent[change:] = np.concatenate((np.zeros(480), x))[change:n]
+    echo = Hybrid(HybridSpec(erl_db=12.0, tail_ms=16.0, delay_ms=1.0, seed=3)).echo(sent)
+    noise = np.random.default_rng(1).standard_normal(n) * 3.0
+    mic = np.rint(echo + noise).astype(np.int16)
+    canceller = SpeexEchoCanceller()
+    out = np.zeros(n)
+    for start in range(0, n, FRAME_SAMPLES):
+        part = slice(start, start + FRAME_SAMPLES)
+        out[part] = canceller.process(mic[part], far[part])
+        if start == change - FRAME_SAMPLES:
+            assert canceller.bulk_delay_ms is not None
+            assert abs(canceller.bulk_delay_ms - 40.0) <= 2 * DELAY_MARGIN_MS
+    assert canceller.bulk_delay_ms is not None
+    assert abs(canceller.bulk_delay_ms - 60.0) <= 2 * DELAY_MARGIN_MS
+    swap = canceller.last_swap_frame
+    assert swap is not None
+    assert swap * FRAME_SAMPLES > change
+    # No click: across the hand-over the output moves no faster than what came in.
+    around = slice((swap - 1) * FRAME_SAMPLES, (swap + 2) * FRAME_SAMPLES)
+    assert np.max(np.abs(np.diff(out[around]))) < np.max(np.abs(np.diff(mic[around].astype(
+        np.float64))))
+    late = slice(change + 2 * SAMPLE_RATE_HZ, change + 3 * SAMPLE_RATE_HZ)
+    erle_db = 10 * np.log10(np.sum(echo[late] ** 2) / np.sum((out[late] - noise[late]) ** 2))
+    assert erle_db > 25.0
+    canceller.close()
+
+
+def test_an_echo_path_change_is_reconverged_and_double_talk_starts_no_new_filter() -> None:
+    # The bench's script (fixed seeds): far end alone, double talk, far end alone, then the
+    # hybrid's impulse response changes. Only the change hands over to a fresh filter.
+    made: list[SpeexEchoCanceller] = []
+
+    def factory() -> SpeexEchoCanceller:
+        made.append(SpeexEchoCanceller())
+        return made[-1]
+
+    signals = script_signals()
+    figures = measure(factory, 12.0, 16.0, signals)
+    canceller = made[-1]
+    assert canceller.swaps == 1
+    assert canceller.last_swap_frame is not None
+    assert canceller.last_swap_frame * FRAME_SAMPLES > signals.change_at
+    assert figures["path_change_erle_2s_db"] >= 25.0
+    assert figures["dt_segsnr_db"] > 20.0, "the near end survives double talk"
