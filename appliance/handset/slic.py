@@ -11,10 +11,12 @@ logic pins (hw/ag1171.md §1.1):
   is debounced (10 ms, §1.2/§2).
 
 All methods run on the asyncio event loop. gpiozero calls the SHK edge callbacks on its own thread;
-they only post the edge to the loop with ``loop.call_soon_threadsafe`` (docs/architecture.md,
-concurrency 3). Debounce, the hook state machine and every timer run on the loop
-(``loop.call_later``), so tests drive SHK with ``MockPin.drive_high()/drive_low()`` and await events
-from :attr:`Slic.events` with a timeout.
+they only read the time of the edge and post both to the loop with
+``loop.call_soon_threadsafe`` (docs/architecture.md, concurrency 3). Debounce, the hook state
+machine and every timer run on the loop (``loop.call_later``), so tests drive SHK with
+``MockPin.drive_high()/drive_low()`` and await events from :attr:`Slic.events` with a timeout.
+Debounce and classification use the edges' own times, never the time the loop got round to
+them: a loop that is 30 ms late must not merge a 20 ms dial pulse into a glitch.
 
 Break classification of the debounced SHK while off-hook (hw/ag1171.md §2, "Synthesis"):
 
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -144,6 +148,7 @@ class Slic:
         flash_max_s: float = 0.5,
         interdigit_s: float = 0.3,
         ring_trip_gap_s: float = RING_TRIP_GAP_S,
+        edge_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Configure the driver (no pin is touched until :meth:`start`).
 
@@ -160,6 +165,9 @@ class Slic:
                 must be ≤ ``on_hook_after_s``; breaks between the two are ignored.
             interdigit_s: a make (SHK high) longer than this ends a pulse digit.
             ring_trip_gap_s: delay between F/R high and RM low on ring-trip (10–500 ms, §1.3).
+            edge_clock: read on gpiozero's thread when SHK changes: the edge's time, on the
+                event loop's clock (asyncio's default loop runs on ``time.monotonic``).
+                Tests that script edges pass a clock that returns each edge's intended time.
 
         Raises:
             ValueError: if the timings are inconsistent or outside the datasheet windows.
@@ -193,9 +201,9 @@ class Slic:
         self._fr: DigitalOutputDevice | None = None
         self._shk: DigitalInputDevice | None = None
 
-        # Debounce: last raw level/edge time and the settle timer.
-        self._raw_level = False
-        self._raw_edge_t = 0.0
+        self._edge_clock = edge_clock
+        # Debounce: the raw edge not yet stable for debounce_s (level, time) and its timer.
+        self._pending_edge: tuple[bool, float] | None = None
         self._settle_timer: asyncio.TimerHandle | None = None
         # Hook state machine (debounced).
         self._level = False
@@ -237,9 +245,7 @@ class Slic:
             bounce_time=None,
             pin_factory=self._pin_factory,
         )
-        now = self._loop.time()
-        self._raw_level = self._level = bool(self._shk.is_active)
-        self._raw_edge_t = now
+        self._level = bool(self._shk.is_active)
         if self._level:
             self._off_hook = True
             self._post("off_hook")
@@ -411,38 +417,57 @@ class Slic:
     # ------------------------------------------------------------------ SHK edges
 
     def _on_shk_high_thread(self) -> None:
-        """gpiozero thread: post the edge to the loop (docs/architecture.md, concurrency 3)."""
+        """gpiozero thread: post the edge and its time to the loop (docs/architecture.md,
+        concurrency 3)."""
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._on_raw_edge, True)
+            loop.call_soon_threadsafe(self._on_raw_edge, True, self._edge_clock())
 
     def _on_shk_low_thread(self) -> None:
-        """gpiozero thread: post the edge to the loop (docs/architecture.md, concurrency 3)."""
+        """gpiozero thread: post the edge and its time to the loop (docs/architecture.md,
+        concurrency 3)."""
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._on_raw_edge, False)
+            loop.call_soon_threadsafe(self._on_raw_edge, False, self._edge_clock())
 
-    def _on_raw_edge(self, level: bool) -> None:
-        """Loop: restart the settle timer; the level counts once stable for debounce_s."""
+    def _on_raw_edge(self, level: bool, edge_t: float) -> None:
+        """Loop: a raw SHK edge at ``edge_t``; a level counts once stable for debounce_s.
+
+        Stability is judged from the edges' times, so edges that reach a late loop together
+        are still told apart: the pending edge counts if this one came debounce_s or more
+        after it, and was a glitch otherwise.
+        """
         if self._loop is None:
             return
-        self._raw_level = level
-        self._raw_edge_t = self._loop.time()
         if self._settle_timer is not None:
             self._settle_timer.cancel()
-        self._settle_timer = self._loop.call_later(self._debounce_s, self._settle)
+            self._settle_timer = None
+        pending, self._pending_edge = self._pending_edge, None
+        if pending is not None and edge_t - pending[1] >= self._debounce_s:
+            self._apply_level(*pending)
+        if level == self._level:
+            return  # back to the counted level: the pending edge (if any) was a glitch
+        self._pending_edge = (level, edge_t)
+        delay_s = max(0.0, edge_t + self._debounce_s - self._loop.time())
+        self._settle_timer = self._loop.call_later(delay_s, self._settle)
 
     def _settle(self) -> None:
+        """Loop: the pending edge stayed stable for debounce_s; it counts."""
         self._settle_timer = None
-        if self._raw_level == self._level:
-            return  # a glitch shorter than the debounce time
-        self._level = self._raw_level
-        # Durations are measured between raw edge times, not settle times, so the
-        # debounce delay does not bias pulse/flash classification.
-        if self._level:
-            self._on_make(self._raw_edge_t)
+        pending, self._pending_edge = self._pending_edge, None
+        if pending is not None:
+            self._apply_level(*pending)
+
+    def _apply_level(self, level: bool, edge_t: float) -> None:
+        """A debounced level change; durations run from raw edge times, so the debounce
+        delay does not bias pulse/flash classification."""
+        if level == self._level:
+            return
+        self._level = level
+        if level:
+            self._on_make(edge_t)
         else:
-            self._on_break(self._raw_edge_t)
+            self._on_break(edge_t)
 
     def _on_make(self, edge_t: float) -> None:
         """Debounced SHK H: off-hook, or the end of a break (pulse / flash)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -34,6 +35,21 @@ TRIP_GAP_S = 0.03
 FAST = RingCadence(on_s=0.2, off_s=0.6)
 
 
+class EdgeClock:
+    """The Slic's edge clock: :func:`drive` stamps each scripted edge with its planned time
+    (MockPin calls the callbacks synchronously), so a loaded machine that runs the loop late
+    cannot stretch a pulse or merge two edges; any other edge reads the monotonic clock."""
+
+    def __init__(self) -> None:
+        self.planned_t: float | None = None
+
+    def __call__(self) -> float:
+        return time.monotonic() if self.planned_t is None else self.planned_t
+
+
+EDGE_CLOCK = EdgeClock()
+
+
 @pytest.fixture
 async def slic(mock_factory: MockFactory) -> AsyncIterator[Slic]:
     s = Slic(
@@ -45,6 +61,7 @@ async def slic(mock_factory: MockFactory) -> AsyncIterator[Slic]:
         on_hook_after_s=ON_HOOK_S,
         interdigit_s=INTERDIGIT_S,
         ring_trip_gap_s=TRIP_GAP_S,
+        edge_clock=EDGE_CLOCK,
     )
     await s.start()
     try:
@@ -62,20 +79,29 @@ async def next_event(s: Slic) -> HookEvent:
 
 
 def drive(shk: MockPin, edges: Sequence[tuple[float, bool]]) -> asyncio.Future[None]:
-    """Schedule SHK levels at offsets (s) from now on the loop; the future ends after the last."""
+    """Schedule SHK levels at offsets (s) from now on the loop; the future ends after the last.
+
+    Each edge carries its planned time to the Slic (:class:`EdgeClock`), however late the loop
+    runs it.
+    """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    start_t = loop.time()
 
-    def set_level(level: bool, last: bool) -> None:
-        if level:
-            shk.drive_high()
-        else:
-            shk.drive_low()
+    def set_level(level: bool, planned_t: float, last: bool) -> None:
+        EDGE_CLOCK.planned_t = planned_t
+        try:
+            if level:
+                shk.drive_high()
+            else:
+                shk.drive_low()
+        finally:
+            EDGE_CLOCK.planned_t = None
         if last and not done.done():
             done.set_result(None)
 
     for i, (at_s, level) in enumerate(edges):
-        loop.call_later(at_s, set_level, level, i == len(edges) - 1)
+        loop.call_later(at_s, set_level, level, start_t + at_s, i == len(edges) - 1)
     return done
 
 
@@ -350,3 +376,15 @@ async def test_initially_off_hook_posts_event(mock_factory: MockFactory) -> None
         assert (await next_event(s)).kind == "off_hook"
     finally:
         await s.close()
+
+
+async def test_a_late_loop_still_counts_every_pulse(slic: Slic, mock_factory: MockFactory) -> None:
+    shk = pin(mock_factory, PINS.shk)
+    await go_off_hook(slic, mock_factory)
+    drive(shk, pulse_train(0.0, 4))
+    # The loop stalls for 150 ms (a busy moment on a Pi): all eight edges reach it together,
+    # late. Judged by the loop's clock they would be one glitch; by their own times, 4 pulses.
+    time.sleep(0.15)  # noqa: ASYNC251 - the stall is the point
+    ev = await next_event(slic)
+    assert (ev.kind, ev.digit) == ("digit", "4")
+    assert slic.off_hook
