@@ -26,7 +26,8 @@ def make_toy_language(root: Path, code: str = "xx") -> Path:
     prompts = re.sub(r'^(\w+) = "', rf'\1 = "{MARKER} ', prompts, flags=re.MULTILINE)
     (folder / "prompts.toml").write_text(prompts, encoding="utf-8")
     language = (_EN / "language.toml").read_text(encoding="utf-8")
-    language = language.replace('name = "English"', 'name = "Toy"')
+    language = language.replace('name = "English"', 'name = "Toy"').replace(
+        'title = "CALL RECORD', f'title = "{MARKER.upper()} CALL RECORD')
     (folder / "language.toml").write_text(language, encoding="utf-8")
     shutil.copy(_EN / "grammar.py", folder / "grammar.py")
     with (folder / "grammar.py").open("a", encoding="utf-8") as grammar:
