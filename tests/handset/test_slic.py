@@ -31,6 +31,8 @@ FLASH_MAX_S = 0.3
 ON_HOOK_S = 0.4
 INTERDIGIT_S = 0.3
 TRIP_GAP_S = 0.03
+#: How late a loaded machine may run a loop timer without it being a fault of the driver.
+LOOP_LATE_S = 0.2
 #: A fast cadence (duty 25 %) so a two-burst test takes < 1 s.
 FAST = RingCadence(on_s=0.2, off_s=0.6)
 
@@ -176,9 +178,13 @@ async def test_two_bursts_follow_cadence(slic: Slic, mock_factory: MockFactory) 
 
     rm_abs = absolute(rm.states)
     assert [lvl for _, lvl in rm_abs] == [False, True, False, True, False]
-    # RM high ≈ on_s per burst, low ≈ off_s between bursts.
-    rm.assert_states_and_times([(0.0, False), (0.0, True), (0.2, False), (0.6, True), (0.2, False)])
+    # RM high ≈ on_s per burst, low ≈ off_s between bursts. The cadence runs on the loop, so a
+    # loaded machine makes each step late by up to LOOP_LATE_S; the duty limit holds regardless
+    # (the next burst waits for it, measured from the real burst).
     highs = [rm_abs[i + 1][0] - rm_abs[i][0] for i in (1, 3)]
+    low = rm_abs[3][0] - rm_abs[2][0]
+    assert all(FAST.on_s <= high < FAST.on_s + LOOP_LATE_S for high in highs), highs
+    assert FAST.off_s <= low < FAST.off_s + LOOP_LATE_S, low
     period = rm_abs[3][0] - rm_abs[1][0]
     assert max(highs) / period <= RM_DUTY_MAX
 
@@ -187,7 +193,8 @@ async def test_two_bursts_follow_cadence(slic: Slic, mock_factory: MockFactory) 
     assert fr_abs[-1][1] is True
     for start, end in ((rm_abs[1][0], rm_abs[2][0]), (rm_abs[3][0], rm_abs[4][0])):
         edges = [t for t, _ in fr_abs[1:] if start <= t <= end + 0.005]
-        assert 8 <= len(edges) <= 11, edges
+        expected = (end - start) * 2 * 25.0
+        assert 0.6 * expected <= len(edges) <= expected + 2, (end - start, edges)
     # No toggling while RM is low.
     assert not [t for t, _ in fr_abs[1:] if rm_abs[2][0] + 0.005 < t < rm_abs[3][0] - 0.001]
 
