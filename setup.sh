@@ -404,24 +404,34 @@ WRAPPER
 }
 
 # Print "name url_base path onnx_sha256 config_sha256" for the voice the config asks for, or
-# nothing when it is not a pinned Piper voice (espeak, a path to an own .onnx).
+# nothing when it is not a pinned Piper voice (espeak, a path to an own .onnx). The pins are
+# every language folder's voices.toml (docs/languages.md), or $APPLIANCE_VOICES_TOML alone.
 voice_spec() {
-    python3 - "${APPLIANCE_VOICES_TOML:-appliance/voices.toml}" "$(p "$CONFIG_FILE")" \
-        "${APPLIANCE_VOICE_MIRROR:-}" <<'PY'
+    local pins=(appliance/languages/*/voices.toml)
+    if [ -n "${APPLIANCE_VOICES_TOML:-}" ]; then
+        pins=("$APPLIANCE_VOICES_TOML")
+    fi
+    python3 - "$(p "$CONFIG_FILE")" "${APPLIANCE_VOICE_MIRROR:-}" "${pins[@]}" <<'PY'
 import sys, tomllib
-pins_path, config_path, mirror = sys.argv[1:4]
-with open(pins_path, "rb") as f:
-    pins = tomllib.load(f)
+config_path, mirror, *pin_paths = sys.argv[1:]
+voices = {}
+for pins_path in pin_paths:
+    with open(pins_path, "rb") as f:
+        pins = tomllib.load(f)
+    for voice_name, voice in pins["voices"].items():
+        voices[voice_name] = {**voice, "base_url": pins["base_url"]}
+with open("appliance/defaults.toml", "rb") as f:
+    name = tomllib.load(f)["speech"]["voice"]
 try:
     with open(config_path, "rb") as f:
-        name = tomllib.load(f).get("speech", {}).get("voice", pins["default"])
+        name = tomllib.load(f).get("speech", {}).get("voice", name)
 except FileNotFoundError:
-    name = pins["default"]
-voice = pins["voices"].get(name)
+    pass
+voice = voices.get(name)
 if voice is None:
     print(f"# voice {name!r} is not in the pinned list: nothing to download", file=sys.stderr)
     sys.exit(0)
-print(name, mirror or pins["base_url"], voice["path"], voice["onnx_sha256"],
+print(name, mirror or voice["base_url"], voice["path"], voice["onnx_sha256"],
       voice.get("config_sha256") or "-")
 PY
 }
@@ -454,7 +464,7 @@ fetch_checked() {   # URL DEST SHA256|- — download to DEST.part, verify, then 
     if [ "$want" != "-" ] && [ "$got" != "$want" ]; then
         rm -f "$PARTIAL"
         die "SHA-256 mismatch for $url
-       expected $want (appliance/voices.toml)
+       expected $want (appliance/languages/*/voices.toml)
        got      $got
        the download was removed; nothing was installed. A truncated download or a changed
        file upstream: run the install again; if it repeats, do not edit the pin — report it."

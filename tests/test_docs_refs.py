@@ -25,7 +25,6 @@ BARE_SECTION_PAGES = {
     "appliance/handset/": "hw/ag1171.md",
     "appliance/speech/": "docs/audio.md",
     "appliance/audio/dtmf.py": "docs/audio.md",
-    "appliance/voices.toml": "docs/audio.md",
 }
 CITATION = re.compile(r"((?:docs|hw)/[\w-]+\.md) ?((?:§ ?\d+(?:\.\d+)*(?:/§?\d+(?:\.\d+)*)*)?)")
 BARE = re.compile(r"(?<![\w.)])§ ?(\d+(?:\.\d+)*)")

@@ -23,6 +23,8 @@ from appliance.config import load_config
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "setup.sh"
 SCRIPT_TIMEOUT_S = 60.0
+#: The pinned Hungarian Piper voices (the default voice is one of them).
+HU_VOICES = "appliance/languages/hu/voices.toml"
 
 #: What a Pi must end up with: path → octal mode (docs/install.md, "Files and where they live").
 EXPECTED_MODES: dict[str, int] = {
@@ -257,20 +259,25 @@ def test_asound_conf_parses_and_defines_the_handset_pcm(tmp_path: Path) -> None:
     assert "ALSA lib" not in result.stderr  # a syntax error is reported this way
 
 
-def test_voices_pin_file() -> None:
-    pins = tomllib.loads((REPO / "appliance/voices.toml").read_text(encoding="utf-8"))
-    assert pins["base_url"].endswith("/resolve/v1.0.0/")
-    assert pins["default"] in pins["voices"]
-    for name, voice in pins["voices"].items():
-        assert re.fullmatch(r"[0-9a-f]{64}", voice["onnx_sha256"]), name
-        assert voice["path"].endswith(name)
+def test_voices_pin_files() -> None:
+    pinned = {}
+    for path in sorted(REPO.glob("appliance/languages/*/voices.toml")):
+        pins = tomllib.loads(path.read_text(encoding="utf-8"))
+        assert pins["base_url"].endswith("/resolve/v1.0.0/")
+        for name, voice in pins["voices"].items():
+            assert re.fullmatch(r"[0-9a-f]{64}", voice["onnx_sha256"]), name
+            assert voice["path"].endswith(name)
+            assert name not in pinned, f"{name} pinned twice"
+            pinned[name] = voice
+    defaults = tomllib.loads((REPO / "appliance/defaults.toml").read_text(encoding="utf-8"))
+    assert defaults["speech"]["voice"] in pinned, "the default voice is pinned"
 
 
 # --- the voice download (file:// mirror, no network) ------------------------------------------
 
 
 def _mirror(tmp_path: Path, onnx: bytes) -> tuple[str, Path]:
-    pins = tomllib.loads((REPO / "appliance/voices.toml").read_text(encoding="utf-8"))
+    pins = tomllib.loads((REPO / HU_VOICES).read_text(encoding="utf-8"))
     rel = pins["voices"]["hu_HU-anna-medium"]["path"]
     base = tmp_path / "mirror"
     (base / rel).parent.mkdir(parents=True)
@@ -297,7 +304,7 @@ def test_voice_with_matching_hash_is_installed(tmp_path: Path) -> None:
         pytest.skip("curl not installed")
     model = b"a stand-in model for the pin check"
     url, _ = _mirror(tmp_path, model)
-    pins = (REPO / "appliance/voices.toml").read_text(encoding="utf-8").replace(
+    pins = (REPO / HU_VOICES).read_text(encoding="utf-8").replace(
         "968c0c3a66cb667811242cc88653bff9247395fc7a0517fbeef7d8c08cdae62a",
         hashlib.sha256(model).hexdigest())
     (tmp_path / "voices.toml").write_text(pins, encoding="utf-8")
