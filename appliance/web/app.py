@@ -53,7 +53,7 @@ from appliance.store.db import OUTCOMES, Store
 from appliance.store.lookup import locate_recording
 from appliance.text import printable
 from appliance.web.accounts import Account, Accounts
-from appliance.web.i18n import LANGUAGES, translator, value_words
+from appliance.web.i18n import PAGE_LANGUAGES, translator, value_words
 from appliance.web.index import AUDIT_PAGE_SIZE, CallIndex, Search
 from appliance.web.sessions import COOKIE_NAME, CSRF_FIELD, Session, Sessions, Throttle
 
@@ -255,7 +255,7 @@ class WebApp:
 
     def language(self, request: Request) -> str:
         lang = request.cookies.get(LANG_COOKIE, "")
-        return lang if lang in LANGUAGES else self.settings.language
+        return lang if lang in PAGE_LANGUAGES else self.settings.language
 
     def render(self, request: Request, template: str, session: Session | None,
                status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -401,7 +401,7 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
     async def set_language(request: Request) -> Response:
         lang = request.path_params["lang"]
         response = RedirectResponse(_safe_next(request.query_params.get("next", "/")), 303)
-        if lang in LANGUAGES:
+        if lang in PAGE_LANGUAGES:
             _set_cookie(response, LANG_COOKIE, lang, settings, max_age=365 * 86400,
                         http_only=False)
         return response

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-LANGUAGES: Final = ("hu", "en")
+#: The page's languages: the columns of the word table below. The prompts' languages are
+#: another list (appliance/languages/, docs/languages.md); a device speaking one the page lacks
+#: shows the page in English.
+PAGE_LANGUAGES: Final = ("hu", "en")
 
 _WORDS: Final[dict[str, tuple[str, str]]] = {
     "app_title": ("Hívásrögzítő", "Call recorder"),
@@ -165,12 +168,13 @@ def value_words(t: Callable[[str], str]) -> Callable[[str, object], str]:
 
 
 def translator(language: str) -> Callable[[str], str]:
-    """Return ``t(key)`` for ``language`` (``hu`` or ``en``).
+    """Return ``t(key)`` for ``language`` (one of :data:`PAGE_LANGUAGES`; any other gets
+    English).
 
     Raises:
         KeyError: from ``t`` for a key the table lacks.
     """
-    column = 0 if language == "hu" else 1
+    column = PAGE_LANGUAGES.index(language if language in PAGE_LANGUAGES else "en")
 
     def t(key: str) -> str:
         return _WORDS[key][column]
