@@ -14,9 +14,12 @@ from pathlib import Path
 import appliance
 
 PACKAGE_DIR = Path(appliance.__file__).parent
-#: Rooms that drive hardware or compute audio: they never reach up into the call or daemon.
-LOWER_ROOMS = ("line", "handset", "panel", "audio")
+#: Rooms that drive hardware, compute audio, speak prompts or keep the records: they never
+#: reach up into the call or daemon (the call reaches them through its ports).
+LOWER_ROOMS = ("line", "handset", "panel", "audio", "speech", "store")
 UPPER_ROOMS = ("daemon", "call", "cli", "sim", "bench")
+#: Modules at the package top that every room may import: they import only one another.
+SHARED_LEAVES = ("appliance.errors", "appliance.text", "appliance.reference")
 
 
 def _module_name(path: Path) -> str:
@@ -70,6 +73,13 @@ def test_lower_rooms_never_import_upper_rooms() -> None:
         for target in targets
         if _room(target) in UPPER_ROOMS
     ]
+    assert wrong == []
+
+
+def test_shared_leaves_import_no_room() -> None:
+    graph = import_graph()
+    wrong = [f"{name} imports {target}" for name in SHARED_LEAVES
+             for target in graph[name] if target not in SHARED_LEAVES]
     assert wrong == []
 
 

@@ -208,8 +208,8 @@ def _raise_counter(conn: sqlite3.Connection, client: S3Client, bucket: str, pref
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (COUNTER_KEY,)).fetchone()
     highest = int(row[0]) if row else 0
     if key is not None:
-        from appliance.call.reference import ReferenceCipher
         from appliance.errors import ReferenceFormatError
+        from appliance.reference import ReferenceCipher
 
         cipher = ReferenceCipher(key)
         references = {r[0] for r in conn.execute("SELECT reference FROM calls")}

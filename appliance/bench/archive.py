@@ -60,7 +60,7 @@ def speechlike(seconds: float, seed: int) -> npt.NDArray[np.int16]:
 async def _finalize_call(store: Any, recordings_dir: Path, counter: int,
                          seconds: float) -> tuple[str, float]:
     """One call finalized as the daemon does it; return (reference, finalized-at epoch)."""
-    from appliance.call.reference import make_reference
+    from appliance.reference import make_reference
     from appliance.store.recorder import Recorder
 
     ref = make_reference(counter, BENCH_KEY)

@@ -349,7 +349,7 @@ def _read_recording(path: Path) -> np.ndarray:
 
 async def measure_reference_assembly(app: Application, samples: int = 200) -> list[float]:
     """Seconds to assemble the spoken reference for ``samples`` fresh references."""
-    from appliance.call.reference import make_reference
+    from appliance.reference import make_reference
 
     key = b"bench-key-0123456789abcdef"
     out = []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.bench.calls import BenchStack
-from appliance.call.reference import make_reference
+from appliance.reference import make_reference
 from appliance.speech.condition import PHONE_RATE_HZ
 
 _LOGGER = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.bench.probes import percentile_ms
-from appliance.call.reference import damm_check_digit
+from appliance.reference import damm_check_digit, format_reference
 from appliance.store.db import Store
 
 #: Rows per executemany batch while filling.
@@ -101,7 +101,7 @@ def measure_index(work: Path, n: int, *, progress: Progress) -> dict[str, Any]:
         store.close_sync()
     progress("index: timing `appliance show` and `appliance last`")
     ref = refs[0]
-    show = [_cli_wall_s(state_dir, "show", f"{ref[:3]}-{ref[3:6]}-{ref[6:]}")
+    show = [_cli_wall_s(state_dir, "show", format_reference(ref))
             for _ in range(CLI_REPEATS)]
     last = [_cli_wall_s(state_dir, "last") for _ in range(CLI_REPEATS)]
     return {

@@ -1,1 +1,1 @@
-"""The call: state machine, flow and call references. Pure logic, no hardware imports."""
+"""The call: state machine and flow. Pure logic, no hardware imports."""

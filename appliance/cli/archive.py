@@ -253,7 +253,7 @@ def _headoffice_rows(obj: Any, boxes: tuple[str, ...], **query: Any) -> list[dic
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
-    from appliance.store.export import display_reference
+    from appliance.reference import display_reference
     from appliance.text import printable
 
     if as_json:
@@ -314,8 +314,8 @@ def export_cmd(obj: Any, reference: str, identity: Path, out_dir: Path, box: str
     from appliance.archive.headoffice import box_indexes, export_from_archive, query_calls
     from appliance.archive.restore import load_identities
     from appliance.archive.s3 import make_client
-    from appliance.call.reference import parse_reference
     from appliance.errors import ReferenceFormatError
+    from appliance.reference import parse_reference
     from appliance.store.audit import current_actor
 
     try:

@@ -217,7 +217,7 @@ def _file_kind(mode: int) -> str:
 
 def row_view(row: dict[str, Any]) -> dict[str, Any]:
     """A call row as people read it: the reference formatted with its dashes."""
-    from appliance.call.reference import format_reference
+    from appliance.reference import format_reference
 
     view = dict(row)
     view["reference"] = format_reference(row["reference"])

@@ -349,7 +349,7 @@ def _print_call(store: Any, row: dict[str, Any], as_json: bool) -> None:
 @guard_store_errors()
 def show(obj: CliContext, reference: str, as_json: bool) -> None:
     """Show one call by REFERENCE (427-193-53, 42719353 and "427 193 53" all work)."""
-    from appliance.call.reference import known_candidates, parse_reference
+    from appliance.reference import known_candidates, parse_reference
 
     store = open_store(obj)
     try:

@@ -95,8 +95,8 @@ def _audit_config(obj: CliContext, config: Config, store: Store, actor: str) -> 
 
 def _parse_ref(store: Store, text: str) -> str:
     """Canonical reference from what the technician typed; exit 1 with candidates if wrong."""
-    from appliance.call.reference import known_candidates, parse_reference
     from appliance.errors import ReferenceFormatError
+    from appliance.reference import known_candidates, parse_reference
 
     try:
         return parse_reference(text)
@@ -108,7 +108,7 @@ def _parse_ref(store: Store, text: str) -> str:
 
 def calls_table(rows: list[dict[str, Any]]) -> None:
     """Print calls as the ``calls``/``find`` table; caller ID escaped (it comes from the line)."""
-    from appliance.store.export import display_reference
+    from appliance.reference import display_reference
     from appliance.text import printable
 
     # The archive column only on a box that archives (rows carry "archive", docs/archive.md).
@@ -144,8 +144,8 @@ def purge(obj: CliContext, dry_run: bool, as_json: bool) -> None:
     metadata_days (caller number, name, event details). Each call keeps a tombstone row and
     an audit entry without personal data.
     """
+    from appliance.reference import display_reference
     from appliance.store.audit import current_actor
-    from appliance.store.export import display_reference
     from appliance.store.retention import purge as do_purge
 
     config = obj.config()
@@ -253,8 +253,8 @@ def erase(obj: CliContext, reference: str, reason: str, yes: bool, as_json: bool
     happened); the caller's number and name, the event details, the recording and its
     sidecar go, and the index is vacuumed so no copy remains in the database file.
     """
+    from appliance.reference import display_reference
     from appliance.store.audit import current_actor
-    from appliance.store.export import display_reference
     from appliance.store.retention import erase_call
 
     if not reason.strip():
@@ -291,8 +291,8 @@ def erase(obj: CliContext, reference: str, reason: str, yes: bool, as_json: bool
 def verify(obj: CliContext, as_json: bool) -> None:
     """Recompute every recording's SHA-256, look for missing and unknown files, check the
     audit chain. Exit 1 on any problem (each named by reference), 0 when clean."""
+    from appliance.reference import display_reference
     from appliance.store.audit import current_actor
-    from appliance.store.export import display_reference
     from appliance.store.verify import verify_records
 
     config, store = _open(obj, check=True)

@@ -273,6 +273,7 @@ def say(obj: CliContext, name: str, out_path: Path, force: bool, lang: str | Non
     clips come from the last `appliance sounds build`.
     """
     from appliance.errors import ReferenceFormatError, SpeechError
+    from appliance.reference import parse_reference
     from appliance.speech.library import PromptLibrary, write_clip
 
     config = obj.config()
@@ -285,7 +286,7 @@ def say(obj: CliContext, name: str, out_path: Path, force: bool, lang: str | Non
         audio = library.clip(name)
     else:
         try:
-            audio = library.reference_audio(name)
+            audio = library.reference_audio(parse_reference(name))
         except ReferenceFormatError:
             fail(f"no clip {name!r}; clips: {', '.join(sorted(library.names))} "
                   "(or give an 8-digit reference)")

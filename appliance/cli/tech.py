@@ -201,8 +201,8 @@ def logs(obj: Any, reference: str | None, lines: int, follow: bool) -> None:
     if follow:
         cmd.append("--follow")
     if reference:
-        from appliance.call.reference import parse_reference
         from appliance.errors import ReferenceFormatError
+        from appliance.reference import parse_reference
 
         try:
             digits = parse_reference(reference)

@@ -36,7 +36,6 @@ from appliance.call.events import (
     LineLost,
 )
 from appliance.call.flow import CallerInfo, CallPolicy, CallPorts, CallResult, InboundCall
-from appliance.call.reference import COUNTER_SPACE, format_reference, make_reference
 from appliance.config import Config, LineConfig
 from appliance.daemon.control import ControlServer, socket_path
 from appliance.daemon.halfduplex import HalfDuplexAudio
@@ -60,6 +59,7 @@ from appliance.line.at import LinkState
 from appliance.line.modem import CallerIdReceived, Dtmf, LinkDown, Modem, RemoteHangup, Ring
 from appliance.panel.panel import Panel, PanelPins
 from appliance.panel.relay import BypassRelay
+from appliance.reference import COUNTER_SPACE, format_reference, make_reference, spoken_groups
 from appliance.speech.prompts import load_prompt_texts
 from appliance.store.audit import record_config
 from appliance.store.db import DB_DIR_MODE, Store
@@ -759,7 +759,7 @@ class Application:
             return "fault — " + "; ".join(faults)
         last = self.store.last_call() if hasattr(self, "store") else None
         if last:
-            from appliance.call.reference import format_reference
+            from appliance.reference import format_reference
 
             when = time.strftime("%H:%M", time.localtime(last["ring_at"] or 0))
             return f"ready — last call {format_reference(last['reference'])} at {when}"
@@ -1123,8 +1123,7 @@ class Application:
         last = self.store.last_call()
         if last is None:
             return texts["no_calls_yet"]
-        groups = format_reference(last["reference"]).split("-")
-        reference = ", ".join(" ".join(group) for group in groups)
+        reference = ", ".join(" ".join(group) for group in spoken_groups(last["reference"]))
         number = last["caller_number"]
         caller = (" ".join(number.lstrip("+")) if number
                   else language.words["unknown_caller"])
@@ -1226,7 +1225,7 @@ class Application:
         """Play a recording into the earpiece (technician/owner listening back), when idle."""
         import soundfile
 
-        from appliance.call.reference import parse_reference
+        from appliance.reference import parse_reference
 
         if self.in_call:
             raise RuntimeError("a call is in progress; try again when the line is idle")

@@ -135,7 +135,7 @@ def run_archive_demo(state_dir: Path, *, scenario: str = "answered", say: Say,
             stop_waiting.set()
             starter.join()
         summary = demo.summary
-        reference = summary["reference"].replace("-", "")
+        reference = summary["reference_digits"]
         figures: dict[str, Any] = {"reference": summary["reference"],
                                    "recording": summary["recording_decision"]}
         try:

@@ -28,10 +28,10 @@ from appliance.audio.hybrid import (
     HybridSpec,
 )
 from appliance.audio.pcm import SAMPLE_RATE_HZ
-from appliance.call.reference import format_reference
 from appliance.config import Config, load_config
 from appliance.daemon.app import Application
 from appliance.line.sim import PtyModemServer, SimModem
+from appliance.reference import format_reference
 from appliance.sim.world import (
     LINES_HU,
     SCENARIOS,

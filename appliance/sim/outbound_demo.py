@@ -24,10 +24,10 @@ import numpy as np
 from appliance.audio.backend import SimHandsetAudio
 from appliance.audio.hybrid import HybridSpec
 from appliance.audio.tones import dtmf_sequence
-from appliance.call.reference import format_reference
 from appliance.daemon.app import Application
 from appliance.line.progress import CallProgressDetector
 from appliance.line.sim import PtyModemServer, SimCallee, SimModem
+from appliance.reference import format_reference
 from appliance.sim.demo import (
     DEMO_HANDSET_ECHO,
     DEMO_LINE_ECHO,

@@ -34,17 +34,15 @@ import numpy as np
 import numpy.typing as npt
 import soundfile
 
-from appliance.errors import ReferenceFormatError, SpeechError
+from appliance.errors import SpeechError
 from appliance.languages.registry import Registry
+from appliance.reference import spoken_groups
 from appliance.speech.condition import CONDITIONING_VERSION, PHONE_RATE_HZ, condition_for_phone
 from appliance.speech.prompts import NOTICE_FIRST, NOTICE_LAYERS, digit_word
 from appliance.speech.tts import TtsEngine
 
 _LOGGER = logging.getLogger(__name__)
 
-#: docs/design.md §7: references are 8 digits, spoken in groups of 3-3-2.
-REFERENCE_DIGITS: Final[int] = 8
-REFERENCE_GROUPS: Final[tuple[int, ...]] = (3, 3, 2)
 #: Pause between digits of one group.
 DIGIT_GAP_S: Final[float] = 0.150
 #: Pause between groups ("4 2 7 — 1 9 3 — 5 8"): the reference is read once, so each group
@@ -131,20 +129,6 @@ def notice_version(notice_text: str, voice_id: str, settings: Mapping[str, objec
 def is_template(text: str) -> bool:
     """Return whether ``text`` still has ``{placeholders}`` (it can't be pre-rendered)."""
     return any(field is not None for _, field, _, _ in string.Formatter().parse(text))
-
-
-def normalize_reference(reference: str) -> str:
-    """Return the 8 digits of a reference typed as ``42719038``, ``427-193-58`` or ``427 193 58``.
-
-    Only the shape is checked here; the check digit belongs to the reference module.
-
-    Raises:
-        ReferenceFormatError: not 8 digits after removing spaces and hyphens.
-    """
-    digits = reference.replace(" ", "").replace("-", "")
-    if len(digits) != REFERENCE_DIGITS or not (digits.isascii() and digits.isdigit()):
-        raise ReferenceFormatError(reference, f"expected {REFERENCE_DIGITS} digits")
-    return digits
 
 
 @contextmanager
@@ -440,13 +424,13 @@ class PromptLibrary:
         hears it again on the repeat key and, when the shop hangs up first, at the end.
 
         Args:
-            reference: 8 digits, optionally grouped with spaces or hyphens.
+            reference: the canonical 8 digits (what :func:`appliance.reference.parse_reference`
+                returns for what a person typed); the check digit is not verified here.
 
         Raises:
-            ReferenceFormatError: not 8 digits.
+            ReferenceFormatError: not 8 ASCII digits.
         """
-        digits = normalize_reference(reference)
-        parts = [self._clips["reference_intro"], self._intro_gap, *self._digits_parts(digits)]
+        parts = [self._clips["reference_intro"], self._intro_gap, *self._digits_parts(reference)]
         return np.concatenate(parts)
 
     def digits_audio(self, reference: str) -> npt.NDArray[np.int16]:
@@ -458,19 +442,18 @@ class PromptLibrary:
         Raises:
             ReferenceFormatError: not 8 digits.
         """
-        return np.concatenate(self._digits_parts(normalize_reference(reference)))
+        return np.concatenate(self._digits_parts(reference))
 
-    def _digits_parts(self, digits: str) -> list[npt.NDArray[np.int16]]:
+    def _digits_parts(self, reference: str) -> list[npt.NDArray[np.int16]]:
+        """The clips and gaps of one reading, grouped as :func:`spoken_groups` groups."""
         parts: list[npt.NDArray[np.int16]] = []
-        start = 0
-        for group_index, size in enumerate(REFERENCE_GROUPS):
+        for group_index, group in enumerate(spoken_groups(reference)):
             if group_index:
                 parts.append(self._group_gap)
-            for offset, digit in enumerate(digits[start : start + size]):
+            for offset, digit in enumerate(group):
                 if offset:
                     parts.append(self._digit_gap)
                 parts.append(self._clips[digit])
-            start += size
         return parts
 
     def render_text(self, text: str) -> npt.NDArray[np.int16]:

@@ -29,8 +29,9 @@ from typing import Any, Final
 import soundfile as sf
 
 from appliance.audio.pcm import SAMPLE_RATE_HZ
-from appliance.errors import ReferenceFormatError, StoreError
+from appliance.errors import StoreError
 from appliance.languages.registry import DEFAULT_LANGUAGE, Language, Registry, builtin
+from appliance.reference import display_reference
 from appliance.store.db import Store
 from appliance.store.recorder import (
     CHANNEL_LAYOUT,
@@ -100,16 +101,6 @@ class ExportResult:
     matches_index: bool | None
     audit_hash: str
     problems: tuple[str, ...]
-
-
-def display_reference(reference: str) -> str:
-    """``42719353`` → ``427-193-53``; a non-canonical reference is shown as stored."""
-    from appliance.call.reference import format_reference
-
-    try:
-        return format_reference(reference)
-    except ReferenceFormatError:
-        return reference
 
 
 def _when(t: float | None) -> str:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.call.reference import COUNTER_SPACE, ReferenceCipher
 from appliance.errors import ReferenceFormatError, StoreError
+from appliance.reference import COUNTER_SPACE, ReferenceCipher, is_canonical
 from appliance.store.db import Store
 from appliance.store.highwater import read_mark, write_mark
 from appliance.store.recorder import PARTIAL_SUFFIX
@@ -120,7 +120,7 @@ def rebuild_index(db_path: Path, recordings_dir: Path, state_dir: Path, key: byt
     partials = sorted(root.rglob("*" + PARTIAL_SUFFIX)) if root.is_dir() else []
     for partial in partials:
         reference = partial.name[: -len(PARTIAL_SUFFIX)]
-        if not _canonical(reference):
+        if not is_canonical(reference):
             report.problems.append(f"{partial}: not named by a call reference")
             continue
         created = partial.stat().st_mtime
@@ -151,10 +151,6 @@ def rebuild_index(db_path: Path, recordings_dir: Path, state_dir: Path, key: byt
     return report
 
 
-def _canonical(reference: str) -> bool:
-    return len(reference) == 8 and reference.isascii() and reference.isdigit()
-
-
 def _row_from_sidecar(sidecar: Path, report: RebuildReport) -> dict[str, Any] | None:
     """The call row a sidecar describes, or None (with a problem noted) if it cannot be used."""
     try:
@@ -167,7 +163,7 @@ def _row_from_sidecar(sidecar: Path, report: RebuildReport) -> dict[str, Any] | 
         report.problems.append(f"{sidecar}: not a recording sidecar ({exc})")
         return None
     report.sidecars += 1
-    if not _canonical(reference) or audio.parent != sidecar.parent or "/" in str(data["file"]):
+    if not is_canonical(reference) or audio.parent != sidecar.parent or "/" in str(data["file"]):
         report.problems.append(f"{sidecar}: names {reference!r} / {data['file']!r}, not a "
                                "recording beside it")
         return None

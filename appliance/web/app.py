@@ -47,8 +47,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.call.reference import format_reference
-from appliance.errors import ReferenceFormatError, StoreError
+from appliance.errors import StoreError
+from appliance.reference import display_reference, is_canonical
 from appliance.store.db import OUTCOMES, Store
 from appliance.store.lookup import locate_recording
 from appliance.text import printable
@@ -172,13 +172,6 @@ def _when(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _shown(reference: str) -> str:
-    try:
-        return format_reference(reference)
-    except ReferenceFormatError:
-        return reference
-
-
 def _parse_date(text: str, *, end: bool = False) -> float | None:
     """``YYYY-MM-DD`` (an ``<input type=date>``) → local midnight epoch; end = next midnight."""
     text = text.strip()
@@ -210,7 +203,7 @@ class WebApp:
         self.env = Environment(loader=PackageLoader("appliance.web", "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True),
                                trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(line_text=line_text, when=_when, ref=_shown, led=_led,
+        self.env.filters.update(line_text=line_text, when=_when, ref=display_reference, led=_led,
                                 layers=_layers)
 
     # ------------------------------------------------------------------ index access
@@ -434,7 +427,7 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
                           lines=settings.lines, q=q)
 
     def _call_row(reference: str) -> dict[str, Any]:
-        if not (len(reference) == 8 and reference.isdigit()):
+        if not is_canonical(reference):
             raise _NotFound
         row = web.store().get_call(reference)
         if row is None:
@@ -479,7 +472,7 @@ def create_app(settings: WebSettings, *, clock: Callable[[], float] = time.time)
                 web._played[key] = now
                 await web.audit(AUDIT_PLAY, session, request, reference=reference)
         media = _AUDIO_TYPES.get(path.suffix.lower(), "application/octet-stream")
-        name = f"{_shown(reference)}{path.suffix}"
+        name = f"{display_reference(reference)}{path.suffix}"
         return FileResponse(path, media_type=media, filename=name if download else None,
                             content_disposition_type="attachment" if download else "inline")
 

@@ -10,7 +10,7 @@ the same expression index.
 What the owner types in the one search box is read as a reference when it has exactly eight
 digits (a Hungarian phone number has more), else as a caller number in any spelling
 (:func:`appliance.store.lookup.number_variants`). A reference with a wrong check digit is
-answered with the CLI's "did you mean" (:func:`appliance.call.reference.known_candidates`).
+answered with the CLI's "did you mean" (:func:`appliance.reference.known_candidates`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.call.reference import known_candidates, parse_reference
 from appliance.errors import ReferenceFormatError, StoreError
+from appliance.reference import REFERENCE_DIGITS, known_candidates, parse_reference
 from appliance.store.db import BUSY_TIMEOUT_MS, OUTCOMES
 from appliance.store.lookup import number_variants
 
 PAGE_SIZE: Final = 50
 AUDIT_PAGE_SIZE: Final = 200
-#: Digits (after separators are dropped) that make the search text a reference.
-REFERENCE_DIGITS: Final = 8
 #: The columns a list row shows (the list never needs the whole row).
 _LIST_COLUMNS: Final = ("reference, line, direction, caller_number, caller_name, ring_at, "
                         "created_at, outcome, recording_decision, duration_s, erased_at, "
@@ -126,7 +124,7 @@ class CallIndex:
         text = query.text.strip()
         if text:
             digits = sum(ch.isdigit() for ch in text)
-            # Eight digits, or none at all (a typo such as "42O-..." still gets the
+            # A reference's digit count, or none at all (a typo such as "42O-..." still gets the
             # reference parser's message rather than an empty number search).
             if digits in (REFERENCE_DIGITS, 0) and not text.lstrip().startswith("+"):
                 try:

@@ -16,8 +16,8 @@ from appliance.archive import queue
 from appliance.archive.restore import RESTORE_COUNTER_MARGIN, restored_counter
 from appliance.archive.s3 import call_key, make_client
 from appliance.archive.uploader import Uploader
-from appliance.call.reference import ReferenceCipher, make_reference
 from appliance.cli.main import cli
+from appliance.reference import ReferenceCipher, make_reference
 from appliance.sim.objectstore import ObjectStore
 from appliance.store.db import Store
 from appliance.store.highwater import read_mark

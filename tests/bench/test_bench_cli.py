@@ -34,7 +34,7 @@ def test_index_figures_with_a_small_index(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_synthetic_references_are_valid_and_unique() -> None:
-    from appliance.call.reference import parse_reference
+    from appliance.reference import parse_reference
 
     refs = {index.synthetic_reference(i) for i in range(0, 10_000, 7)}
     assert len(refs) == len(range(0, 10_000, 7))

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from appliance.cli.main import cli
 from appliance.cli.modem import _claim_link
-from appliance.store.export import display_reference
+from appliance.reference import display_reference
 
 from ..store.callfactory import make_calls
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from appliance.cli.main import cli
 from appliance.cli.records import parse_when
+from appliance.reference import display_reference
 from appliance.store.db import OUTCOMES
-from appliance.store.export import display_reference
 
 from ..store.callfactory import DAY_S, NUMBER, make_calls
 

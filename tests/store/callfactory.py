@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.call.reference import make_reference
+from appliance.reference import make_reference
 from appliance.store.db import Store
 from appliance.store.recorder import Recorder
 

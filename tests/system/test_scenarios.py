@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from appliance.call.reference import damm_valid
+from appliance.reference import damm_valid
 from appliance.sim.demo import run_demo
 
 pytestmark = pytest.mark.timeout(150)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from appliance.call.reference import format_reference
+from appliance.reference import format_reference
 from appliance.web.app import WebSettings, create_app
 from tests.web.conftest import USERS, Shop
 

@@ -19,7 +19,7 @@ import pytest
 from playwright import sync_api as playwright_api
 
 from appliance.bench.web import free_port, start_process, stop_process
-from appliance.call.reference import format_reference
+from appliance.reference import format_reference
 from tests.web.conftest import HOSTILE_NAME, USERS, Shop, make_shop
 
 CHROMIUM = Path(os.environ.get("APPLIANCE_CHROMIUM", "/usr/bin/chromium"))

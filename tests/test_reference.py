@@ -10,15 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.call import reference as reference_module
-from appliance.call.reference import (
+from appliance import reference as reference_module
+from appliance.errors import ReferenceFormatError
+from appliance.reference import (
     COUNTER_SPACE,
     KEY_BYTES,
     REFERENCE_DIGITS,
+    REFERENCE_GROUPS,
     ReferenceCipher,
     damm_check_digit,
     damm_valid,
+    display_reference,
     format_reference,
+    is_canonical,
     make_reference,
     new_key,
     parse_reference,
@@ -27,7 +31,6 @@ from appliance.call.reference import (
     suggest_references,
     unpermute,
 )
-from appliance.errors import ReferenceFormatError
 
 #: A fixed key so sampled properties are deterministic (random keys are covered by hypothesis).
 FIXED_KEY = bytes(range(KEY_BYTES))
@@ -99,7 +102,7 @@ def test_damm_valid_is_false_not_an_exception(bad: str) -> None:
 
 def test_damm_table_is_weakly_totally_antisymmetric_quasigroup() -> None:
     """Checks the transcribed table through the properties its guarantees rest on."""
-    from appliance.call.reference import _DAMM_TABLE as table  # the table itself is the fact
+    from appliance.reference import _DAMM_TABLE as table  # the table itself is the fact
 
     digits = range(10)
     # Quasigroup: every row and every column is a permutation → single substitutions caught.
@@ -318,6 +321,24 @@ def test_format_round_trips_through_parse(counter: int) -> None:
     assert formatted.replace("-", "") == ref
     assert parse_reference(formatted) == ref
     assert "".join(spoken_groups(ref)) == ref
+
+
+def test_the_groups_cover_the_digits() -> None:
+    assert sum(REFERENCE_GROUPS) == REFERENCE_DIGITS
+
+
+@given(st.text(max_size=12) | st.text(alphabet="0123456789", min_size=7, max_size=9))
+def test_display_shows_canonical_references_formatted_and_anything_else_as_stored(
+    text: str,
+) -> None:
+    shown = display_reference(text)  # never raises: a damaged row is shown, not hidden
+    if is_canonical(text):
+        assert shown == format_reference(text)
+        assert [len(group) for group in spoken_groups(text)] == list(REFERENCE_GROUPS)
+    else:
+        assert shown == text
+        with pytest.raises(ReferenceFormatError):
+            spoken_groups(text)
 
 
 # --- parsing --------------------------------------------------------------------------------

@@ -1,5 +1,11 @@
 """Call references: 8 digits a customer can read back over the phone.
 
+The one definition of a reference's shape (:data:`REFERENCE_DIGITS`, spoken and printed in
+:data:`REFERENCE_GROUPS`), of how it is issued, formatted and parsed: the call, the prompt
+library, the store, the owner's page, the bench and the CLI all import it from here. It sits at
+the top of the package, beside ``text.py``, because every room may import it and it imports
+nothing but ``errors``.
+
 docs/design.md §7. A reference is a 7-digit value from a keyed permutation of the per-device call
 counter, followed by one Damm check digit:
 
@@ -39,10 +45,14 @@ __all__ = [
     "COUNTER_SPACE",
     "KEY_BYTES",
     "REFERENCE_DIGITS",
+    "REFERENCE_GROUPS",
+    "REFERENCE_SEPARATOR",
     "ReferenceCipher",
     "damm_check_digit",
     "damm_valid",
+    "display_reference",
     "format_reference",
+    "is_canonical",
     "known_candidates",
     "make_reference",
     "new_key",
@@ -63,7 +73,9 @@ KEY_BYTES: Final = 32
 #: Digits of the permuted counter (the reference minus its check digit).
 _VALUE_DIGITS: Final = REFERENCE_DIGITS - 1
 #: Spoken/printed grouping, 3-3-2 (docs/design.md §7: "Spoken in groups (3-3-2), digit by digit").
-_GROUPS: Final = (3, 3, 2)
+REFERENCE_GROUPS: Final[tuple[int, ...]] = (3, 3, 2)
+#: What :func:`format_reference` puts between the groups: ``427-193-53``.
+REFERENCE_SEPARATOR: Final = "-"
 
 # Damm, H. M. (2004): "Total anti-symmetrische Quasigruppen", dissertation, Philipps-Universität
 # Marburg — the weakly totally anti-symmetric quasigroup of order 10 with a zero diagonal, as
@@ -346,9 +358,18 @@ def make_reference(counter: int, key: bytes) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def is_canonical(ref: str) -> bool:
+    """Whether ``ref`` has the shape of a stored reference: exactly 8 ASCII digits.
+
+    Only the shape: the check digit is not verified (a file or row named by 8 digits is
+    named by a reference, whether or not a typo made it).
+    """
+    return len(ref) == REFERENCE_DIGITS and _is_ascii_digits(ref)
+
+
 def _check_canonical(ref: str) -> None:
     """Raise ReferenceFormatError unless ``ref`` is exactly 8 ASCII digits."""
-    if len(ref) != REFERENCE_DIGITS or not _is_ascii_digits(ref):
+    if not is_canonical(ref):
         raise ReferenceFormatError(
             ref, f"expected a canonical reference of {REFERENCE_DIGITS} ASCII digits"
         )
@@ -367,7 +388,7 @@ def spoken_groups(ref: str) -> list[str]:
     _check_canonical(ref)
     groups: list[str] = []
     start = 0
-    for size in _GROUPS:
+    for size in REFERENCE_GROUPS:
         groups.append(ref[start : start + size])
         start += size
     return groups
@@ -379,7 +400,17 @@ def format_reference(ref: str) -> str:
     Raises:
         ReferenceFormatError: ``ref`` is not exactly 8 ASCII digits.
     """
-    return "-".join(spoken_groups(ref))
+    return REFERENCE_SEPARATOR.join(spoken_groups(ref))
+
+
+def display_reference(ref: str) -> str:
+    """``"42719353"`` → ``"427-193-53"``; anything not canonical is returned as stored.
+
+    For showing what an index row or a file name holds: never raises, so a damaged row is
+    shown rather than hidden. Pass the result through :func:`appliance.text.printable` when it
+    came from outside.
+    """
+    return format_reference(ref) if is_canonical(ref) else ref
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,4 +524,4 @@ def known_candidates(error: ReferenceFormatError, exists: Callable[[str], bool])
     Returns:
         Formatted references (``"427-193-53"``), in ``error.candidates`` order.
     """
-    return [c for c in error.candidates if exists(c.replace("-", ""))]
+    return [c for c in error.candidates if exists(c.replace(REFERENCE_SEPARATOR, ""))]
