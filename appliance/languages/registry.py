@@ -236,7 +236,8 @@ def _load(folder: Path, *, builtin: bool) -> Language:
 def _grammar(folder: Path, *, builtin: bool) -> Grammar:
     module: ModuleType
     where = _where(folder, GRAMMAR_FILE)
-    if builtin:
+    if builtin and folder.name.isidentifier():
+        # The package's own module, so the one the tests and type checker see is the one used.
         module = importlib.import_module(f"{__package__}.{folder.name}.{GRAMMAR_FILE[:-3]}")
     else:
         path = folder / GRAMMAR_FILE

@@ -135,3 +135,8 @@ def test_summary_languages_put_another_device_language_first(tmp_path: Path) -> 
     codes = [language.code for language in summary_languages(registry(tmp_path), "xx")]
     assert codes == ["xx", "hu", "en"]
     assert [language.code for language in summary_languages(builtin(), "en")] == ["hu", "en"]
+
+
+def test_regional_code_loads(tmp_path: Path) -> None:
+    make_toy_language(tmp_path, code="xx-yy")
+    assert registry(tmp_path).get("xx-yy").grammar.digit_word("0") == "zero"
