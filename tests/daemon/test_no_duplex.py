@@ -134,7 +134,7 @@ async def test_a_refused_vtr_makes_the_line_an_answering_machine(
 ) -> None:
     # +VTR=? said yes (a lying firmware), +VTR is refused at the first call: that call goes on
     # in half duplex (notice by +VTX, message by +VRX), and from then on the phone rings first.
-    caplog.set_level(logging.INFO, logger="appliance.daemon.app")
+    caplog.set_level(logging.INFO, logger="appliance.daemon.line_session")
     config = load_config(Path("/dev/null"), state_dir=tmp_path / "state", overrides={
         "speech": {"voice": "espeak", "texts": {"notice": "Rögzítjük."}},
         "call": {"cid_wait_s": 0.0, "half_duplex_answer_after_rings": 3},

@@ -25,11 +25,11 @@ from appliance.audio.backend import SimHandsetAudio
 from appliance.call.flow import CallResult
 from appliance.cli.main import cli
 from appliance.config import load_config
-from appliance.daemon.app import (
+from appliance.daemon.app import Application
+from appliance.daemon.line_session import (
     LINE_OFF_HOOK_FAULT,
     MODEM_SILENT_FAULT,
     MODEM_STRAY_CONNECT_FAULT,
-    Application,
 )
 from appliance.line.sim import PtyModemServer, SimModem
 
