@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from appliance.call.events import (
     RecordingFailed,
 )
 from appliance.errors import StoreError
+
+if TYPE_CHECKING:
+    from appliance.config import Config
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -257,26 +260,71 @@ class CallPorts:
 
 @dataclass(frozen=True, slots=True)
 class CallPolicy:
-    """The parts of the configuration the flow obeys."""
+    """The parts of the configuration the flow obeys.
 
-    ring_during_notice: bool = True
-    optout_key: str = "9"
-    repeat_key: str = "*"
-    details_key: str = "0"
-    reference_at_end: bool = True
-    returning_caller_days: int = 0
-    agent_timeout_s: float = 30.0
-    voicemail: bool = True
-    voicemail_max_s: float = 120.0
-    max_call_s: float = 3600.0
-    whisper_reference: bool = False
-    hold_max_s: float = 120.0
-    hold_reassure_s: float = 20.0
-    whisper_line: bool = False
-    silence_hangup_s: float = 30.0
+    No field has a default: the configuration (``appliance/defaults.toml`` under the user's
+    file) is the one source of every value, and :meth:`from_config` is the one place that
+    reads it. Tests change single fields with :func:`dataclasses.replace`.
+    """
+
+    #: ``call.ring_during_notice``: the shop's phone rings while the caller hears the notice.
+    ring_during_notice: bool
+    #: ``call.optout_key``: the caller's key for "do not record me".
+    optout_key: str
+    #: ``call.repeat_key``: the caller's key for hearing the reference again.
+    repeat_key: str
+    #: ``call.details_key``: the caller's key for the controller's details.
+    details_key: str
+    #: ``call.reference_at_end``: read the reference again when the shop hangs up first.
+    reference_at_end: bool
+    #: ``notice.returning_caller_days``: a caller heard the full notice this recently gets
+    #: the short one (0: everyone gets the full notice).
+    returning_caller_days: int
+    #: ``call.agent_timeout_s``: how long the shop may take to answer before voicemail.
+    agent_timeout_s: float
+    #: ``call.voicemail``: take a message when the shop does not answer.
+    voicemail: bool
+    #: ``call.voicemail_max_s``: the longest message.
+    voicemail_max_s: float
+    #: ``call.max_call_s``: the longest call; the box hangs up after it.
+    max_call_s: float
+    #: ``call.whisper_reference``: the shop hears the reference before the caller is put through.
+    whisper_reference: bool
+    #: ``call.hold_max_s``: the longest hold before the caller is offered voicemail.
+    hold_max_s: float
+    #: ``call.hold_reassure_s``: how often a caller on hold hears that the line is alive.
+    hold_reassure_s: float
+    #: More than one ``[[lines]]``: the shop hears which line the call came in on.
+    whisper_line: bool
+    #: ``call.silence_hangup_s``: a line silent this long is hung up.
+    silence_hangup_s: float
     #: False: this call is not recorded (too little free space, ``recording.min_free_mb``);
     #: the caller hears the short "not recorded" notice instead, and no voicemail is taken.
-    record: bool = True
+    #: :meth:`from_config` sets True; the daemon replaces it per call.
+    record: bool
+
+    @classmethod
+    def from_config(cls, config: Config) -> CallPolicy:
+        """The policy of ``config``: every field from its key (see each field's comment)."""
+        call = config.call
+        return cls(
+            ring_during_notice=call.ring_during_notice,
+            optout_key=call.optout_key,
+            repeat_key=call.repeat_key,
+            details_key=call.details_key,
+            reference_at_end=call.reference_at_end,
+            returning_caller_days=config.notice.returning_caller_days,
+            agent_timeout_s=call.agent_timeout_s,
+            voicemail=call.voicemail,
+            voicemail_max_s=call.voicemail_max_s,
+            max_call_s=call.max_call_s,
+            whisper_reference=call.whisper_reference,
+            hold_max_s=call.hold_max_s,
+            hold_reassure_s=call.hold_reassure_s,
+            whisper_line=len(config.lines) > 1,
+            silence_hangup_s=call.silence_hangup_s,
+            record=True,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from appliance.call.events import (
     AgentOffHook,
@@ -52,8 +52,12 @@ from appliance.call.events import (
 )
 from appliance.call.flow import CallAudioPort, PanelPort, PromptPort, RecordingInfo, StorePort
 
+if TYPE_CHECKING:
+    from appliance.config import Config
+
 __all__ = [
     "INDEX_OUTCOME",
+    "MAX_DIALLED_DIGITS",
     "OUTBOUND_OUTCOMES",
     "TRANSITIONS",
     "DialLinePort",
@@ -92,6 +96,9 @@ TONE_AFTER: Final[Mapping[str, str]] = {
     "no-line": "congestion",
     "error": "congestion",
 }
+#: The most digits a dialled number may have: E.164's 15 plus room for an international or
+#: carrier prefix. Not a setting: nobody dials more, and it bounds what the flow collects.
+MAX_DIALLED_DIGITS: Final = 24
 #: ``LineProgress`` kinds that mean the far end will not answer.
 _FAILED_PROGRESS: Final = frozenset({"busy", "dialtone"})
 
@@ -170,18 +177,50 @@ class OutboundPorts:
 
 @dataclass(frozen=True, slots=True)
 class OutboundPolicy:
-    """The ``[outbound]`` configuration the flow obeys (config.py OutboundConfig)."""
+    """The ``[outbound]`` configuration the flow obeys.
 
-    interdigit_timeout_s: float = 4.0
-    offhook_warning_s: float = 60.0
-    howler_s: float = 30.0
-    no_answer_s: float = 90.0
-    failure_listen_s: float = 20.0
-    record: bool = False
-    record_code: str = "**"
-    max_digits: int = 24
-    max_call_s: float = 3600.0
-    language: str = "hu"
+    No field has a default: the configuration is the one source of every value, and
+    :meth:`from_config` is the one place that reads it.
+    """
+
+    #: ``outbound.interdigit_timeout_s``: the number is complete at "#" or this long after
+    #: the last digit.
+    interdigit_timeout_s: float
+    #: ``outbound.offhook_warning_s``: dial tone this long without a digit → the howler.
+    offhook_warning_s: float
+    #: ``outbound.howler_s``: how long the howler sounds before silence and the fault LED.
+    howler_s: float
+    #: ``outbound.no_answer_s``: an outgoing call nobody answers is given up after this long.
+    no_answer_s: float
+    #: ``outbound.failure_listen_s``: the longest the shop hears the network's tone after busy.
+    failure_listen_s: float
+    #: ``outbound.record``: the shop may ask for an answered outbound call to be recorded.
+    record: bool
+    #: ``outbound.record_code``: the keys that ask for it (besides the front-panel button).
+    record_code: str
+    #: The most digits a dialled number may have (:data:`MAX_DIALLED_DIGITS`).
+    max_digits: int
+    #: ``call.max_call_s``: the longest call, either direction.
+    max_call_s: float
+    #: ``device.language``: the language of the prompts and the call's row.
+    language: str
+
+    @classmethod
+    def from_config(cls, config: Config) -> OutboundPolicy:
+        """The policy of ``config``: every field from its key (see each field's comment)."""
+        outbound = config.outbound
+        return cls(
+            interdigit_timeout_s=outbound.interdigit_timeout_s,
+            offhook_warning_s=outbound.offhook_warning_s,
+            howler_s=outbound.howler_s,
+            no_answer_s=outbound.no_answer_s,
+            failure_listen_s=outbound.failure_listen_s,
+            record=outbound.record,
+            record_code=outbound.record_code,
+            max_digits=MAX_DIALLED_DIGITS,
+            max_call_s=config.call.max_call_s,
+            language=config.device.language,
+        )
 
 
 @dataclass(slots=True)

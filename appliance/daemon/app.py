@@ -136,23 +136,7 @@ class Application:
     ) -> None:
         self.config = config
         self._on_status = on_status
-        self.policy = CallPolicy(
-            ring_during_notice=config.call.ring_during_notice,
-            optout_key=config.call.optout_key,
-            repeat_key=config.call.repeat_key,
-            details_key=config.call.details_key,
-            reference_at_end=config.call.reference_at_end,
-            returning_caller_days=config.notice.returning_caller_days,
-            agent_timeout_s=config.call.agent_timeout_s,
-            voicemail=config.call.voicemail,
-            voicemail_max_s=config.call.voicemail_max_s,
-            max_call_s=config.call.max_call_s,
-            whisper_reference=config.call.whisper_reference,
-            hold_max_s=config.call.hold_max_s,
-            hold_reassure_s=config.call.hold_reassure_s,
-            whisper_line=len(config.lines) > 1,
-            silence_hangup_s=config.call.silence_hangup_s,
-        )
+        self.policy = CallPolicy.from_config(config)
         self.tone_zone = tone_zone(config.tones.zone)
         self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(
             config.gpio.pin_factory)

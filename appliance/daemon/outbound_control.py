@@ -394,18 +394,7 @@ class OutboundController:
 
     def __init__(self, app: OutboundHost) -> None:
         self.app = app
-        cfg = app.config.outbound
-        self.policy = OutboundPolicy(
-            interdigit_timeout_s=cfg.interdigit_timeout_s,
-            offhook_warning_s=cfg.offhook_warning_s,
-            howler_s=cfg.howler_s,
-            no_answer_s=cfg.no_answer_s,
-            failure_listen_s=cfg.failure_listen_s,
-            record=cfg.record,
-            record_code=cfg.record_code,
-            max_call_s=app.config.call.max_call_s,
-            language=app.config.device.language,
-        )
+        self.policy = OutboundPolicy.from_config(app.config)
         self.completed: asyncio.Queue[OutboundResult] = asyncio.Queue()
         self.seized: dict[str, _Session] = {}
         self.session: _Session | None = None

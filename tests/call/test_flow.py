@@ -39,6 +39,8 @@ from appliance.call.flow import (
 )
 from appliance.errors import StoreError
 
+from ..policies import call_policy
+
 TIMEOUT_S = 5.0
 
 
@@ -218,7 +220,7 @@ class Harness:
                           panel=self.panel)
         self.call = InboundCall(
             "12345678", caller or CallerInfo(line="main", number="+3612345"), ports,
-            policy or CallPolicy(agent_timeout_s=0.2, voicemail_max_s=0.2), self.events,
+            policy or call_policy(agent_timeout_s=0.2, voicemail_max_s=0.2), self.events,
             observer=self._observe,
         )
         self.task: asyncio.Task[CallResult] = asyncio.create_task(self.call.run())
@@ -412,7 +414,7 @@ async def test_line_lost_while_bridged_still_finalizes() -> None:
 
 
 async def test_max_call_length_ends_the_call() -> None:
-    h = Harness(CallPolicy(max_call_s=0.3, agent_timeout_s=10))
+    h = Harness(call_policy(max_call_s=0.3, agent_timeout_s=10))
     await h.until_state("notice")
     h.finish_notice()
     h.handset.off_hook = True
@@ -554,7 +556,7 @@ async def test_repeat_key_before_the_voicemail_beep_reads_the_reference() -> Non
 
 
 async def test_repeat_key_on_hold_reads_the_reference() -> None:
-    h = Harness(CallPolicy(agent_timeout_s=5, hold_max_s=5, hold_reassure_s=5))
+    h = Harness(call_policy(agent_timeout_s=5, hold_max_s=5, hold_reassure_s=5))
     h.handset.available = False
     await h.until_state("notice")
     h.finish_notice()
@@ -582,7 +584,7 @@ DAY_S = 86400.0
 )
 async def test_returning_caller_form(caller: CallerInfo, heard_days_ago: float,
                                      form: str) -> None:
-    h = Harness(CallPolicy(returning_caller_days=30), caller=caller,
+    h = Harness(call_policy(returning_caller_days=30), caller=caller,
                 informed={"+3612345": time.time() - heard_days_ago * DAY_S})
     await h.until_state("notice")
     row = h.store.rows["12345678"]
@@ -647,7 +649,7 @@ async def test_caller_hanging_up_during_the_farewell_ends_the_call() -> None:
 
 
 async def test_farewell_can_be_turned_off() -> None:
-    h = await bridged_then_shop_hangs_up(CallPolicy(reference_at_end=False))
+    h = await bridged_then_shop_hangs_up(call_policy(reference_at_end=False))
     assert (await h.result()).outcome == "bridged"
     assert "farewell" not in h.media.line_plays
 
@@ -669,7 +671,7 @@ async def test_shop_lifting_early_hears_the_notice_and_a_cue_and_is_bridged_at_i
 
 
 async def test_busy_handset_holds_the_caller_then_rings_when_free() -> None:
-    h = Harness(CallPolicy(agent_timeout_s=5, hold_max_s=5, hold_reassure_s=0.05))
+    h = Harness(call_policy(agent_timeout_s=5, hold_max_s=5, hold_reassure_s=0.05))
     h.handset.available = False
     await h.until_state("notice")
     assert "handset:ring" not in h.log.entries  # the other line's call has the handset
@@ -694,7 +696,7 @@ async def test_busy_handset_holds_the_caller_then_rings_when_free() -> None:
 
 
 async def test_hold_too_long_goes_to_voicemail() -> None:
-    h = Harness(CallPolicy(hold_max_s=0.2, voicemail_max_s=0.2))
+    h = Harness(call_policy(hold_max_s=0.2, voicemail_max_s=0.2))
     h.handset.available = False
     await h.until_state("notice")
     h.finish_notice()
@@ -734,7 +736,7 @@ class FullStore(FakeStore):
 
 async def test_a_full_index_never_keeps_the_line_off_hook(caplog: pytest.LogCaptureFixture
                                                           ) -> None:
-    h = Harness(CallPolicy(agent_timeout_s=10))
+    h = Harness(call_policy(agent_timeout_s=10))
     store = FullStore(h.log)
     store.rows = h.store.rows
     h.call.ports.store = store
@@ -759,7 +761,7 @@ async def test_a_full_index_never_keeps_the_line_off_hook(caplog: pytest.LogCapt
 
 
 async def test_too_little_space_answers_with_the_not_recorded_notice() -> None:
-    h = Harness(CallPolicy(agent_timeout_s=0.2, record=False))
+    h = Harness(call_policy(agent_timeout_s=0.2, record=False))
     await h.until_state("notice")
     h.finish_notice()
     await h.until_state("no-answer")
@@ -780,7 +782,7 @@ async def test_too_little_space_answers_with_the_not_recorded_notice() -> None:
 
 
 async def test_no_details_layer_when_the_call_is_not_recorded() -> None:
-    h = Harness(CallPolicy(agent_timeout_s=0.2, record=False, returning_caller_days=30),
+    h = Harness(call_policy(agent_timeout_s=0.2, record=False, returning_caller_days=30),
                 informed={"+3612345": time.time()})
     await h.until_state("notice")
     assert h.store.lookups == []  # no short form either: the caller must hear "not recorded"
@@ -792,7 +794,7 @@ async def test_no_details_layer_when_the_call_is_not_recorded() -> None:
 
 
 async def test_a_recording_that_fails_mid_call_turns_the_led_off_and_the_call_goes_on() -> None:
-    h = Harness(CallPolicy(agent_timeout_s=10))
+    h = Harness(call_policy(agent_timeout_s=10))
     await h.until_state("notice")
     h.finish_notice()
     await h.until_state("ringing-agent")

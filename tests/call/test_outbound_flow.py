@@ -37,9 +37,11 @@ from appliance.call.outbound_flow import (
 )
 from appliance.store.db import OUTCOMES
 
+from ..policies import outbound_policy
+
 TIMEOUT_S = 5.0
-FAST = OutboundPolicy(interdigit_timeout_s=0.2, offhook_warning_s=0.3, howler_s=0.2,
-                      no_answer_s=2.0, failure_listen_s=0.2)
+FAST = outbound_policy(interdigit_timeout_s=0.2, offhook_warning_s=0.3, howler_s=0.2,
+                       no_answer_s=2.0, failure_listen_s=0.2)
 
 
 class Rig:
@@ -305,7 +307,7 @@ async def test_no_free_line_gives_congestion_and_no_row() -> None:
 @pytest.mark.parametrize("ask", ["button", "**"])
 async def test_recording_only_after_notice_to_both_sides(ask: str) -> None:
     rig = Rig()
-    policy = OutboundPolicy(interdigit_timeout_s=0.2, record=True)
+    policy = outbound_policy(interdigit_timeout_s=0.2, record=True)
     call, task = rig.start(policy)
     rig.put(*digits("1"), DigitDialled("#"))
     await rig.until(lambda: call.state is OutboundState.CALLING)
@@ -335,7 +337,7 @@ async def test_recording_only_after_notice_to_both_sides(ask: str) -> None:
 
 async def test_shop_hangs_up_during_notice_nothing_recorded() -> None:
     rig = Rig()
-    call, task = rig.start(OutboundPolicy(interdigit_timeout_s=0.2, record=True))
+    call, task = rig.start(outbound_policy(interdigit_timeout_s=0.2, record=True))
     rig.put(*digits("1"), DigitDialled("#"))
     await rig.until(lambda: call.state is OutboundState.CALLING)
     rig.put(LineProgress("answered", "inband"), RecordRequested("button"))
@@ -350,7 +352,7 @@ async def test_shop_hangs_up_during_notice_nothing_recorded() -> None:
 def test_digits_then_hash_dial_exactly_that_number(number: str) -> None:
     async def scenario() -> OutboundResult:
         rig = Rig("busy")
-        _call, task = rig.start(OutboundPolicy(interdigit_timeout_s=5.0, failure_listen_s=0.1))
+        _call, task = rig.start(outbound_policy(interdigit_timeout_s=5.0, failure_listen_s=0.1))
         rig.put(*digits(number), DigitDialled("#"))
         await rig.until(lambda: "busy" in rig.tones)
         assert f"line:dial {number}" in rig.log
