@@ -161,10 +161,12 @@ def build(obj: CliContext, voice: str | None, engine_choice: str, lang: str | No
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
         return
+    language = for_config(config).get(lang)
     rows = [
         ("voice", summary["voice"]),
         ("engine", summary["engine"]),
-        ("language", lang),
+        # Which folder spoke: an added language (speech.languages_dir) shows its own path.
+        ("language", f"{lang} ({language.name}, {language.directory})"),
         ("notice version", summary["notice_version"]),
         ("notice length", f"{summary['notice_s']:.1f} s first layer, "
                           f"{summary['notice_details_s']:.1f} s details, "
