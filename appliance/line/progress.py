@@ -24,6 +24,7 @@ cadences on a stream of 20 ms frames.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from typing import Final
 
@@ -196,7 +197,10 @@ class BusyCadenceDetector:
     """
 
     def __init__(self, tone_hz: float = 425.0, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
-        self._basis = np.exp(-2j * np.pi * tone_hz * np.arange(FRAME_SAMPLES) / sample_rate_hz)
+        # The single-bin DFT as two real rows (cos, sin), scaled to full scale: one small
+        # float32 product per frame on the int16 samples (it runs on every frame of a call).
+        phase = 2 * np.pi * tone_hz * np.arange(FRAME_SAMPLES) / sample_rate_hz
+        self._basis = (np.stack((np.cos(phase), np.sin(phase))) / 32767.0).astype(np.float32)
         self._quiet = 10.0 ** (QUIET_DBFS / 10.0)
         self._peak_db = -200.0
         self._on = False
@@ -207,13 +211,15 @@ class BusyCadenceDetector:
 
     def feed(self, frame: npt.ArrayLike) -> bool:
         """Consume one 20 ms frame; True the first time the busy cadence is recognised."""
-        x = np.asarray(frame, dtype=np.float64).reshape(-1)[:FRAME_SAMPLES] / 32767.0
+        x = np.asarray(frame).reshape(-1)[:FRAME_SAMPLES].astype(np.float32)
         if x.size < FRAME_SAMPLES:
             return False
-        power = float(np.mean(x * x))
-        tone = 2.0 * abs(complex(x @ self._basis)) ** 2 / (x.size * x.size)
+        n = FRAME_SAMPLES
+        power = float(x @ x) / (n * 32767.0**2)
+        re, im = (float(v) for v in self._basis @ x)
+        tone = 2.0 * (re * re + im * im) / (n * n)
         tonal = tone >= self._quiet and tone >= TONE_FRACTION * power
-        level_db = 10.0 * np.log10(tone) if tone > 0 else -200.0
+        level_db = 10.0 * math.log10(tone) if tone > 0 else -200.0
         self._peak_db = max(level_db if tonal else -200.0, self._peak_db - PEAK_DECAY_DB)
         on = tonal and level_db >= self._peak_db - ON_WINDOW_DB
         if on != self._on:
