@@ -99,6 +99,7 @@ ECHO_WINDOW_S: Final = 0.100
 
 _KEYS: Final = tuple(DTMF_KEYPAD[r][c] for r in range(4) for c in range(4))
 _NO_KEY: Final = -1
+_GROUPS: Final = np.arange(2)[np.newaxis, :]  # rows, columns: for indexing per block
 
 
 def _db_to_power_ratio(db: float) -> float:
@@ -144,9 +145,11 @@ class DtmfDetector:
         n = np.arange(self._n)
         # X_k = Σ x[n]·e^{-j2πf_k n/fs}: the DFT evaluated exactly at each DTMF frequency
         # (not the nearest FFT bin), i.e. what a Goertzel filter computes.
-        self._basis: npt.NDArray[np.complex128] = np.exp(
-            -2j * np.pi * np.outer(n, freqs) / sample_rate_hz
-        )
+        basis = np.exp(-2j * np.pi * np.outer(n, freqs) / sample_rate_hz)
+        # As one real matrix, cosines then sines (N × 16): a real product per chunk, no
+        # complex copy of the samples (the detector runs on every frame of a prompt).
+        self._basis: npt.NDArray[np.float64] = np.ascontiguousarray(
+            np.concatenate((basis.real, basis.imag), axis=1))
         self._floor = _db_to_power_ratio(ENERGY_FLOOR_DBFS)
         self._dominance = _db_to_power_ratio(DOMINANCE_DB)
         self._row_over_col = _db_to_power_ratio(MAX_ROW_OVER_COL_DB)
@@ -156,8 +159,10 @@ class DtmfDetector:
         # Blocks of transmitted history compared with each received block (incl. itself).
         self._echo_blocks = 1 + math.ceil(echo_window_s * sample_rate_hz / self._n)
         self._pending: npt.NDArray[np.float64] = np.zeros(0)
-        self._pending_tx: npt.NDArray[np.float64] = np.zeros(0)
+        # The transmitted samples kept with _pending; None: as many zeros (nothing was sent).
+        self._pending_tx: npt.NDArray[np.float64] | None = None
         self._tx_history: npt.NDArray[np.float64] = np.zeros((self._echo_blocks - 1, 8))
+        self._tx_history_silent = True  # _tx_history is all zeros
         self._candidate = _NO_KEY
         self._run = 0
         self._off_run = MIN_OFF_BLOCKS
@@ -166,8 +171,9 @@ class DtmfDetector:
     def reset(self) -> None:
         """Forget buffered samples, echo history and debounce state (e.g. at call start)."""
         self._pending = np.zeros(0)
-        self._pending_tx = np.zeros(0)
+        self._pending_tx = None
         self._tx_history = np.zeros_like(self._tx_history)
+        self._tx_history_silent = True
         self._candidate = _NO_KEY
         self._run = 0
         self._off_run = MIN_OFF_BLOCKS
@@ -193,22 +199,29 @@ class DtmfDetector:
             ValueError: ``reference`` is given with a different length than ``samples``.
         """
         x = _as_float(samples)
-        tx = np.zeros(len(x)) if reference is None else _as_float(reference)
-        if len(tx) != len(x):
+        tx = None if reference is None else _as_float(reference)
+        if tx is not None and len(tx) != len(x):
             raise ValueError(
                 f"reference has {len(tx)} samples, the received chunk {len(x)}: "
                 "pass the transmitted audio of the same interval"
             )
-        buf = np.concatenate((self._pending, x)) if self._pending.size else x
-        tx_buf = np.concatenate((self._pending_tx, tx)) if self._pending_tx.size else tx
+        pending = self._pending
+        buf = np.concatenate((pending, x)) if pending.size else x
+        # Nothing sent now nor pending: the transmitted side stays None (zeros, not computed).
+        tx_buf: npt.NDArray[np.float64] | None = None
+        if tx is not None or self._pending_tx is not None:
+            before = self._pending_tx if self._pending_tx is not None else np.zeros(pending.size)
+            now = tx if tx is not None else np.zeros(x.size)
+            tx_buf = np.concatenate((before, now)) if before.size else now
         n_blocks = len(buf) // self._n
         used = n_blocks * self._n
         self._pending = buf[used:].copy()
-        self._pending_tx = tx_buf[used:].copy()
+        self._pending_tx = None if tx_buf is None else tx_buf[used:].copy()
         if n_blocks == 0:
             return []
         shape = (n_blocks, self._n)
-        keys = self._classify(buf[:used].reshape(shape), tx_buf[:used].reshape(shape))
+        keys = self._classify(buf[:used].reshape(shape),
+                              None if tx_buf is None else tx_buf[:used].reshape(shape))
         found: list[str] = []
         for key in keys.tolist():
             symbol = self._debounce(key)
@@ -218,18 +231,29 @@ class DtmfDetector:
             _LOGGER.debug("DTMF detected: %s", "".join(found))
         return found
 
-    def _classify(
-        self, blocks: npt.NDArray[np.float64], tx_blocks: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.intp]:
-        """Return per block the key index 0–15 (row·4 + column) or -1 for "no valid tone"."""
+    def _power(self, blocks: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """|X|² at the eight DTMF frequencies per block, shape (blocks, 8)."""
         spectrum = blocks @ self._basis
+        re, im = spectrum[:, :8], spectrum[:, 8:]
+        power: npt.NDArray[np.float64] = re * re + im * im
+        return power
+
+    def _classify(
+        self, blocks: npt.NDArray[np.float64], tx_blocks: npt.NDArray[np.float64] | None
+    ) -> npt.NDArray[np.intp]:
+        """Return per block the key index 0–15 (row·4 + column) or -1 for "no valid tone".
+
+        ``tx_blocks`` None: nothing was sent during these blocks (all zeros)."""
+        recent = self._recent_tx(tx_blocks, len(blocks))
+        energy = np.einsum("ij,ij->i", blocks, blocks)
+        ok = energy >= self._floor * self._n
+        if not ok.any():  # a quiet line (most of a call): no spectrum needed
+            return np.full(len(blocks), _NO_KEY, dtype=np.intp)
         # Shape (blocks, group, 4): group 0 = rows (low), group 1 = columns (high).
-        power = (spectrum.real**2 + spectrum.imag**2).reshape(-1, 2, 4)
+        power = self._power(blocks).reshape(-1, 2, 4)
         ranked = np.sort(power, axis=2)
         best, second = ranked[:, :, -1], ranked[:, :, -2]
         row_best, col_best = best[:, 0], best[:, 1]
-        energy = np.einsum("ij,ij->i", blocks, blocks)
-        ok = energy >= self._floor * self._n
         ok &= np.all(best >= self._dominance * second, axis=1)
         ok &= row_best <= self._row_over_col * col_best
         ok &= col_best <= self._col_over_row * row_best
@@ -237,32 +261,50 @@ class DtmfDetector:
         # block energy is 2·|X|²/N.
         ok &= (2.0 / self._n) * (row_best + col_best) >= MIN_TONE_FRACTION * energy
         idx = np.argmax(power, axis=2)
-        ok &= self._above_echo(tx_blocks, best, idx)
+        ok &= self._above_echo(recent, best, idx)
         return np.where(ok, idx[:, 0] * 4 + idx[:, 1], _NO_KEY)
+
+    def _recent_tx(self, tx_blocks: npt.NDArray[np.float64] | None,
+                   n_blocks: int) -> npt.NDArray[np.float64] | None:
+        """Advance the transmitted history by ``n_blocks``; return per block the largest
+        transmitted power per frequency over it and the blocks before it (the echo window),
+        shape (blocks, 8) — or None when all of that is zero (nothing sent)."""
+        if tx_blocks is None:
+            if self._tx_history_silent:
+                return None  # zeros in, zeros kept: nothing to compute
+            tx_power = np.zeros((n_blocks, 8))
+        else:
+            tx_power = self._power(tx_blocks)
+        stacked = np.concatenate((self._tx_history, tx_power))
+        self._tx_history = stacked[len(stacked) - len(self._tx_history) :].copy()
+        self._tx_history_silent = not self._tx_history.any()
+        width = self._echo_blocks
+        if n_blocks == 1:
+            recent: npt.NDArray[np.float64] = stacked.max(axis=0, keepdims=True)
+        else:
+            recent = sliding_window_view(stacked, width, axis=0).max(axis=2)
+        return recent
 
     def _above_echo(
         self,
-        tx_blocks: npt.NDArray[np.float64],
+        recent: npt.NDArray[np.float64] | None,
         best: npt.NDArray[np.float64],
         idx: npt.NDArray[np.intp],
     ) -> npt.NDArray[np.bool_]:
         """Echo gate: per block, whether both chosen tones beat the worst-case echo.
 
         Args:
-            tx_blocks: transmitted samples, shape (blocks, N).
+            recent: from :meth:`_recent_tx` (None: nothing was sent within the window).
             best: received power of the strongest row and column, shape (blocks, 2).
             idx: which row and column those are (0–3 each), shape (blocks, 2).
         """
-        tx_spectrum = tx_blocks @ self._basis
-        tx_power = tx_spectrum.real**2 + tx_spectrum.imag**2  # (blocks, 8)
-        stacked = np.concatenate((self._tx_history, tx_power))
-        self._tx_history = stacked[len(stacked) - len(self._tx_history) :].copy()
-        # Largest transmitted power per frequency over each block and the ones before it.
-        recent = sliding_window_view(stacked, self._echo_blocks, axis=0).max(axis=2)
+        # Strict ">": digital silence on both sides (0 > 0) is rejected anyway by the floor.
+        if recent is None:
+            silent: npt.NDArray[np.bool_] = np.all(best > 0.0, axis=1)
+            return silent
         # The strongest received row/column decides the key; compare it at that frequency.
         grouped = recent.reshape(-1, 2, 4)
-        tx_at_key = np.take_along_axis(grouped, idx[:, :, np.newaxis], axis=2)[:, :, 0]
-        # Strict ">": digital silence on both sides (0 > 0) is rejected anyway by the floor.
+        tx_at_key = grouped[np.arange(len(grouped))[:, np.newaxis], _GROUPS, idx]
         keys: npt.NDArray[np.bool_] = np.all(best > self._echo_ratio * tx_at_key, axis=1)
         return keys
 
@@ -292,5 +334,7 @@ class DtmfDetector:
 def _as_float(samples: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Flatten to float64 at ±1.0 scale (int16 input divided by 32767, as pcm.int16_to_float)."""
     arr = np.asarray(samples).reshape(-1)
-    scale = 1.0 / FULL_SCALE if np.issubdtype(arr.dtype, np.integer) else 1.0
-    return arr.astype(np.float64) * scale
+    out: npt.NDArray[np.float64] = arr.astype(np.float64)
+    if arr.dtype.kind in "iu":
+        out *= 1.0 / FULL_SCALE
+    return out
