@@ -12,7 +12,6 @@ Contract shared by every backend (8 kHz mono int16, 20 ms frames):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -61,7 +60,8 @@ class SimHandsetAudio:
         self._playback = JitterBuffer()
         self._mouth: FrameSource | None = None
         self._ear: Callable[[np.ndarray], None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._next_tick = 0.0
         self._on_capture: CaptureCallback | None = None
         self.hybrid: Hybrid | None = None
         self._echo: np.ndarray | None = None
@@ -87,38 +87,38 @@ class SimHandsetAudio:
 
     async def start(self, on_capture: CaptureCallback) -> None:
         self._on_capture = on_capture
-        self._task = asyncio.create_task(self._run_clock(), name="sim-handset-clock")
+        loop = asyncio.get_running_loop()
+        self._next_tick = loop.time() + FRAME_S
+        self._timer = loop.call_at(self._next_tick, self._tick, loop)
 
     def play(self, frame: np.ndarray) -> None:
         self._playback.push(frame)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def _run_clock(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
-        while True:
-            # Schedule on absolute times so the simulated clock does not drift with load.
-            next_tick += FRAME_S
-            await asyncio.sleep(max(0.0, next_tick - loop.time()))
-            out = self._playback.read(FRAME_SAMPLES)
-            if self._ear is not None:
-                self._ear(out)
-            frame = self._mouth.read(FRAME_SAMPLES) if self._mouth is not None else silence()
-            if self.hybrid is not None:
-                # The earpiece's previous frame returns through the SLIC's hybrid now.
-                frame = add_echo(frame, self._echo)
-                self._echo = self.hybrid.echo(out)
-            self.stats["frames"] += 1
-            self.stats["underruns"] = self._playback.underruns
-            self.stats["overruns"] = self._playback.overruns
-            if self._on_capture is not None:
-                self._on_capture(frame)
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A timer callback per 20 ms, not a task sleeping: one loop turn per tick instead of
+        # two (the sleep's timer, then the task's wake-up). Scheduled on absolute times so the
+        # simulated clock does not drift with load, and before the work so that a failing
+        # callback (logged by the loop) does not stop the clock.
+        self._next_tick += FRAME_S
+        self._timer = loop.call_at(self._next_tick, self._tick, loop)
+        out = self._playback.read(FRAME_SAMPLES)
+        if self._ear is not None:
+            self._ear(out)
+        frame = self._mouth.read(FRAME_SAMPLES) if self._mouth is not None else silence()
+        if self.hybrid is not None:
+            # The earpiece's previous frame returns through the SLIC's hybrid now.
+            frame = add_echo(frame, self._echo)
+            self._echo = self.hybrid.echo(out)
+        self.stats["frames"] += 1
+        self.stats["underruns"] = self._playback.underruns
+        self.stats["overruns"] = self._playback.overruns
+        if self._on_capture is not None:
+            self._on_capture(frame)
 
 
 class SoundDeviceAudio:
