@@ -100,6 +100,8 @@ class WebSettings:
         state_dir: the daemon's state directory (its control socket lives there).
         web_dir: accounts, certificate.
         language: default page language.
+        device_language, languages_dir: ``device.language`` and ``speech.languages_dir``:
+            an export's SUMMARY.txt speaks the device's language first, as the CLI's does.
         lines: configured line names (the search filter).
         secure_cookies: set the ``Secure`` cookie flag (``appliance web`` sets it whenever it
             serves HTTPS).
@@ -114,6 +116,8 @@ class WebSettings:
     state_dir: Path
     web_dir: Path
     language: str = "hu"
+    device_language: str = "hu"
+    languages_dir: str = ""
     lines: tuple[str, ...] = ()
     secure_cookies: bool = True
     session_idle_s: float = 1800.0
@@ -687,7 +691,9 @@ def _child_env(settings: WebSettings) -> dict[str, str]:
 async def _job(settings: WebSettings, request: dict[str, Any]) -> dict[str, Any]:
     """Run one :mod:`appliance.web.jobs` command in a child process; its JSON reply."""
     payload = {**request, "db_path": str(settings.db_path),
-               "recordings_dir": str(settings.recordings_dir)}
+               "recordings_dir": str(settings.recordings_dir),
+               "device_language": settings.device_language,
+               "languages_dir": settings.languages_dir}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "appliance.web.jobs", stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(settings))

@@ -28,7 +28,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
     Request keys: ``cmd`` (``export``, ``erase`` or ``verify-audit``), ``db_path``,
     ``recordings_dir``; for export and erase ``reference`` (canonical digits), ``reason``,
-    ``actor``; for ``export`` also ``out_dir``, ``account`` and ``client``.
+    ``actor``; for ``export`` also ``out_dir``, ``account`` and ``client``, and optionally
+    ``device_language`` and ``languages_dir`` (the summary's languages, as the CLI chooses).
     """
     from appliance.errors import StoreError
     from appliance.store.db import Store
@@ -39,7 +40,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         recordings = Path(request["recordings_dir"])
         reference = str(request.get("reference", ""))
         if cmd == "export":
-            from appliance.store.export import export_call
+            from appliance.languages.registry import DEFAULT_LANGUAGE, registry
+            from appliance.store.export import export_call, summary_languages
 
             if store.get_call(reference) is None:
                 return {"ok": False, "error": f"no call with reference {reference}"}
@@ -49,8 +51,10 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
                                     details={"reason": request["reason"],
                                              "account": request.get("account"),
                                              "client": request.get("client")})
+            summary = summary_languages(registry(request.get("languages_dir", "")),
+                                        request.get("device_language", DEFAULT_LANGUAGE))
             result = export_call(store, recordings, reference, Path(request["out_dir"]),
-                                 actor=request["actor"], as_zip=True)
+                                 actor=request["actor"], as_zip=True, summary=summary)
             return {"ok": True, "path": str(result.path), "files": list(result.files),
                     "problems": list(result.problems)}
         if cmd == "erase":

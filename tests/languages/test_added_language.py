@@ -3,23 +3,23 @@
 The toy language ``xx`` (tests/languages/toy.py) is written into a temporary directory named
 by ``speech.languages_dir``; the demo runs the real daemon, the modem emulator on a pty and the
 simulated shop. The call ends with its DB row, a playable recording, the recording LED's
-history, prompts rendered in ``xx`` with its espeak-ng voice, and an export summary in ``xx``
-first.
+history, prompts rendered in ``xx`` with its espeak-ng voice, and the owner's page's export
+with its summary in ``xx`` first.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import zipfile
 from pathlib import Path
 
 import pytest
 import soundfile
 
-from appliance.languages.registry import registry
 from appliance.sim.demo import run_demo
-from appliance.store.db import Store
-from appliance.store.export import SUMMARY_NAME, export_call, summary_languages
+from appliance.store.export import SUMMARY_NAME
+from appliance.web import jobs
 from tests.languages.toy import MARKER, make_toy_language
 
 pytestmark = pytest.mark.timeout(150)
@@ -71,15 +71,16 @@ async def test_call_in_a_language_from_languages_dir(tmp_path: Path) -> None:
     assert any(lit for _, lit in led)
     assert led[-1][1] is False
 
-    # The export summary speaks xx first, then Hungarian and English.
-    store = Store.open(Path(summary["db_path"]), check=False)
-    try:
-        export = export_call(store, state / "recordings", summary["reference_digits"],
-                             tmp_path / "export", actor="test",
-                             summary=summary_languages(registry(languages_dir), "xx"))
-    finally:
-        store.close_sync()
-    text = (export.path / SUMMARY_NAME).read_text("utf-8")
+    # The owner's page hands it over: the summary speaks xx first, then Hungarian and English.
+    reply = jobs.run({"cmd": "export", "db_path": summary["db_path"],
+                      "recordings_dir": str(state / "recordings"),
+                      "reference": summary["reference_digits"], "out_dir": str(tmp_path / "out"),
+                      "actor": "web:owner", "reason": "caller asked", "device_language": "xx",
+                      "languages_dir": str(languages_dir)})
+    assert reply["ok"], reply
+    with zipfile.ZipFile(reply["path"]) as package:
+        name = next(n for n in package.namelist() if n.endswith(SUMMARY_NAME))
+        text = package.read(name).decode("utf-8")
     assert text.startswith(f"{MARKER.upper()} CALL RECORD — reference: ")
     assert "HÍVÁS ADATAI" in text
     assert text.index("HÍVÁS ADATAI") < text.rindex("\nCALL RECORD")
