@@ -460,7 +460,8 @@ def _check_voice(config: Any) -> Check:
 
 
 def _check_disk(path: Path, codec: str, min_free_mb: int = 0) -> Check:
-    from appliance.daemon.app import BYTES_PER_HOUR, BYTES_PER_MB
+    from appliance.daemon.status import BYTES_PER_HOUR
+    from appliance.daemon.storage import BYTES_PER_MB
 
     free = shutil.disk_usage(path).free
     hours = free / BYTES_PER_HOUR.get(codec, BYTES_PER_HOUR["wav"])

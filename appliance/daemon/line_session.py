@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from appliance.daemon.panel_board import PanelBoard
     from appliance.daemon.prompts import Prompts
     from appliance.daemon.shared_handset import SharedHandset
+    from appliance.daemon.storage import Storage
     from appliance.line.codec import CallerId
-    from appliance.store.db import Store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -79,23 +79,17 @@ class LineHost(Protocol):
     @property
     def tone_zone(self) -> ToneZone: ...
     @property
-    def store(self) -> Store: ...
-    @property
     def outbound(self) -> OutboundController: ...
     @property
     def panel_board(self) -> PanelBoard: ...
     @property
     def handset(self) -> SharedHandset: ...
     @property
-    def index_fault(self) -> str | None: ...
+    def storage(self) -> Storage: ...
     def prompts_for(self, line: LineConfig) -> Prompts: ...
     def earpiece(self, reference: str, frame: np.ndarray) -> None: ...
     def observe(self, reference: str, state: str, detail: str) -> None: ...
     def clock_synced(self) -> bool | None: ...
-    def index_lost_now(self) -> bool: ...
-    def may_record(self) -> bool: ...
-    async def allocate_reference(self) -> str: ...
-    def storage_failed(self, what: str, *, index: bool = False) -> None: ...
     def line_ready(self, session: LineSession) -> None:
         """The session's modem is up (and idle)."""
     def update_faults(self) -> None:
@@ -409,22 +403,22 @@ class LineSession:
                          self.line.name)
             app.panel_board.report(f"line:{self.line.name}", "idle")
             return
-        if app.index_lost_now():
+        if app.storage.index_lost_now():
             # The index is known to be lost: a reference issued now could be one issued
             # before. The relay has put the phone on the line; it rings as a plain phone.
-            _LOGGER.error("line %s: not answering: %s", self.line.name, app.index_fault)
+            _LOGGER.error("line %s: not answering: %s", self.line.name, app.storage.index_fault)
             app.panel_board.report(f"line:{self.line.name}", "idle")
             return
         # a recording the disk cannot keep is not started, and the caller
         # hears the short "not recorded" notice instead of being told something false.
-        record = app.may_record()
+        record = app.storage.may_record()
         try:
-            reference = await app.allocate_reference()
+            reference = await app.storage.allocate_reference()
         except StoreError as exc:
             # The index cannot take the call's row (a full disk): the row must be durable
             # before the line goes off-hook, so this call is not answered. The fault drops
             # the bypass relay: the phone rings as a plain phone.
-            app.storage_failed(f"the index cannot be written ({exc})", index=True)
+            app.storage.storage_failed(f"the index cannot be written ({exc})", index=True)
             _LOGGER.error("line %s: not answering: the index cannot be written (%s)",
                           self.line.name, exc)
             app.panel_board.report(f"line:{self.line.name}", "idle")
@@ -469,7 +463,7 @@ class LineSession:
                            on_hung_up=self.hung_up),
             handset=CallHandset(app.handset, reference, cadence),
             media=media,
-            store=app.store,
+            store=app.storage.store,
             prompts=app.prompts_for(self.line),
             panel=app.panel_board.port(reference),
         )

@@ -70,6 +70,30 @@ async def test_bypass_relay_energised_only_while_healthy(app: Any, mock_factory:
     assert not relay_pin.state, "stopping hands the line back to the phone"
 
 
+async def test_a_start_that_fails_part_way_stops_only_what_started(
+    tmp_path: Path, mock_factory: Any
+) -> None:
+    # A state directory too deep for a unix socket's path (108 bytes): start fails at the
+    # control socket, after the index, the panel, the SLIC, the tasks and the line started.
+    from gpiozero import DigitalOutputDevice
+
+    config = load_config(Path("/dev/null"), state_dir=tmp_path / ("d" * 100) / "state",
+                         overrides={"speech": {"voice": "espeak"}})
+    app = Application(config, pin_factory=mock_factory, handset_audio=SimHandsetAudio())
+    with pytest.raises(OSError):
+        await app.start()
+    assert app.store.counter() == 0, "the index had opened"
+    await app.stop()
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert not names & {"line-main", "hook-events", "button-events", "health", "unsaved-rows"}
+    # The panel and the SLIC gave their pins back; the relay, never started, never energised.
+    for pin in (config.panel.ready_pin, config.panel.fault_pin, config.handset.rm_pin,
+                config.handset.fr_pin):
+        DigitalOutputDevice(pin, pin_factory=mock_factory).close()
+    assert not mock_factory.pin(config.panel.bypass_relay_pin).state
+    await app.stop()  # nothing left to stop: a second stop is harmless
+
+
 async def test_short_press_on_hook_rings_then_speaks_last_call_when_lifted(
     app: Any, mock_factory: Any
 ) -> None:
@@ -170,7 +194,7 @@ async def test_a_row_the_full_disk_kept_from_the_index_is_finalized_later(app: A
     fault (relay released) until the write succeeds; then the fault clears."""
     from appliance.call.flow import CallResult
 
-    app.unsaved_retry_s = 0.05
+    app.storage.unsaved_retry_s = 0.05
     reference = await app.allocate_reference()
     await app.store.create_call(reference, outcome="in_progress")
     result = CallResult(reference, "missed", "failed", True, None, 12.0,
@@ -178,11 +202,11 @@ async def test_a_row_the_full_disk_kept_from_the_index_is_finalized_later(app: A
                                  "end_at": 1.0e9},
                         unsaved_audit={"outcome": "missed", "recording_decision": "failed",
                                        "sha256": None})
-    app.keep_unsaved(result)
+    app.storage.keep_unsaved(result)
     assert "disk-full" in app.fault_codes()
     assert app.status_line().startswith("fault — disk full")
     assert not app.relay.energised, "a box that cannot index calls does not answer them"
-    await until(lambda: app.storage_error is None)
+    await until(lambda: app.storage.storage_error is None)
     row = app.store.get_call(reference)
     assert (row["outcome"], row["recording_decision"]) == ("missed", "failed")
     assert [e["action"] for e in app.store.audit_entries(reference)] == ["call-finalized"]
@@ -227,10 +251,10 @@ async def test_index_deleted_while_running_stops_answering(app: Any) -> None:
     from appliance.errors import StoreError
 
     await app.allocate_reference()
-    assert not app.index_lost_now()
+    assert not app.storage.index_lost_now()
     for suffix in ("", "-wal", "-shm"):
         Path(str(app.config.db_path) + suffix).unlink(missing_ok=True)
-    assert app.index_lost_now()
+    assert app.storage.index_lost_now()
     assert app.fault_codes()[0] == "index-lost"
     assert not app.relay.energised
     with pytest.raises(StoreError, match="deleted or replaced"):
