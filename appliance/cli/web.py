@@ -57,18 +57,11 @@ def serve(config: Config, *, listen: str, port: int, tls: bool,
     if tls and not (cert.exists() and key.exists()):
         fail(f"no TLS certificate at {cert} — make one with `appliance web cert` "
              "(setup.sh install does)")
-    settings = WebSettings(
-        db_path=config.db_path, recordings_dir=config.recordings_dir,
-        state_dir=config.device.state_dir, web_dir=config.web_dir,
-        language=config.web.language or config.device.language,
-        device_language=config.device.language, languages_dir=config.speech.languages_dir,
-        lines=tuple(line.name for line in config.lines),
-        session_idle_s=config.web.session_idle_s, session_max_s=config.web.session_max_s,
-        lockout_failures=config.web.lockout_failures, lockout_s=config.web.lockout_s,
-        fingerprint=fingerprint(cert) if tls else None, cli_args=cli_args,
-        # Secure on HTTPS; over the loopback-only plain HTTP (demo, tests) browsers differ on
-        # accepting a Secure cookie from http://127.0.0.1, and it would protect nothing there.
-        secure_cookies=tls)
+    # Secure cookies on HTTPS; over the loopback-only plain HTTP (demo, tests) browsers differ
+    # on accepting a Secure cookie from http://127.0.0.1, and it would protect nothing there.
+    settings = WebSettings.from_config(config, secure_cookies=tls,
+                                       fingerprint=fingerprint(cert) if tls else None,
+                                       cli_args=cli_args)
     app = create_app(settings)
     scheme = "https" if tls else "http"
     url = f"{scheme}://{f'[{listen}]' if ':' in listen else listen}:{port}/"

@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import secrets
 import shutil
 import subprocess
@@ -27,9 +26,9 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -56,6 +55,9 @@ from appliance.web.accounts import Account, Accounts
 from appliance.web.i18n import PAGE_LANGUAGES, translator, value_words
 from appliance.web.index import AUDIT_PAGE_SIZE, CallIndex, Search
 from appliance.web.sessions import COOKIE_NAME, CSRF_FIELD, Session, Sessions, Throttle
+
+if TYPE_CHECKING:
+    from appliance.config import Config
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -90,22 +92,30 @@ _SECURITY_HEADERS: Final = {
 }
 
 
+#: The systemd units whose journal the logs page shows (the daemon's and the page's own).
+JOURNAL_UNITS: Final = ("appliance", "appliance-web")
+
+
 @dataclass(frozen=True, slots=True)
 class WebSettings:
-    """What the page needs to know (built by ``appliance web`` from the configuration).
+    """What the page needs to know, built by :meth:`from_config` from the configuration.
+
+    No field has a default: the configuration is the one source of the values, and
+    ``appliance web`` adds what only it knows (TLS, the arguments of child commands).
 
     Attributes:
         db_path: the call index.
         recordings_dir: root of the recordings tree.
         state_dir: the daemon's state directory (its control socket lives there).
         web_dir: accounts, certificate.
-        language: default page language.
+        language: default page language (``web.language``, else ``device.language``).
         device_language, languages_dir: ``device.language`` and ``speech.languages_dir``:
             an export's SUMMARY.txt speaks the device's language first, as the CLI's does.
         lines: configured line names (the search filter).
         secure_cookies: set the ``Secure`` cookie flag (``appliance web`` sets it whenever it
             serves HTTPS).
-        session_idle_s, session_max_s, lockout_failures, lockout_s: see docs/configuration.md.
+        session_idle_s, session_max_s, lockout_failures, lockout_s: the ``[web]`` keys of the
+            same names (docs/configuration.md).
         fingerprint: the TLS certificate's SHA-256 (footer), or None on plain HTTP.
         cli_args: ``--config``/``--state-dir`` arguments for child ``appliance`` commands.
         journal_units: systemd units whose journal the logs page shows.
@@ -115,19 +125,33 @@ class WebSettings:
     recordings_dir: Path
     state_dir: Path
     web_dir: Path
-    language: str = "hu"
-    device_language: str = "hu"
-    languages_dir: str = ""
-    lines: tuple[str, ...] = ()
-    secure_cookies: bool = True
-    session_idle_s: float = 1800.0
-    session_max_s: float = 43200.0
-    lockout_failures: int = 5
-    lockout_s: float = 900.0
-    fingerprint: str | None = None
-    cli_args: tuple[str, ...] = ()
-    journal_units: tuple[str, ...] = ("appliance", "appliance-web")
-    extra_env: dict[str, str] = field(default_factory=dict)
+    language: str
+    device_language: str
+    languages_dir: str
+    lines: tuple[str, ...]
+    secure_cookies: bool
+    session_idle_s: float
+    session_max_s: float
+    lockout_failures: int
+    lockout_s: float
+    fingerprint: str | None
+    cli_args: tuple[str, ...]
+    journal_units: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: Config, *, secure_cookies: bool, fingerprint: str | None,
+                    cli_args: tuple[str, ...]) -> WebSettings:
+        """The page's settings of ``config``, with what ``appliance web`` adds."""
+        web = config.web
+        return cls(
+            db_path=config.db_path, recordings_dir=config.recordings_dir,
+            state_dir=config.device.state_dir, web_dir=config.web_dir,
+            language=web.language or config.device.language,
+            device_language=config.device.language, languages_dir=config.speech.languages_dir,
+            lines=tuple(line.name for line in config.lines), secure_cookies=secure_cookies,
+            session_idle_s=web.session_idle_s, session_max_s=web.session_max_s,
+            lockout_failures=web.lockout_failures, lockout_s=web.lockout_s,
+            fingerprint=fingerprint, cli_args=cli_args, journal_units=JOURNAL_UNITS)
 
 
 class _Forbidden(Exception):
@@ -682,12 +706,6 @@ def _tmp_dir(settings: WebSettings) -> Path:
     return path
 
 
-def _child_env(settings: WebSettings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(settings.extra_env)
-    return env
-
-
 async def _job(settings: WebSettings, request: dict[str, Any]) -> dict[str, Any]:
     """Run one :mod:`appliance.web.jobs` command in a child process; its JSON reply."""
     payload = {**request, "db_path": str(settings.db_path),
@@ -696,7 +714,7 @@ async def _job(settings: WebSettings, request: dict[str, Any]) -> dict[str, Any]
                "languages_dir": settings.languages_dir}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "appliance.web.jobs", stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(settings))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         async with asyncio.timeout(JOB_TIMEOUT_S):
             out, err = await proc.communicate(json.dumps(payload).encode())
@@ -718,7 +736,7 @@ async def _doctor(settings: WebSettings) -> tuple[list[dict[str, Any]], str | No
     """``appliance doctor --json`` in a child process: the same checks as the technician's."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "appliance", *settings.cli_args, "doctor", "--json",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(settings))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         async with asyncio.timeout(DOCTOR_TIMEOUT_S):
             out, err = await proc.communicate()

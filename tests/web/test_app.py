@@ -6,7 +6,9 @@ escaping, path traversal, hand-over and erase through the store's own code.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import re
 import sqlite3
 import subprocess
@@ -17,8 +19,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from appliance.config import load_config
 from appliance.reference import format_reference
-from appliance.web.app import WebSettings, create_app
+from appliance.web.app import JOURNAL_UNITS, WebSettings, create_app
 from tests.web.conftest import USERS, Shop
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
@@ -43,15 +46,39 @@ def clock() -> Clock:
 
 @pytest.fixture
 def app_client(shop: Shop, clock: Clock) -> Iterator[TestClient]:
-    settings = WebSettings(db_path=shop.db_path, recordings_dir=shop.recordings_dir,
-                           state_dir=shop.state_dir, web_dir=shop.web_dir, language="en",
-                           lines=("main",), lockout_failures=3, lockout_s=60.0,
-                           session_idle_s=600.0, session_max_s=3600.0,
-                           cli_args=("--state-dir", str(shop.state_dir)))
+    settings = dataclasses.replace(
+        WebSettings.from_config(load_config(Path(os.devnull), state_dir=shop.state_dir),
+                                secure_cookies=True, fingerprint=None,
+                                cli_args=("--state-dir", str(shop.state_dir))),
+        language="en", lockout_failures=3, lockout_s=60.0, session_idle_s=600.0,
+        session_max_s=3600.0)
     # https: the session cookie is Secure, and httpx sends it back only over https.
     with TestClient(create_app(settings, clock=clock), base_url="https://testserver",
                     follow_redirects=False) as client:
         yield client
+
+
+def test_settings_come_from_the_configuration_alone(tmp_path: Path) -> None:
+    defaulted = [f.name for f in dataclasses.fields(WebSettings)
+                 if f.default is not dataclasses.MISSING
+                 or f.default_factory is not dataclasses.MISSING]
+    assert defaulted == []
+    path = tmp_path / "config.toml"
+    path.write_text('[device]\nlanguage = "en"\n[web]\nsession_idle_s = 11.0\n'
+                    'session_max_s = 12.0\nlockout_failures = 13\nlockout_s = 14.0\n',
+                    encoding="utf-8")
+    config = load_config(path, state_dir=tmp_path / "state")
+    settings = WebSettings.from_config(config, secure_cookies=False, fingerprint="ab",
+                                       cli_args=("--x",))
+    assert settings == WebSettings(
+        db_path=config.db_path, recordings_dir=config.recordings_dir,
+        state_dir=tmp_path / "state", web_dir=config.web_dir, language="en",
+        device_language="en", languages_dir=config.speech.languages_dir, lines=("main",),
+        secure_cookies=False, session_idle_s=11.0, session_max_s=12.0, lockout_failures=13,
+        lockout_s=14.0, fingerprint="ab", cli_args=("--x",), journal_units=JOURNAL_UNITS)
+    path.write_text('[device]\nlanguage = "en"\n[web]\nlanguage = "hu"\n', encoding="utf-8")
+    assert WebSettings.from_config(load_config(path, state_dir=tmp_path), secure_cookies=True,
+                                   fingerprint=None, cli_args=()).language == "hu"
 
 
 def login(client: TestClient, name: str, password: str | None = None) -> None:
