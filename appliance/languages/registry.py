@@ -6,7 +6,7 @@ A language is one folder named by its code (``hu``, ``en``) holding (docs/langua
   template;
 * ``language.toml`` — its name, its espeak-ng voice, the words the announcements fill in
   (``[words]``) and the export summary's wording (``[export]``), with exactly the keys the
-  default language (:data:`DEFAULT_LANGUAGE`) has;
+  reference language (:data:`REFERENCE_LANGUAGE`) has;
 * ``grammar.py`` — the functions of :class:`~appliance.languages.base.Grammar` (numbers,
   durations, key names, articles, the time of day).
 
@@ -35,8 +35,9 @@ from typing import Any, Final, Protocol, cast
 from appliance.errors import ConfigError
 from appliance.languages.base import GRAMMAR_FUNCTIONS, Grammar
 
-#: The language of a configuration that names none, and the reference for ``language.toml``.
-DEFAULT_LANGUAGE: Final[str] = "hu"
+#: The language whose ``language.toml`` keys every other language must have; listed first.
+#: (The configured default is ``device.language`` in defaults.toml, also Hungarian.)
+REFERENCE_LANGUAGE: Final[str] = "hu"
 #: Where the built-in language folders are.
 BUILTIN_DIR: Final[Path] = Path(__file__).resolve().parent
 PROMPTS_FILE: Final[str] = "prompts.toml"
@@ -102,13 +103,13 @@ class Registry:
 
     def __init__(self, languages: Mapping[str, Language]) -> None:
         """Wrap loaded languages (use :func:`registry`)."""
-        # The default first, then alphabetical: error messages and --lang choices read so.
-        order = sorted(languages, key=lambda code: (code != DEFAULT_LANGUAGE, code))
+        # Hungarian first, then alphabetical: error messages and --lang choices read so.
+        order = sorted(languages, key=lambda code: (code != REFERENCE_LANGUAGE, code))
         self._languages = {code: languages[code] for code in order}
 
     @property
     def codes(self) -> tuple[str, ...]:
-        """Every language code, the default first."""
+        """Every language code, :data:`REFERENCE_LANGUAGE` first."""
         return tuple(self._languages)
 
     def get(self, code: str, *, key: str = "device.language") -> Language:
@@ -151,7 +152,7 @@ def registry(extra_dir: str | Path = "") -> Registry:
                 raise ConfigError(f"speech.languages_dir ({directory / code})",
                                   "a language that is not built in", code)
             languages[code] = language
-    reference = languages[DEFAULT_LANGUAGE]
+    reference = languages[REFERENCE_LANGUAGE]
     for language in languages.values():
         _check_like(language, reference)
     return Registry(languages)

@@ -30,7 +30,7 @@ import soundfile as sf
 
 from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.errors import StoreError
-from appliance.languages.registry import DEFAULT_LANGUAGE, Language, Registry, builtin
+from appliance.languages.registry import Language, Registry, builtin
 from appliance.reference import display_reference
 from appliance.store.db import Store
 from appliance.store.recorder import (
@@ -62,17 +62,17 @@ _LABEL_WIDTH: Final = 21
 
 
 def summary_languages(languages: Registry | None = None,
-                      device_language: str = DEFAULT_LANGUAGE) -> tuple[Language, ...]:
+                      device_language: str = "") -> tuple[Language, ...]:
     """The languages of SUMMARY.txt, in order: :data:`SUMMARY_LANGUAGES`, preceded by
-    ``device_language`` when it is another one (looked up in ``languages``, None = built-in).
+    ``device_language`` when that is another one ("" = none; looked up in ``languages``,
+    None = the built-in ones).
 
     Raises:
         ConfigError: ``device_language`` is not in ``languages``.
     """
     known = languages or builtin()
-    codes = dict.fromkeys((device_language, *SUMMARY_LANGUAGES)
-                          if device_language not in SUMMARY_LANGUAGES else SUMMARY_LANGUAGES)
-    return tuple(known.get(code) for code in codes)
+    first = (device_language,) if device_language not in ("", *SUMMARY_LANGUAGES) else ()
+    return tuple(known.get(code, key="device.language") for code in (*first, *SUMMARY_LANGUAGES))
 
 
 class ExportError(StoreError):

@@ -40,7 +40,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         recordings = Path(request["recordings_dir"])
         reference = str(request.get("reference", ""))
         if cmd == "export":
-            from appliance.languages.registry import DEFAULT_LANGUAGE, registry
+            from appliance.languages.registry import registry
             from appliance.store.export import export_call, summary_languages
 
             if store.get_call(reference) is None:
@@ -52,7 +52,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
                                              "account": request.get("account"),
                                              "client": request.get("client")})
             summary = summary_languages(registry(request.get("languages_dir", "")),
-                                        request.get("device_language", DEFAULT_LANGUAGE))
+                                        request.get("device_language", ""))
             result = export_call(store, recordings, reference, Path(request["out_dir"]),
                                  actor=request["actor"], as_zip=True, summary=summary)
             return {"ok": True, "path": str(result.path), "files": list(result.files),
