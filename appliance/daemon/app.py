@@ -47,11 +47,10 @@ from appliance.daemon.status import LoopLag
 from appliance.daemon.storage import HEALTH_INTERVAL_S, Storage
 from appliance.errors import AudioError
 from appliance.handset.slic import Slic, SlicPins
-from appliance.languages.registry import for_config as languages_for
 from appliance.panel.panel import Panel, PanelPins
 from appliance.panel.relay import BypassRelay
-from appliance.reference import format_reference, spoken_groups
-from appliance.speech.prompts import load_prompt_texts
+from appliance.reference import format_reference
+from appliance.speech.prompts import health_sentence, last_call_sentence
 from appliance.store.db import Store
 
 _LOGGER = logging.getLogger(__name__)
@@ -345,29 +344,11 @@ class Application:
 
     def last_call_text(self) -> str:
         """The sentence the button speaks (template ``last_call`` / ``no_calls_yet``)."""
-
-        language = languages_for(self.config).get(self.config.device.language)
-        texts = load_prompt_texts(language.code, self.config.speech.texts,
-                                  languages_for(self.config))
-        last = self.store.last_call()
-        if last is None:
-            return texts["no_calls_yet"]
-        reference = ", ".join(" ".join(group) for group in spoken_groups(last["reference"]))
-        number = last["caller_number"]
-        caller = (" ".join(number.lstrip("+")) if number
-                  else language.words["unknown_caller"])
-        when = time.localtime(last["ring_at"] or 0)
-        spoken_time = language.grammar.spoken_time(when.tm_hour, when.tm_min)
-        return texts["last_call"].format(reference=reference, caller=caller, time=spoken_time)
+        return last_call_sentence(self.config, self.store.last_call())
 
     def health_text(self) -> str:
-
-        texts = load_prompt_texts(self.config.device.language, self.config.speech.texts,
-                                  languages_for(self.config))
-        faults = self.faults()
-        if not faults:
-            return texts["health_ok"]
-        return texts["health_fault"].format(fault="; ".join(faults))
+        """The sentence a long press speaks: all well, or the faults."""
+        return health_sentence(self.config, self.faults())
 
     async def _speak_to_shop(self, what: str) -> None:
         """Render ``last-call`` or ``health`` and say it into the earpiece (never to a caller)."""

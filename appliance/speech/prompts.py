@@ -14,8 +14,9 @@ inflection that fills the notice (numbers, durations, key names) is the language
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from appliance.errors import ConfigError
 from appliance.languages.base import TELEPHONE_KEYS
@@ -25,6 +26,7 @@ from appliance.languages.registry import (
     builtin,
     for_config,
 )
+from appliance.reference import spoken_groups
 
 if TYPE_CHECKING:
     from appliance.config import Config
@@ -169,3 +171,34 @@ def notice_texts_for(config: Config, texts: Mapping[str, str], *, lang: str,
         legal_basis=config.notice.legal_basis, full_notice_at=config.notice.full_notice_at,
         retention_days=config.retention.recordings_days, optout_key=config.call.optout_key,
         details_key=config.call.details_key, languages=for_config(config))
+
+
+def last_call_sentence(config: Config, last: Mapping[str, Any] | None) -> str:
+    """The front panel's "last call" sentence in ``device.language`` (templates ``last_call``
+    and ``no_calls_yet``): the reference in its spoken groups, the caller's number digit by
+    digit (or the language's word for unknown), the time of day as the language says it.
+
+    Args:
+        config: the configuration (language, overrides, ``speech.languages_dir``).
+        last: the newest call row (``reference``, ``caller_number``, ``ring_at``), or None.
+    """
+    languages = for_config(config)
+    language = languages.get(config.device.language)
+    texts = load_prompt_texts(language.code, config.speech.texts, languages)
+    if last is None:
+        return texts["no_calls_yet"]
+    reference = ", ".join(" ".join(group) for group in spoken_groups(last["reference"]))
+    number = last["caller_number"]
+    caller = " ".join(number.lstrip("+")) if number else language.words["unknown_caller"]
+    when = time.localtime(last["ring_at"] or 0)
+    spoken_time = language.grammar.spoken_time(when.tm_hour, when.tm_min)
+    return texts["last_call"].format(reference=reference, caller=caller, time=spoken_time)
+
+
+def health_sentence(config: Config, faults: Sequence[str]) -> str:
+    """The front panel's health sentence in ``device.language`` (``health_ok``, or
+    ``health_fault`` with ``faults`` joined)."""
+    texts = load_prompt_texts(config.device.language, config.speech.texts, for_config(config))
+    if not faults:
+        return texts["health_ok"]
+    return texts["health_fault"].format(fault="; ".join(faults))
