@@ -26,6 +26,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sim_modem_urls() -> None:
+    """``sim://`` modem URLs (the default ``lines[0].device``) open the in-process emulator, as
+    under ``appliance run``, which wires it in (appliance/cli/modem.py ``wire_emulator``)."""
+    from appliance.sim.modem.link import install
+
+    install()
+
+
 @pytest.fixture(autouse=True)
 def _instant_busy_detection(request: pytest.FixtureRequest,
                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,10 +46,10 @@ def _instant_busy_detection(request: pytest.FixtureRequest,
         return
     import dataclasses
 
-    from appliance.line import sim
+    from appliance.sim.modem.profiles import PROFILES
 
-    for name, profile in list(sim.PROFILES.items()):
-        monkeypatch.setitem(sim.PROFILES, name, dataclasses.replace(profile, busy_detect_s=0.0))
+    for name, profile in list(PROFILES.items()):
+        monkeypatch.setitem(PROFILES, name, dataclasses.replace(profile, busy_detect_s=0.0))
 
 
 @pytest.fixture

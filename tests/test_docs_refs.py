@@ -22,6 +22,7 @@ SOURCES = sorted([*ROOT.joinpath("appliance").rglob("*.py"),
 BARE_SECTION_PAGES = {
     "appliance/line/": "docs/v253.md",
     "appliance/cli/modem.py": "docs/v253.md",
+    "appliance/sim/modem/": "docs/v253.md",  # the emulator: the DCE side of the same link
     "appliance/handset/": "hw/ag1171.md",
     "appliance/speech/": "docs/audio.md",
     "appliance/audio/dtmf.py": "docs/audio.md",

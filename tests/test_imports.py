@@ -94,10 +94,27 @@ def test_shared_leaves_import_no_room() -> None:
     assert wrong == []
 
 
+#: Rooms of the product proper: the emulator and the simulated world (``sim``) are reached
+#: only through a modem URL or a pty, wired in by the command line (docs/architecture.md).
+PRODUCTION_ROOMS = ("line", "handset", "panel", "audio", "call", "daemon", "store", "speech",
+                    "archive", "web")
+
+
+def test_the_product_never_imports_the_simulation() -> None:
+    wrong = [
+        f"{name} imports {target}"
+        for name, targets in import_graph().items()
+        if _room(name) in PRODUCTION_ROOMS
+        for target in targets
+        if _room(target) == "sim"
+    ]
+    assert wrong == []
+
+
 #: Packages the daemon must not load at start: they serve a child process (speech rendering)
 #: or a rare path only, and every module stays in the daemon's RSS (docs/performance.md).
 DAEMON_NEVER_AT_START = ("scipy", "soxr", "piper", "onnxruntime", "sqlite_utils", "click",
-                         "multiprocessing", "pandas", "uvicorn", "starlette")
+                         "multiprocessing", "pandas", "uvicorn", "starlette", "appliance.sim")
 
 
 def test_the_daemon_does_not_import_what_it_only_needs_elsewhere() -> None:
@@ -117,7 +134,7 @@ def test_the_bench_daemon_child_carries_no_instruments() -> None:
     import sys
 
     code = ("import sys, appliance.bench.worker; print(' '.join(m for m in "
-            "('appliance.line.sim', 'appliance.bench.probes', 'appliance.bench.calls') "
+            "('appliance.sim.modem.emulator', 'appliance.bench.probes', 'appliance.bench.calls') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PACKAGE_DIR.parent)

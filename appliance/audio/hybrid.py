@@ -8,7 +8,7 @@ is the sent signal through a short impulse response: a flat delay, then a few mi
 dispersion decaying over the tail, band-limited to the telephone band, ``erl_db`` below the
 sent signal (echo return loss: typically 6–20 dB on a real line, docs/performance.md).
 
-The emulator (:class:`appliance.line.sim.SimModem`) and the simulated handset
+The emulator (:class:`appliance.sim.modem.emulator.SimModem`) and the simulated handset
 (:class:`appliance.audio.backend.SimHandsetAudio`) each run one :class:`Hybrid` when given a
 :class:`HybridSpec`; the demo turns both on (docs/line.md, "Echo").
 """

@@ -41,7 +41,7 @@ from appliance.bench.probes import (
     notice_arrival_s,
 )
 from appliance.daemon.app import Application
-from appliance.line.sim import PtyModemServer
+from appliance.sim.modem.pty import PtyModemServer
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from appliance.bench.probes import (
     proc_cpu_s,
     proc_memory_mb,
 )
-from appliance.line.sim import PtyModemServer
+from appliance.sim.modem.pty import PtyModemServer
 
 _LOGGER = logging.getLogger(__name__)
 

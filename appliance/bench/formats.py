@@ -34,7 +34,9 @@ from appliance.audio.pcm import (
 )
 from appliance.line.commands import DEFAULT_FORMAT_PREFERENCE, parse_vsm_list
 from appliance.line.modem import Modem
-from appliance.line.sim import PROFILES, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
+from appliance.sim.modem.profiles import PROFILES
 from appliance.store.recorder import Recorder
 
 #: The caller levels measured (RMS, dBFS): a quiet and a normal talker.
@@ -122,7 +124,7 @@ async def measure_format(fmt: str, profile: str, level_dbfs: float, work: Path,
         return np.pad(chunk, (0, n - len(chunk)))
 
     sim.set_caller_audio(source)
-    modem = Modem("sim://", sim=sim, command_timeout_s=2.0, cid_settle_s=0.01,
+    modem = Modem(sim_url(sim), command_timeout_s=2.0, cid_settle_s=0.01,
                   audio_formats=(fmt,))
     shop = float_to_int16(caller_signal(-20.0, seconds, seed=17))
     received: list[npt.NDArray[np.int16]] = []

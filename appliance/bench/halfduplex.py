@@ -25,7 +25,8 @@ from appliance.call.events import CallEvent, PlaybackDone
 from appliance.daemon.halfduplex import HalfDuplexAudio
 from appliance.daemon.media import CallMedia
 from appliance.line.modem import Modem
-from appliance.line.sim import PtyModemServer, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.pty import PtyModemServer
 
 #: Leads sampled during the first second are the ramp-up, not the steady state.
 RAMP_UP_FRAMES = 50

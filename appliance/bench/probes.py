@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ, encode_voice, silence_byte
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
 
 #: Host audio bytes kept per call for locating the first notice byte (8 s of 8-bit audio).
 TX_HEAD_BYTES: Final = 64_000

@@ -101,13 +101,13 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
 
 
 async def _fuzz(count: int) -> dict[str, Any]:
-    """The line fuzz (appliance/line/fuzz.py): the tally, streams per second, and the
+    """The line fuzz (appliance/sim/line_fuzz.py): the tally, streams per second, and the
     first failures."""
     import dataclasses
     import logging
     import time
 
-    from appliance.line.fuzz import run_streams
+    from appliance.sim.line_fuzz import run_streams
 
     # Each stream's recoveries are logged as warnings by design; the tally counts them.
     logging.getLogger("appliance.line").setLevel(logging.ERROR)

@@ -65,6 +65,10 @@ def run(obj: CliContext) -> None:
     config = obj.config()
     setup_logging(config.logging.level)
 
+    from appliance.cli.modem import wire_emulator
+
+    wire_emulator(line.device for line in config.lines)
+
     async def _main() -> None:
         from appliance.daemon.app import Application
         from appliance.daemon.lifecycle import (

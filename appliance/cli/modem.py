@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -32,15 +33,29 @@ from appliance.errors import ConfigError, ModemCommandError, ModemError
 if TYPE_CHECKING:
     from appliance.audio.hybrid import HybridSpec
 
-__all__ = ["DIALECTS", "ProbeReport", "port_lock_holder", "probe_modem", "register"]
+__all__ = ["DIALECTS", "ProbeReport", "port_lock_holder", "probe_modem", "register",
+           "wire_emulator"]
 
 DIALECTS: Final = {"usr5637": "usr", "cx93010": "conexant", "v253": "v253"}
-"""``--dialect`` names → :data:`appliance.line.sim.PROFILES` keys."""
+"""``--dialect`` names → :data:`appliance.sim.modem.profiles.PROFILES` keys."""
 _PROFILE_DIALECT: Final = {profile: dialect for dialect, profile in DIALECTS.items()}
 PROBE_TIMEOUT_S: Final = 2.0
 """Per-command timeout while probing (a healthy modem answers in milliseconds)."""
 UUCP_LOCK_DIRS: Final = (Path("/var/lock"), Path("/run/lock"))
 """Where mgetty, minicom and friends put ``LCK..<tty>`` files (FHS)."""
+
+
+def wire_emulator(devices: Iterable[str]) -> None:
+    """Make ``sim://`` modem URLs open the in-process emulator when any of ``devices`` is one.
+
+    The daemon and the line room know no emulator (docs/architecture.md, "Rooms"); the command
+    that runs them wires it in, and only when configured, so a box on real modems never loads
+    it.
+    """
+    if any(device.startswith("sim://") for device in devices):
+        from appliance.sim.modem.link import install
+
+        install()
 
 
 def register(cli: click.Group) -> None:
@@ -142,7 +157,7 @@ def sim_modem(dialect: str | None, profile: str | None, script_path: Path | None
         raise click.BadParameter(str(exc), param_hint="--echo") from exc
     script = None
     if script_path is not None:
-        from appliance.line.script import load_script
+        from appliance.sim.modem.script import load_script
 
         try:
             script = load_script(script_path)
@@ -161,8 +176,9 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
                  as_json: bool, *, half_duplex: bool = False,
                  echo: HybridSpec | None = None, vtr_test: bool = True,
                  hangup: dict[str, Any] | None = None) -> None:
-    from appliance.line.script import ScriptedCallResult, play_script
-    from appliance.line.sim import CID_DELAY_S, PtyModemServer, SimModem
+    from appliance.sim.modem.emulator import CID_DELAY_S, SimModem
+    from appliance.sim.modem.pty import PtyModemServer
+    from appliance.sim.modem.script import ScriptedCallResult, play_script
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -292,6 +308,7 @@ async def probe_modem(device: str, *, timeout_s: float = PROBE_TIMEOUT_S,
     )
     from appliance.line.transport import open_transport
 
+    wire_emulator((device,))
     transport, at = await open_transport(device, lambda: AtProtocol(command_timeout_s=timeout_s))
     report = ProbeReport(device)
 

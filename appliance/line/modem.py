@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -51,9 +51,6 @@ from appliance.line.commands import (
     parse_vsm_list,
 )
 from appliance.line.transport import drop_dtr, open_transport
-
-if TYPE_CHECKING:
-    from appliance.line.sim import SimModem
 
 __all__ = [
     "CallProgress",
@@ -225,14 +222,14 @@ class Modem:
     (``+VTX``) and ``start_record(on_audio)`` / ``stop_record()`` (``+VRX``).
 
     Args:
-        url: a tty path, ``socket://…`` or ``sim://[profile]``.
+        url: a tty path, ``socket://…`` or a URL of a registered link scheme (``sim://…``,
+            the emulator's: :func:`~appliance.line.transport.register_link_scheme`).
         country_code: T.35 country for ``AT+GCI`` (Hungary = 51, §7.7).
         command_timeout_s: per-command timeout.
         voice_format: force an appliance format (``u8``, ``ulaw`` …) if the modem offers it.
         duplex: ``auto`` (find out), ``full`` or ``half`` (:data:`DUPLEX_SETTINGS`).
         audio_formats: the voice formats in order of preference (``lines[].audio_formats``;
             default :data:`~appliance.line.commands.DEFAULT_FORMAT_PREFERENCE`, best first).
-        sim: for ``sim://``, the emulator to use (default: a new one; see :attr:`sim`).
         cid_settle_s: caller-ID burst settle time.
         ring_gap_reset_s: silence after which the ring count restarts.
         stop_timeout_s: time for the answer to each voice stop sequence (V.253 §5.3).
@@ -245,7 +242,6 @@ class Modem:
         country_code: str = "51",
         command_timeout_s: float = 2.0,
         voice_format: str | None = None,
-        sim: SimModem | None = None,
         cid_settle_s: float = CID_SETTLE_S,
         ring_gap_reset_s: float = RING_GAP_RESET_S,
         duplex: str = "auto",
@@ -291,7 +287,6 @@ class Modem:
             "tx_underruns": 0,
             "unknown_dle": 0,
         }
-        self.sim: SimModem | None = sim
         self._protocol: AtProtocol | None = None
         self._transport: asyncio.Transport | None = None
         self._table: Chipset = CHIPSETS["generic"]
@@ -328,11 +323,8 @@ class Modem:
         protocol.dle_event_received = self._dle_event_received
         protocol.voice_received = self._voice_received
         protocol.link_failed = self._link_failed
-        transport, _ = await open_transport(self.url, lambda: protocol, sim=self.sim)
+        transport, _ = await open_transport(self.url, lambda: protocol)
         self._transport, self._protocol = transport, protocol
-        sim = transport.get_extra_info("sim_modem")
-        if sim is not None:
-            self.sim = sim
         try:
             try:
                 await self._init_script(protocol)

@@ -1,11 +1,12 @@
-"""Open the modem link from a URL: a tty path (pyserial-asyncio 0.6) or ``sim://`` (in process).
+"""Open the modem link from a URL: a tty path (pyserial-asyncio 0.6) or a registered scheme.
 
 * ``/dev/ttyACM0``, ``/dev/pts/7``, ``/dev/appliance-modem`` … → pyserial-asyncio 0.6 at 115200 8N1,
   ``exclusive=True`` (not the ``-fast`` fork: it busy-loops after a partial write, reference
   docs/v253.md "Serial I/O under asyncio"). ``socket://`` and ``rfc2217://`` go to pyserial too.
-* ``sim://[profile]`` → an in-process :class:`~appliance.line.sim.SimModem` behind a loopback
-  transport whose ``write()`` reaches the modem via ``loop.call_soon`` (ordering like a real port)
-  and which honours the modem's read pausing (back-pressure, like a full tty buffer).
+* a scheme registered with :func:`register_link_scheme` → its opener. The modem emulator
+  registers ``sim://`` (its in-process loopback) when the CLI wires it in; the line room itself
+  knows no emulator (docs/architecture.md, "Rooms"), as pyserial knows its URL handlers only
+  by registration.
 """
 
 from __future__ import annotations
@@ -13,139 +14,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 import serial
 import serial_asyncio
 
 from appliance.errors import ConfigError, ModemGone
 
-if TYPE_CHECKING:
-    from appliance.line.sim import SimModem
-
-__all__ = ["BAUD_RATE", "DTR_DROP_S", "SIM_SCHEME", "SimLoopbackTransport", "drop_dtr",
-           "open_transport"]
+__all__ = [
+    "BAUD_RATE",
+    "DROP_DTR_EXTRA",
+    "DTR_DROP_S",
+    "LinkOpener",
+    "drop_dtr",
+    "open_transport",
+    "register_link_scheme",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
 BAUD_RATE: Final = 115200
 """§2: 8000 B/s of voice needs ≥ 80 000 bit/s on a real UART; nominal over USB CDC-ACM."""
-SIM_SCHEME: Final = "sim://"
 _PYSERIAL_SCHEMES: Final = ("socket://", "rfc2217://", "loop://")
-LOOPBACK_CHUNK_BYTES: Final = 1024
-"""The loopback delivers host bytes in chunks this big, like a tty read."""
-LOOPBACK_HIGH_WATER_BYTES: Final = 16384
-LOOPBACK_LOW_WATER_BYTES: Final = 4096
+DROP_DTR_EXTRA: Final = "drop_dtr"
+"""Extra-info name under which a link that models DTR itself offers ``drop_dtr()``."""
 DTR_DROP_S: Final = 0.5
 """How long DTR is held low to make the modem hang up (V.250 ``&D2``: on-hook and command
 state on an ON-to-OFF transition of DTR; well over the tens of ms a modem debounces)."""
 
 _P = TypeVar("_P", bound=asyncio.Protocol)
 
+LinkOpener = Callable[[str, asyncio.Protocol], Awaitable[asyncio.Transport]]
+"""Opens the link a URL of a registered scheme names, connects ``protocol`` to it (its
+``connection_made`` has been called) and returns the transport. Raises ModemGone when the
+link cannot be opened, ConfigError when the rest of the URL is wrong."""
 
-class SimLoopbackTransport(asyncio.Transport):
-    """Host side of the in-process link to a :class:`SimModem` (also its ``SimPort``).
+_LINK_SCHEMES: dict[str, LinkOpener] = {}
 
-    Host ``write()`` bytes queue here and reach ``sim.data_received`` from ``loop.call_soon``
-    in chunks while the modem reads; modem bytes reach ``protocol.data_received`` the same way.
-    ``pause_writing``/``resume_writing`` are called on the protocol at the water marks.
+
+def register_link_scheme(scheme: str, opener: LinkOpener) -> None:
+    """Let :func:`open_transport` open URLs starting with ``scheme`` (``"sim://"``) by ``opener``.
+
+    Registering the same scheme again replaces its opener (idempotent for the same one).
     """
+    _LINK_SCHEMES[scheme] = opener
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sim: SimModem, protocol: asyncio.Protocol
-    ) -> None:
-        super().__init__(extra={"sim_modem": sim})
-        self._loop = loop
-        self._sim = sim
-        self._protocol = protocol
-        self._pending = bytearray()
-        self._flush_scheduled = False
-        self._sim_paused = False
-        self._protocol_paused = False
-        self._closing = False
-
-    # --- host side (asyncio.Transport) --------------------------------------------------------
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` for the modem."""
-        if self._closing:
-            return
-        self._pending += data
-        self._schedule_flush()
-        if not self._protocol_paused and len(self._pending) > LOOPBACK_HIGH_WATER_BYTES:
-            self._protocol_paused = True
-            self._protocol.pause_writing()
-
-    def get_write_buffer_size(self) -> int:
-        """Bytes the modem has not read yet."""
-        return len(self._pending)
-
-    def is_closing(self) -> bool:
-        """True after close() or unplug()."""
-        return self._closing
-
-    def close(self) -> None:
-        """Disconnect; ``connection_lost(None)`` follows on the protocol."""
-        self._lose(None)
-
-    def abort(self) -> None:
-        """Same as close() (nothing to flush in process)."""
-        self._lose(None)
-
-    # --- modem side (SimPort) -----------------------------------------------------------------
-
-    def to_host(self, data: bytes) -> None:
-        """The modem writes ``data`` to the host."""
-        if not self._closing:
-            self._loop.call_soon(self._deliver_to_host, bytes(data))
-
-    def pause_reading(self) -> None:
-        """The modem's buffer is full: stop delivering host bytes."""
-        self._sim_paused = True
-
-    def resume_reading(self) -> None:
-        """The modem can take more host bytes."""
-        self._sim_paused = False
-        self._schedule_flush()
-
-    def drop_dtr(self) -> None:
-        """The host drops DTR (V.250 ``&D2``): the modem hangs up."""
-        if not self._closing:
-            self._sim.dtr_dropped()
-
-    def unplug(self) -> None:
-        """The port vanishes: the host sees ``connection_lost`` with an error."""
-        self._lose(ConnectionResetError("simulated modem unplugged"))
-
-    # --- internals
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and not self._sim_paused and self._pending:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        while self._pending and not self._sim_paused and not self._closing:
-            chunk = bytes(self._pending[:LOOPBACK_CHUNK_BYTES])
-            del self._pending[:LOOPBACK_CHUNK_BYTES]
-            self._sim.data_received(chunk)
-        if self._protocol_paused and len(self._pending) <= LOOPBACK_LOW_WATER_BYTES:
-            self._protocol_paused = False
-            self._protocol.resume_writing()
-
-    def _deliver_to_host(self, data: bytes) -> None:
-        if not self._closing:
-            self._protocol.data_received(data)
-
-    def _lose(self, exc: Exception | None) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._pending.clear()
-        self._sim.detach()
-        self._loop.call_soon(self._protocol.connection_lost, exc)
 
 
 class DirectWriteSerialTransport(serial_asyncio.SerialTransport):  # type: ignore[misc]
@@ -184,8 +98,9 @@ async def drop_dtr(transport: asyncio.BaseTransport, seconds: float = DTR_DROP_S
     Returns:
         False when the port has no DTR line to drop (a pty, a TCP link); True otherwise.
     """
-    if isinstance(transport, SimLoopbackTransport):
-        transport.drop_dtr()
+    own_dtr = transport.get_extra_info(DROP_DTR_EXTRA)
+    if callable(own_dtr):
+        own_dtr()
         return True
     port = transport.get_extra_info("serial")
     if port is None:
@@ -204,36 +119,26 @@ async def drop_dtr(transport: asyncio.BaseTransport, seconds: float = DTR_DROP_S
 async def open_transport(
     url: str,
     protocol_factory: Callable[[], _P],
-    *,
-    sim: SimModem | None = None,
 ) -> tuple[asyncio.Transport, _P]:
     """Open the modem link named by ``url`` and connect ``protocol_factory()`` to it.
 
     Args:
-        url: a filesystem path to a tty, ``socket://host:port``, or ``sim://[profile]``.
+        url: a filesystem path to a tty, ``socket://host:port``, or a URL of a scheme given to
+            :func:`register_link_scheme` (``sim://[profile]`` once the emulator is wired in).
         protocol_factory: builds the host protocol (an :class:`~appliance.line.at.AtProtocol`).
-        sim: for ``sim://``, use this emulator instead of building one (its profile wins).
 
     Returns:
-        ``(transport, protocol)``. For ``sim://`` the emulator is
-        ``transport.get_extra_info("sim_modem")``.
+        ``(transport, protocol)``.
 
     Raises:
-        ConfigError: the URL scheme is unknown.
+        ConfigError: the URL scheme is unknown (or not registered in this process).
         ModemGone: the port could not be opened.
     """
     loop = asyncio.get_running_loop()
-    if url.startswith(SIM_SCHEME):
-        from appliance.line.sim import SimModem  # lazy: only sim:// needs it
-
-        profile = url[len(SIM_SCHEME) :].strip("/") or "conexant"
-        modem = sim if sim is not None else SimModem(profile)
-        protocol = protocol_factory()
-        transport = SimLoopbackTransport(loop, modem, protocol)
-        modem.attach(transport.to_host, port=transport)
-        protocol.connection_made(transport)
-        _LOGGER.info("modem link: simulated modem, profile %s", modem.profile.name)
-        return transport, protocol
+    for scheme, opener in _LINK_SCHEMES.items():
+        if url.startswith(scheme):
+            protocol = protocol_factory()
+            return await opener(url, protocol), protocol
     if url.startswith("/") or url.startswith(_PYSERIAL_SCHEMES):
         kwargs: dict[str, Any] = {"baudrate": BAUD_RATE}
         if url.startswith("/"):
@@ -246,8 +151,10 @@ async def open_transport(
         transport = DirectWriteSerialTransport(loop, protocol, port)
         _LOGGER.info("modem link: %s at %d baud", url, BAUD_RATE)
         return transport, protocol
+    schemes = "".join(f", {scheme}…" for scheme in _LINK_SCHEMES)
     raise ConfigError(
         "line.device",
-        "a tty path (/dev/ttyACM0), socket://host:port or sim://[profile]",
+        f"a tty path (/dev/ttyACM0), socket://host:port{schemes} (sim://[profile] is the "
+        "emulator, wired in by the appliance command)",
         url,
     )

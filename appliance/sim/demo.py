@@ -30,8 +30,9 @@ from appliance.audio.hybrid import (
 from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.config import Config, load_config
 from appliance.daemon.app import Application
-from appliance.line.sim import PtyModemServer, SimModem
 from appliance.reference import format_reference
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.pty import PtyModemServer
 from appliance.sim.world import (
     LINES_HU,
     SCENARIOS,
@@ -118,7 +119,7 @@ async def run_demo(
     phone ring first, then answers as an answering machine and the caller leaves a message.
     ``line_echo`` / ``handset_echo``: the hybrids of the modem and of the SLIC (None: an
     echo-free line, as no real one is); a second line's hybrid is another path of that shape.
-    ``modem_options``: :class:`~appliance.line.sim.SimProfile` fields to change on every
+    ``modem_options``: :class:`~appliance.sim.modem.profiles.SimProfile` fields to change on every
     emulated modem (e.g. ``{"vtr_test_command": False}``).
     """
     if scenario not in ALL_SCENARIOS:

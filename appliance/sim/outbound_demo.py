@@ -26,7 +26,6 @@ from appliance.audio.hybrid import HybridSpec
 from appliance.audio.tones import dtmf_sequence
 from appliance.daemon.app import Application
 from appliance.line.progress import CallProgressDetector
-from appliance.line.sim import PtyModemServer, SimCallee, SimModem
 from appliance.reference import format_reference
 from appliance.sim.demo import (
     DEMO_HANDSET_ECHO,
@@ -35,6 +34,8 @@ from appliance.sim.demo import (
     _pin_history,
     demo_config,
 )
+from appliance.sim.modem.emulator import SimCallee, SimModem
+from appliance.sim.modem.pty import PtyModemServer
 from appliance.sim.world import Mouth, World, render_speech
 
 __all__ = ["DIALLED_NUMBER", "LINES_OUT_HU", "ScriptedCallee", "ScriptedShop",

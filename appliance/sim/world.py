@@ -23,7 +23,7 @@ from typing import Any, Final
 import numpy as np
 
 from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
 
 _LOGGER = logging.getLogger(__name__)
 

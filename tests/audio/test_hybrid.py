@@ -13,7 +13,7 @@ from appliance.audio.backend import SimHandsetAudio
 from appliance.audio.hybrid import Hybrid, HybridSpec, add_echo, parse_hybrid
 from appliance.audio.pcm import decode_voice
 from appliance.line.codec import VoiceDecoder
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
 
 TIMEOUT_S = 5.0
 

@@ -24,8 +24,8 @@ from appliance.config import load_config
 from appliance.daemon.app import Application
 from appliance.line.at import AtProtocol
 from appliance.line.modem import CallerIdReceived, Dtmf, LineEvent, Modem, RemoteHangup
-from appliance.line.sim import PtyModemServer
 from appliance.line.transport import open_transport
+from appliance.sim.modem.pty import PtyModemServer
 
 TIMEOUT_S = 10.0
 _T = TypeVar("_T")

@@ -18,7 +18,8 @@ from appliance.call.events import CallEvent, PlaybackDone
 from appliance.daemon.halfduplex import TX_LEAD_S, HalfDuplexAudio
 from appliance.daemon.media import CallMedia
 from appliance.line.modem import Modem
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,7 +41,7 @@ class Rig:
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     sim = SimModem("conexant", ring_period_s=0.1)
     sim.profile = dataclasses.replace(sim.profile, full_duplex=False)
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     await modem.open()
     sim.ring("3612345678")
     await modem.answer()

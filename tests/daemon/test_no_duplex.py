@@ -19,7 +19,8 @@ from appliance.config import load_config
 from appliance.daemon.app import Application
 from appliance.errors import ConfigError, ModemCommandError
 from appliance.line.modem import Modem
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,7 +38,7 @@ async def test_init_finds_out_whether_the_modem_has_full_duplex(full: bool) -> N
     sim = SimModem("v253")
     if not full:
         _half_duplex(sim)
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0)
     await modem.open()
     try:
         # An OK to the test command is an answer; an ERROR is not (test forms are optional).
@@ -55,7 +56,7 @@ async def test_a_refused_test_command_leaves_it_to_the_first_calls_vtr() -> None
     # Both independent dialects answer ERROR to AT+VTR=? and accept AT+VTR (issue 16).
     sim = SimModem("usr")
     sim.profile = dataclasses.replace(sim.profile, vtr_test_command=False)
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0)
     await modem.open()
     try:
         assert modem.full_duplex is None
@@ -74,7 +75,7 @@ async def test_a_refused_test_command_leaves_it_to_the_first_calls_vtr() -> None
 async def test_the_duplex_setting_overrides_what_the_modem_says(setting: str) -> None:
     sim = SimModem("conexant")
     _half_duplex(sim)  # refuses AT+VTR and AT+VTR=?
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, duplex=setting)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, duplex=setting)
     await modem.open()
     try:
         assert "AT+VTR=?" not in sim.commands, "nothing to find out"
@@ -112,7 +113,7 @@ def test_doctor_says_full_duplex_is_not_known_yet_and_why() -> None:
 
 async def test_a_refused_vtr_raises_and_marks_the_modem_half_duplex() -> None:
     sim = SimModem("conexant")
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0)
     await modem.open()
     try:
         assert modem.full_duplex is True
@@ -135,7 +136,9 @@ async def test_a_refused_vtr_makes_the_line_an_answering_machine(
     # +VTR=? said yes (a lying firmware), +VTR is refused at the first call: that call goes on
     # in half duplex (notice by +VTX, message by +VRX), and from then on the phone rings first.
     caplog.set_level(logging.INFO, logger="appliance.daemon.line_session")
+    sim = SimModem("conexant")
     config = load_config(Path("/dev/null"), state_dir=tmp_path / "state", overrides={
+        "lines": [{"name": "main", "device": sim_url(sim), "country_code": "51"}],
         "speech": {"voice": "espeak", "texts": {"notice": "Rögzítjük."}},
         "call": {"cid_wait_s": 0.0, "half_duplex_answer_after_rings": 3},
     })
@@ -164,10 +167,6 @@ async def test_a_refused_vtr_makes_the_line_an_answering_machine(
     try:
         await app.start()
         await app.wait_ready(TIMEOUT_S)
-        session = app.lines[0]
-        assert session.modem is not None
-        sim = session.modem.sim
-        assert sim is not None
         assert app.status_dict()["lines"][0]["duplex"] is True
         assert app.relay.energised
         _half_duplex(sim)

@@ -18,7 +18,7 @@ import itertools
 import random
 from collections.abc import Callable
 
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
 
 POLICIES = ("loopback", "one_byte", "random_split", "delayed")
 

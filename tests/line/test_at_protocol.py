@@ -11,10 +11,11 @@ import numpy.typing as npt
 import pytest
 
 from appliance.errors import ConfigError, ModemCommandError, ModemGone, ModemTimeout
+from appliance.line import transport as transport_module
 from appliance.line.at import AtProtocol, LinkState, Mode
 from appliance.line.codec import DLE_END_DUPLEX
-from appliance.line.sim import SimModem
-from appliance.line.transport import open_transport
+from appliance.line.transport import drop_dtr, open_transport, register_link_scheme
+from appliance.sim.modem.emulator import SimModem
 from tests.line.fakes import POLICIES, FakeLink, ScriptedTransport
 
 TIMEOUT_S = 5.0
@@ -234,3 +235,22 @@ async def test_unknown_url_scheme_is_config_error() -> None:
 async def test_missing_port_is_modem_gone(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModemGone):
         await open_transport(str(tmp_path / "no-such-tty"), AtProtocol)
+
+
+async def test_a_registered_scheme_is_opened_by_its_opener(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The registry is the process's; this scheme is gone after the test.
+    monkeypatch.setattr(transport_module, "_LINK_SCHEMES", dict(transport_module._LINK_SCHEMES))
+    opened: list[tuple[str, asyncio.Protocol]] = []
+
+    async def opener(url: str, protocol: asyncio.Protocol) -> asyncio.Transport:
+        opened.append((url, protocol))
+        transport = asyncio.Transport()
+        protocol.connection_made(transport)
+        return transport
+
+    register_link_scheme("test-only://", opener)
+    transport, at = await open_transport("test-only://x", AtProtocol)
+    assert opened == [("test-only://x", at)]
+    assert await drop_dtr(transport) is False, "a link without DTR of its own has none"

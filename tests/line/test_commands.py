@@ -17,7 +17,7 @@ from appliance.line.commands import (
     parse_vls_list,
     parse_vsm_list,
 )
-from appliance.line.sim import PROFILES
+from appliance.sim.modem.profiles import PROFILES
 
 #: The Conexant host-processed / USR list (§4.3), as the emulator prints it.
 HSF_VSM = list(PROFILES["conexant"].vsm_list)

@@ -23,7 +23,9 @@ from appliance.line.modem import (
     dial_string,
 )
 from appliance.line.progress import CallProgressDetector
-from appliance.line.sim import PtyModemServer, SimCallee, SimModem
+from appliance.sim.modem.emulator import SimCallee, SimModem
+from appliance.sim.modem.link import sim_url
+from appliance.sim.modem.pty import PtyModemServer
 from appliance.sim.world import voice_like_signal
 
 TIMEOUT_S = 10.0
@@ -43,7 +45,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Modem, SimM
     sim = SimModem("conexant")
     server: PtyModemServer | None = None
     if request.param == "sim":
-        modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+        modem = Modem(sim_url(sim), command_timeout_s=1.0)
     else:
         server = PtyModemServer(sim)
         modem = Modem(await server.start(), command_timeout_s=1.0)

@@ -13,7 +13,9 @@ import pytest
 
 from appliance.line import modem as modem_module
 from appliance.line.modem import CallProgress, DialResult, Dtmf, Modem, RemoteHangup
-from appliance.line.sim import SILENCE_REPORT_S, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
+from appliance.sim.modem.profiles import SILENCE_REPORT_S
 from tests.line.test_modem_calls import next_event
 
 pytestmark = pytest.mark.timeout(30)
@@ -23,7 +25,7 @@ TIMEOUT_S = 5.0
 
 async def _answered(profile: str) -> tuple[Modem, SimModem]:
     sim = SimModem(profile, ring_period_s=0.1, cid_delay_s=0.03)
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     await modem.open()
     sim.ring("3612345678")
     await modem.answer()
@@ -102,7 +104,7 @@ async def test_h_later_in_the_call_ends_it_except_on_the_usr(
 
 async def test_on_a_dialled_call_the_first_reversal_is_the_answer() -> None:
     sim = SimModem("v253")
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0)
     await modem.open()
     try:
         assert await modem.dial("0612345678") is DialResult.DIALLED
@@ -147,7 +149,7 @@ async def test_a_modem_that_never_reports_busy(kind: str) -> None:
     sim = SimModem("conexant", ring_period_s=0.1, cid_delay_s=0.03)
     sim.profile = dataclasses.replace(sim.profile, hangup_report=kind)
     sim.exchange_busy_s = 1.0
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     await modem.open()
     try:
         sim.ring("3612345678")

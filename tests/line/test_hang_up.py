@@ -13,7 +13,9 @@ import pytest
 
 from appliance.errors import LineOffHook
 from appliance.line.modem import HANG_UP_LADDER, Modem
-from appliance.line.sim import PtyModemServer, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
+from appliance.sim.modem.pty import PtyModemServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,8 +31,8 @@ async def answered(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Modem,
     sim = _sim()
     server: PtyModemServer | None = None
     if request.param == "sim":
-        url = "sim://"
-        modem = Modem(url, sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+        url = sim_url(sim)
+        modem = Modem(url, command_timeout_s=1.0, cid_settle_s=0.01)
     else:
         server = PtyModemServer(sim)
         url = await server.start()
@@ -77,7 +79,7 @@ async def test_reset_then_dtr_are_the_last_resorts(answered: tuple[Modem, SimMod
         return
     # In process the emulator sees DTR: with ATZ refused too, the DTR drop hangs up.
     await modem.close()
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0)
     await modem.open()
     await modem.answer()
     sim.refuse_hang_up(4)
@@ -99,14 +101,14 @@ async def test_a_modem_that_never_hangs_up_is_not_ready(
     url = modem.url
     await modem.close()
     # Reopening (the daemon's supervisor) finds the line still held and refuses to be ready.
-    again = Modem(url, sim=sim if kind == "sim" else None, command_timeout_s=1.0)
+    again = Modem(url, command_timeout_s=1.0)
     with pytest.raises(LineOffHook):
         await again.open()
     await again.close()
     assert sim.off_hook
     # Once the modem lets go, the next open hangs up and is ready, on-hook.
     sim.accept_hang_up()
-    again = Modem(url, sim=sim if kind == "sim" else None, command_timeout_s=1.0)
+    again = Modem(url, command_timeout_s=1.0)
     await again.open()
     assert not sim.off_hook
     assert not again.reopen_needed, "the open's own init ran again after the reset"
@@ -116,12 +118,12 @@ async def test_a_modem_that_never_hangs_up_is_not_ready(
 async def test_a_modem_left_off_hook_is_hung_up_at_open() -> None:
     # A daemon killed mid-call leaves the modem holding the line: the next open hangs up.
     sim = _sim()
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0)
     await modem.open()
     await modem.answer()
     await modem.close()  # no hang-up, as after kill -9
     assert sim.off_hook
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0)
     await modem.open()
     assert not sim.off_hook
     await modem.close()

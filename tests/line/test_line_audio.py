@@ -15,7 +15,8 @@ from appliance.config import load_config
 from appliance.errors import ConfigError
 from appliance.line.codec import LineFramer
 from appliance.line.modem import Dtmf, LineEvent, Modem, RemoteHangup
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
 
 TIMEOUT_S = 5.0
 _T = TypeVar("_T")
@@ -91,7 +92,7 @@ async def _next(modem: Modem, kind: type[_T]) -> _T:
 @pytest.mark.parametrize("profile", ["conexant", "usr", "v253"])
 async def test_off_hook_without_vtr_still_reports_keys_and_hang_up(profile: str) -> None:
     sim = SimModem(profile, ring_period_s=0.1, cid_delay_s=0.03)
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     await modem.open()
     try:
         sim.ring("3612345678")

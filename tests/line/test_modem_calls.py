@@ -20,7 +20,9 @@ from appliance.line.modem import (
     RemoteHangup,
     Ring,
 )
-from appliance.line.sim import PtyModemServer, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
+from appliance.sim.modem.pty import PtyModemServer
 
 TIMEOUT_S = 5.0
 _T = TypeVar("_T")
@@ -45,7 +47,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Modem, SimM
     sim = _fast_sim()
     server: PtyModemServer | None = None
     if request.param == "sim":
-        modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+        modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     else:
         server = PtyModemServer(sim)
         path = await server.start()
@@ -154,7 +156,7 @@ async def test_unplug_during_duplex_gives_link_down(rig: tuple[Modem, SimModem])
 
 async def test_withheld_cid_before_first_ring() -> None:
     sim = SimModem("usr", ring_period_s=0.1, cid_delay_s=0.03)
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     await modem.open()
     try:
         assert modem.chipset == "usr"
@@ -179,7 +181,7 @@ async def test_stop_duplex_waits_for_audio_sent_ahead(caplog: pytest.LogCaptureF
     # at 1 s buffered), so the stop must allow for the backlog rather than time out.
     sim = _fast_sim()
     # u8: the byte counts below (3 s burst, 1 s modem buffer, transport bound) are 8-bit ones.
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, voice_format="u8")
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, voice_format="u8")
     await modem.open()
     try:
         await modem.answer()

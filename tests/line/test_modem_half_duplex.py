@@ -16,7 +16,9 @@ from appliance.audio.dtmf import DtmfDetector
 from appliance.audio.pcm import FRAME_SAMPLES, decode_voice, encode_voice
 from appliance.line.at import LinkState
 from appliance.line.modem import Dtmf, Modem, RemoteHangup
-from appliance.line.sim import PtyModemServer, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
+from appliance.sim.modem.pty import PtyModemServer
 from tests.line.test_modem_calls import next_event
 
 pytestmark = pytest.mark.timeout(30)
@@ -37,7 +39,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Modem, SimM
     sim.profile = dataclasses.replace(sim.profile, full_duplex=False)
     server: PtyModemServer | None = None
     if request.param == "sim":
-        modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+        modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     else:
         server = PtyModemServer(sim)
         modem = Modem(await server.start(), command_timeout_s=1.0, cid_settle_s=0.01)

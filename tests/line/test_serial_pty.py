@@ -10,8 +10,8 @@ import pytest
 from appliance.errors import ModemGone
 from appliance.line.at import AtProtocol, Mode
 from appliance.line.codec import DLE_ETX
-from appliance.line.sim import PtyModemServer, serve_forever
 from appliance.line.transport import open_transport
+from appliance.sim.modem.pty import PtyModemServer, serve_forever
 
 TIMEOUT_S = 10.0
 PTY_BUFFER_BYTES = 18432  # §2 pty facts: what a pty absorbs before write() blocks

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from appliance.line.sim import PtyModemServer
+from appliance.sim.modem.pty import PtyModemServer
 from appliance.store.recorder import sha256_file
 from tests.system import daemon_proc, index_probe
 from tests.system.daemon_proc import start_daemon

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from appliance.daemon.control import request, socket_path
-from appliance.line.sim import PtyModemServer
+from appliance.sim.modem.pty import PtyModemServer
 from tests.system import daemon_proc
 from tests.system.index_probe import query
 

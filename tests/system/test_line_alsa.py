@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from appliance.line.sim import PtyModemServer
+from appliance.sim.modem.pty import PtyModemServer
 from appliance.speech.library import PromptLibrary
 from appliance.store.recorder import sha256_file
 from tests.system import index_probe

@@ -31,7 +31,8 @@ from appliance.daemon.line_session import (
     MODEM_SILENT_FAULT,
     MODEM_STRAY_CONNECT_FAULT,
 )
-from appliance.line.sim import PtyModemServer, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.pty import PtyModemServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,8 +15,8 @@ import soundfile
 from appliance.audio.backend import SimHandsetAudio
 from appliance.config import load_config
 from appliance.daemon.app import Application
-from appliance.line.sim import PtyModemServer
 from appliance.sim.demo import run_demo
+from appliance.sim.modem.pty import PtyModemServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -26,7 +26,8 @@ from appliance.config import load_config
 from appliance.daemon.app import Application
 from appliance.handset.slic import HookEvent
 from appliance.line.progress import CallProgressDetector
-from appliance.line.sim import SimCallee, SimModem
+from appliance.sim.modem.emulator import SimCallee, SimModem
+from appliance.sim.modem.link import sim_url
 from appliance.sim.world import Mouth, voice_like_signal
 
 pytestmark = pytest.mark.timeout(60)
@@ -94,8 +95,9 @@ class Shop:
         return 10 * np.log10(sum(spectrum[b] ** 2 for b in bins) + 1e-12)
 
 
-def make_config(tmp_path: Path, **outbound: Any) -> Any:
+def make_config(tmp_path: Path, device: str, **outbound: Any) -> Any:
     overrides = {
+        "lines": [{"name": "main", "device": device, "country_code": "51"}],
         "speech": {"voice": "espeak", "texts": SHORT_NOTICE},
         "gpio": {"pin_factory": "mock"},
         "outbound": {"interdigit_timeout_s": 1.0, "failure_listen_s": 1.0, **outbound},
@@ -111,15 +113,14 @@ def outbound_config() -> dict[str, Any]:
 @pytest.fixture
 async def rig(tmp_path: Path, mock_factory: Any,
               outbound_config: dict[str, Any]) -> AsyncIterator[tuple[Application, Shop, SimModem]]:
-    app = Application(make_config(tmp_path, **outbound_config), pin_factory=mock_factory,
+    sim = SimModem("conexant")
+    app = Application(make_config(tmp_path, sim_url(sim), **outbound_config),
+                      pin_factory=mock_factory,
                       handset_audio=SimHandsetAudio())
     await app.start()
     await app.wait_ready(TIMEOUT_S)
-    modem = app.lines[0].modem
-    assert modem is not None
-    assert modem.sim is not None
     try:
-        yield app, Shop(app, mock_factory), modem.sim
+        yield app, Shop(app, mock_factory), sim
     finally:
         await app.stop()
 

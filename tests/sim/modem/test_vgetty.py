@@ -25,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from appliance.line.sim import PtyModemServer, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.pty import PtyModemServer
 
 VGETTY = shutil.which("vgetty") or ("/usr/sbin/vgetty" if os.path.exists("/usr/sbin/vgetty")
                                      else None)

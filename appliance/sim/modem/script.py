@@ -2,10 +2,10 @@
 
 A script is a TOML file with a ``[[calls]]`` array (format in docs/line.md). Each call rings the
 emulated line with caller ID, and once whatever host holds the port answers, plays the caller's
-audio, presses keys and hangs up on schedule — only through :class:`~appliance.line.sim.SimModem`'s
-public triggers (``ring``, ``set_caller_audio``, ``press_key``, ``remote_hangup``,
-``wait_off_hook``, ``wait_on_hook``), so a script drives any V.253 client exactly as the tests'
-scripted callers do.
+audio, presses keys and hangs up on schedule — only through
+:class:`~appliance.sim.modem.emulator.SimModem`'s public triggers (``ring``,
+``set_caller_audio``, ``press_key``, ``remote_hangup``, ``wait_off_hook``, ``wait_on_hook``),
+so a script drives any V.253 client exactly as the tests' scripted callers do.
 
 Written by hand: a small schedule of emulator triggers; TOML parsing is ``tomllib``, WAV reading
 ``soundfile`` and resampling ``soxr``.
@@ -27,7 +27,7 @@ import numpy.typing as npt
 from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.errors import ConfigError
 from appliance.line.codec import DTMF_DIGITS
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
 
 __all__ = [
     "CallScript",

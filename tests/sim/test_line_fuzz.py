@@ -1,4 +1,4 @@
-"""Property-based fuzz of the line layers (appliance/line/fuzz.py): whatever the modem sends —
+"""Property-based fuzz of the line layers (appliance/sim/line_fuzz.py): whatever the modem sends —
 random bytes mixed with valid V.253 fragments, idle and mid-call — nothing raises out of the
 receive path, and a hang-up the host calls confirmed leaves the emulated line on-hook (a
 wedged link is reopened, and the reopen leaves it on-hook). A bounded count here;
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.line.fuzz import FRAGMENTS, FuzzWorker
+from appliance.sim.line_fuzz import FRAGMENTS, FuzzWorker
 
 pytestmark = pytest.mark.timeout(120)
 

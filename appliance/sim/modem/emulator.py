@@ -8,9 +8,8 @@ commands outside ``+FCLASS=8`` → ERROR. Its voice clock runs on ``loop.time()`
 samples/s both ways. The scripted caller drives it through the trigger methods (Mopidy
 ``trigger_fake_*`` style); tests assert on :attr:`commands`, :attr:`played` and hook waits.
 
-:class:`PtyModemServer` serves it on a pseudo-terminal so the real serial path (pyserial on a tty)
-runs without hardware (§9.2), reading the master at the modem's playback rate so back-pressure
-reaches the host (§2 pty facts).
+A host reaches it only over a link: a pty (:mod:`appliance.sim.modem.pty`) or the in-process
+loopback behind ``sim://`` URLs (:mod:`appliance.sim.modem.link`).
 
 Written by hand: no library emulates a V.253 modem.
 """
@@ -21,15 +20,11 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import pty
 import re
-import tty
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Final, Protocol
 
 import numpy as np
@@ -41,16 +36,9 @@ from appliance.audio.pcm import encode_voice as _encode_voice
 from appliance.audio.tones import dtmf_samples
 from appliance.line.codec import CAN, DLE, DTMF_DIGITS, ETX, VoiceEncoder, format_cid_lines
 from appliance.line.commands import parse_vsm_list
+from appliance.sim.modem.profiles import SILENCE_REPORT_S, profile_named
 
-__all__ = [
-    "PROFILES",
-    "PtyModemServer",
-    "SimCallee",
-    "SimModem",
-    "SimPort",
-    "SimProfile",
-    "serve_forever",
-]
+__all__ = ["SimCallee", "SimModem", "SimPort"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,11 +57,6 @@ BUSY_OFF_S: Final = 0.300
 BUSY_LEVEL: Final = 0.3
 BUSY_REPORT_S: Final = 4.0
 """``<DLE>b`` repeated every 4 s while busy is present (§5.1, Rockwell/ZyXEL)."""
-HANGUP_REPORTS: Final = ("busy", "silence", "none")
-"""How a profile reports the far end hanging up (:attr:`SimProfile.hangup_report`)."""
-SILENCE_REPORT_S: Final = 5.0
-"""``hangup_report = "silence"``: ``<DLE>s`` after this long of quiet line (a typical +VSD
-silence time; the busy tone before it is not quiet)."""
 DIAL_TONE_AFTER_S: Final = 30.0
 """After this long of busy the exchange returns dial tone: ``<DLE>d`` every 3 s [INF]."""
 DIAL_REPORT_S: Final = 3.0
@@ -88,115 +71,6 @@ DIAL_TONE_WAIT_S: Final = 2.0
 """How long the modem listens for dial tone before ``NO DIALTONE`` (S6; real: 2–5 s)."""
 TX_BUFFER_MAX_S: Final = 1.0
 """The modem stops reading host bytes when this much audio is queued (back-pressure)."""
-PTY_MAX_WRITE_BUFFER_BYTES: Final = 65536
-"""Bytes to the host kept while it is not reading; beyond this the modem overruns (drops)."""
-
-
-_HSF_VSM: Final = (
-    # §4.3 Conexant host-processed / USR softmodem list (the emulator default).
-    '1,"UNSIGNED PCM",8,0,(8000),(0),(0)',
-    '128,"8-BIT LINEAR",8,0,(8000),(0),(0)',
-    '129,"ADPCM",4,0,(8000),(0),(0)',
-    '130,"UNSIGNED PCM",8,0,(8000),(0),(0)',
-    '131,"ULAW",8,0,(8000),(0),(0)',
-    '132,"ALAW",8,0,(8000),(0),(0)',
-    '133,"LINEAR",16,0,(8000),(0),(0)',
-)
-_V253_VSM: Final = (
-    # ITU-T V.253 Table 17 ids.
-    '0,"SIGNED PCM",8,0,(8000),(0),(0)',
-    '1,"UNSIGNED PCM",8,0,(8000),(0),(0)',
-    '4,"G.711U",8,0,(8000),(0),(0)',
-    '5,"G.711A",8,0,(8000),(0),(0)',
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SimProfile:
-    """One modem dialect.
-
-    Attributes:
-        name: profile name.
-        ati0 / ati3 / gmi: identification answers (§2).
-        vsm_list: ``AT+VSM=?`` lines.
-        cid_spaced: ``DATE = 0321`` (Conexant) vs ``DATE=1203`` (USR), quirk #16.
-        dtmf_shielded: ``<DLE>/<DLE>5…<DLE>~`` with 70 ms repeats, or bare ``<DLE>5`` (§5.4).
-        dle_h_after_off_hook: USR sends ``<DLE>H`` right after ``AT+VLS=1`` (quirk #23).
-        info_prefix: information text as ``+VCID: 1`` instead of a bare ``1`` (§3).
-        vcid_lost_at_atz: ``+VCID`` resets to 0 at ``ATZ`` (quirk #4).
-        dle_ring_in_voice_class: on-hook rings as ``<DLE>R`` in ``+FCLASS=8`` (quirk #27).
-        full_duplex: ``+VTR`` exists; False models a half-duplex voice modem that answers
-            ``ERROR`` to ``AT+VTR`` and ``AT+VTR=?`` (§3).
-        vtr_test_command: ``AT+VTR=?`` answers ``OK``; False models the modems that answer
-            ``ERROR`` to the test form yet accept ``AT+VTR`` (V.250 leaves test forms of
-            action commands to the vendor; docs/line.md).
-        busy_detect_s: from the start of the busy tone to the first ``<DLE>b``: a modem
-            reports busy only once it has recognised the cadence (a few 300/300 ms cycles).
-            Assumed per dialect, not measured (no datasheet gives it; docs/line.md).
-        hangup_report: ``busy`` (``<DLE>b`` after :attr:`busy_detect_s`, ``<DLE>d`` once
-            dial tone returns), ``silence`` (never busy: the busy tone, then quiet line and
-            ``<DLE>s`` after :data:`SILENCE_REPORT_S`) or ``none`` (nothing at all: only the
-            busy tone, then quiet line).
-    """
-
-    name: str
-    ati0: str
-    ati3: str
-    gmi: str
-    vsm_list: tuple[str, ...]
-    cid_spaced: bool = True
-    dtmf_shielded: bool = True
-    dle_h_after_off_hook: bool = False
-    info_prefix: bool = False
-    vcid_lost_at_atz: bool = False
-    dle_ring_in_voice_class: bool = False
-    full_duplex: bool = True
-    vtr_test_command: bool = True
-    busy_detect_s: float = 1.8
-    hangup_report: str = "busy"
-
-    def __post_init__(self) -> None:
-        if self.hangup_report not in HANGUP_REPORTS:
-            raise ValueError(f"hangup_report must be one of {HANGUP_REPORTS}")
-        if self.busy_detect_s < 0:
-            raise ValueError("busy_detect_s must be ≥ 0")
-
-
-PROFILES: Final[dict[str, SimProfile]] = {
-    "conexant": SimProfile(
-        name="conexant",
-        ati0="56000",
-        ati3="CX93001-EIS_V0.2002-V92",
-        gmi="CONEXANT",
-        vsm_list=_HSF_VSM,
-        vcid_lost_at_atz=True,
-        dle_ring_in_voice_class=True,
-    ),
-    "usr": SimProfile(
-        name="usr",
-        ati0="5601",
-        ati3="U.S. Robotics 56K FAX USB V1.2.23",
-        gmi="U.S. Robotics",
-        vsm_list=_HSF_VSM,
-        cid_spaced=False,
-        dle_h_after_off_hook=True,
-        busy_detect_s=1.5,
-    ),
-    "v253": SimProfile(
-        name="v253",
-        ati0="V253",
-        ati3="Strict V.253 emulator",
-        gmi="APPLIANCE",
-        vsm_list=_V253_VSM,
-        info_prefix=True,
-        busy_detect_s=2.0,
-    ),
-}
-_PROFILE_ALIASES: Final = {
-    "conexant-cx93010": "conexant",
-    "usr5637": "usr",
-    "strict-v253": "v253",
-}
 
 # §3 numeric result codes (V0).
 _NUMERIC: Final = {
@@ -317,10 +191,7 @@ class SimModem:
         cid_delay_s: float = CID_DELAY_S,
         echo: HybridSpec | None = None,
     ) -> None:
-        key = _PROFILE_ALIASES.get(profile, profile)
-        if key not in PROFILES:
-            raise ValueError(f"unknown modem profile {profile!r}; known: {sorted(PROFILES)}")
-        self.profile = PROFILES[key]
+        self.profile = profile_named(profile)
         self.ring_period_s = ring_period_s
         self.cid_delay_s = cid_delay_s
         #: How long the exchange plays busy tone after the far end hangs up (then dial tone).
@@ -1282,151 +1153,3 @@ def _tone_samples(freqs_hz: list[int], seconds: float) -> npt.NDArray[np.int16]:
     t = np.arange(round(seconds * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
     x = sum((0.316 * np.sin(2 * np.pi * f * t) for f in freqs_hz), np.zeros_like(t))
     return np.clip(np.rint(x * 32767.0), -32768, 32767).astype(np.int16)
-
-
-class PtyModemServer:
-    """Serve a :class:`SimModem` on a pseudo-terminal; :attr:`path` opens like ``/dev/ttyACM0``.
-
-    The master fd is non-blocking and driven by ``loop.add_reader``/``add_writer``; the outgoing
-    buffer is bounded (:data:`PTY_MAX_WRITE_BUFFER_BYTES`, excess dropped like a modem overrun).
-    The emulator's read pausing removes the reader, so the pty fills (18 432 bytes, §2) and the
-    host's writes back up. The slave fd stays open here so the master never reads EIO when the
-    host closes the port (§9.2).
-
-    Args:
-        sim: the emulator to serve; default a new ``SimModem(profile)``.
-        profile: used when ``sim`` is None.
-    """
-
-    def __init__(self, sim: SimModem | None = None, *, profile: str = "conexant") -> None:
-        self.sim = sim if sim is not None else SimModem(profile)
-        self.path = ""
-        self.dropped_bytes = 0
-        self._master = -1
-        self._slave = -1
-        self._out = bytearray()
-        self._reading = False
-        self._writing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def start(self) -> str:
-        """Open the pty and start serving; return the slave path (e.g. ``/dev/pts/7``)."""
-        self._loop = asyncio.get_running_loop()
-        self._master, self._slave = pty.openpty()
-        tty.setraw(self._slave)  # no echo, no CR/LF translation: bytes as on a USB modem
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave)
-        self.sim.attach(self._write, port=self)
-        self.resume_reading()
-        _LOGGER.info("simulated modem (%s) on %s", self.sim.profile.name, self.path)
-        return self.path
-
-    async def stop(self) -> None:
-        """Stop serving and close the pty."""
-        self.sim.detach()
-        self._close_fds()
-
-    # --- SimPort ---------------------------------------------------------------------------------
-
-    def pause_reading(self) -> None:
-        """Leave host bytes in the pty (back-pressure)."""
-        if self._reading and self._loop is not None:
-            self._loop.remove_reader(self._master)
-            self._reading = False
-
-    def resume_reading(self) -> None:
-        """Read host bytes again."""
-        if not self._reading and self._loop is not None and self._master >= 0:
-            self._loop.add_reader(self._master, self._read_ready)
-            self._reading = True
-
-    def unplug(self) -> None:
-        """Close the pty: the host's next read fails as if the USB modem vanished."""
-        self.sim.detach()
-        self._close_fds()
-
-    # --- fd plumbing
-
-    def _read_ready(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            _LOGGER.warning("pty read failed: %s", exc)
-            self.pause_reading()
-            return
-        if data:
-            self.sim.data_received(data)
-
-    def _write(self, data: bytes) -> None:
-        if self._master < 0:
-            return
-        room = PTY_MAX_WRITE_BUFFER_BYTES - len(self._out)
-        if len(data) > room:
-            self.dropped_bytes += len(data) - max(room, 0)
-            data = data[: max(room, 0)]
-        self._out += data
-        if not self._writing:
-            self._write_ready()
-
-    def _write_ready(self) -> None:
-        while self._out:
-            try:
-                n = os.write(self._master, self._out)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                _LOGGER.warning("pty write failed: %s", exc)
-                self._out.clear()
-                break
-            del self._out[:n]
-        loop = self._loop
-        if loop is None or self._master < 0:
-            return
-        if self._out and not self._writing:
-            loop.add_writer(self._master, self._write_ready)
-            self._writing = True
-        elif not self._out and self._writing:
-            loop.remove_writer(self._master)
-            self._writing = False
-
-    def _close_fds(self) -> None:
-        loop = self._loop
-        if self._master >= 0:
-            if loop is not None:
-                loop.remove_reader(self._master)
-                loop.remove_writer(self._master)
-            os.close(self._master)
-            self._master = -1
-        if self._slave >= 0:
-            os.close(self._slave)
-            self._slave = -1
-        self._reading = self._writing = False
-        self._out.clear()
-
-
-async def serve_forever(profile: str = "conexant", symlink: Path | None = None) -> None:
-    """Serve an emulated modem on a pty until cancelled (``appliance sim-modem``).
-
-    The path is logged (and linked from ``symlink`` if given); nothing is printed.
-    """
-    server = PtyModemServer(profile=profile)
-    path = await server.start()
-    try:
-        if symlink is not None:
-            _replace_symlink(symlink, path)
-            _LOGGER.info("simulated modem linked at %s", symlink)
-        await asyncio.Event().wait()
-    finally:
-        if symlink is not None:
-            _replace_symlink(symlink, None)
-        await server.stop()
-
-
-def _replace_symlink(link: Path, target: str | None) -> None:
-    # A stale link from a previous run must not block start-up.
-    with contextlib.suppress(FileNotFoundError):
-        link.unlink()
-    if target is not None:
-        link.symlink_to(target)

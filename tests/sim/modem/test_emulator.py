@@ -9,7 +9,7 @@ import pytest
 
 from appliance.audio.pcm import decode_voice
 from appliance.line.codec import VoiceDecoder
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
 
 TIMEOUT_S = 5.0
 

@@ -15,7 +15,7 @@ over the in-process link. Per stream (:func:`run_stream`):
 What must hold (:class:`FuzzTally`): nothing raises out of the receive path
 (``receive_errors`` = 0), and when ``hang_up()`` says on-hook the emulator is on-hook; when it
 cannot confirm, the reopen that follows must leave the line on-hook (``left_off_hook`` = 0).
-The test suite runs a bounded number through hypothesis (tests/line/test_fuzz.py);
+The test suite runs a bounded number through hypothesis (tests/sim/test_line_fuzz.py);
 ``appliance bench --fuzz-streams N`` runs N seeded streams (docs/performance.md).
 """
 
@@ -29,7 +29,8 @@ from typing import Final
 
 from appliance.errors import ModemError
 from appliance.line.modem import LinkDown, Modem
-from appliance.line.sim import SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
 
 __all__ = ["FRAGMENTS", "FuzzTally", "FuzzWorker", "random_stream", "run_streams"]
 
@@ -106,7 +107,7 @@ class FuzzWorker:
         self._receive_errors_seen = 0
 
     async def _open(self) -> Modem:
-        modem = Modem("sim://", sim=self.sim, command_timeout_s=FUZZ_TIMEOUT_S,
+        modem = Modem(sim_url(self.sim), command_timeout_s=FUZZ_TIMEOUT_S,
                       stop_timeout_s=FUZZ_TIMEOUT_S, cid_settle_s=0.01)
         await modem.open()
         self.modem = modem

@@ -1,4 +1,4 @@
-"""Scripted calls (appliance/line/script.py): parsing, caller audio, and whole calls played
+"""Scripted calls (appliance/sim/modem/script.py): parsing, caller audio, and whole calls played
 against a real host (the Modem driver) on the emulator."""
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from appliance.line.modem import (
     RemoteHangup,
     Ring,
 )
-from appliance.line.script import (
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.link import sim_url
+from appliance.sim.modem.script import (
     CallScript,
     ScriptedCall,
     ScriptedKey,
@@ -32,10 +34,9 @@ from appliance.line.script import (
     parse_script,
     play_script,
 )
-from appliance.line.sim import SimModem
 
 TIMEOUT_S = 5.0
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "sim-calls.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "docs" / "examples" / "sim-calls.toml"
 _T = TypeVar("_T")
 
 
@@ -154,7 +155,7 @@ async def _next(modem: Modem, kind: type[_T]) -> _T:
 
 async def test_script_plays_a_call_against_the_driver() -> None:
     sim = SimModem("conexant", ring_period_s=0.2, cid_delay_s=0.05)
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     await modem.open()
     script = CallScript((
         ScriptedCall(at_s=0.05, number="3612345678", name="TEST CALLER", audio="tone:440",
@@ -196,7 +197,7 @@ async def test_script_plays_a_call_against_the_driver() -> None:
 
 async def test_unanswered_call_gives_up_and_the_next_one_rings() -> None:
     sim = SimModem("usr", ring_period_s=0.05, cid_delay_s=0.01)
-    modem = Modem("sim://", sim=sim, command_timeout_s=1.0, cid_settle_s=0.01)
+    modem = Modem(sim_url(sim), command_timeout_s=1.0, cid_settle_s=0.01)
     await modem.open()
     script = CallScript((
         ScriptedCall(at_s=0.0, number="1111", max_rings=2),
