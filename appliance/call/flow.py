@@ -329,9 +329,12 @@ class CallPolicy:
 
 @dataclass(frozen=True, slots=True)
 class CallerInfo:
-    """What the exchange told us before we answered."""
+    """What the exchange told us before we answered, and the language the call speaks."""
 
     line: str
+    #: The line's ``language``, else ``device.language``: no default here, the configuration
+    #: is the one source.
+    language: str
     number: str | None = None
     name: str | None = None
     withheld: bool = False
@@ -339,7 +342,6 @@ class CallerInfo:
     cid_time: str | None = None
     ring_at: float = field(default_factory=time.time)
     clock_synced: bool | None = None
-    language: str = "hu"
 
 
 @dataclass(slots=True)

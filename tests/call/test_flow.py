@@ -39,9 +39,11 @@ from appliance.call.flow import (
 )
 from appliance.errors import StoreError
 
-from ..policies import call_policy
+from ..policies import call_policy, default_config
 
 TIMEOUT_S = 5.0
+#: The language a call speaks when its line names none (``device.language``).
+LANGUAGE = default_config().device.language
 
 
 class Log:
@@ -219,7 +221,7 @@ class Harness:
                           media=self.media, store=self.store, prompts=FakePrompts(),
                           panel=self.panel)
         self.call = InboundCall(
-            "12345678", caller or CallerInfo(line="main", number="+3612345"), ports,
+            "12345678", caller or CallerInfo(line="main", language=LANGUAGE, number="+3612345"), ports,
             policy or call_policy(agent_timeout_s=0.2, voicemail_max_s=0.2), self.events,
             observer=self._observe,
         )
@@ -574,12 +576,12 @@ DAY_S = 86400.0
 @pytest.mark.parametrize(
     ("caller", "heard_days_ago", "form"),
     [
-        (CallerInfo(line="main", number="+3612345"), 3, "short"),
-        (CallerInfo(line="main", number="+3612345"), 31, "full"),  # outside the window
-        (CallerInfo(line="main", number="+3699999"), 3, "full"),  # another number
+        (CallerInfo(line="main", language=LANGUAGE, number="+3612345"), 3, "short"),
+        (CallerInfo(line="main", language=LANGUAGE, number="+3612345"), 31, "full"),  # outside the window
+        (CallerInfo(line="main", language=LANGUAGE, number="+3699999"), 3, "full"),  # another number
         # A withheld number never gets the short form, whatever the exchange sent along.
-        (CallerInfo(line="main", number="+3612345", withheld=True), 3, "full"),
-        (CallerInfo(line="main", number=None), 3, "full"),
+        (CallerInfo(line="main", language=LANGUAGE, number="+3612345", withheld=True), 3, "full"),
+        (CallerInfo(line="main", language=LANGUAGE, number=None), 3, "full"),
     ],
 )
 async def test_returning_caller_form(caller: CallerInfo, heard_days_ago: float,
