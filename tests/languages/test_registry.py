@@ -140,3 +140,10 @@ def test_summary_languages_put_another_device_language_first(tmp_path: Path) -> 
 def test_regional_code_loads(tmp_path: Path) -> None:
     make_toy_language(tmp_path, code="xx-yy")
     assert registry(tmp_path).get("xx-yy").grammar.digit_word("0") == "zero"
+
+
+def test_builtin_folders_ship_as_packages() -> None:
+    """setuptools packages a folder's grammar.py only with an ``__init__.py`` beside it (and
+    mypy tells the folders' grammar modules apart by it)."""
+    for language in builtin():
+        assert (language.directory / "__init__.py").is_file(), language.code
