@@ -29,7 +29,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any, Final, Protocol, cast
 
 from appliance.errors import ConfigError
@@ -229,8 +229,10 @@ def _load(folder: Path, *, builtin: bool) -> Language:
     for table in ("words", "export"):
         if not isinstance(meta.get(table), dict):
             raise ConfigError(f"{_where(folder, LANGUAGE_FILE)} [{table}]", "a table", "missing")
+    # Read-only views: one Language is shared by every caller of the cached registry.
     return Language(code=folder.name, name=meta["name"], espeak_voice=meta["espeak_voice"],
-                    texts=dict(texts), words=meta["words"], export=meta["export"],
+                    texts=MappingProxyType(dict(texts)), words=MappingProxyType(meta["words"]),
+                    export=MappingProxyType(meta["export"]),
                     grammar=_grammar(folder, builtin=builtin), directory=folder)
 
 
