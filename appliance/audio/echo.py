@@ -63,9 +63,12 @@ DELAY_EAGER_TRIES: Final = 25
 #: The reference is delayed by the estimate less this, so the filter also sees the few
 #: milliseconds of the echo's onset before its strongest tap; estimates this close agree.
 DELAY_MARGIN_MS: Final = 2
-#: Residual echo suppression (dB, negative) with the far end alone and during double talk
-#: (the speexdsp defaults; the double-talk value keeps the near end's speech intact).
-ECHO_SUPPRESS_DB: Final = -40
+#: Residual echo suppression (dB, negative) with the far end alone and during double talk.
+#: Measured against each other (docs/performance.md): −60 dB with the far end alone takes
+#: 0–3 dB more residual echo out than speexdsp's default −40 and leaves the near end's
+#: double-talk segmental SNR unchanged; a deeper double-talk value (−25) costs the near end
+#: 0.1–0.2 dB for 0–1 dB more, a shallower one (−6) gives it 0.2–1 dB for 1–4 dB less.
+ECHO_SUPPRESS_DB: Final = -60
 ECHO_SUPPRESS_ACTIVE_DB: Final = -15
 #: The denoiser's noise attenuation (dB): next to none, the line noise is evidence too.
 NOISE_SUPPRESS_DB: Final = -1
