@@ -35,9 +35,10 @@ _LOGGER = logging.getLogger(__name__)
 #: (:meth:`SpeexEchoCanceller.process`). Fewer taps converge and reconverge faster: 40 ms is
 #: two of speexdsp's 20 ms blocks (48 ms took three: 2–4 dB slower after a path change).
 FILTER_MS: Final = 40
-#: The filter adapts once per 20 ms frame: 10 ms sub-frames reconverged faster but left
-#: single loud frames in a held call's silent shop channel (docs/performance.md).
-FRAME_STATE_SAMPLES: Final = FRAME_SAMPLES
+#: The filter adapts once per 10 ms (two sub-frames per 20 ms frame): over the bench's
+#: path changes it is 6 dB further back 0.5–1 s after the change than adapting once per
+#: frame (mean of 30 conditions), and recovers better after double talk (docs/performance.md).
+SUBFRAME_SAMPLES: Final = FRAME_SAMPLES // 2
 #: The sampling rate speexdsp's echo state is told (the audio is 8 kHz all the same). The
 #: library derives only two things from it: the time constants of its echo-leak estimate
 #: (scaled by frame size / rate) and the radius of the DC notch it puts on the received
@@ -72,27 +73,32 @@ ECHO_SUPPRESS_DB: Final = -60
 ECHO_SUPPRESS_ACTIVE_DB: Final = -15
 #: The denoiser's noise attenuation (dB): next to none, the line noise is evidence too.
 NOISE_SUPPRESS_DB: Final = -1
-#: The echo path watch (two paths, docs/audio.md "Echo cancellation"): once the filter has
-#: taken SHADOW_CONVERGED_DB out of what comes back, a fall below SHADOW_SUSPECT_DB while the
-#: far end speaks (a path change, or the near end talking) starts a fresh shadow filter beside
-#: it, which takes over when its error is SHADOW_SWAP_DB below the main filter's for
-#: SHADOW_SWAP_FRAMES frames of far-end speech in a row, and is dropped after SHADOW_MAX_S.
-#: Double talk leaves the main filter's error the lower (it still removes the echo), so the
-#: near end never gets a fresh filter; a moved handset, or a path gone (a held call), does.
+#: The echo path watch (two paths, docs/audio.md "Echo cancellation"). Once the main filter
+#: has taken SHADOW_CONVERGED_DB out of what comes back, a fall below SHADOW_SUSPECT_DB while
+#: the far end speaks (a path change, or the near end talking) has the bulk delay measured
+#: again; a moved delay starts a fresh shadow filter on it, and so does a main filter adding
+#: more than SHADOW_HARM_DB to what comes back (its path is gone: a held call, a handset put
+#: down). The shadow takes over when its error is SHADOW_SWAP_DB below the main filter's for
+#: SHADOW_SWAP_MS of far-end speech in a row, once it has heard SHADOW_MIN_MS of it (a young
+#: filter gives the residual echo suppressor nothing to work from; a harmful main filter is
+#: replaced at once), and is dropped after SHADOW_MAX_S. A path that merely changed is left
+#: to the main filter: over the bench's 30 path changes a fresh filter taking over was
+#: 1–4 dB worse on average than letting the main one re-adapt (docs/performance.md).
 SHADOW_CONVERGED_DB: Final = 12.0
 SHADOW_SUSPECT_DB: Final = 6.0
+SHADOW_HARM_DB: Final = -10.0
 SHADOW_SWAP_DB: Final = 3.0
-SHADOW_SWAP_FRAMES: Final = 3
+SHADOW_SWAP_MS: Final = 60
+SHADOW_MIN_MS: Final = 400
 SHADOW_MAX_S: Final = 2.0
-SHADOW_MIN_FRAMES: Final = 20
-SHADOW_HARM_DB: Final = -3.0
-#: Smoothing (per far-end frame) of the powers the watch compares: a few frames of memory.
+#: Smoothing (per far-end sub-frame) of the powers the watch compares: a few frames of memory.
 SHADOW_SMOOTHING: Final = 0.5
 #: A reference frame quieter than this (dBFS) does not count towards the ERLE estimate.
 ERLE_FAR_MIN_DBFS: Final = -45.0
 #: Smoothing of the ERLE estimate (per frame): about half a second of memory.
 ERLE_SMOOTHING: Final = 0.96
 
+_SAMPLES_PER_MS: Final = SAMPLE_RATE_HZ // 1000
 _SPEEX_ECHO_SET_SAMPLING_RATE: Final = 24
 _SPEEX_PREPROCESS_SET_DENOISE: Final = 0
 _SPEEX_PREPROCESS_SET_AGC: Final = 2
@@ -192,7 +198,7 @@ class SpeexEchoCanceller:
         self._taps = filter_ms * SAMPLE_RATE_HZ // 1000
         self._echo = self._new_state()
         if residual_suppression:
-            self._pre = lib.speex_preprocess_state_init(FRAME_STATE_SAMPLES, SAMPLE_RATE_HZ)
+            self._pre = lib.speex_preprocess_state_init(SUBFRAME_SAMPLES, SAMPLE_RATE_HZ)
             # The echo suppressor is part of the denoiser's gain: the denoiser stays on with
             # its noise attenuation at NOISE_SUPPRESS_DB (next to none). The VAD is off by
             # default (setting it only prints a warning).
@@ -244,14 +250,14 @@ class SpeexEchoCanceller:
         self._shadow_addr = int(self._shadow_out.ctypes.data)
         self._watch = [0.0, 0.0, 0.0]
         self._converged = False
-        self._ramp = (np.arange(FRAME_SAMPLES, dtype=np.float32) + 0.5) / FRAME_SAMPLES
+        self._ramp = (np.arange(SUBFRAME_SAMPLES, dtype=np.float32) + 0.5) / SUBFRAME_SAMPLES
         #: Times a shadow filter took over (a path change followed), and at which frame last.
         self.swaps = 0
         self.last_swap_frame: int | None = None
 
     def _new_state(self) -> int:
         """A fresh speexdsp echo state of this canceller's size."""
-        state: int | None = self._lib.speex_echo_state_init(FRAME_STATE_SAMPLES, self._taps)
+        state: int | None = self._lib.speex_echo_state_init(SUBFRAME_SAMPLES, self._taps)
         if not state:
             raise EchoCancellerUnavailable("speex_echo_state_init failed")
         rate = ctypes.c_int(ECHO_STATE_RATE_HZ)
@@ -332,21 +338,22 @@ class SpeexEchoCanceller:
             # no echo to find never confirms one); none once the delay is confirmed.
             if self._tries <= DELAY_EAGER_TRIES or self._tries % 10 == 0:
                 self._update_delay()
-        lib = self._lib
-        ref_end = len(sent) - self._delay
-        lib.speex_echo_cancellation(self._echo, self._near_addr,
-                                    self._sent_addr + 2 * (ref_end - FRAME_SAMPLES),
-                                    self._out_addr)
-        if self._shadow is not None:
-            lib.speex_echo_cancellation(
-                self._shadow, self._near_addr,
-                self._sent_addr + 2 * (len(sent) - self._shadow_delay - FRAME_SAMPLES),
-                self._shadow_addr)
-            self._shadow_frames += 1
-        if self._confirmed:
-            self._watch_path(sent[ref_end - FRAME_SAMPLES : ref_end])
-        if self._pre is not None:
-            lib.speex_preprocess_run(self._pre, self._out_addr)
+        lib, step = self._lib, 2 * SUBFRAME_SAMPLES  # bytes
+        ref_addr = self._sent_addr + 2 * (len(sent) - self._delay - FRAME_SAMPLES)
+        for k in range(FRAME_SAMPLES // SUBFRAME_SAMPLES):
+            lib.speex_echo_cancellation(self._echo, self._near_addr + k * step,
+                                        ref_addr + k * step, self._out_addr + k * step)
+            if self._shadow is not None:
+                shadow_ref = self._sent_addr + 2 * (len(sent) - self._shadow_delay
+                                                    - FRAME_SAMPLES)
+                lib.speex_echo_cancellation(self._shadow, self._near_addr + k * step,
+                                            shadow_ref + k * step,
+                                            self._shadow_addr + k * step)
+                self._shadow_frames += 1
+            if self._confirmed:
+                self._watch_path(k * SUBFRAME_SAMPLES)
+            if self._pre is not None:
+                lib.speex_preprocess_run(self._pre, self._out_addr + k * step)
         self.frames += 1
         cleaned = self._out.copy()
         if far_active:
@@ -357,15 +364,19 @@ class SpeexEchoCanceller:
             self._out_power = a * self._out_power + (1 - a) * float(out32 @ out32) / FRAME_SAMPLES
         return cleaned
 
-    def _watch_path(self, reference: npt.NDArray[np.int16]) -> None:
-        """The echo path watch (SHADOW_* above), on this frame's linear outputs."""
-        ref32 = reference.astype(np.float32)
-        if float(ref32 @ ref32) / (FRAME_SAMPLES * 32767.0**2) <= 10 ** (ERLE_FAR_MIN_DBFS / 10):
+    def _watch_path(self, offset: int) -> None:
+        """The echo path watch (SHADOW_* above), on this sub-frame's linear outputs."""
+        part = slice(offset, offset + SUBFRAME_SAMPLES)
+        end = len(self._sent) - self._delay - FRAME_SAMPLES + offset
+        ref32 = self._sent[end : end + SUBFRAME_SAMPLES].astype(np.float32)
+        if float(ref32 @ ref32) / (SUBFRAME_SAMPLES * 32767.0**2) <= 10 ** (
+                ERLE_FAR_MIN_DBFS / 10):
             self._age_shadow()
-            return  # no far-end speech for this frame's echo: nothing to judge by
+            return  # no far-end speech for this sub-frame's echo: nothing to judge by
         a, watch = SHADOW_SMOOTHING, self._watch
-        near32 = self._received[-FRAME_SAMPLES:].astype(np.float32)
-        main32 = self._out.astype(np.float32)
+        near = len(self._received) - FRAME_SAMPLES + offset
+        near32 = self._received[near : near + SUBFRAME_SAMPLES].astype(np.float32)
+        main32 = self._out[part].astype(np.float32)
         watch[0] = a * watch[0] + (1 - a) * float(near32 @ near32)
         watch[1] = a * watch[1] + (1 - a) * float(main32 @ main32)
         removed_db = _db(watch[0]) - _db(watch[1])
@@ -373,11 +384,11 @@ class SpeexEchoCanceller:
             self._converged = True
         if removed_db < SHADOW_SUSPECT_DB:
             self._follow_delay()
-            if self._shadow is None and self._converged:
-                self._start_shadow(self._delay)
+        if self._shadow is None and self._converged and removed_db < SHADOW_HARM_DB:
+            self._start_shadow(self._delay)
         if self._shadow is None:
             return
-        shadow32 = self._shadow_out.astype(np.float32)
+        shadow32 = self._shadow_out[part].astype(np.float32)
         watch[2] = a * watch[2] + (1 - a) * float(shadow32 @ shadow32)
         self._shadow_heard += 1
         better = _db(watch[1]) - _db(watch[2]) >= SHADOW_SWAP_DB
@@ -385,9 +396,10 @@ class SpeexEchoCanceller:
         # A young filter has not started tracking its own echo estimate yet (which the
         # residual echo suppressor works from): it takes over early only from a main
         # filter that adds more than it removes.
-        ready = self._shadow_heard >= SHADOW_MIN_FRAMES or removed_db < SHADOW_HARM_DB
-        if ready and self._shadow_wins >= SHADOW_SWAP_FRAMES:
-            self._swap()
+        ready = (self._shadow_heard * SUBFRAME_SAMPLES >= SHADOW_MIN_MS * _SAMPLES_PER_MS
+                 or removed_db < SHADOW_HARM_DB)
+        if ready and self._shadow_wins * SUBFRAME_SAMPLES >= SHADOW_SWAP_MS * _SAMPLES_PER_MS:
+            self._swap(part)
         else:
             self._age_shadow()
 
@@ -399,7 +411,7 @@ class SpeexEchoCanceller:
         does better, so a wrong estimate (double talk) costs nothing audible."""
         self._suspect_frames += 1
         window = len(self._far_active)
-        if (self._suspect_frames % window
+        if (self._suspect_frames % (window * FRAME_SAMPLES // SUBFRAME_SAMPLES)
                 or np.count_nonzero(self._far_active) < 0.6 * window):
             return
         found = self._estimate_delay()
@@ -426,17 +438,17 @@ class SpeexEchoCanceller:
 
     def _age_shadow(self) -> None:
         if (self._shadow is not None
-                and self._shadow_frames * FRAME_SAMPLES >= SHADOW_MAX_S * SAMPLE_RATE_HZ):
+                and self._shadow_frames * SUBFRAME_SAMPLES >= SHADOW_MAX_S * SAMPLE_RATE_HZ):
             self._lib.speex_echo_state_destroy(self._shadow)
             self._shadow = None
 
-    def _swap(self) -> None:
-        """The shadow takes over: its output fades in over this frame (no click)."""
+    def _swap(self, part: slice) -> None:
+        """The shadow takes over: its output fades in over this sub-frame (no click)."""
         shadow = self._shadow
         assert shadow is not None
         assert self._echo is not None
-        mixed = self._out * (1 - self._ramp) + self._shadow_out * self._ramp
-        self._out[:] = np.rint(mixed)
+        mixed = self._out[part] * (1 - self._ramp) + self._shadow_out[part] * self._ramp
+        self._out[part] = np.rint(mixed)
         self._lib.speex_echo_state_destroy(self._echo)
         self._echo, self._shadow = shadow, None
         self._delay = self._shadow_delay

@@ -44,6 +44,13 @@ DOUBLE_TALK_S: Final = 4.0
 AFTER_DT_S: Final = 2.0
 AFTER_CHANGE_S: Final = 3.0
 NOISE_DBFS: Final = -75.0
+#: The hybrids' impulse responses (seeds) before and after the path change: the table's pair,
+#: and the pairs the spread summary runs over too (one pair's path-change figures depend much
+#: on how the two random responses happen to differ: 6–40 dB for the same canceller).
+PATH_SEEDS: Final = ((3, 4), (5, 6), (7, 8), (11, 12), (13, 14), (17, 18))
+#: The figures the spread summary gives the worst and the mean of.
+SPREAD_FIGURES: Final = ("erle_1s_db", "dt_segsnr_db", "erle_after_dt_db",
+                         "path_change_erle_1s_db", "path_change_erle_2s_db", "us_per_frame")
 #: A 100 ms block counts for ERLE when its echo is louder than this.
 ECHO_MIN_DBFS: Final = -55.0
 SEGSNR_RANGE_DB: Final = (-10.0, 35.0)
@@ -217,12 +224,13 @@ def _run_alone(factory: Callable[[], Canceller],
 
 
 def measure(factory: Callable[[], Canceller], erl_db: float, tail_ms: float,
-            signals: Signals) -> dict[str, float]:
-    """Run one canceller through the script against one hybrid; its figures."""
+            signals: Signals, seeds: tuple[int, int] = PATH_SEEDS[0]) -> dict[str, float]:
+    """Run one canceller through the script against one hybrid (``seeds``: its impulse
+    response before and after the path change); its figures."""
     alone = _run_alone(factory, signals.near)
     canceller = factory()
     delay = int(BULK_DELAY_MS * SAMPLE_RATE_HZ / 1000)
-    spec = HybridSpec(erl_db=erl_db, tail_ms=tail_ms, delay_ms=0.0, seed=3)
+    spec = HybridSpec(erl_db=erl_db, tail_ms=tail_ms, delay_ms=0.0, seed=seeds[0])
     hybrid = Hybrid(spec)
     far = signals.far
     n = len(far) // FRAME_SAMPLES * FRAME_SAMPLES
@@ -233,7 +241,8 @@ def measure(factory: Callable[[], Canceller], erl_db: float, tail_ms: float,
     for start in range(0, n, FRAME_SAMPLES):
         end = start + FRAME_SAMPLES
         if start == signals.change_at:
-            hybrid.change(HybridSpec(erl_db=erl_db, tail_ms=tail_ms, delay_ms=0.0, seed=4))
+            hybrid.change(HybridSpec(erl_db=erl_db, tail_ms=tail_ms, delay_ms=0.0,
+                                     seed=seeds[1]))
         echo[start:end] = hybrid.echo(delayed[start:end])
         mic = np.clip(np.rint(signals.near[start:end] + echo[start:end]), -32768, 32767)
         t = time.process_time()
@@ -282,8 +291,38 @@ def measure_all(progress: Callable[[str], None] | None = None,
                 progress(f"echo: {name}, ERL {erl_db:g} dB, tail {tail_ms:g} ms")
             rows.append({"erl_db": erl_db, "tail_ms": tail_ms,
                          **measure(factory, erl_db, tail_ms, signals)})
-        result["candidates"][name] = {"origin": origin, "rows": rows}
+        result["candidates"][name] = {"origin": origin, "rows": rows,
+                                      "spread": spread(factory, signals, progress)}
     return result
+
+
+def spread(factory: Callable[[], Canceller], signals: Signals,
+           progress: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+    """Worst and mean of SPREAD_FIGURES over every condition and every PATH_SEEDS pair."""
+    runs = []
+    for seeds in PATH_SEEDS:
+        if progress is not None:
+            progress(f"echo: spread, hybrid seeds {seeds[0]} → {seeds[1]}")
+        runs += [measure(factory, erl_db, tail_ms, signals, seeds)
+                 for erl_db, tail_ms in CONDITIONS]
+    return {key: {"min": round(min(r[key] for r in runs), 1),
+                  "mean": round(sum(r[key] for r in runs) / len(runs), 1),
+                  "runs": len(runs)} for key in SPREAD_FIGURES}
+
+
+def spread_table(result: dict[str, Any]) -> str:
+    """The spread summaries as a Markdown table (worst / mean per figure)."""
+    names = ("ERLE 1–2 s", "double-talk segSNR out", "ERLE after DT",
+             "path change ERLE 0.5–1 s", "path change ERLE 1–2 s", "µs/frame")
+    lines = ["| canceller | runs | " + " | ".join(f"{n} worst / mean" for n in names) + " |",
+             "|" + "---|" * (len(names) + 2)]
+    for name, cand in result["candidates"].items():
+        if "spread" not in cand:
+            continue
+        sp = cand["spread"]
+        cells = [f"{sp[k]['min']} / {sp[k]['mean']}" for k in SPREAD_FIGURES]
+        lines.append(f"| {name} | {sp[SPREAD_FIGURES[0]]['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(result: dict[str, Any]) -> str:

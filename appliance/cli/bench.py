@@ -62,12 +62,19 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
     if keep is not None and keep.exists() and not keep.is_dir():
         fail(f"{keep} exists and is not a directory; choose another --keep")
     if echo_only:
-        from appliance.bench.echo import measure_all, product_figures, product_table, table
+        from appliance.bench.echo import (
+            measure_all,
+            product_figures,
+            product_table,
+            spread_table,
+            table,
+        )
 
         figures = measure_all(progress=_progress)
         figures["product"] = product_figures(progress=_progress)
         click.echo(json.dumps(figures, indent=2) if as_json
-                   else table(figures) + "\n\n" + product_table(figures["product"]))
+                   else table(figures) + "\n\n" + spread_table(figures) + "\n\n"
+                   + product_table(figures["product"]))
         return
     work = keep or Path(tempfile.mkdtemp(prefix="appliance-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -27,3 +27,13 @@ def test_cross_talk_falls_when_the_cancellers_run() -> None:
     assert after["media_us_per_frame"] > before["media_us_per_frame"]
     text = product_table({"cross_talk_before": before, "cross_talk_after": after, "dtmf": []})
     assert "caller (shop's voice in it)" in text
+
+
+def test_the_spread_summary_gives_worst_and_mean_per_figure() -> None:
+    from appliance.bench.echo import SPREAD_FIGURES, spread_table
+
+    summary = {key: {"min": 1.5, "mean": 2.5, "runs": 30} for key in SPREAD_FIGURES}
+    text = spread_table({"candidates": {"x": {"origin": "o", "rows": [], "spread": summary},
+                                        "y": {"origin": "o", "error": "absent"}}})
+    assert "| x | 30 | 1.5 / 2.5 |" in text
+    assert "| y |" not in text
