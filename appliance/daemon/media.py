@@ -246,7 +246,10 @@ class CallMedia:
         self._earpiece(earpiece)
         self._last_earpiece = earpiece
         if self._recorder is not None:
-            self._record(frame, shop)
+            # The shop is in this call only once bridged: before that the mouthpiece may be
+            # another call's (a held call gets the handset the moment the other one ends,
+            # while the shop may still be speaking), so its channel holds silence.
+            self._record(frame, shop if self._bridged else self._silent)
         if self._silence_limit:
             self._watch_silence(frame, shop)
         self._watch_far_end(frame)

@@ -217,3 +217,21 @@ async def test_ringback_and_voice_on_the_line_are_not_a_hang_up(tmp_path: Path) 
     for frame in _tone_frames(1.25, 3.75, 10.0) + voice:
         media.on_line_audio(frame)
     assert events.empty()
+
+
+async def test_the_shop_channel_is_silent_until_the_shop_is_put_through(tmp_path: Path) -> None:
+    # A held call may get the handset the moment the other call ends, while the shop is
+    # still speaking to that caller: none of it belongs in this call's recording.
+    media, _, _, _ = make(tmp_path)
+    await media.start_recording()
+    for k in range(20):
+        if k == 10:
+            media.bridge()
+        media.on_handset_capture(np.full(160, 700, dtype=np.int16))
+        media.on_line_audio(np.full(160, 300, dtype=np.int16))
+    recording = await media.finish_recording()
+    assert recording is not None
+    audio, _ = soundfile.read(recording.path, dtype="int16")
+    assert not audio[:10 * 160, 1].any()
+    assert np.all(audio[12 * 160 :, 1] == 700)
+    assert np.all(audio[:, 0] == 300)
