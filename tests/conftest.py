@@ -6,12 +6,18 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 # gpiozero must never look for real pins in tests.
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
 #: Upper bound for awaiting an event in tests; never a fixed sleep.
 TIMEOUT_S = 5.0
+
+# No per-example deadline: the suite runs on loaded CI machines, where one example can take
+# 300 ms instead of 1 ms; speed is measured by `appliance bench`, never by a test.
+settings.register_profile("appliance", deadline=None)
+settings.load_profile("appliance")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

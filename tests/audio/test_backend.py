@@ -1,9 +1,9 @@
 """Handset audio backends.
 
 The ``alsa:`` backend is tested through the real sounddevice → PortAudio → ALSA path with an
-ALSA ``type file`` PCM over ``null`` (docs/line.md, "Line audio through a sound card"): what the backend plays
-lands in a raw file, what it captures is read from another. It runs in a child process because
-PortAudio reads the ALSA configuration once, when sounddevice is imported.
+ALSA ``type file`` PCM over ``null`` (docs/line.md, "Line audio through a sound card"): what the
+backend plays lands in a raw file, what it captures is read from another. It runs in a child
+process because PortAudio reads the ALSA configuration once, when sounddevice is imported.
 """
 
 from __future__ import annotations

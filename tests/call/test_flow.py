@@ -221,7 +221,9 @@ class Harness:
                           media=self.media, store=self.store, prompts=FakePrompts(),
                           panel=self.panel)
         self.call = InboundCall(
-            "12345678", caller or CallerInfo(line="main", language=LANGUAGE, number="+3612345"), ports,
+            "12345678",
+            caller or CallerInfo(line="main", language=LANGUAGE, number="+3612345"),
+            ports,
             policy or call_policy(agent_timeout_s=0.2, voicemail_max_s=0.2), self.events,
             observer=self._observe,
         )
@@ -577,8 +579,9 @@ DAY_S = 86400.0
     ("caller", "heard_days_ago", "form"),
     [
         (CallerInfo(line="main", language=LANGUAGE, number="+3612345"), 3, "short"),
-        (CallerInfo(line="main", language=LANGUAGE, number="+3612345"), 31, "full"),  # outside the window
-        (CallerInfo(line="main", language=LANGUAGE, number="+3699999"), 3, "full"),  # another number
+        # Outside the window, then another number.
+        (CallerInfo(line="main", language=LANGUAGE, number="+3612345"), 31, "full"),
+        (CallerInfo(line="main", language=LANGUAGE, number="+3699999"), 3, "full"),
         # A withheld number never gets the short form, whatever the exchange sent along.
         (CallerInfo(line="main", language=LANGUAGE, number="+3612345", withheld=True), 3, "full"),
         (CallerInfo(line="main", language=LANGUAGE, number=None), 3, "full"),

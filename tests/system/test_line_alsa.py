@@ -1,12 +1,12 @@
-"""Line audio through a sound card (issue 3 item 8): a real daemon, a real pty modem for call
-control, and the call's audio through sounddevice → PortAudio → ALSA.
+"""Line audio through a sound card: a real daemon, a real pty modem for call control, and the
+call's audio through sounddevice → PortAudio → ALSA.
 
-The line's sound card is an ALSA ``asym`` PCM (docs/line.md, "Line audio through a sound card", as in
-tests/audio/test_backend.py): playback is a ``file`` PCM over ``null`` writing a raw file;
-capture is a ``file`` PCM whose ``infile`` is a FIFO this test writes the caller's voice into
-at 8000 samples/s. ``null`` alone has no clock (PortAudio would run the call thousands of
-times faster than real time); the FIFO makes the capture — and so the whole call, which is
-clocked by the line's received audio — run at the caller's real pace.
+The line's sound card is an ALSA ``asym`` PCM (docs/line.md, "Line audio through a sound card",
+as in tests/audio/test_backend.py): playback is a ``file`` PCM over ``null`` writing a raw file;
+capture is a ``file`` PCM whose ``infile`` is a FIFO this test writes the caller's voice into at
+8000 samples/s. ``null`` alone has no clock (PortAudio would run the call thousands of times
+faster than real time); the FIFO makes the capture — and so the whole call, which is clocked by
+the line's received audio — run at the caller's real pace.
 """
 
 from __future__ import annotations
@@ -132,6 +132,23 @@ class CallerMouth:
             await asyncio.sleep(max(0.0, t0 + self.frames * FRAME_S - loop.time()))
 
 
+def silence_inserted(expected: np.ndarray, played: np.ndarray) -> int | None:
+    """How many zero samples ``played`` has in addition to ``expected`` played in order, or
+    None when a sample differs (underrun padding is the only difference allowed)."""
+    i = j = inserted = 0
+    while i < len(expected):
+        if j >= len(played):
+            return None
+        if played[j] == expected[i]:
+            i += 1
+        elif played[j] == 0:
+            inserted += 1
+        else:
+            return None
+        j += 1
+    return inserted
+
+
 @pytest.mark.skipif(not portaudio_available(), reason="libportaudio2 is not installed")
 async def test_call_audio_through_alsa_with_call_control_on_the_modem(tmp_path: Path) -> None:
     fifo = tmp_path / "capture.fifo"
@@ -207,7 +224,9 @@ async def test_call_audio_through_alsa_with_call_control_on_the_modem(tmp_path: 
     assert offset % 2 == 0
     start = offset // 2
     assert np.array_equal(caller, voice[start : start + len(caller)])
-    # The notice went out through the sound card, sample-exact.
+    # The notice went out through the sound card, sample-exact: every sample, in order. A
+    # machine loaded enough to make the daemon late may make the card play silence in between
+    # (an underrun: the ring pads with zeros and drops nothing), which is all that may differ.
     notice = PromptLibrary.load(state_dir / "prompt-cache", lang="hu").notice
     played = np.frombuffer((tmp_path / "playback.raw").read_bytes(), dtype="<i2")
     first = int(np.flatnonzero(np.abs(notice) > 100)[0])
@@ -215,4 +234,8 @@ async def test_call_audio_through_alsa_with_call_control_on_the_modem(tmp_path: 
     at = played.tobytes().find(probe.tobytes())
     assert at >= 0, "the notice is not in what the sound card played"
     begin = at // 2 - first
-    assert np.array_equal(played[begin : begin + len(notice)], notice)
+    inserted = silence_inserted(notice[first:], played[at // 2 :])
+    assert inserted is not None, "the notice was not played sample-exact"
+    assert inserted <= 8000, f"{inserted} samples of underrun silence in the notice"
+    if inserted == 0:
+        assert np.array_equal(played[begin : begin + len(notice)], notice)
