@@ -139,3 +139,35 @@ def test_the_bench_daemon_child_carries_no_instruments() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PACKAGE_DIR.parent)
     assert out.stdout.split() == []
+
+
+def test_the_daemon_environment_keeps_openssl_out_and_still_hashes() -> None:
+    # appliance/__init__.py: the daemon (no network) runs without libcrypto/libssl (≈ 5 MB).
+    import os
+    import subprocess
+    import sys
+
+    from appliance import DAEMON_ENVIRONMENT
+
+    code = ("import sys, appliance.daemon.app, appliance.store.recorder, hashlib, hmac; "
+            "maps = open('/proc/self/maps').read(); "
+            "print(' '.join(m for m in ('ssl', '_ssl', '_hashlib') if sys.modules.get(m)), "
+            "'libcrypto' in maps, hashlib.sha256(b'abc').hexdigest()[:8], "
+            "hmac.digest(b'k', b'm', hashlib.sha256).hex()[:8])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=PACKAGE_DIR.parent,
+                         env={**os.environ, **DAEMON_ENVIRONMENT})
+    assert out.stdout.split() == ["False", "ba7816bf", "b60090e3"]
+
+
+def test_the_systemd_unit_sets_the_daemon_environment() -> None:
+    from appliance import DAEMON_ENVIRONMENT
+
+    unit = (PACKAGE_DIR.parent / "systemd" / "appliance.service").read_text(encoding="utf-8")
+    assigned = {}
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            for pair in line.removeprefix("Environment=").split():
+                key, _, value = pair.partition("=")
+                assigned[key] = value
+    assert {k: assigned.get(k) for k in DAEMON_ENVIRONMENT} == DAEMON_ENVIRONMENT

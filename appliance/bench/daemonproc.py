@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from appliance import DAEMON_ENVIRONMENT
 from appliance.bench.probes import (
     BenchModem,
     TestSignal,
@@ -75,6 +76,8 @@ class DaemonProcess:
                  "--codec", self.codec, *([] if self.echo_cancel else ["--no-echo-cancel"]),
                  *(["--soak"] if self.soak else []), *self.devices],
                 stdout=subprocess.PIPE, stderr=err, text=True,
+                # The environment systemd/appliance.service gives the daemon (its RSS).
+                env={**os.environ, **DAEMON_ENVIRONMENT},
             )
         proc = self.proc
         assert proc.stdout is not None

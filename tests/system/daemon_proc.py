@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from appliance import DAEMON_ENVIRONMENT
 
 
 def write_config(tmp_path: Path, device: str, notice: str, extra: str = "") -> Path:
@@ -39,4 +42,5 @@ def start_daemon(config: Path, state_dir: Path,
         [sys.executable, "-m", "appliance", "--config", str(config), "--state-dir",
          str(state_dir), "run"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
+        env={**os.environ, **DAEMON_ENVIRONMENT},  # as systemd/appliance.service runs it
     )
