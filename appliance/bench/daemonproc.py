@@ -337,8 +337,9 @@ class SoakState:
 
 
 async def run_soak(work: Path, minutes: float, *, progress: Progress,
-                   seed: int = 8) -> dict[str, Any]:
-    """Calls with one random fault each for ``minutes``; then recover, verify and count.
+                   seed: int = 8, faults: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Calls with one random fault each (drawn from ``faults``, default all of
+    :data:`FAULTS`) for ``minutes``; then recover, verify and count.
 
     Faults (:data:`FAULTS`): kill -9 of the daemon mid-call (restarted), the modem unplugged
     mid-call (a new one plugged in under the same link), 200 garbage bytes from the modem
@@ -375,7 +376,7 @@ async def run_soak(work: Path, minutes: float, *, progress: Progress,
         await soak.start()
         while time.monotonic() < deadline:
             attempts += 1
-            fault = rng.choice(FAULTS)
+            fault = rng.choice(faults or FAULTS)
             modem = slot.modem
             modem.set_caller_audio(TestSignal(rng.randrange(1 << 30),
                                               asyncio.get_running_loop().time).read)
@@ -387,9 +388,9 @@ async def run_soak(work: Path, minutes: float, *, progress: Progress,
             try:
                 await modem.wait_off_hook(HANGUP_TIMEOUT_S)
             except TimeoutError:
-                faults = await soak.faults()
-                not_answered.append(f"call {attempts}: faults {sorted(faults)}")
-                progress(f"soak call {attempts}: not answered (faults {sorted(faults)})")
+                shown = await soak.faults()
+                not_answered.append(f"call {attempts}: faults {sorted(shown)}")
+                progress(f"soak call {attempts}: not answered (faults {sorted(shown)})")
                 modem.stop_ringing()
                 await soak.wait_ready()
                 continue
@@ -444,7 +445,7 @@ async def run_soak(work: Path, minutes: float, *, progress: Progress,
                 saw("index-rebuilt", report is not None)
                 if report is not None:
                     rebuilds.append({key: report.get(key) for key in
-                                     ("sidecars", "added", "not_indexed")})
+                                     ("sidecars", "unrecorded", "added", "not_indexed")})
                 await soak.start()
             if not await soak.wait_ready():
                 progress(f"soak call {attempts}: the line did not come back ready")
@@ -458,7 +459,8 @@ async def run_soak(work: Path, minutes: float, *, progress: Progress,
         await soak.stop()
         soak.umount()
         await slot.close()
-    return {"minutes": minutes, "attempts": attempts, "answered": answered,
+    return {"minutes": minutes, "fault_kinds": list(faults or FAULTS), "attempts": attempts,
+            "answered": answered,
             "not_answered": not_answered, "faults_injected": injected, "faults_seen": seen,
             "disk_full_injected_on_tmpfs": soak.mounted, "hostile_caller_ids": hostile,
             "index_rebuilds": rebuilds,

@@ -16,7 +16,10 @@ Invariants the flow guarantees (and the tests check):
 * what the caller was told is stored with the call (``notice_form``, ``notice_layers``:
   each layer's version and whether it was played in full, docs/records.md);
 * whatever ends the call (caller, shop, line loss, max length, an exception), the row is
-  finalized with an outcome and the recording (if any) is closed, hashed and indexed.
+  finalized with an outcome and the recording (if any) is closed, hashed and indexed;
+* just before the row is finalized, the call's record file (the row as finalized, beside
+  where its recording is or would be) is written, recorded or not, so a lost index loses no
+  call (docs/records.md, "The call record file").
 """
 
 from __future__ import annotations
@@ -223,6 +226,15 @@ class StorePort(Protocol):
         layer of the notice, or None."""
 
 
+class RecordPort(Protocol):
+    async def save(self, row: Mapping[str, Any]) -> None:
+        """Write the call's record file (the finalized row), durably when this returns.
+
+        Raises:
+            StoreError: it cannot be written (a full disk).
+        """
+
+
 class PromptPort(Protocol):
     @property
     def notice(self) -> np.ndarray: ...
@@ -253,6 +265,8 @@ class CallPorts:
     store: StorePort
     prompts: PromptPort
     panel: PanelPort
+    #: The record file writer (None: no record files, as in the flow's unit tests).
+    records: RecordPort | None = None
 
 
 # --- the call ------------------------------------------------------------------------------
@@ -356,6 +370,8 @@ class CallResult:
     #: and the ``call-finalized`` audit details still to write; the daemon retries them.
     unsaved: dict[str, Any] | None = None
     unsaved_audit: dict[str, Any] | None = None
+    #: The call's record (the whole finalized row) when its file could not be written.
+    unsaved_record: dict[str, Any] | None = None
 
 
 class _CallOver(Exception):
@@ -402,6 +418,8 @@ class InboundCall:
         self._store_failing = False
         #: Row fields a mid-call update could not write (written with the final update).
         self._unsaved: dict[str, Any] = {}
+        #: Every field given to the row (written or not): the call's record file.
+        self._row: dict[str, Any] = {}
         self._recording_failed = False
         self._form = FORM_FULL
         self._form_reason = ""
@@ -434,6 +452,7 @@ class InboundCall:
 
     async def _update(self, **fields: Any) -> None:
         """Set columns of this call's row mid-call; what cannot be written is kept for later."""
+        self._row.update(fields)
         try:
             await self.ports.store.update_call(self.reference, **fields)
         except StoreError as exc:
@@ -626,26 +645,28 @@ class InboundCall:
         c = self.caller
         self._choose_form()
         # The row is durable before we go off-hook: nothing about an answered call is lost.
+        self._row = {
+            "reference": self.reference,
+            "line": c.line,
+            "direction": "in",
+            "caller_number": c.number,
+            "caller_name": c.name,
+            "caller_withheld": int(c.withheld),
+            "cid_date": c.cid_date,
+            "cid_time": c.cid_time,
+            "clock_synced": None if c.clock_synced is None else int(c.clock_synced),
+            "ring_at": c.ring_at,
+            "notice_version": self._first_version(),
+            "notice_form": self._form,
+            "notice_form_reason": self._form_reason,
+            "notice_completed": 0,
+            "recording_decision": "pending",
+            "outcome": "in_progress",
+            "language": c.language,
+            "created_at": self._clock(),
+        }
         await self.ports.store.create_call(
-            self.reference,
-            line=c.line,
-            direction="in",
-            caller_number=c.number,
-            caller_name=c.name,
-            caller_withheld=int(c.withheld),
-            cid_date=c.cid_date,
-            cid_time=c.cid_time,
-            clock_synced=None if c.clock_synced is None else int(c.clock_synced),
-            ring_at=c.ring_at,
-            notice_version=self._first_version(),
-            notice_form=self._form,
-            notice_form_reason=self._form_reason,
-            notice_completed=0,
-            recording_decision="pending",
-            outcome="in_progress",
-            language=c.language,
-            created_at=self._clock(),
-        )
+            self.reference, **{k: v for k, v in self._row.items() if k != "reference"})
         await self._transition(CallState.ANSWERING, f"caller {c.number or 'unknown'}")
         if self._form == FORM_SHORT:
             await self._event("notice-form", f"short: {self._form_reason}")
@@ -1003,6 +1024,7 @@ class InboundCall:
                 )
             audit = {"outcome": outcome, "recording_decision": decision,
                      "sha256": recording.sha256 if recording else None}
+            unsaved_record = await self._save_record(fields)
             try:
                 await ports.store.update_call(self.reference, **fields)
             except StoreError as exc:
@@ -1027,4 +1049,20 @@ class InboundCall:
             duration_s=round(duration, 3),
             unsaved=unsaved,
             unsaved_audit=unsaved_audit,
+            unsaved_record=unsaved_record,
         )
+
+    async def _save_record(self, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Write the call's record file (the row as it is being finalized), before the row:
+        a reader of the index (the archive's uploader) never sees the row final without it.
+        Returns the record when it could not be written (the daemon retries it)."""
+        self._row.update(fields)
+        record = {**self._row, "reference": self.reference}
+        if self.ports.records is None:
+            return None
+        try:
+            await self.ports.records.save(record)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return record
+        return None

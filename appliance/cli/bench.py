@@ -32,6 +32,10 @@ def _progress(message: str) -> None:
               help="Skip the CPU/RSS run of the daemon as a separate process.")
 @click.option("--soak", "soak_minutes", type=float, default=None,
               help="Run the fault soak for this many minutes instead of the benchmark.")
+@click.option("--soak-faults", "soak_faults", default=None, metavar="FAULT,…",
+              help="Draw the soak's faults from these only (comma-separated; default: all of "
+                   "none, kill9, unplug, garbage, refuse-hangup, silent-idle, disk-full, "
+                   "index-deleted).")
 @click.option("--echo", "echo_only", is_flag=True,
               help="Compare the echo canceller libraries on simulated hybrids instead "
                    "(docs/performance.md, \"Echo cancellation\").")
@@ -48,7 +52,8 @@ def _progress(message: str) -> None:
 @click.option("--archive-restore-calls", default=10_000, show_default=True,
               help="Calls in the index whose Litestream restore --archive times.")
 def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_calls: int,
-          no_daemon_process: bool, soak_minutes: float | None, echo_only: bool,
+          no_daemon_process: bool, soak_minutes: float | None, soak_faults: str | None,
+          echo_only: bool,
           fuzz_streams: int | None,
           keep: Path | None, force: bool, archive: bool, archive_restore_calls: int) -> None:
     """Measure the appliance on simulated hardware: latencies, CPU, memory, sample
@@ -61,6 +66,16 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
         fail(f"{keep} is not empty; choose another --keep, or add --force to write into it")
     if keep is not None and keep.exists() and not keep.is_dir():
         fail(f"{keep} exists and is not a directory; choose another --keep")
+    faults: tuple[str, ...] | None = None
+    if soak_faults is not None:
+        from appliance.bench.daemonproc import FAULTS
+
+        faults = tuple(dict.fromkeys(f.strip() for f in soak_faults.split(",") if f.strip()))
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown or not faults:
+            raise click.BadParameter(f"not a soak fault: {', '.join(unknown) or '(none)'}; "
+                                     f"choose from {', '.join(FAULTS)}",
+                                     param_hint="--soak-faults")
     if echo_only:
         from appliance.bench.echo import (
             measure_all,
@@ -89,7 +104,8 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
         elif soak_minutes is not None:
             from appliance.bench.daemonproc import run_soak
 
-            result = asyncio.run(run_soak(work, soak_minutes, progress=_progress))
+            result = asyncio.run(run_soak(work, soak_minutes, progress=_progress,
+                                          faults=faults))
         else:
             from appliance.bench.runner import run_bench
 

@@ -26,12 +26,15 @@ def index() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_obj
 def rebuild(obj: CliContext, as_json: bool) -> None:
-    """Rebuild the index from the recordings' sidecars and raise the reference counter.
+    """Rebuild the index from the call record files and raise the reference counter.
 
-    Recordings the index does not know get a row again (outcome "unknown"); a damaged index
-    file is moved aside (appliance.db.corrupt-<time>), never deleted; the reference counter
-    is raised past every reference ever issued, so none is issued twice. Calls that left no
-    recording cannot be recovered: the report counts them. Audited as index-rebuilt.
+    Every call the index does not know gets its row back from its record file
+    (<reference>.json beside its recording, or alone for a call not recorded): outcome,
+    recording decision, caller, times, notice. A recording sidecar from before record files
+    gives a row with outcome "unknown". A damaged index file is moved aside
+    (appliance.db.corrupt-<time>), never deleted; the reference counter is raised past every
+    reference ever issued, so none is issued twice. References issued but found nowhere are
+    counted. Audited as index-rebuilt.
     """
     from appliance.cli.context import fail
     from appliance.daemon.control import request, socket_path
@@ -65,11 +68,12 @@ def rebuild(obj: CliContext, as_json: bool) -> None:
     else:
         if report.moved_aside is not None:
             click.echo(f"the damaged index was moved to {report.moved_aside}")
-        click.echo(f"{report.sidecars} recording sidecar(s) read, {report.added} call(s) "
-                   f"added ({report.partials} unfinished, finalized at the daemon's next "
-                   f"start); reference counter now {report.counter}")
+        click.echo(f"{report.sidecars} call record(s) read ({report.unrecorded} of calls not "
+                   f"recorded), {report.added} call(s) added ({report.partials} unfinished, "
+                   f"finalized at the daemon's next start); reference counter now "
+                   f"{report.counter}")
         if report.not_indexed:
-            click.echo(f"{report.not_indexed} reference(s) issued earlier left no recording "
+            click.echo(f"{report.not_indexed} reference(s) issued earlier left no record file "
                        "and are not in the index (their records are lost)")
         if key is None:
             click.echo("appliance: WARNING: no device key (reference.key): the counter comes "

@@ -283,7 +283,8 @@ class Application:
 
     def call_finished(self, result: CallResult) -> None:
         """An inbound call ended: its result is published (and kept if its row is unsaved)."""
-        if result.unsaved is not None or result.unsaved_audit is not None:
+        if (result.unsaved is not None or result.unsaved_audit is not None
+                or result.unsaved_record is not None):
             self.storage.keep_unsaved(result)
         self.last_result = result
         self.completed.put_nowait(result)

@@ -466,6 +466,7 @@ class LineSession:
             store=app.storage.store,
             prompts=app.prompts_for(self.line),
             panel=app.panel_board.port(reference),
+            records=app.storage.call_records,
         )
         policy = app.policy if record else dataclasses.replace(app.policy, record=False)
         call = InboundCall(reference, info, ports, policy, events, observer=app.observe)

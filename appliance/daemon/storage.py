@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from appliance.errors import StoreError
 from appliance.reference import COUNTER_SPACE, make_reference
 from appliance.store.audit import record_config
+from appliance.store.callrecord import CallRecords
 from appliance.store.db import DB_DIR_MODE, Store
 from appliance.store.highwater import REFERENCE_KEY_FILE, read_mark, write_mark
 from appliance.store.recorder import recover_leftovers
@@ -77,6 +78,8 @@ class Storage:
         self._config = config
         self._on_change = on_change
         self._store: Store | None = None
+        #: Every finished call's record file (store/callrecord.py).
+        self.call_records = CallRecords(config.recordings_dir)
         self._key = b""
         #: Set at start when the index is behind the reference counter's high-water mark,
         #: or while running when its file was deleted or replaced.
@@ -137,7 +140,8 @@ class Storage:
         A recovered recording joins its row; a row already finalized (the disk was full
         when its call ended) keeps its outcome. A row still ``in_progress`` becomes
         ``interrupted`` with an end time (its last event: the last moment known) and, like
-        every finished call, a ``call-finalized`` audit entry.
+        every finished call, a ``call-finalized`` audit entry. Each changed row's record file
+        is rewritten first (store/callrecord.py).
         """
         results = await asyncio.to_thread(
             recover_leftovers, self._config.recordings_dir, self._config.recording.codec)
@@ -158,6 +162,7 @@ class Storage:
             if outcome == "in_progress":
                 outcome = "interrupted"
                 fields.update(self._interrupted_fields(row), outcome=outcome)
+            await self._save_record({**row, **fields})
             await self.store.update_call(ref, **fields)
             await self.store.add_event(ref, "recording-recovered",
                                        f"{result.duration_s:.1f} s finalized at start-up")
@@ -169,14 +174,24 @@ class Storage:
             ref = row["reference"]
             decision = row["recording_decision"]
             decision = "none" if decision == "pending" else decision
-            await self.store.update_call(ref, outcome="interrupted", recording_decision=decision,
-                                         **self._interrupted_fields(row))
+            fields = {"outcome": "interrupted", "recording_decision": decision,
+                      **self._interrupted_fields(row)}
+            await self._save_record({**row, **fields})
+            await self.store.update_call(ref, **fields)
             await self.store.add_event(ref, "interrupted", "daemon stopped mid-call")
             await self.store.append_audit("call-finalized", actor="appliance", reference=ref,
                                           details={"outcome": "interrupted",
                                                    "recording_decision": decision,
                                                    "sha256": None, "recovered": True})
             _LOGGER.warning("call %s: marked interrupted (daemon stopped mid-call)", ref)
+
+    async def _save_record(self, row: dict[str, Any]) -> None:
+        """Rewrite a recovered call's record file; a failure is logged, never fatal (the
+        row is the index's; the file follows at the call's next change)."""
+        try:
+            await self.call_records.save(row)
+        except StoreError as exc:
+            _LOGGER.error("call %s: %s", row["reference"], exc)
 
     def _interrupted_fields(self, row: dict[str, Any]) -> dict[str, Any]:
         """End time and length of a call the daemon did not see end: its last event."""
@@ -293,6 +308,9 @@ class Storage:
             await asyncio.sleep(self.unsaved_retry_s)
             for result in list(self._unsaved):
                 try:
+                    if result.unsaved_record is not None:
+                        await self.call_records.save(result.unsaved_record)
+                        result.unsaved_record = None
                     if result.unsaved is not None:
                         await self.store.update_call(result.reference, **result.unsaved)
                         result.unsaved = None

@@ -606,12 +606,7 @@ class Store:
                     conn.execute(
                         "INSERT INTO events (call_id, t, state, detail) VALUES "
                         "((SELECT id FROM calls WHERE reference = ?), ?, 'rebuilt', ?)",
-                        (record["reference"], time.time(),
-                         "index rebuilt from the recording's sidecar: caller, outcome and "
-                         "times other than the recording's are not known"
-                         if record.get("recording_path") else
-                         "index rebuilt: an unfinished recording was found; the daemon "
-                         "finalizes it at its next start"),
+                        (record["reference"], time.time(), _rebuilt_detail(record)),
                     )
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -651,7 +646,8 @@ class Store:
     def tombstone_sync(self, reference: str, *, action: str, actor: str,
                        details: Mapping[str, Any] | None = None,
                        recording_deleted: bool = False, personal_deleted: bool = False,
-                       fields: Mapping[str, Any] | None = None) -> str:
+                       fields: Mapping[str, Any] | None = None,
+                       now: float | None = None) -> str:
         """Turn (part of) a call into a tombstone and audit it, in ONE transaction (CLI only).
 
         The caller deletes the files first (a crash then leaves a row pointing at missing
@@ -666,6 +662,8 @@ class Store:
             personal_deleted: NULL the :data:`PERSONAL_COLUMNS` and blank every event detail
                 of the call (details such as "caller +36…" carry the number).
             fields: further ``calls`` columns to set (``purged_at``, ``erased_at`` …).
+            now: the time of the deletion (default: now); the caller passes the time its
+                rewritten record file says (:func:`tombstone_fields`).
 
         Returns:
             The audit row's hash.
@@ -680,17 +678,15 @@ class Store:
             raise StoreError("store is closed")
         return self._executor.submit(
             self._tombstone, reference, action, actor, details, recording_deleted,
-            personal_deleted, fields,
+            personal_deleted, fields, now,
         ).result()
 
     def _tombstone(self, reference: str, action: str, actor: str,
                    details: Mapping[str, Any] | None, recording_deleted: bool,
-                   personal_deleted: bool, fields: dict[str, Any]) -> str:
-        now = time.time()
-        if recording_deleted:
-            fields.update(recording_deleted_at=now, recording_path=None)
-        if personal_deleted:
-            fields.update(dict.fromkeys(PERSONAL_COLUMNS))
+                   personal_deleted: bool, fields: dict[str, Any], now: float | None) -> str:
+        fields.update(tombstone_fields(time.time() if now is None else now,
+                                       recording_deleted=recording_deleted,
+                                       personal_deleted=personal_deleted))
         # secure_delete: SQLite overwrites the freed cells with zeros, so the old number does
         # not linger in free pages of the file (the erase test greps the raw bytes).
         self._wconn.execute("PRAGMA secure_delete=ON")
@@ -905,6 +901,29 @@ class Store:
             prev_hash = row["hash"]
             prev_id = rid
         return problems
+
+
+def _rebuilt_detail(record: Mapping[str, Any]) -> str:
+    """The ``rebuilt`` event's detail: what the row was rebuilt from, and what is not known."""
+    if record.get("outcome") == "in_progress":
+        return ("index rebuilt: an unfinished recording was found; the daemon finalizes it "
+                "at its next start")
+    if record.get("outcome") == "unknown":
+        return ("index rebuilt from the recording's sidecar: caller, outcome and times other "
+                "than the recording's are not known")
+    return "index rebuilt from the call's record file; its events are not known"
+
+
+def tombstone_fields(now: float, *, recording_deleted: bool, personal_deleted: bool
+                     ) -> dict[str, Any]:
+    """The columns a purge or an erasure sets besides its own (``purged_at``, ``erased_at`` …):
+    the recording's path gone and its deletion time, the caller's personal data cleared."""
+    fields: dict[str, Any] = {}
+    if recording_deleted:
+        fields.update(recording_deleted_at=now, recording_path=None)
+    if personal_deleted:
+        fields.update(dict.fromkeys(PERSONAL_COLUMNS))
+    return fields
 
 
 def _audit_details_json(details: Mapping[str, Any] | None) -> str:

@@ -1,12 +1,16 @@
-"""``appliance index rebuild``: the index recovered from the recordings' sidecars.
+"""``appliance index rebuild``: the index recovered from the call record files.
 
-The recordings tree is self-describing (docs/design.md §5): every finished recording has a JSON
-sidecar naming its reference, file, SHA-256, length and start time. When the index is lost
-(deleted, replaced by an empty or old copy) or corrupt, this puts a row back for every
-recording it no longer knows, raises the reference counter above every reference ever issued
-(the high-water mark beside the device key, and every reference found on disk), and audits
-what it did. Calls that left no recording (declined, missed, abandoned) cannot be recovered:
-the report says how many references were issued but are not in the rebuilt index.
+The recordings tree is self-describing (docs/design.md §5, docs/records.md "The call record
+file"): every finished call has a JSON record ``<reference>.json`` holding its finalized row
+(times, outcome, recording decision, the caller as received, what the caller was told) — the
+recording's sidecar (file, SHA-256, length) when it was recorded, the same file without the
+audio keys when it was not. When the index is lost (deleted, replaced by an empty or old copy)
+or corrupt, this puts a row back for every call it no longer knows, raises the reference
+counter above every reference ever issued (the high-water mark beside the device key, and every
+reference found on disk), and audits what it did. A sidecar written before record files
+existed gives its recording a row with the outcome ``unknown``; a call that left neither (from
+before record files, or a record that could not be written) is counted in the report as issued
+but not in the rebuilt index.
 
 A corrupt index file is moved aside (``appliance.db.corrupt-<time>``), never deleted: it is
 evidence, and a specialist may recover more from it.
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,7 +28,8 @@ from typing import Any, Final
 
 from appliance.errors import ReferenceFormatError, StoreError
 from appliance.reference import COUNTER_SPACE, ReferenceCipher, is_canonical
-from appliance.store.db import Store
+from appliance.store.callrecord import CALL_KEY, read_record
+from appliance.store.db import CALL_COLUMNS, DIRECTIONS, OUTCOMES, RECORDING_DECISIONS, Store
 from appliance.store.highwater import read_mark, write_mark
 from appliance.store.recorder import PARTIAL_SUFFIX
 
@@ -42,18 +46,20 @@ class RebuildReport:
 
     Attributes:
         moved_aside: where a corrupt index was moved, if it was.
-        sidecars: sidecars read.
+        sidecars: record files (recording sidecars included) read.
+        unrecorded: of those, records of calls without a recording.
         added: call rows added (recordings the index did not know, plus unfinished ones).
         partials: unfinished recordings (``*.wav.partial``) given a row, for the daemon's
             start-up recovery to finalize.
         counter: the reference counter now (the next call gets counter + 1).
         not_indexed: references issued (counter) minus calls in the rebuilt index: calls
-            whose record is lost for good (they left no recording).
+            whose record is lost for good (they left no record file).
         problems: sidecars that could not be used, each with why.
     """
 
     moved_aside: Path | None = None
     sidecars: int = 0
+    unrecorded: int = 0
     added: int = 0
     partials: int = 0
     counter: int = 0
@@ -63,7 +69,8 @@ class RebuildReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON view for ``--json``."""
         return {"moved_aside": None if self.moved_aside is None else str(self.moved_aside),
-                "sidecars": self.sidecars, "added": self.added, "partials": self.partials,
+                "sidecars": self.sidecars, "unrecorded": self.unrecorded, "added": self.added,
+                "partials": self.partials,
                 "counter": self.counter, "not_indexed": self.not_indexed,
                 "problems": list(self.problems)}
 
@@ -136,7 +143,8 @@ def rebuild_index(db_path: Path, recordings_dir: Path, state_dir: Path, key: byt
     store, report.moved_aside = open_or_move_aside(db_path)
     try:
         report.added, _digest = store.rebuild_sync(rows, counter=counter, actor=actor, details={
-            "sidecars": report.sidecars, "partials": report.partials,
+            "sidecars": report.sidecars, "unrecorded": report.unrecorded,
+            "partials": report.partials,
             "problems": len(report.problems),
             "moved_aside": None if report.moved_aside is None else report.moved_aside.name,
         })
@@ -152,18 +160,39 @@ def rebuild_index(db_path: Path, recordings_dir: Path, state_dir: Path, key: byt
 
 
 def _row_from_sidecar(sidecar: Path, report: RebuildReport) -> dict[str, Any] | None:
-    """The call row a sidecar describes, or None (with a problem noted) if it cannot be used."""
+    """The call row a record file describes, or None (with a problem noted) if it cannot be
+    used. The ``call`` section gives the row; a recording sidecar's audio keys give (and
+    override) the recording's path, hash and size — the recording must lie beside it."""
     try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        data = read_record(sidecar)
         reference = str(data["reference"])
-        audio = sidecar.with_name(str(data["file"]))
         created = dt.datetime.fromisoformat(str(data["created"])).timestamp()
-        sha256 = str(data["sha256"])
+        call = data.get(CALL_KEY)
+        if call is not None and not isinstance(call, dict):
+            raise ValueError(f"{CALL_KEY!r} is not an object")
+        if "file" not in data and call is None:
+            raise KeyError("file")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        report.problems.append(f"{sidecar}: not a recording sidecar ({exc})")
+        report.problems.append(f"{sidecar}: not a call record ({exc})")
         return None
     report.sidecars += 1
-    if not is_canonical(reference) or audio.parent != sidecar.parent or "/" in str(data["file"]):
+    if not is_canonical(reference):
+        report.problems.append(f"{sidecar}: names {reference!r}, not a call reference")
+        return None
+    row = _row_from_call(sidecar, call or {}, report)
+    row.setdefault("created_at", created)
+    if "file" not in data:
+        report.unrecorded += 1
+        row.setdefault("outcome", "unknown")
+        row.setdefault("recording_decision", "none")
+        return {**row, "reference": reference, "recording_path": None}
+    try:
+        audio = sidecar.with_name(str(data["file"]))
+        sha256 = str(data["sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        report.problems.append(f"{sidecar}: not a recording sidecar ({exc})")
+        return None
+    if audio.parent != sidecar.parent or "/" in str(data["file"]):
         report.problems.append(f"{sidecar}: names {reference!r} / {data['file']!r}, not a "
                                "recording beside it")
         return None
@@ -171,20 +200,50 @@ def _row_from_sidecar(sidecar: Path, report: RebuildReport) -> dict[str, Any] | 
         report.problems.append(f"{sidecar}: its recording {audio.name} is missing")
         return None
     duration_s = float(data.get("duration_s") or 0.0)
-    return {
+    recorded = {
         "reference": reference,
         "recording_path": str(audio),
         # The sidecar's hash is the witness from when the recording was made; `appliance
         # verify` compares the file with it.
         "recording_sha256": sha256,
         "recording_bytes": int(data.get("bytes") or audio.stat().st_size),
-        "duration_s": duration_s,
         "recording_decision": "recorded",
-        "outcome": "unknown",
-        "record_start_at": created,
-        "end_at": created + duration_s,
-        # A recording only ever starts after the notice was played out completely
-        # (call/flow.py invariant), so its existence proves the notice.
-        "notice_completed": 1,
-        "created_at": created,
     }
+    if not call:
+        # A sidecar from before record files: only the recording is known.
+        recorded.update({
+            "duration_s": duration_s,
+            "outcome": "unknown",
+            "record_start_at": created,
+            "end_at": created + duration_s,
+            # A recording only ever starts after the notice was played out completely
+            # (call/flow.py invariant), so its existence proves the notice.
+            "notice_completed": 1,
+        })
+    return {**row, **recorded}
+
+
+def _row_from_call(sidecar: Path, call: dict[str, Any], report: RebuildReport
+                   ) -> dict[str, Any]:
+    """The columns of a record's ``call`` section the index can take: known columns with
+    plain values, and outcome, decision and direction among the allowed ones (a hand-edited
+    file must not make the whole rebuild fail on a CHECK constraint)."""
+    row: dict[str, Any] = {}
+    for key, value in call.items():
+        if key in ("reference", "recording_path") or key not in CALL_COLUMNS:
+            continue
+        if value is not None and not isinstance(value, str | int | float):
+            report.problems.append(f"{sidecar}: {key} is not a plain value; left out")
+            continue
+        row[key] = value
+    for key, allowed in (("outcome", OUTCOMES), ("recording_decision", RECORDING_DECISIONS),
+                         ("direction", DIRECTIONS)):
+        if key in row and row[key] not in allowed and row[key] is not None:
+            report.problems.append(f"{sidecar}: {key} {row[key]!r} is not one the index "
+                                   "knows; left out")
+            del row[key]
+    if row.get("outcome") is None:
+        row.pop("outcome", None)
+    if row.get("recording_decision") is None:
+        row.pop("recording_decision", None)
+    return row

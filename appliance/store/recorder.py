@@ -110,7 +110,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dirs(path: Path, root: Path) -> None:
+def make_dirs(path: Path, root: Path) -> None:
     """Create ``path`` (and parents up to ``root``) with mode 0770 despite the umask."""
     missing: list[Path] = []
     p = path
@@ -167,7 +167,7 @@ class Recorder:
         self._error: BaseException | None = None
         self._closed = False  # no more write() accepted
         try:
-            _make_dirs(self.directory, Path(recordings_dir))
+            make_dirs(self.directory, Path(recordings_dir))
             existing = sorted(p.name for p in self.directory.glob(reference + ".*"))
             if existing:
                 # Never record over another call's evidence (a reference issued twice).
@@ -530,8 +530,12 @@ def _verify(path: Path, frames: int, pcm_digest: str | None) -> None:
 
 
 def _write_sidecar(path: Path, result: RecordingResult, created: dt.datetime) -> None:
-    """Write the self-describing JSON sidecar atomically (temp, fsync, rename, fsync dir)."""
-    sidecar = {
+    """Write the self-describing JSON sidecar atomically (temp, fsync, rename, fsync dir).
+
+    A ``call`` section already in the file (the call's record, store/callrecord.py: a call
+    whose recording is finalized only at the next start, after a full disk) is kept.
+    """
+    sidecar: dict[str, Any] = {
         "reference": result.reference,
         "file": result.path.name,
         "channels": list(CHANNEL_LAYOUT),
@@ -543,14 +547,37 @@ def _write_sidecar(path: Path, result: RecordingResult, created: dt.datetime) ->
         "sha256": result.sha256,
         "created": created.isoformat(),
     }
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        call = json.loads(path.read_text(encoding="utf-8")).get("call")
+        if isinstance(call, dict):
+            sidecar["call"] = call
+    write_json_atomically(path, sidecar)
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` durably: a 0640 temp file, fsync, rename over
+    ``path``, fsync of the directory. Escapes everything outside ASCII, so a caller name full
+    of control bytes reads safely in a terminal.
+
+    Raises:
+        OSError: it cannot be written; TypeError/ValueError: ``data`` is not JSON.
+    """
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
     tmp = path.with_name(path.name + ".tmp")
     fd = _create_file(tmp, exclusive=False)
     try:
-        os.write(fd, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            rest = memoryview(text.encode("utf-8"))
+            while rest:  # a short write (a disk filling up) is not the whole file
+                rest = rest[os.write(fd, rest):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 

@@ -23,7 +23,8 @@ from typing import Any, Final
 
 from appliance.config import RetentionConfig
 from appliance.errors import StoreError
-from appliance.store.db import Store
+from appliance.store.callrecord import record_path, write_call_record
+from appliance.store.db import Store, tombstone_fields
 from appliance.store.lookup import locate_recording as locate_recording  # re-exports
 from appliance.store.lookup import number_variants as number_variants
 from appliance.store.lookup import sidecar_for as sidecar_for
@@ -100,6 +101,17 @@ def call_files(recordings_dir: Path, row: dict[str, Any], *, search: bool = Fals
         found.update(p for p in Path(recordings_dir).rglob(row["reference"] + ".*")
                      if p.is_file())
     return sorted(found)
+
+
+def _rewrite_record(recordings_dir: Path, row: dict[str, Any], fields: dict[str, Any],
+                    now: float, *, recording_deleted: bool, personal_deleted: bool,
+                    path: Path | None = None) -> Path:
+    """Rewrite the call's record file as the row will be after the tombstone (same columns,
+    same time), where the record of the row as it is now lies; return that path."""
+    after = {**row, **fields, **tombstone_fields(now, recording_deleted=recording_deleted,
+                                                 personal_deleted=personal_deleted)}
+    where = path if path is not None else record_path(recordings_dir, row)
+    return write_call_record(recordings_dir, after, path=where)
 
 
 # ---------------------------------------------------------------------- purge
@@ -215,9 +227,17 @@ def purge(store: Store, recordings_dir: Path, retention: RetentionConfig, *, act
     done: list[PurgeItem] = []
     for item in report.items:
         try:
+            row = store.get_call(item.reference)
+            if row is None:
+                raise RecordNotFound(f"no call with reference {item.reference}")
+            fields = {"purged_at": now} if item.delete_personal else {}
+            # The record file first (it must not keep what the index is about to drop),
+            # then the audio, then the tombstone: a crash in between is finished by a re-run.
+            record = _rewrite_record(recordings_dir, row, fields, now,
+                                     recording_deleted=item.delete_recording,
+                                     personal_deleted=item.delete_personal)
             if item.delete_recording:
-                row = store.get_call(item.reference)
-                files = call_files(recordings_dir, row) if row is not None else []
+                files = [f for f in call_files(recordings_dir, row) if f != record]
                 report.files_deleted.extend(delete_files(files))
             store.tombstone_sync(
                 item.reference,
@@ -230,7 +250,8 @@ def purge(store: Store, recordings_dir: Path, retention: RetentionConfig, *, act
                                             else None)},
                 recording_deleted=item.delete_recording,
                 personal_deleted=item.delete_personal,
-                fields={"purged_at": now} if item.delete_personal else None,
+                fields=fields or None,
+                now=now,
             )
         except StoreError as exc:
             _LOGGER.error("Purge of %s failed: %s", item.reference, exc)
@@ -313,17 +334,26 @@ def erase_call(store: Store, recordings_dir: Path, reference: str, *, reason: st
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["erased_at"]))
         raise AlreadyErased(f"call {reference} was already erased on {when} (reason: "
                             f"{row['erase_reason']!r}); nothing changed")
-    deleted = delete_files(call_files(recordings_dir, row, search=True))
     now = time.time()
+    fields = {"erased_at": now, "erase_reason": reason}
+    files = call_files(recordings_dir, row, search=True)
+    record = record_path(recordings_dir, row)
+    recording_deleted = row["recording_path"] is not None or any(f != record for f in files)
+    # The call's record file becomes the tombstone first (no caller, no audio keys), then
+    # every other file of the reference goes, then the index row.
+    _rewrite_record(recordings_dir, row, fields, now, recording_deleted=recording_deleted,
+                    personal_deleted=True, path=record)
+    deleted = delete_files(f for f in files if f != record)
     digest = store.tombstone_sync(
         reference,
         action=ERASE_ACTION,
         actor=actor,
         details={"reason": reason, "files_deleted": len(deleted),
                  "had_recording": row["recording_path"] is not None},
-        recording_deleted=row["recording_path"] is not None or bool(deleted),
+        recording_deleted=recording_deleted,
         personal_deleted=True,
-        fields={"erased_at": now, "erase_reason": reason},
+        fields=fields,
+        now=now,
     )
     compacted = store.compact_sync()
     _LOGGER.info("Call %s erased (%d files)", reference, len(deleted))

@@ -39,6 +39,9 @@ INDEX_MISMATCH: Final = "index-differs-from-audit"
 #: The row's recording decision or outcome differs from its last ``call-finalized`` entry.
 DECISION_MISMATCH: Final = "decision-differs-from-audit"
 ORPHAN: Final = "orphan-file"
+#: A call's record file (store/callrecord.py) says another outcome or recording decision than
+#: its index row.
+RECORD_MISMATCH: Final = "record-differs-from-index"
 CHAIN: Final = "audit-chain"
 #: A file or directory verify had to look at but could not (permissions, I/O error): never
 #: a pass — what could not be read was not checked.
@@ -96,9 +99,10 @@ def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = No
 
     Per indexed recording (not deleted): the file exists inside the tree, its SHA-256 equals
     the index's, the sidecar exists and agrees, and the last ``call-finalized`` audit entry
-    naming a hash agrees. Any other file in the tree is an orphan (audio nobody indexes is
-    personal data nobody can erase), except the live files of a call in progress. Then the
-    whole audit chain is recomputed.
+    naming a hash agrees. An indexed call's record file (``<reference>.json``, recorded or not)
+    must say the row's outcome and recording decision. Any other file in the tree is an orphan
+    (audio nobody indexes is personal data nobody can erase), except the live files of a call
+    in progress. Then the whole audit chain is recomputed.
 
     Args:
         store: the open index.
@@ -121,8 +125,10 @@ def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = No
 
     known: set[Path] = set()
     live: set[str] = set()
+    rows: dict[str, dict[str, Any]] = {}
     for row in store.list_calls(None):
         ref = row["reference"]
+        rows[ref] = row
         if row["outcome"] == "in_progress":
             live.add(ref)
         _check_decision(report, row, last_final.get(ref))
@@ -142,6 +148,9 @@ def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = No
         ref = path.name.split(".", 1)[0]
         if ref in live:
             continue  # the recorder's .wav.partial / encoder's .tmp of a running call
+        if path.name == f"{ref}.json" and ref in rows:
+            _check_record(report, path, rows[ref])
+            continue
         what = ("an unfinished recording (the daemon recovers it at start-up)"
                 if path.name.endswith(PARTIAL_SUFFIX) else "a file the index does not know")
         report.problems.append(Problem(ref, ORPHAN, f"{path}: {what}"))
@@ -213,6 +222,27 @@ def _check_decision(report: VerifyReport, row: dict[str, Any],
             report.problems.append(Problem(
                 row["reference"], DECISION_MISMATCH,
                 f"index {key} {row[key]!r} differs from the audit chain's {chained!r}"))
+
+
+def _check_record(report: VerifyReport, path: Path, row: dict[str, Any]) -> None:
+    """The call's record file says what its row says (outcome, recording decision)."""
+    try:
+        call = json.loads(path.read_text(encoding="utf-8")).get("call")
+    except OSError as exc:
+        report.problems.append(Problem(row["reference"], UNREADABLE,
+                                       f"{path} cannot be read: {exc.strerror}"))
+        return
+    except (ValueError, AttributeError) as exc:
+        report.problems.append(Problem(row["reference"], RECORD_MISMATCH,
+                                       f"{path}: unreadable ({exc})"))
+        return
+    if not isinstance(call, dict):
+        return  # a recording's sidecar from before record files: checked as a sidecar
+    for key in ("outcome", "recording_decision"):
+        if key in call and call[key] != row[key] and row["outcome"] != "in_progress":
+            report.problems.append(Problem(
+                row["reference"], RECORD_MISMATCH,
+                f"{path}: {key} {call[key]!r} differs from the index's {row[key]!r}"))
 
 
 def _check_recording(report: VerifyReport, recordings_dir: Path, row: dict[str, Any],

@@ -824,3 +824,60 @@ async def test_daemon_stopping_during_the_notice_is_interrupted_not_abandoned() 
     assert h.store.rows["12345678"]["outcome"] == "interrupted"
     assert ("ended", "interrupted: daemon stopping") in h.store.events
     assert "line:hang_up" in h.log.entries
+
+
+# --- the call's record file (docs/records.md, "The call record file") -------------------------
+
+
+class FakeRecords:
+    """The record port: keeps what it was given, in the shared log's order; fails on demand."""
+
+    def __init__(self, log: Log, store: FakeStore) -> None:
+        self.log = log
+        self.store = store
+        self.saved: list[dict[str, Any]] = []
+        self.full = False
+
+    async def save(self, row: Mapping[str, Any]) -> None:
+        if self.full:
+            raise StoreError("No space left on device")
+        # What the index held when the record was written: still the row before its end.
+        self.log.add(f"records:save (index outcome {self.store.rows['12345678']['outcome']})")
+        self.saved.append(dict(row))
+
+
+async def test_the_record_is_written_just_before_the_row_is_finalized() -> None:
+    h = Harness(CallPolicy(agent_timeout_s=10))
+    records = FakeRecords(h.log, h.store)
+    h.call.ports.records = records
+    await h.until_state("notice")
+    h.post(KeyPressed("9"))  # opted out: nothing is recorded, the record is still written
+    h.finish_notice()
+    await h.until_state("ringing-agent")
+    h.post(CallerHungUp("busy"))
+    result = await h.result()
+    assert "records:save (index outcome in_progress)" in h.log.entries
+    (record,) = records.saved
+    row = h.store.rows["12345678"]
+    # The record is the whole finalized row: what the index says, and the caller.
+    assert {k: record[k] for k in row} == row
+    assert record["reference"] == "12345678"
+    assert (record["outcome"], record["recording_decision"]) == (result.outcome, "declined")
+    assert record["caller_number"] == "+3612345"
+    assert json.loads(record["notice_layers"])[0]["layer"] == "notice"
+    assert result.unsaved_record is None
+
+
+async def test_a_record_that_cannot_be_written_is_handed_back() -> None:
+    h = Harness(CallPolicy(agent_timeout_s=10))
+    records = FakeRecords(h.log, h.store)
+    records.full = True
+    h.call.ports.records = records
+    await h.until_state("notice")
+    h.post(CallerHungUp("busy"))
+    result = await h.result()
+    assert result.outcome == "abandoned"
+    assert "line:hang_up" in h.log.entries
+    assert result.unsaved_record is not None
+    assert result.unsaved_record["outcome"] == "abandoned"
+    assert h.store.rows["12345678"]["outcome"] == "abandoned"  # the row is finalized anyway

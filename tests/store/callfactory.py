@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.reference import make_reference
+from appliance.store.callrecord import write_call_record
 from appliance.store.db import Store
 from appliance.store.recorder import Recorder
 
@@ -50,7 +51,8 @@ async def make_call(store: Store, recordings_dir: Path, counter: int, *, ring_at
 
     Mirrors call/flow.py ``_answer``/``_finalize`` and daemon/media.py: the row carries the
     caller's number and name, the ANSWERING event detail names the number, the recording is
-    finalized to FLAC and indexed, and a ``call-finalized`` audit entry names its hash.
+    finalized to FLAC and indexed, the call's record file is written just before the row is
+    finalized, and a ``call-finalized`` audit entry names its hash.
     """
     ref = make_reference(counter, KEY)
     await store.create_call(ref, line="main", direction="in", caller_number=number,
@@ -73,6 +75,9 @@ async def make_call(store: Store, recordings_dir: Path, counter: int, *, ring_at
                       recording_sha256=result.sha256, recording_bytes=result.bytes)
     else:
         fields["recording_decision"] = "declined"
+    row = store.get_call(ref)
+    assert row is not None
+    write_call_record(recordings_dir, {**row, **fields})
     await store.update_call(ref, **fields)
     await store.add_event(ref, "ended", f"{outcome}: caller hung up", t=ring_at + 30)
     await store.append_audit("call-finalized", actor="appliance", reference=ref,

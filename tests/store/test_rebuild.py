@@ -21,7 +21,7 @@ from appliance.store.highwater import read_mark, write_mark
 from appliance.store.rebuild import rebuild_index
 from appliance.store.recorder import PARTIAL_SUFFIX, Recorder, finalize_partial, sha256_file
 
-from .callfactory import KEY, make_calls, state_paths
+from .callfactory import KEY, NAME, NUMBER, make_calls, state_paths
 
 NOW = dt.datetime(2025, 3, 14, 9, 26, 53, tzinfo=dt.UTC)
 
@@ -102,19 +102,26 @@ def test_rebuild_from_sidecars_after_the_index_is_lost(tmp_path: Path) -> None:
     _drop_index(state)
     (state / "reference.key").write_bytes(KEY)
     report = rebuild_index(db_path, recordings, state, KEY, actor="cli:test")
-    assert (report.sidecars, report.added, report.partials) == (1, 1, 0)
-    # The counter is past every reference found (3); call 9 left no recording: its
-    # counter is unknown without the mark — with the mark it would be covered too.
-    assert report.counter == 3
-    assert read_mark(state) == 3
+    assert (report.sidecars, report.unrecorded, report.added, report.partials) == (2, 1, 2, 0)
+    # The counter is past every reference found (9: call 9 left no recording, but its
+    # record file names it), and nothing issued is missing from the rebuilt index.
+    assert report.counter == 9
+    assert read_mark(state) == 9
     store = Store.open(db_path)
     try:
         row = store.get_call(made[0].reference)
         assert row is not None
-        assert row["outcome"] == "unknown"
+        assert row["outcome"] == "bridged"
+        assert (row["caller_number"], row["caller_name"]) == (NUMBER, NAME)
         assert row["recording_decision"] == "recorded"
         assert row["recording_sha256"] == digest
+        assert row["recording_path"] == str(made[0].recording)
         assert [e["state"] for e in store.events(made[0].reference)] == ["rebuilt"]
+        declined = store.get_call(made[1].reference)
+        assert declined is not None
+        assert (declined["outcome"], declined["recording_decision"]) == ("bridged", "declined")
+        assert declined["recording_path"] is None
+        assert declined["ring_at"] == pytest.approx(now - 30)
         assert [e["action"] for e in store.audit_entries()] == ["index-rebuilt"]
         assert store.verify_audit_chain() == []
     finally:

@@ -204,7 +204,13 @@ def test_purge_by_date_per_kind(state: Path) -> None:
             assert row["recording_path"] is None
             assert row["recording_deleted_at"] is not None
             assert not Path(before[refs[name]]["recording_path"]).exists()
-            assert not Path(before[refs[name]]["recording_path"]).with_suffix(".json").exists()
+            # The sidecar stays as the call's record: the tombstone, without the audio keys.
+            record = json.loads(Path(before[refs[name]]["recording_path"]).with_suffix(
+                ".json").read_text(encoding="utf-8"))
+            assert "file" not in record
+            assert "sha256" not in record
+            assert record["call"]["recording_deleted_at"] == row["recording_deleted_at"]
+            assert record["call"]["outcome"] == row["outcome"]
             # The tombstone keeps what proves the call happened.
             assert row["outcome"] == before[refs[name]]["outcome"]
             assert row["recording_decision"] == "recorded"
@@ -219,6 +225,12 @@ def test_purge_by_date_per_kind(state: Path) -> None:
             assert row["purged_at"] == NOW
             assert all(e["detail"] == "" for e in store.events(refs[name]))
             assert [e["state"] for e in store.events(refs[name])] == ["answering", "ended"]
+        # No record file keeps a number the index no longer has (the declined call's record
+        # holds its tombstone); the calls whose metadata is kept keep it.
+        purged = {refs["ancient"], refs["declined"]}
+        assert {p.stem for p in recordings.rglob("*.json")} == set(refs.values())
+        for path in recordings.rglob("*.json"):
+            assert (NUMBER in path.read_text(encoding="utf-8")) == (path.stem not in purged)
         assert store.get_call(refs["old"])["caller_number"] == NUMBER
 
         purges = [e for e in store.audit_entries() if e["action"].startswith("purge")]
@@ -276,7 +288,14 @@ def test_erase_leaves_no_personal_data_in_the_state_directory(state: Path) -> No
         result = erase_call(store, recordings, ref, reason="GDPR Art. 17 request #4",
                             actor="cli:anna")
         assert result.compacted
-        assert {p.suffix for p in result.files_deleted} == {".flac", ".json"}
+        assert {p.suffix for p in result.files_deleted} == {".flac"}
+        # The sidecar was rewritten as the call's tombstone record: what the index keeps.
+        (record_file,) = recordings.rglob(f"{ref}.json")
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        assert "file" not in record
+        assert "sha256" not in record
+        assert record["call"]["erase_reason"] == "GDPR Art. 17 request #4"
+        assert (record["call"]["caller_number"], record["call"]["caller_name"]) == (None, None)
         row = store.get_call(ref)
         assert row is not None
         assert (row["caller_number"], row["caller_name"], row["recording_path"]) == (
