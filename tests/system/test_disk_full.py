@@ -235,4 +235,7 @@ async def test_below_the_floor_the_call_is_answered_unrecorded(
     states = [r["state"] for r in query(db, "SELECT state FROM events ORDER BY id")]
     assert "not-recorded" in states
     assert "recording-started" not in states
-    assert not list((small_disk.state_dir / "recordings").rglob("*.*"))
+    # No audio; only the call's record file (docs/records.md).
+    (record,) = (small_disk.state_dir / "recordings").rglob("*.*")
+    assert record.name == f"{row['reference']}.json"
+    assert json.loads(record.read_text(encoding="utf-8"))["call"]["recording_decision"] == "none"

@@ -9,6 +9,7 @@ itself speaks the full notice.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,11 @@ async def test_abandoned(tmp_path: Path) -> None:
     assert row["notice_completed"] == 0
     assert summary["recording_decision"] == "none"
     assert "recording-started" not in states(summary)
-    assert not list((tmp_path / "state" / "recordings").rglob("*.*"))
+    # No audio; only the call's record file (docs/records.md), which says what the row says.
+    (record,) = (tmp_path / "state" / "recordings").rglob("*.*")
+    assert record.name == f"{row['reference']}.json"
+    call = json.loads(record.read_text(encoding="utf-8"))["call"]
+    assert (call["outcome"], call["recording_decision"]) == ("abandoned", "none")
 
 
 async def test_voicemail(tmp_path: Path) -> None:
