@@ -847,7 +847,7 @@ class FakeRecords:
 
 
 async def test_the_record_is_written_just_before_the_row_is_finalized() -> None:
-    h = Harness(CallPolicy(agent_timeout_s=10))
+    h = Harness(call_policy(agent_timeout_s=10))
     records = FakeRecords(h.log, h.store)
     h.call.ports.records = records
     await h.until_state("notice")
@@ -869,7 +869,7 @@ async def test_the_record_is_written_just_before_the_row_is_finalized() -> None:
 
 
 async def test_a_record_that_cannot_be_written_is_handed_back() -> None:
-    h = Harness(CallPolicy(agent_timeout_s=10))
+    h = Harness(call_policy(agent_timeout_s=10))
     records = FakeRecords(h.log, h.store)
     records.full = True
     h.call.ports.records = records
