@@ -20,7 +20,8 @@ from appliance.audio.backend import SimHandsetAudio
 from appliance.call.flow import CallResult
 from appliance.config import Config, load_config
 from appliance.daemon.app import Application
-from appliance.line.sim import PtyModemServer, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.pty import PtyModemServer
 from appliance.store.db import Store
 from appliance.store.highwater import REFERENCE_KEY_FILE
 from appliance.store.rebuild import rebuild_index
