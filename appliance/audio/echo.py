@@ -33,7 +33,7 @@ _LOGGER = logging.getLogger(__name__)
 #: converters' delay and DELAY_MARGIN_MS, after the bulk delay (the echo's round trip through
 #: the buffers: ≈ 40–60 ms), which the reference's delay line takes up instead once measured
 #: (:meth:`SpeexEchoCanceller.process`). Fewer taps converge and reconverge faster: 40 ms is
-#: two of speexdsp's 20 ms blocks (48 ms took three: 2–4 dB slower after a path change).
+#: four of speexdsp's 10 ms blocks (48 ms would be five: 2–4 dB less after a path change).
 FILTER_MS: Final = 40
 #: The filter adapts once per 10 ms (two sub-frames per 20 ms frame): over the bench's
 #: path changes it is 6 dB further back 0.5–1 s after the change than adapting once per
@@ -45,8 +45,8 @@ SUBFRAME_SAMPLES: Final = FRAME_SAMPLES // 2
 #: audio — 0.9 below 12 kHz, a high-pass reaching up to ≈ 300 Hz, 0.982 from 12 kHz. The
 #: residual echo suppressor takes "received minus cancelled" for the echo, so whatever the
 #: wide notch takes out of the near end's voice counts as echo and is suppressed during
-#: double talk: with 12 kHz the near end keeps 25–31 dB segmental SNR in double talk instead
-#: of 13–18 dB, and the filter diverges less after it (docs/performance.md).
+#: double talk: with 12 kHz the near end keeps 22–30 dB segmental SNR in double talk instead
+#: of 13–21 dB over the bench's 30 runs (docs/performance.md).
 ECHO_STATE_RATE_HZ: Final = 12000
 #: Bulk delays the estimator looks for (the reference is delayed by up to this much).
 MAX_BULK_DELAY_MS: Final = 128
@@ -83,7 +83,7 @@ NOISE_SUPPRESS_DB: Final = -1
 #: filter gives the residual echo suppressor nothing to work from; a harmful main filter is
 #: replaced at once), and is dropped after SHADOW_MAX_S. A path that merely changed is left
 #: to the main filter: over the bench's 30 path changes a fresh filter taking over was
-#: 1–4 dB worse on average than letting the main one re-adapt (docs/performance.md).
+#: 2–3 dB worse on average than letting the main one re-adapt (docs/performance.md).
 SHADOW_CONVERGED_DB: Final = 12.0
 SHADOW_SUSPECT_DB: Final = 6.0
 SHADOW_HARM_DB: Final = -10.0
@@ -179,10 +179,11 @@ class SpeexEchoCanceller:
     the filter covers the first ``filter_ms``; once it is, the reference goes through a delay
     line and the filter starts again on the tail alone.
 
-    An echo path that changes mid-call (a moved handset, a moved bulk delay, a path gone)
-    is followed by a second, fresh filter run beside the main one while the main one
-    removes little, which takes over when it does clearly better (SHADOW_* above; the
-    hand-over fades over one frame). :attr:`swaps` counts the hand-overs.
+    An echo path that changes mid-call (the shop moves the handset) is re-learnt by the
+    filter itself; a bulk delay that moves, or a path that is gone, is followed by a second,
+    fresh filter run beside the main one, which takes over when it does clearly better
+    (SHADOW_* above; the hand-over fades over one sub-frame). :attr:`swaps` counts the
+    hand-overs.
 
     Args:
         filter_ms: the adaptive filter's length.
@@ -404,8 +405,8 @@ class SpeexEchoCanceller:
             self._age_shadow()
 
     def _follow_delay(self) -> None:
-        """While the main filter removes little, measure the bulk delay again (one window in
-        every DELAY_WINDOW_MS of far-end speech): two windows in a row agreeing on another
+        """While the main filter removes little, measure the bulk delay again (about one
+        window per DELAY_WINDOW_MS of far-end speech): two windows in a row agreeing on another
         delay than the main filter's start a shadow filter on it (a moved delay: a modem
         underrun, a re-routed call). Only the shadow moves, and it takes over only when it
         does better, so a wrong estimate (double talk) costs nothing audible."""

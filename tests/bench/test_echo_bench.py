@@ -32,7 +32,7 @@ def test_cross_talk_falls_when_the_cancellers_run() -> None:
 def test_the_spread_summary_gives_worst_and_mean_per_figure() -> None:
     from appliance.bench.echo import SPREAD_FIGURES, spread_table
 
-    summary = {key: {"min": 1.5, "mean": 2.5, "runs": 30} for key in SPREAD_FIGURES}
+    summary = {key: {"worst": 1.5, "mean": 2.5, "runs": 30} for key in SPREAD_FIGURES}
     text = spread_table({"candidates": {"x": {"origin": "o", "rows": [], "spread": summary},
                                         "y": {"origin": "o", "error": "absent"}}})
     assert "| x | 30 | 1.5 / 2.5 |" in text
