@@ -10,11 +10,8 @@ key, index check, start-up recovery) → every line's prompts (:mod:`~appliance.
 bypass relay. :meth:`Application.stop` stops what was started in reverse order, so the relay
 hands the line back to the phone first and the index closes last, after any call in progress
 was finalized. The parts talk to the application through Protocols (``LineHost``,
-``OutboundHost``, ``DaemonState``), never by importing this module.
-
-What stays here besides the wiring is the shop's side of the one handset outside a call's
-flow: routing hook events and mouthpiece frames to the call that owns the handset, the front
-panel button's spoken announcements and listening back to a recording.
+``OutboundHost``, ``ShopHost``, ``DaemonState``), never by importing this module; what is
+left here are the few answers those ports ask of the daemon as a whole.
 """
 
 from __future__ import annotations
@@ -30,27 +27,24 @@ from typing import Any
 import numpy as np
 
 from appliance.audio.backend import HandsetAudio, open_handset_audio
-from appliance.audio.buffers import ClipPlayer
-from appliance.audio.pcm import FRAME_SAMPLES
 from appliance.audio.tones import tone_zone
-from appliance.call.events import AgentOffHook, AgentOnHook, CallEvent
+from appliance.call.events import CallEvent
 from appliance.call.flow import CallPolicy, CallResult
 from appliance.config import Config, LineConfig
 from appliance.daemon import status
 from appliance.daemon.control import ControlServer, socket_path
-from appliance.daemon.line_session import ActiveCall, LineSession
+from appliance.daemon.line_session import LineSession
 from appliance.daemon.outbound_control import OutboundController
 from appliance.daemon.panel_board import PanelBoard
 from appliance.daemon.prompts import Prompts, PromptShelf
 from appliance.daemon.shared_handset import SharedHandset
+from appliance.daemon.shop_handset import ShopHandset
 from appliance.daemon.status import LoopLag
 from appliance.daemon.storage import HEALTH_INTERVAL_S, Storage
 from appliance.errors import AudioError
 from appliance.handset.slic import Slic, SlicPins
 from appliance.panel.panel import Panel, PanelPins
 from appliance.panel.relay import BypassRelay
-from appliance.reference import format_reference
-from appliance.speech.prompts import health_sentence, last_call_sentence
 from appliance.store.db import Store
 
 _LOGGER = logging.getLogger(__name__)
@@ -136,8 +130,9 @@ class Application:
         self.handset = SharedHandset(self.slic)
         self.outbound = OutboundController(self)
         self.lines: list[LineSession] = [LineSession(self, line) for line in cfg.lines]
+        self.shop = ShopHandset(self)
         self.control = ControlServer(socket_path(cfg.device.state_dir),
-                                     {"status": self._cmd_status, "play": self._cmd_play})
+                                     {"status": self._cmd_status, "play": self.shop.play_recording})
         #: What stop() undoes, in start order: (the part's name, how to stop it).
         self._running: list[tuple[str, _Stop]] = []
         self._started = False
@@ -145,11 +140,6 @@ class Application:
         self._ready = asyncio.Event()
         #: Why the handset audio could not be opened at start (None: it is open).
         self.audio_fault: str | None = None
-        self._handset_player: ClipPlayer | None = None
-        # After a short ring: what to say when the handset is lifted ("last-call", "health",
-        # "clip" = _announce_clip, a recording being played back).
-        self.announce_on_lift: str | None = None
-        self._announce_clip: np.ndarray | None = None
         #: Set by the outbound controller after a minute of unanswered dial tone.
         self.handset_left_off_hook = False
         self.loop_monitor: LoopLag | None = None  # set by `appliance run` (LoopLagMonitor)
@@ -166,7 +156,7 @@ class Application:
         await self.slic.start()
         self._running.append(("SLIC", self.slic.close))
         try:
-            await self.handset_audio.start(self._on_handset_capture)
+            await self.handset_audio.start(self.shop.on_handset_capture)
         except AudioError as exc:
             # Without handset audio the shop cannot talk through the box: show the fault and
             # keep the relay released (plain phone) rather than crash-looping.
@@ -174,8 +164,8 @@ class Application:
             self.audio_fault = str(exc)
         else:
             self._running.append(("handset audio", self.handset_audio.stop))
-        for name, job in (("hook-events", self._run_hook_events),
-                          ("button-events", self._run_button_events),
+        for name, job in (("hook-events", self.shop.run_hook_events),
+                          ("button-events", self.shop.run_button_events),
                           ("health", self._run_health),
                           ("unsaved-rows", self.storage.run_unsaved)):
             task = asyncio.create_task(job(), name=name)
@@ -296,75 +286,36 @@ class Application:
         for observer in list(self.observers):
             observer(reference, state, detail)
 
-    def _owner(self) -> ActiveCall | None:
-        """The call that has the handset, if any."""
-        owner = self.handset.owner
-        return next((s.active for s in self.lines
-                     if s.active is not None and s.active.call.reference == owner), None)
-
     def handset_owner_events(self) -> asyncio.Queue[CallEvent] | None:
         """The event queue of the inbound call that has the handset (the outbound port)."""
-        owner = self._owner()
-        return None if owner is None else owner.call.events
+        return self.shop.handset_owner_events()
 
     def earpiece(self, reference: str, frame: np.ndarray) -> None:
         """A call's frame for the earpiece: heard only if that call has the handset."""
-        if self.handset.owner == reference:
-            self.handset_audio.play(frame)
+        self.shop.earpiece(reference, frame)
+
+    @property
+    def announce_on_lift(self) -> str | None:
+        """What the shop was rung to hear when lifting (then a lift is not a dial-out)."""
+        return self.shop.announce_on_lift
+
+    def render_text(self, text: str) -> np.ndarray:
+        """Speak ``text`` now, rendered in a child process (blocks: call it in a thread)."""
+        return self.prompt_shelf.render_text(text)
 
     def line_of(self, reference: str) -> str | None:
+        """The name of the line the inbound call ``reference`` is on (None: no such call)."""
         return next((s.line.name for s in self.lines
                      if s.active is not None and s.active.call.reference == reference), None)
 
-    def _on_handset_capture(self, frame: np.ndarray) -> None:
-        """One frame from the handset: to the call, or clock the idle earpiece player."""
-        if self.outbound.on_handset_capture(frame):
-            return
-        owner = self._owner()
-        if owner is not None:
-            owner.media.on_handset_capture(frame)
-            return
-        player = self._handset_player
-        if player is not None:
-            # Outside calls the handset's own clock paces what the earpiece hears.
-            self.handset_audio.play(player.read(FRAME_SAMPLES))
-            if player.finished:
-                self._handset_player = None
-
-    def play_to_idle_handset(self, clip: np.ndarray) -> None:
-        """Play ``clip`` into the earpiece when no call is in progress."""
-        self._handset_player = ClipPlayer(clip)
-
     @property
     def in_call(self) -> bool:
+        """Whether an inbound call is in progress on any line."""
         return any(s.active is not None for s in self.lines)
 
     def faults(self) -> list[str]:
         """Human-readable faults (status, the spoken health summary)."""
         return status.faults(self)
-
-    def last_call_text(self) -> str:
-        """The sentence the button speaks (template ``last_call`` / ``no_calls_yet``)."""
-        return last_call_sentence(self.config, self.store.last_call())
-
-    def health_text(self) -> str:
-        """The sentence a long press speaks: all well, or the faults."""
-        return health_sentence(self.config, self.faults())
-
-    async def _speak_to_shop(self, what: str) -> None:
-        """Render ``last-call`` or ``health`` and say it into the earpiece (never to a caller)."""
-        text = self.last_call_text() if what == "last-call" else self.health_text()
-        try:
-            clip = await asyncio.to_thread(self.prompt_shelf.render_text, text)
-        except Exception:
-            _LOGGER.exception("cannot render the %s announcement", what)
-            return
-        owner = self._owner()
-        if owner is not None:
-            owner.media.whisper_to_handset(clip)
-        else:
-            self.play_to_idle_handset(clip)
-        _LOGGER.info("front panel: %s announced to the shop", what)
 
     # -- control socket commands ----------------------------------------------------------
 
@@ -374,72 +325,3 @@ class Application:
     def status_dict(self) -> dict[str, Any]:
         """Live state for ``appliance status`` (JSON-able)."""
         return status.status_dict(self)
-
-    async def _cmd_play(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Play a recording into the earpiece (technician/owner listening back), when idle."""
-        import soundfile
-
-        from appliance.reference import parse_reference
-
-        if self.in_call:
-            raise RuntimeError("a call is in progress; try again when the line is idle")
-        reference = parse_reference(str(request.get("reference", "")))
-        row = self.store.get_call(reference)
-        if row is None or not row["recording_path"]:
-            raise RuntimeError(f"no recording for {format_reference(reference)}")
-        audio, rate = await asyncio.to_thread(soundfile.read, row["recording_path"],
-                                              dtype="int16", always_2d=True)
-        if rate != 8000:
-            raise RuntimeError(f"unexpected sample rate {rate}")
-        # Both sides into the one earpiece.
-        mono = np.clip(audio.astype(np.int32).sum(axis=1), -32768, 32767).astype(np.int16)
-        if self.slic.off_hook:
-            self.play_to_idle_handset(mono)
-            where = "playing into the handset"
-        else:
-            self._announce_clip = mono
-            self.announce_on_lift = "clip"
-            self.slic.short_ring()
-            where = "the handset rings briefly; lift it to listen"
-        await self.store.append_audit("played", actor=str(request.get("actor", "cli")),
-                                      reference=reference, details={"to": "handset"})
-        return {"reference": format_reference(reference), "seconds": len(mono) / 8000,
-                "message": where}
-
-    async def _run_button_events(self) -> None:
-        while True:
-            event = await self.panel.events.get()
-            if self.outbound.on_button(event):
-                continue
-            what = "last-call" if event.kind == "short" else "health"
-            _LOGGER.info("front panel: %s press → %s", event.kind, what)
-            if self._owner() is not None or self.slic.off_hook:
-                await self._speak_to_shop(what)
-            else:
-                # On-hook: ring briefly; the announcement waits until the handset is lifted.
-                self.announce_on_lift = what
-                self.slic.short_ring()
-
-    async def _run_hook_events(self) -> None:
-        while True:
-            event = await self.slic.events.get()
-            call = self._owner()
-            if call is None:
-                if self.outbound.on_idle_hook(event):
-                    continue
-                _LOGGER.info("handset %s while idle", event.kind)
-                if event.kind == "off_hook" and self.announce_on_lift:
-                    what, self.announce_on_lift = self.announce_on_lift, None
-                    await self.slic.stop_ringing()
-                    if what == "clip" and self._announce_clip is not None:
-                        self.play_to_idle_handset(self._announce_clip)
-                        self._announce_clip = None
-                    else:
-                        await self._speak_to_shop(what)
-                elif event.kind == "on_hook":
-                    self._handset_player = None
-                continue
-            if event.kind == "off_hook":
-                call.call.events.put_nowait(AgentOffHook())
-            elif event.kind == "on_hook":
-                call.call.events.put_nowait(AgentOnHook())

@@ -128,9 +128,9 @@ class OutboundHost(Protocol):
 
     #: Set while the handset is left off the hook after an outbound call (a fault LED).
     handset_left_off_hook: bool
-    #: Something the owner was rung to hear when lifting (then a lift is not a dial-out).
-    announce_on_lift: str | None
-
+    @property
+    def announce_on_lift(self) -> str | None:
+        """Something the owner was rung to hear when lifting (then a lift is not a dial-out)."""
     @property
     def config(self) -> Config: ...
     @property
@@ -244,7 +244,7 @@ class _Session:
         if self._line_audio and target is not None:
             target.on_handset_capture(frame)
             return
-        # Outside the line's clock the handset's own clock paces the earpiece (as app.py's
+        # Outside the line's clock the handset's own clock paces the earpiece (as shop_handset.py's
         # idle player): one tone frame per captured frame.
         if self._tone is not None:
             self.app.handset_audio.play(self._tone.next_frame(len(frame)))
@@ -422,7 +422,7 @@ class OutboundController:
         if event.kind != "off_hook" or self._stopping:
             return False
         if self.app.announce_on_lift:
-            return False  # the owner was rung for an announcement: app.py says it
+            return False  # the owner was rung for an announcement: shop_handset.py says it
         if not self.app.handset.request(OWNER):
             return False
         _LOGGER.info("handset lifted while idle: dial tone")

@@ -25,7 +25,7 @@ from appliance.store.retention import locate_recording, sidecar_for
 _LOGGER = logging.getLogger(__name__)
 
 VERIFY_ACTION: Final = "verify"
-#: The daemon's audit action when a recording is indexed (call/flow.py, daemon/app.py).
+#: The daemon's audit action when a recording is indexed (call/flow.py, daemon/storage.py).
 FINALIZED_ACTION: Final = "call-finalized"
 _AUDIT_ROW: Final = re.compile(r"audit row (\d+)")
 

@@ -107,7 +107,7 @@ async def test_short_press_on_hook_rings_then_speaks_last_call_when_lifted(
     await until(lambda: rm.state)  # the short distinctive ring
     mock_factory.pin(app.config.handset.shk_pin).drive_high()  # the owner lifts
     await asyncio.wait_for(ear.heard.wait(), TIMEOUT_S)
-    assert "Még nem volt hívás" in app.last_call_text()
+    assert "Még nem volt hívás" in app.shop.last_call_text()
 
 
 async def test_long_press_off_hook_speaks_health(app: Any, mock_factory: Any) -> None:
@@ -122,7 +122,7 @@ async def test_long_press_off_hook_speaks_health(app: Any, mock_factory: Any) ->
     from appliance.speech.prompts import load_prompt_texts
 
     assert not app.faults()
-    assert app.health_text() == load_prompt_texts("hu")["health_ok"]
+    assert app.shop.health_text() == load_prompt_texts("hu")["health_ok"]
 
 
 async def test_missing_handset_audio_is_a_fault_and_bypasses(
