@@ -144,9 +144,18 @@ def _vgetty_argv(root: Path, port: str) -> list[str]:
 
 
 def _wchan(pid: int) -> str:
-    """``poll`` while the process blocks in select/poll, else the kernel's wait channel."""
-    wchan = Path(f"/proc/{pid}/wchan").read_text(encoding="ascii", errors="replace")
+    """``poll`` while the process blocks in select/poll, ``gone`` once it has exited, else
+    the kernel's wait channel."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text(encoding="ascii", errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
     return "poll" if "poll" in wchan or "select" in wchan else wchan
+
+
+#: How often the test starts vgetty before giving up, as init would respawn it: on a loaded
+#: machine its init can time out and it exits before it ever waits for a call.
+VGETTY_STARTS = 3
 
 
 async def _wait(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
@@ -157,6 +166,21 @@ async def _wait(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> 
             await asyncio.sleep(0.02)
 
 
+async def _waits_for_ring(proc: asyncio.subprocess.Process, sim: SimModem) -> bool:
+    """True once vgetty waits for RING; False if it exited first.
+
+    vgetty idles in data class after its init (§9.1: … AT+FCLASS=0, AT), drains the line with
+    a 0.3 s tty read, then blocks in select() waiting for RING. A RING during the drain is
+    swallowed with the caller ID, so wait for the select (kernel wchan).
+    """
+    seen = len(sim.commands)
+    await _wait(lambda: "AT+FCLASS=0" in [c.upper() for c in sim.commands[seen:]]
+                or _wchan(proc.pid) == "gone")
+    await _wait(lambda: _wchan(proc.pid) != "poll")
+    await _wait(lambda: _wchan(proc.pid) in ("poll", "gone"))
+    return _wchan(proc.pid) == "poll"
+
+
 @contextlib.asynccontextmanager
 async def _vgetty_on(sim: SimModem, root: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     """Serve ``sim`` on a pty, run vgetty on it, yield once vgetty waits for RING."""
@@ -165,23 +189,24 @@ async def _vgetty_on(sim: SimModem, root: Path) -> AsyncIterator[asyncio.subproc
     port = path.removeprefix("/dev/")  # §9.2: mgetty prefixes /dev/ itself
     _write_config(root, port)
     log = root / "log" / f"vg_{port.replace('/', '-')}.log"
-    proc = await asyncio.create_subprocess_exec(
-        *_vgetty_argv(root, port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc: asyncio.subprocess.Process | None = None
     try:
-        # vgetty idles in data class after its init (§9.1: … AT+FCLASS=0, AT), drains the
-        # line with a 0.3 s tty read, then blocks in select() waiting for RING. A RING during
-        # the drain is swallowed with the caller ID, so wait for the select (kernel wchan).
-        await _wait(lambda: "AT+FCLASS=0" in [c.upper() for c in sim.commands])
-        await _wait(lambda: _wchan(proc.pid) != "poll")
-        await _wait(lambda: _wchan(proc.pid) == "poll")
+        for _ in range(VGETTY_STARTS):
+            proc = await asyncio.create_subprocess_exec(
+                *_vgetty_argv(root, port),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            if await _waits_for_ring(proc, sim):
+                break
+            await proc.wait()
+        else:
+            pytest.fail(f"vgetty exited before waiting for a call, {VGETTY_STARTS} times")
         yield proc
         async with asyncio.timeout(TIMEOUT_S):
             await proc.wait()  # vgetty exits after each call (init would respawn it)
     finally:
-        if proc.returncode is None:
+        if proc is not None and proc.returncode is None:
             proc.terminate()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TIMEOUT_S):
