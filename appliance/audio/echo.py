@@ -238,7 +238,7 @@ class SpeexEchoCanceller:
         self._out_power = 0.0
         self.frames = 0
         # The echo path watch: the shadow filter (None when not running), its reference's
-        # delay and age (frames), and the smoothed powers of the received audio, the main
+        # delay and age (sub-frames run), and the smoothed powers of the received audio, the main
         # filter's and the shadow's output over far-end frames.
         self._shadow: int | None = None
         self._shadow_delay = 0
@@ -340,8 +340,9 @@ class SpeexEchoCanceller:
             if self._tries <= DELAY_EAGER_TRIES or self._tries % 10 == 0:
                 self._update_delay()
         lib, step = self._lib, 2 * SUBFRAME_SAMPLES  # bytes
-        ref_addr = self._sent_addr + 2 * (len(sent) - self._delay - FRAME_SAMPLES)
         for k in range(FRAME_SAMPLES // SUBFRAME_SAMPLES):
+            # The delay may change between sub-frames (a shadow on another delay took over).
+            ref_addr = self._sent_addr + 2 * (len(sent) - self._delay - FRAME_SAMPLES)
             lib.speex_echo_cancellation(self._echo, self._near_addr + k * step,
                                         ref_addr + k * step, self._out_addr + k * step)
             if self._shadow is not None:
@@ -387,8 +388,8 @@ class SpeexEchoCanceller:
             self._follow_delay()
         if self._shadow is None and self._converged and removed_db < SHADOW_HARM_DB:
             self._start_shadow(self._delay)
-        if self._shadow is None:
-            return
+        if self._shadow is None or self._shadow_frames == 0:
+            return  # none running, or one just started: it has no output to judge yet
         shadow32 = self._shadow_out[part].astype(np.float32)
         watch[2] = a * watch[2] + (1 - a) * float(shadow32 @ shadow32)
         self._shadow_heard += 1
