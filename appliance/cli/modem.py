@@ -176,7 +176,8 @@ async def _serve(dialect: str, script: Any, link: Path | None, ring_period_s: fl
                  as_json: bool, *, half_duplex: bool = False,
                  echo: HybridSpec | None = None, vtr_test: bool = True,
                  hangup: dict[str, Any] | None = None) -> None:
-    from appliance.sim.modem.emulator import CID_DELAY_S, SimModem
+    from appliance.sim.modem.emulator import SimModem
+    from appliance.sim.modem.exchange import CID_DELAY_S
     from appliance.sim.modem.pty import PtyModemServer
     from appliance.sim.modem.script import ScriptedCallResult, play_script
 

@@ -34,7 +34,8 @@ from appliance.sim.demo import (
     _pin_history,
     demo_config,
 )
-from appliance.sim.modem.emulator import SimCallee, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.exchange import SimCallee
 from appliance.sim.modem.pty import PtyModemServer
 from appliance.sim.world import Mouth, World, render_speech
 

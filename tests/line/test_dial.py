@@ -23,7 +23,8 @@ from appliance.line.modem import (
     dial_string,
 )
 from appliance.line.progress import CallProgressDetector
-from appliance.sim.modem.emulator import SimCallee, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.exchange import SimCallee
 from appliance.sim.modem.link import sim_url
 from appliance.sim.modem.pty import PtyModemServer
 from appliance.sim.world import voice_like_signal

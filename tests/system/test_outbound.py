@@ -26,7 +26,8 @@ from appliance.config import load_config
 from appliance.daemon.app import Application
 from appliance.handset.slic import HookEvent
 from appliance.line.progress import CallProgressDetector
-from appliance.sim.modem.emulator import SimCallee, SimModem
+from appliance.sim.modem.emulator import SimModem
+from appliance.sim.modem.exchange import SimCallee
 from appliance.sim.modem.link import sim_url
 from appliance.sim.world import Mouth, voice_like_signal
 
