@@ -89,6 +89,32 @@ class DirectWriteSerialTransport(serial_asyncio.SerialTransport):  # type: ignor
         if sent < len(data):
             super().write(bytes(data[sent:]))
 
+    def _read_ready(self) -> None:
+        """Hand what the tty holds to the protocol, read with one ``os.read``.
+
+        pyserial's ``read`` wraps it in a loop of two ``select`` calls and a timeout object
+        per 20 ms voice frame; the tty is ``O_NONBLOCK`` and the loop has already said it is
+        readable. Failures end the transport as the stock path does: an error, or a readable
+        tty that returns nothing (the USB modem is gone).
+        """
+        fd = getattr(self._serial, "fd", None)
+        if not isinstance(fd, int):
+            super()._read_ready()
+            return
+        try:
+            data = os.read(fd, self._max_read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._close(exc=serial.SerialException(f"read failed: {exc}"))
+            return
+        if not data:
+            self._close(exc=serial.SerialException(
+                "device reports readiness to read but returned no data (device disconnected "
+                "or multiple access on port?)"))
+            return
+        self._protocol.data_received(data)
+
 
 async def drop_dtr(transport: asyncio.BaseTransport, seconds: float = DTR_DROP_S) -> bool:
     """Hold DTR low for ``seconds`` then raise it again: a modem set to ``&D2`` (the V.250
