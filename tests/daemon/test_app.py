@@ -94,6 +94,30 @@ async def test_a_start_that_fails_part_way_stops_only_what_started(
     await app.stop()  # nothing left to stop: a second stop is harmless
 
 
+class _AudioThatFailsToStop(SimHandsetAudio):
+    """A handset sound card whose closing fails (a USB card pulled out at shutdown)."""
+
+    async def stop(self) -> None:
+        await super().stop()
+        raise OSError("the sound card is gone")
+
+
+async def test_a_part_that_fails_to_stop_does_not_keep_the_others_running(
+    tmp_path: Path, mock_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gpiozero import DigitalOutputDevice
+
+    config = make_config(tmp_path)
+    app = Application(config, pin_factory=mock_factory, handset_audio=_AudioThatFailsToStop())
+    await app.start()
+    await app.wait_ready(TIMEOUT_S)
+    await app.stop()
+    assert "stopping the handset audio failed" in caplog.text
+    # The SLIC and the panel, started before the audio, still stopped: their pins are free.
+    for pin in (config.handset.rm_pin, config.panel.ready_pin):
+        DigitalOutputDevice(pin, pin_factory=mock_factory).close()
+
+
 async def test_short_press_on_hook_rings_then_speaks_last_call_when_lifted(
     app: Any, mock_factory: Any
 ) -> None:
