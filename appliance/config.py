@@ -1,5 +1,10 @@
 """Configuration: TOML over packaged defaults, loaded into frozen dataclasses.
 
+``appliance/defaults.toml`` is the one source of every default: the dataclasses below have
+no field defaults, and the loader fills each field from the packaged defaults merged with the
+user's file (a ``[[lines]]`` table over the defaults' ``[line_defaults]``), so a key missing
+from both is an error, never a silent second default (tests/test_config.py checks this).
+
 Contract: :func:`load_config` either returns a fully validated :class:`Config` or raises
 :class:`~appliance.errors.ConfigError` naming the key's dotted path, what was expected and what
 was found. Unknown keys are errors (a typo must never silently fall back to a default). The CLI
@@ -16,7 +21,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -24,7 +29,7 @@ from typing import Any, Final
 from appliance.errors import ConfigError
 from appliance.languages.registry import builtin as builtin_languages
 from appliance.languages.registry import for_config as languages_for
-from appliance.line.commands import DEFAULT_FORMAT_PREFERENCE, FORMAT_NAMES
+from appliance.line.commands import FORMAT_NAMES
 
 #: sysexits.h EX_CONFIG: "something was found in an unconfigured or misconfigured state".
 EXIT_CONFIG: Final = 78
@@ -60,7 +65,7 @@ class NoticeConfig:
     legal_basis: str
     #: Where the written notice is (the shop, a web page), as the notice says it.
     full_notice_at: str
-    returning_caller_days: int = 0
+    returning_caller_days: int
     """A number that heard the whole first layer within this many days gets the short form
     (0 = off)."""
 
@@ -96,9 +101,9 @@ class CallConfig:
     #: End a call after this long of silence on the line (and from the shop once bridged);
     #: 0 = never.
     silence_hangup_s: float
-    details_key: str = "0"
+    details_key: str
     """The key that plays the second layer of the notice (the full Art. 13 text)."""
-    reference_at_end: bool = True
+    reference_at_end: bool
     """The shop hung up first: say the reference and goodbye before hanging up."""
 
 
@@ -108,7 +113,7 @@ class RecordingConfig:
     codec: str
     #: The live recording reaches the disk at least this often (what a power cut may lose).
     fsync_interval_s: float
-    min_free_mb: int = 100
+    min_free_mb: int
     """No recording is started with less free space than this (megabytes, 10^6 bytes): the
     call is answered with the short "not recorded" notice, and the disk-full fault shows."""
 
@@ -131,31 +136,31 @@ class LineConfig:
     """Serial path of the modem, a pty, or ``sim://`` for the built-in emulator."""
     country_code: str
     """T.35 country code for ``AT+GCI`` in hex (Hungary: 51)."""
-    company: str = ""
+    company: str
     """The company name this line's notice speaks ("" = ``device.company``)."""
-    language: str = ""
+    language: str
     """This line's prompt language ("" = ``device.language``)."""
-    ring_on_s: float = 0.0
+    ring_on_s: float
     """A distinct handset ring burst for this line (0 = ``handset.ring_on_s``)."""
-    ring_off_s: float = 0.0
+    ring_off_s: float
     """The pause after it (0 = ``handset.ring_off_s``)."""
-    tx_lead_ms: int = 20
+    tx_lead_ms: int
     """Audio kept ahead in the modem's transmit buffer (20 ms steps; raise on underruns)."""
-    liveness_interval_s: float = 30.0
+    liveness_interval_s: float
     """While idle, a bare ``AT`` this often: a modem that stopped answering faults the line
     (and is reopened with back-off) instead of leaving it looking ready."""
-    audio: str = ""
+    audio: str
     """Where the line's call audio flows: "" = the modem's voice data stream (``+VTR``), or
     ``"alsa:<device>"`` for an FXO board / modem that exposes it as a sound card (call
     control stays AT commands on ``device``)."""
-    duplex: str = "auto"
+    duplex: str
     """Full-duplex voice (``+VTR``, needed to bridge the shop): ``"auto"`` finds out (a
     refused ``AT+VTR=?`` proves nothing; the first call tries ``AT+VTR``), ``"full"`` or
     ``"half"`` (answering machine behind the phone) say so (docs/line.md)."""
-    echo_cancel: bool = True
+    echo_cancel: bool
     """Cancel the line's echo (the shop's voice returned by the modem's hybrid); off only
     for an audio path that cancels it already (a sound card with its own AEC)."""
-    audio_formats: tuple[str, ...] = DEFAULT_FORMAT_PREFERENCE
+    audio_formats: tuple[str, ...]
     """The modem's voice formats in order of preference, best first (``s16le``, ``alaw``,
     ``ulaw``, ``u8``, ``s8``); the first the modem offers at 8 kHz is used, others never."""
 
@@ -211,9 +216,9 @@ class SpeechConfig:
     #: espeak-ng's speaking rate, words per minute.
     espeak_wpm: int
     #: Overrides of prompt texts by name, in the device's language.
-    texts: Mapping[str, str] = field(default_factory=dict)
+    texts: Mapping[str, str]
     #: A directory of further language folders ("" = the built-in languages only).
-    languages_dir: str = ""
+    languages_dir: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,19 +237,19 @@ class LoggingConfig:
 class OutboundConfig:
     """Calling out from the handset."""
 
-    interdigit_timeout_s: float = 4.0
+    interdigit_timeout_s: float
     """The number is complete this long after the last digit (or at ``#``)."""
-    offhook_warning_s: float = 60.0
+    offhook_warning_s: float
     """Dial tone this long without a digit: howler tone, then silence and the fault LED."""
-    howler_s: float = 30.0
+    howler_s: float
     """How long the howler sounds before silence."""
-    no_answer_s: float = 90.0
+    no_answer_s: float
     """Give up an unanswered outgoing call after this long."""
-    failure_listen_s: float = 20.0
+    failure_listen_s: float
     """The shop hears the network's busy tone at most this long before the line is released."""
-    record: bool = False
+    record: bool
     """Allow recording outbound calls (only after the shop asks and the callee was told)."""
-    record_code: str = "**"
+    record_code: str
     """Keys the shop dials during the call to ask for recording (or press the panel button)."""
 
 
@@ -257,31 +262,31 @@ ARCHIVE_VERIFY_MODES: Final = ("etag", "download")
 class ArchiveConfig:
     """Every call archived, encrypted, in S3-compatible object storage (docs/archive.md)."""
 
-    enabled: bool = False
+    enabled: bool
     """Upload finalized calls and replicate the index (``appliance archive run``)."""
-    endpoint: str = ""
+    endpoint: str
     """The S3 endpoint URL (``https://s3.example.com``)."""
-    bucket: str = ""
+    bucket: str
     """The bucket every box of the chain writes to (each under its own prefix)."""
-    prefix: str = ""
+    prefix: str
     """This box's folder in the bucket ("" = the host name)."""
-    region: str = "us-east-1"
+    region: str
     """Signature region (most S3-compatible services accept any)."""
-    credentials_file: str = "/etc/appliance/archive-credentials.toml"
+    credentials_file: str
     """``access_key_id`` and ``secret_access_key`` in TOML, mode 0600: never in this file."""
-    ca_file: str = ""
+    ca_file: str
     """PEM bundle of the CA to trust for the endpoint ("" = the system's)."""
-    recipients: tuple[str, ...] = ()
+    recipients: tuple[str, ...]
     """age public keys (``age1…``) of whoever may read the archive."""
-    verify: str = "etag"
+    verify: str
     """After each upload: ``etag`` (HEAD: size and MD5 ETag) or ``download`` (re-hash)."""
-    bandwidth_kbit_s: int = 0
+    bandwidth_kbit_s: int
     """Upload cap in kbit/s (0 = no cap)."""
-    poll_s: float = 2.0
+    poll_s: float
     """How often the uploader looks for newly finalized (or erased) calls."""
-    retry_max_s: float = 600.0
+    retry_max_s: float
     """Ceiling of the retry back-off (1 s doubling up to this)."""
-    replicate_index: bool = True
+    replicate_index: bool
     """Replicate the index with Litestream (``appliance archive replicate``)."""
 
 
@@ -289,21 +294,21 @@ class ArchiveConfig:
 class WebConfig:
     """The owner's web page (``appliance web``, docs/web.md)."""
 
-    listen: str = "0.0.0.0"  # noqa: S104 - the page is for the shop's LAN
+    listen: str
     """Address the page listens on; plain HTTP (``tls = false``) only on a loopback address."""
-    port: int = 443
+    port: int
     """TCP port (443 needs CAP_NET_BIND_SERVICE, which appliance-web.service grants)."""
-    tls: bool = True
+    tls: bool
     """HTTPS with the certificate made at install (``<state_dir>/web/tls.crt``)."""
-    language: str = ""
+    language: str
     """Page language: "" = device.language; the page has a switch too."""
-    session_idle_s: float = 1800.0
+    session_idle_s: float
     """A session ends after this long without a request."""
-    session_max_s: float = 43200.0
+    session_max_s: float
     """A session ends this long after login, however busy."""
-    lockout_failures: int = 5
+    lockout_failures: int
     """Wrong passwords in a row that lock an account (and throttle the client address)."""
-    lockout_s: float = 900.0
+    lockout_s: float
     """How long such a lock lasts."""
 
 
@@ -323,9 +328,9 @@ class Config:
     speech: SpeechConfig
     tones: TonesConfig
     logging: LoggingConfig
-    outbound: OutboundConfig = field(default_factory=OutboundConfig)
-    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
-    web: WebConfig = field(default_factory=WebConfig)
+    outbound: OutboundConfig
+    archive: ArchiveConfig
+    web: WebConfig
 
     @property
     def db_path(self) -> Path:
@@ -363,10 +368,28 @@ def _plain(value: Any) -> Any:
 # --- loading -------------------------------------------------------------------------------
 
 
+#: The table of ``defaults.toml`` that every ``[[lines]]`` table is laid over; it is the
+#: packaged defaults' own (a user's file sets these keys per line, docs/configuration.md).
+LINE_DEFAULTS: Final = "line_defaults"
+
+
 def packaged_defaults() -> dict[str, Any]:
-    """The defaults shipped inside the package (``appliance/defaults.toml``)."""
+    """The defaults shipped inside the package (``appliance/defaults.toml``), including its
+    :data:`LINE_DEFAULTS` table."""
     text = resources.files("appliance").joinpath("defaults.toml").read_text(encoding="utf-8")
     return tomllib.loads(text)
+
+
+def with_line_defaults(data: Mapping[str, Any], line_defaults: Mapping[str, Any]
+                       ) -> dict[str, Any]:
+    """``data`` with each ``[[lines]]`` table laid over ``line_defaults`` (a line's own keys
+    win); anything that is not a list of tables is left for :func:`_build` to refuse."""
+    out = dict(data)
+    lines = out.get("lines")
+    if isinstance(lines, list):
+        out["lines"] = [merge(line_defaults, line) if isinstance(line, Mapping) else line
+                        for line in lines]
+    return out
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,6 +421,7 @@ def load_config(
         ConfigError: unreadable file, TOML syntax error, unknown key or bad value.
     """
     data = packaged_defaults()
+    line_defaults = data.pop(LINE_DEFAULTS)
     if path is None and os.environ.get(ENV_CONFIG):
         path = Path(os.environ[ENV_CONFIG])
     if path is None and DEFAULT_CONFIG_PATH.exists():
@@ -422,7 +446,7 @@ def load_config(
         state_dir = Path(os.environ[ENV_STATE_DIR])
     if state_dir is not None:
         data = merge(data, {"device": {"state_dir": str(state_dir)}})
-    config: Config = _build(Config, data, "")
+    config: Config = _build(Config, with_line_defaults(data, line_defaults), "")
     _validate(config)
     return config
 
@@ -453,18 +477,14 @@ def _build(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(path or "<root>", _describe(tp), value)
         hints = typing.get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp)}
+        fields = [f.name for f in dataclasses.fields(tp)]
         for key in value:
             if key not in fields:
                 known = ", ".join(sorted(fields))
                 raise ConfigError(_join(path, key), f"one of the known keys ({known})", key)
         kwargs = {}
-        for name, f in fields.items():
+        for name in fields:
             if name not in value:
-                has_default = (f.default is not dataclasses.MISSING
-                               or f.default_factory is not dataclasses.MISSING)
-                if has_default:
-                    continue
                 raise ConfigError(_join(path, name), "a value (the key is missing)", None)
             kwargs[name] = _build(hints[name], value[name], _join(path, name))
         return typing.cast(Any, tp)(**kwargs)

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from appliance.cli.main import cli
-from appliance.config import EXIT_CONFIG, RANGES, Config, load_config
+from appliance.config import (
+    EXIT_CONFIG,
+    LINE_DEFAULTS,
+    RANGES,
+    Config,
+    LineConfig,
+    load_config,
+    packaged_defaults,
+)
 from appliance.errors import ConfigError
+from appliance.line.commands import DEFAULT_FORMAT_PREFERENCE
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -234,3 +245,77 @@ def test_line_audio_formats_default_to_the_best_first_and_are_checked(tmp_path: 
             load_config(Path("/dev/null"), state_dir=tmp_path, overrides={
                 "lines": [{**line, "audio_formats": bad}]})
         assert message in str(exc.value)
+
+
+def _schema_fields(tp: type, prefix: str) -> list[tuple[str, dataclasses.Field[Any]]]:
+    """Every field of ``tp`` and of the config dataclasses under it, by dotted key."""
+    out = []
+    hints = typing.get_type_hints(tp)
+    for f in dataclasses.fields(tp):  # type: ignore[arg-type]
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        out.append((key, f))
+        hint = hints[f.name]
+        if typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            out += _schema_fields(typing.get_args(hint)[0], f"{key}[]")
+        elif dataclasses.is_dataclass(hint):
+            out += _schema_fields(hint, key)
+    return out
+
+
+def test_defaults_toml_is_the_one_source_of_every_default() -> None:
+    # No config dataclass has a default of its own: one would be a second definition that
+    # could drift from appliance/defaults.toml, which config show and the docs describe.
+    with_default = [key for key, f in _schema_fields(Config, "")
+                    if f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING]
+    assert with_default == []
+    # And every key has its value there: a section key in its table, a per-line key in the
+    # default [[lines]] table or in [line_defaults] (name, device, country_code each line gives).
+    defaults = packaged_defaults()
+    line_keys = set(defaults["lines"][0]) | set(defaults[LINE_DEFAULTS])
+    missing = []
+    for key, _f in _schema_fields(Config, ""):
+        section, _, name = key.partition(".")
+        if not name:
+            present = section in defaults
+        elif section == "lines[]":
+            present = name in line_keys
+        else:
+            present = name in defaults.get(section, {})
+        if not present:
+            missing.append(key)
+    assert missing == []
+    line_fields = {f.name for f in dataclasses.fields(LineConfig)}
+    assert set(defaults[LINE_DEFAULTS]) < line_fields  # no unknown key hides in the table
+    assert set(defaults[LINE_DEFAULTS]).isdisjoint({"name", "device", "country_code"})
+
+
+def test_line_defaults_fill_every_line_and_a_line_overrides_them(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[[lines]]
+name = "front"
+device = "sim://"
+country_code = "51"
+[[lines]]
+name = "back"
+device = "sim://"
+country_code = "51"
+tx_lead_ms = 60
+language = "en"
+""")
+    front, back = load_config(path, state_dir=tmp_path).lines
+    line_defaults = packaged_defaults()[LINE_DEFAULTS]
+    assert (front.tx_lead_ms, front.language) == (line_defaults["tx_lead_ms"], "")
+    assert (back.tx_lead_ms, back.language) == (60, "en")
+    assert back.liveness_interval_s == line_defaults["liveness_interval_s"]
+    # The table is the packaged defaults' own: a user's file sets the key per line.
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "[line_defaults]\ntx_lead_ms = 40\n"), state_dir=tmp_path)
+    assert info.value.key == "line_defaults"
+
+
+def test_the_default_format_order_is_the_drivers(tmp_path: Path) -> None:
+    # The line layer keeps its own order for tools that run without a configuration
+    # (modem probe, the bench); the configured default must be that same order.
+    assert (load_config(Path("/dev/null"), state_dir=tmp_path).lines[0].audio_formats
+            == DEFAULT_FORMAT_PREFERENCE)
