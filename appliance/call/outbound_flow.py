@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from appliance.call.events import (
     AgentOffHook,
@@ -50,7 +50,15 @@ from appliance.call.events import (
     PlaybackDone,
     RecordRequested,
 )
-from appliance.call.flow import CallAudioPort, PanelPort, PromptPort, RecordingInfo, StorePort
+from appliance.call.flow import (
+    CallAudioPort,
+    PanelPort,
+    PromptPort,
+    RecordingInfo,
+    RecordPort,
+    StorePort,
+)
+from appliance.errors import StoreError
 
 if TYPE_CHECKING:
     from appliance.config import Config
@@ -173,6 +181,8 @@ class OutboundPorts:
     prompts: PromptPort
     panel: PanelPort
     references: ReferencePort
+    #: The record file writer (call/flow.py RecordPort; None: no record files).
+    records: RecordPort | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +280,8 @@ class OutboundCall:
         self._clock = clock
         self._observer = observer
         self._answer_at: float | None = None
+        #: Every field given to the row: the call's record file.
+        self._row: dict[str, Any] = {}
         self._ringback = False
         self._result = "error"
         self._recording_requested = False
@@ -404,18 +416,11 @@ class OutboundCall:
             raise _CallOver("no-line", "no free line")
         self.reference = await ports.references.allocate()
         # The row is durable before the modem dials (as for inbound calls before off-hook).
-        await ports.store.create_call(
-            self.reference,
-            line=self.line,
-            direction="out",
-            caller_number=number,
-            ring_at=self._clock(),
-            notice_completed=0,
-            recording_decision="pending",
-            outcome="in_progress",
-            language=policy.language,
-            created_at=self._clock(),
-        )
+        self._row = {"line": self.line, "direction": "out", "caller_number": number,
+                     "ring_at": self._clock(), "notice_completed": 0,
+                     "recording_decision": "pending", "outcome": "in_progress",
+                     "language": policy.language, "created_at": self._clock()}
+        await ports.store.create_call(self.reference, **self._row)
         await self._event("dialling", f"{number} on line {self.line}")
         result = await ports.line.dial(self.reference, number)
         if result != "dialled":
@@ -447,8 +452,7 @@ class OutboundCall:
                     await self._event("ringback", event.source)
                 elif event.kind == "answered":
                     self._answer_at = self._clock()
-                    await self.ports.store.update_call(self.reference or "",
-                                                       answer_at=self._answer_at)
+                    await self._update(answer_at=self._answer_at)
                     await self._transition(OutboundState.CONNECTED, f"answered ({event.source})")
                     return
                 elif event.kind in _FAILED_PROGRESS:
@@ -504,8 +508,8 @@ class OutboundCall:
         self._recording_requested = True
         reference = self.reference or ""
         await self._event("record-requested", source)
-        await ports.store.update_call(reference, notice_start_at=self._clock(),
-                                      notice_version=ports.prompts.notice_version)
+        await self._update(notice_start_at=self._clock(),
+                           notice_version=ports.prompts.notice_version)
         clips = (ports.prompts.notice, ports.prompts.reference_audio(reference))
         ports.media.unbridge()
         ports.media.play_to_line("notice", *clips)
@@ -523,13 +527,11 @@ class OutboundCall:
             if isinstance(event, KeyPressed):
                 await self._event("dtmf", f"{event.digit} ({event.source}) during the notice")
         self._notice_completed = True
-        await ports.store.update_call(reference, notice_end_at=self._clock(),
-                                      notice_completed=1)
+        await self._update(notice_end_at=self._clock(), notice_completed=1)
         await ports.media.start_recording()
         ports.panel.set_recording(True)
         ports.media.bridge()
-        await ports.store.update_call(reference, recording_decision="recorded",
-                                      record_start_at=self._clock())
+        await self._update(recording_decision="recorded", record_start_at=self._clock())
         await self._event("recording-started", "after the notice to both sides")
 
     async def _finalize(self, outcome: str, reason: str) -> OutboundResult:
@@ -568,6 +570,7 @@ class OutboundCall:
             if recording is not None:
                 fields.update(recording_path=recording.path, recording_sha256=recording.sha256,
                               recording_bytes=recording.bytes)
+            await self._save_record(fields)
             await ports.store.update_call(self.reference, **fields)
             await ports.store.add_event(self.reference, "outcome", outcome, end_at)
             await ports.store.append_audit(
@@ -582,6 +585,22 @@ class OutboundCall:
                 await self._transition(OutboundState.ENDED, f"{outcome}: {reason}")
         return OutboundResult(self.reference, self.number, outcome, decision, recording,
                               round(duration, 3), self.line)
+
+    async def _update(self, **fields: Any) -> None:
+        """Set columns of this call's row (and remember them for its record file)."""
+        self._row.update(fields)
+        await self.ports.store.update_call(self.reference or "", **fields)
+
+    async def _save_record(self, fields: Mapping[str, Any]) -> None:
+        """Write the call's record file just before its row is finalized (as call/flow.py
+        does); a failure is logged once — the row is still finalized."""
+        self._row.update(fields)
+        if self.ports.records is None or self.reference is None:
+            return
+        try:
+            await self.ports.records.save({**self._row, "reference": self.reference})
+        except StoreError as exc:
+            _LOGGER.error("outbound %s: %s", self.reference, exc)
 
     async def _after_call(self, outcome: str) -> None:
         """Until the shop puts the handset down it hears busy or congestion, as from an exchange."""

@@ -45,6 +45,7 @@ from appliance.errors import AudioError
 from appliance.handset.slic import Slic, SlicPins
 from appliance.panel.panel import Panel, PanelPins
 from appliance.panel.relay import BypassRelay
+from appliance.store.callrecord import CallRecords
 from appliance.store.db import Store
 
 _LOGGER = logging.getLogger(__name__)
@@ -252,6 +253,10 @@ class Application:
     @property
     def store(self) -> Store:
         return self.storage.store
+
+    @property
+    def call_records(self) -> CallRecords:
+        return self.storage.call_records
 
     async def allocate_reference(self) -> str:
         """The next call's reference (:meth:`Storage.allocate_reference`)."""

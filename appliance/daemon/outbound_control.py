@@ -47,7 +47,7 @@ from appliance.call.events import (
     OutboundEvent,
     RecordRequested,
 )
-from appliance.call.flow import RecordingInfo
+from appliance.call.flow import RecordingInfo, RecordPort
 from appliance.call.outbound_flow import OutboundCall, OutboundPolicy, OutboundPorts, OutboundResult
 from appliance.daemon.media import CallMedia
 from appliance.errors import ModemError
@@ -138,6 +138,8 @@ class OutboundHost(Protocol):
     @property
     def store(self) -> Store: ...
     @property
+    def call_records(self) -> RecordPort: ...
+    @property
     def prompts(self) -> PromptPort: ...
     @property
     def handset_audio(self) -> HandsetAudio: ...
@@ -224,6 +226,7 @@ class _Session:
             prompts=self.app.prompts,
             panel=self,
             references=self,
+            records=self.app.call_records,
         )
         self.call = OutboundCall(ports, controller.policy, self.events,
                                  observer=self.app.observe)

@@ -58,6 +58,7 @@ class Rig:
         self.recording = False
         self.queue: asyncio.Queue[OutboundEvent] = asyncio.Queue()
         self.changed = asyncio.Event()
+        self.saved: dict[str, Any] = {}
 
     # line
     async def seize(self) -> str | None:
@@ -140,10 +141,15 @@ class Rig:
     async def allocate(self) -> str:
         return "12345678"
 
+    # records (the call's record file, docs/records.md)
+    async def save(self, row: Mapping[str, Any]) -> None:
+        self.log.append(f"records:save {row['outcome']}")
+        self.saved = dict(row)
+
     def start(self, policy: OutboundPolicy = FAST) -> tuple[OutboundCall,
                                                            asyncio.Task[OutboundResult]]:
         ports = OutboundPorts(line=self, earpiece=self, media=self, store=self, prompts=self,
-                              panel=self, references=self)
+                              panel=self, references=self, records=self)
         call = OutboundCall(ports, policy, self.queue)
         return call, asyncio.create_task(call.run())
 
@@ -210,6 +216,9 @@ async def test_answered_call_unrecorded_by_default() -> None:
     assert "line:hang_up" in log
     assert ("outcome", "answered") in rig.events
     assert rig.audits[-1]["result"] == "answered"
+    # The record file holds the finalized row, written just before the row was finalized.
+    assert rig.saved == {**row, "reference": "12345678"}
+    assert log.index("line:hang_up") < log.index("records:save bridged")
 
 
 async def test_interdigit_timeout_completes_the_number() -> None:
