@@ -180,7 +180,8 @@ def _row_from_sidecar(sidecar: Path, report: RebuildReport) -> dict[str, Any] | 
         report.problems.append(f"{sidecar}: names {reference!r}, not a call reference")
         return None
     row = _row_from_call(sidecar, call or {}, report)
-    row.setdefault("created_at", created)
+    if row.get("created_at") is None:
+        row["created_at"] = created  # NOT NULL in the index
     if "file" not in data:
         report.unrecorded += 1
         row.setdefault("outcome", "unknown")

@@ -5,10 +5,11 @@ caller may have their call erased; the controller must be able to prove both (do
 Every deletion is one audit entry hash-chained with the rest (no personal data in
 it: the chain is append-only and can never be erased itself).
 
-Order of work, for crash safety: delete the files first, then write the tombstone and the
-audit entry in one transaction. A crash between the two leaves a row pointing at a missing
-file — ``appliance verify`` reports it and re-running the purge/erase completes it — never
-audio on disk that nothing indexes.
+Order of work, for crash safety: rewrite the call's record file as the tombstone will be
+(store/callrecord.py: it must never keep what the index drops), delete the other files, then
+write the tombstone and the audit entry in one transaction. A crash in between leaves a row
+pointing at a missing file — ``appliance verify`` reports it and re-running the purge/erase
+completes it — never audio on disk that nothing indexes.
 """
 
 from __future__ import annotations
@@ -300,8 +301,9 @@ class EraseResult:
 
 def erase_call(store: Store, recordings_dir: Path, reference: str, *, reason: str,
                actor: str) -> EraseResult:
-    """Erase one call on request (GDPR Art. 17): audio, sidecar, personal fields; keep a
-    tombstone (reference, times, outcome, decision, ``erased_at``, ``erase_reason``).
+    """Erase one call on request (GDPR Art. 17): audio, personal fields; keep a tombstone
+    (reference, times, outcome, decision, ``erased_at``, ``erase_reason``) in the index and
+    in the call's record file, which is rewritten without the caller and the audio keys.
 
     The whole recordings tree is searched for the reference's files, not only the indexed
     path. A call already erased is refused (:class:`AlreadyErased`): a second erasure would

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from appliance.cli.main import cli
 from appliance.errors import StoreError
+from appliance.store.callrecord import write_call_record
 from appliance.store.db import Store
 from appliance.store.highwater import read_mark, write_mark
 from appliance.store.rebuild import rebuild_index
@@ -153,5 +154,40 @@ def test_rebuild_moves_a_corrupt_index_aside_and_keeps_the_mark(tmp_path: Path) 
     try:
         assert store.counter() == 17
         assert store.get_call("11111110")["outcome"] == "in_progress"
+    finally:
+        store.close_sync()
+
+
+def test_rebuild_takes_unrecorded_calls_and_survives_a_hand_edited_record(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    db_path, recordings = state_paths(state)
+    t = time.time()
+    good = write_call_record(recordings, {
+        "reference": "11111111", "direction": "in", "caller_number": NUMBER,
+        "caller_name": "\x1b]0;X\x07", "outcome": "abandoned", "recording_decision": "none",
+        "notice_completed": 0, "created_at": t, "ring_at": t - 5, "end_at": t + 9})
+    # The control bytes of a caller name are escaped in the file (safe to `cat`).
+    assert "\x1b" not in good.read_text(encoding="utf-8")
+    bad = write_call_record(recordings, {
+        "reference": "22222222", "outcome": "hacked", "recording_decision": "none",
+        "created_at": None, "ring_at": t})
+    report = rebuild_index(db_path, recordings, state, None, actor="cli:test")
+    assert (report.sidecars, report.unrecorded, report.added) == (2, 2, 2)
+    assert any("hacked" in p and str(bad) in p for p in report.problems)
+    store = Store.open(db_path)
+    try:
+        row = store.get_call("11111111")
+        assert row is not None
+        assert (row["outcome"], row["recording_decision"]) == ("abandoned", "none")
+        assert row["caller_name"] == "\x1b]0;X\x07"
+        assert row["end_at"] == pytest.approx(t + 9)
+        assert [e["detail"] for e in store.events("11111111")] == [
+            "index rebuilt from the call's record file; its events are not known"]
+        other = store.get_call("22222222")
+        assert other is not None
+        assert other["outcome"] == "unknown"
+        assert other["created_at"] is not None
     finally:
         store.close_sync()
