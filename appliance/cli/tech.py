@@ -451,6 +451,7 @@ def _check_voice(config: Any) -> Check:
         return Check("speech", "fail", "espeak-ng is not installed (the fallback voice)",
                      "sudo apt-get install espeak-ng")
     engine, warning = select_engine(config.device.language, config.speech.voice,
+                                    speed_wpm=config.speech.espeak_wpm,
                                     languages=for_config(config))
     if warning:
         return Check("speech", "warn", warning,
@@ -459,7 +460,7 @@ def _check_voice(config: Any) -> Check:
     return Check("speech", "pass", f"voice {engine.voice_id}")
 
 
-def _check_disk(path: Path, codec: str, min_free_mb: int = 0) -> Check:
+def _check_disk(path: Path, codec: str, min_free_mb: int) -> Check:
     from appliance.daemon.status import BYTES_PER_HOUR
     from appliance.daemon.storage import BYTES_PER_MB
 

@@ -44,6 +44,9 @@ LINES_HU: Final = {
 #: Polling period for watching the ringer pins (the assistant's ears, not the product).
 PIN_POLL_S: Final = 0.01
 ACT_TIMEOUT_S: Final = 120.0
+#: How fast the simulated people (the caller, the shop) speak through espeak-ng: a shade
+#: slower than the box's own prompts (``speech.espeak_wpm``), as people on a phone do.
+SIM_PEOPLE_WPM: Final = 150
 
 
 def voice_like_signal(seconds: float, *, f0_hz: float = 140.0, seed: int = 1) -> np.ndarray:
@@ -71,7 +74,7 @@ def render_speech(text: str, *, f0_hz: float, seed: int) -> np.ndarray:
         from appliance.speech.tts import EspeakEngine, espeak_available
 
         if espeak_available():
-            audio, rate = EspeakEngine("hu").synthesize(text)
+            audio, rate = EspeakEngine("hu", SIM_PEOPLE_WPM).synthesize(text)
             return condition_for_phone(audio, rate)
     except Exception as exc:  # the simulation must run even without a speech engine
         _LOGGER.warning("espeak-ng unavailable for the simulated people (%s); using a test signal",

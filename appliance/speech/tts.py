@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 ESPEAK_EXECUTABLE: Final[str] = "espeak-ng"
-#: docs/audio.md §3: espeak's default 175 wpm is hurried on a phone line.
-ESPEAK_DEFAULT_WPM: Final[int] = 150
 #: The whole notice renders in ≈0.02 s (§3); a hung process is a fault, not slowness.
 ESPEAK_TIMEOUT_S: Final[float] = 10.0
 #: §1.4/§1.6: two ONNX threads are as fast as the default on 2 cores and leave a core free
@@ -97,7 +95,7 @@ class EspeakEngine:
     def __init__(
         self,
         lang: str,
-        speed_wpm: int = ESPEAK_DEFAULT_WPM,
+        speed_wpm: int,
         *,
         executable: str = ESPEAK_EXECUTABLE,
         timeout_s: float = ESPEAK_TIMEOUT_S,
@@ -107,7 +105,8 @@ class EspeakEngine:
 
         Args:
             lang: appliance language ("hu", "en") or an espeak-ng voice name.
-            speed_wpm: speaking rate in words per minute.
+            speed_wpm: speaking rate in words per minute (``speech.espeak_wpm``; no default
+                here: the configuration is its one source).
             executable: espeak-ng program name or path.
             timeout_s: limit for one synthesis.
             languages: where ``lang`` is looked up (None = the built-in languages).
@@ -337,7 +336,7 @@ def select_engine(
     voice: str | None,
     *,
     voice_dirs: Sequence[Path] = VOICE_DIRS,
-    speed_wpm: int = ESPEAK_DEFAULT_WPM,
+    speed_wpm: int,
     languages: Registry | None = None,
 ) -> tuple[TtsEngine, str | None]:
     """Choose the engine for ``voice``, falling back to espeak-ng with a warning.

@@ -20,6 +20,8 @@ from appliance.audio import tones
 from appliance.audio.dtmf import DtmfDetector
 from appliance.audio.pcm import FRAME_SAMPLES, float_to_int16
 
+from ..policies import default_config
+
 RATE_HZ = 8000
 ALL_SYMBOLS = "1234567890*#ABCD"
 HU_SENTENCE = (
@@ -253,7 +255,7 @@ def prompt_with_chord() -> np.ndarray:
     from appliance.speech.condition import condition_for_phone
     from appliance.speech.tts import EspeakEngine
 
-    samples, rate = EspeakEngine("hu").synthesize(HU_SENTENCE)
+    samples, rate = EspeakEngine("hu", default_config().speech.espeak_wpm).synthesize(HU_SENTENCE)
     tx = condition_for_phone(samples, rate).astype(np.float64) / 32767
     chord = dtmf_signal("9", on_ms=150, off_ms=0, level_dbfs=-6.0)
     at = int(CHORD_AT * len(tx))

@@ -15,6 +15,7 @@ from appliance.languages.registry import PROMPT_NAMES, builtin, registry
 from appliance.speech.prompts import digit_word, load_prompt_texts, render_notice_texts
 from appliance.speech.tts import EspeakEngine
 from tests.languages.toy import MARKER, make_toy_language
+from tests.policies import default_config
 
 
 def _sha256(words: list[str]) -> str:
@@ -59,7 +60,8 @@ def test_added_language_speaks_through_the_same_functions(tmp_path: Path) -> Non
     assert "two years" in notice["notice_details"]
     assert digit_word("xx", "7", languages) == "seven"
     assert languages.get("xx").grammar.spoken_time(9, 5) == "9 hours 5 minutes"
-    assert EspeakEngine("xx", languages=languages).voice_id == "espeak-ng:en-us"
+    espeak = EspeakEngine("xx", default_config().speech.espeak_wpm, languages=languages)
+    assert espeak.voice_id == "espeak-ng:en-us"
 
 
 def test_config_accepts_an_added_language(tmp_path: Path) -> None:

@@ -8,11 +8,13 @@ import pytest
 
 from appliance.speech.tts import JOE_VOICE, EspeakEngine, PiperEngine, find_piper_voice
 
+from ..policies import default_config
+
 
 @pytest.fixture(scope="session")
 def espeak_hu() -> EspeakEngine:
-    """The Hungarian espeak-ng engine."""
-    return EspeakEngine("hu")
+    """The Hungarian espeak-ng engine at the configured rate."""
+    return EspeakEngine("hu", default_config().speech.espeak_wpm)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,10 @@ from appliance.speech.library import (
 from appliance.speech.prompts import NOTICE_LAYERS, load_prompt_texts, render_notice_texts
 from appliance.speech.tts import EspeakEngine, PiperEngine
 
+from ..policies import default_config
+
+#: The configured espeak-ng rate (``speech.espeak_wpm``): the engine has no default of its own.
+ESPEAK_WPM = default_config().speech.espeak_wpm
 REFERENCE = "42719358"
 
 
@@ -47,7 +51,7 @@ def hu_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PromptLibr
     library = PromptLibrary.build(
         cache,
         lang="hu",
-        engine=EspeakEngine("hu"),
+        engine=EspeakEngine("hu", ESPEAK_WPM),
         texts=texts,
         notice_texts=_notice("hu", texts),
         progress=progress,
@@ -92,7 +96,7 @@ def test_second_build_renders_nothing(hu_build: tuple[Path, PromptLibrary, list]
     again = PromptLibrary.build(
         cache,
         lang="hu",
-        engine=EspeakEngine("hu"),
+        engine=EspeakEngine("hu", ESPEAK_WPM),
         texts=texts,
         notice_texts=_notice("hu", texts),
         progress=lambda name, reused, _seconds: events.append((name, reused)),
@@ -104,7 +108,7 @@ def test_second_build_renders_nothing(hu_build: tuple[Path, PromptLibrary, list]
 
 def test_changed_text_renders_only_that_clip(tmp_path: Path) -> None:
     texts = load_prompt_texts("hu")
-    engine = EspeakEngine("hu")
+    engine = EspeakEngine("hu", ESPEAK_WPM)
     notice = _notice("hu", texts)
     PromptLibrary.build(tmp_path, lang="hu", engine=engine, texts=texts, notice_texts=notice)
     changed = load_prompt_texts("hu", {"goodbye": "Viszonthallásra!"})
@@ -122,7 +126,7 @@ def test_changed_text_renders_only_that_clip(tmp_path: Path) -> None:
 
 def test_corrupt_clip_is_rendered_again(tmp_path: Path) -> None:
     texts = load_prompt_texts("hu")
-    engine = EspeakEngine("hu")
+    engine = EspeakEngine("hu", ESPEAK_WPM)
     notice = _notice("hu", texts)
     PromptLibrary.build(tmp_path, lang="hu", engine=engine, texts=texts, notice_texts=notice)
     path = tmp_path / clip_file_name(texts["connecting"], engine.voice_id, engine.settings)

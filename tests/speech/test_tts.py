@@ -18,6 +18,10 @@ from appliance.speech.tts import (
     select_engine,
 )
 
+from ..policies import default_config
+
+#: The configured espeak-ng rate (``speech.espeak_wpm``): the engine has no default of its own.
+ESPEAK_WPM = default_config().speech.espeak_wpm
 HU_TEXT = "A hívás azonosítója: négy, kettő, hét. Kérjük, tartsa a vonalat."
 
 
@@ -49,15 +53,15 @@ def test_espeak_identity(espeak_hu: EspeakEngine) -> None:
     assert isinstance(espeak_hu, TtsEngine)
     assert espeak_hu.voice_id == "espeak-ng:hu"
     settings = espeak_hu.settings
-    assert settings["speed_wpm"] == 150
+    assert settings["speed_wpm"] == ESPEAK_WPM
     assert str(settings["version"])[:1].isdigit()
 
 
 def test_espeak_errors_carry_stderr() -> None:
     with pytest.raises(SpeechError, match="voice does not exist"):
-        EspeakEngine("xx-nonexistent").synthesize("hello")
+        EspeakEngine("xx-nonexistent", ESPEAK_WPM).synthesize("hello")
     with pytest.raises(SpeechError, match="not installed"):
-        EspeakEngine("hu", executable="espeak-ng-missing-binary").synthesize("hello")
+        EspeakEngine("hu", ESPEAK_WPM, executable="espeak-ng-missing-binary").synthesize("hello")
 
 
 def test_piper_joe_is_deterministic(piper_joe: PiperEngine) -> None:
@@ -90,7 +94,7 @@ def test_piper_missing_model(tmp_path: Path) -> None:
 
 
 def test_select_named_piper_voice() -> None:
-    engine, warning = select_engine("en", JOE_VOICE, voice_dirs=())
+    engine, warning = select_engine("en", JOE_VOICE, voice_dirs=(), speed_wpm=ESPEAK_WPM)
     assert isinstance(engine, PiperEngine)
     assert warning is None
 
@@ -103,20 +107,22 @@ def test_select_voice_from_voice_dir(tmp_path: Path, joe_model: Path) -> None:
     assert find_piper_voice("hu_HU-anna-medium", [tmp_path / "empty", tmp_path]) == (
         tmp_path / "hu_HU-anna-medium.onnx"
     )
-    engine, warning = select_engine("hu", "hu_HU-anna-medium", voice_dirs=[tmp_path])
+    engine, warning = select_engine("hu", "hu_HU-anna-medium", voice_dirs=[tmp_path],
+                                    speed_wpm=ESPEAK_WPM)
     assert isinstance(engine, PiperEngine)
     assert engine.voice_id == "piper:hu_HU-anna-medium"
     assert warning is None
 
 
 def test_select_path_to_onnx(joe_model: Path) -> None:
-    engine, warning = select_engine("en", str(joe_model))
+    engine, warning = select_engine("en", str(joe_model), speed_wpm=ESPEAK_WPM)
     assert isinstance(engine, PiperEngine)
     assert warning is None
 
 
 def test_missing_voice_falls_back_to_espeak(tmp_path: Path) -> None:
-    engine, warning = select_engine("hu", "hu_HU-anna-medium", voice_dirs=[tmp_path])
+    engine, warning = select_engine("hu", "hu_HU-anna-medium", voice_dirs=[tmp_path],
+                                    speed_wpm=ESPEAK_WPM)
     assert isinstance(engine, EspeakEngine)
     assert engine.lang == "hu"
     assert warning is not None
@@ -125,7 +131,7 @@ def test_missing_voice_falls_back_to_espeak(tmp_path: Path) -> None:
 
 
 def test_missing_onnx_path_falls_back(tmp_path: Path) -> None:
-    engine, warning = select_engine("en", str(tmp_path / "gone.onnx"))
+    engine, warning = select_engine("en", str(tmp_path / "gone.onnx"), speed_wpm=ESPEAK_WPM)
     assert isinstance(engine, EspeakEngine)
     assert warning is not None
     assert "gone.onnx" in warning
@@ -133,7 +139,7 @@ def test_missing_onnx_path_falls_back(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("voice", [None, "espeak"])
 def test_espeak_requested(voice: str | None) -> None:
-    engine, warning = select_engine("en", voice)
+    engine, warning = select_engine("en", voice, speed_wpm=ESPEAK_WPM)
     assert isinstance(engine, EspeakEngine)
     assert engine.espeak_voice == "en-us"
     assert warning is None
