@@ -8,3 +8,12 @@ Modules: :mod:`probes` (instrumented emulator, test signals, detectors, statisti
 """
 
 from __future__ import annotations
+
+from typing import Final
+
+#: The benchmark's sections in running order (``appliance bench --only NAME``); ``daemon`` and
+#: ``pi-budget`` run only with the daemon child (not ``--no-daemon-process``).
+SECTIONS: Final[tuple[str, ...]] = (
+    "calls", "daemon", "pi-budget", "time-to-human", "codecs", "lines", "lines-under-load",
+    "half-duplex", "formats", "index", "web",
+)

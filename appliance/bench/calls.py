@@ -85,6 +85,21 @@ class CallFigures:
     recording_s: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FirstRingCall:
+    """What :meth:`BenchStack.first_ring_call` measured (seconds, loop clock)."""
+
+    reference: str
+    #: ``notice_form`` of the call's row (``full``, ``short``).
+    form: str | None
+    #: Off-hook → bridged: the time to a person.
+    to_human_s: float
+    #: First RING → off-hook (the box answering).
+    answer_s: float
+    #: Off-hook → the shop lifting at its handset's first ring.
+    shop_lifted_s: float | None
+
+
 class BenchStack:
     """The daemon with ``lines`` emulated modems and the measuring people around it.
 
@@ -233,19 +248,21 @@ class BenchStack:
                                                        shop.stream())
         return fig
 
-    async def first_ring_call(self, number: str) -> tuple[float, str | None]:
+    async def first_ring_call(self, number: str) -> FirstRingCall:
         """One call on line 1 from ``number``; the shop lifts at the first ring of its
-        handset, the caller hangs up once through. Returns (off-hook → bridged in seconds,
-        the notice form the call got)."""
+        handset, the caller hangs up once through. Returns its times (loop clock)."""
         assert self.app is not None
         modem, line = self.modems[0], self.config.lines[0].name
         self._reset_line(line)
-        shop = asyncio.create_task(self._lift_at_first_ring())
+        lifted_at: list[float] = []
+        shop = asyncio.create_task(self._lift_at_first_ring(lifted_at))
         try:
+            rung_at = self._loop.time()
             modem.ring(number, "BENCH ELEK", cid_before_first_ring=True)
             await self._wait_state(line, "bridged")
             assert modem.off_hook_at is not None
-            waited = self.state_at[(line, "bridged")] - modem.off_hook_at
+            off_hook_at = modem.off_hook_at
+            waited = self.state_at[(line, "bridged")] - off_hook_at
             modem.remote_hangup()
             async with asyncio.timeout(STEP_TIMEOUT_S):
                 result = await self.app.completed.get()
@@ -260,13 +277,46 @@ class BenchStack:
             while self.app.slic.off_hook:  # noqa: ASYNC110 - the SLIC's state, no event
                 await asyncio.sleep(RING_POLL_S)
         row = self.app.store.get_call(result.reference) or {}
-        return waited, row.get("notice_form")
+        return FirstRingCall(
+            reference=result.reference, form=row.get("notice_form"), to_human_s=waited,
+            answer_s=off_hook_at - rung_at,
+            shop_lifted_s=lifted_at[0] - off_hook_at if lifted_at else None)
 
-    async def _lift_at_first_ring(self) -> None:
-        """The shop: off-hook (SHK high) at the first rising edge of the ringer's RM pin."""
+    def counter_of(self, reference: str) -> int:
+        """The call counter this stack's device issues ``reference`` for."""
+        from appliance.daemon.app import load_or_create_key
+        from appliance.reference import ReferenceCipher
+
+        key = load_or_create_key(self.config.device.state_dir)
+        return ReferenceCipher(key).counter_of(reference)
+
+    def issue_next(self, reference: str) -> None:
+        """Make ``reference`` the next call's, for measuring a chosen reference's length: the
+        counter's high-water mark is set just below its counter, and the daemon never issues
+        a counter at or below the mark (appliance/store/highwater.py).
+
+        Raises:
+            ValueError: its counter is not above the last one issued (a counter is never
+                issued twice).
+        """
+        from appliance.store.highwater import read_mark, write_mark
+
+        assert self.app is not None
+        state_dir = self.config.device.state_dir
+        counter = self.counter_of(reference)
+        issued = max(read_mark(state_dir) or 0, self.app.store.counter())
+        if counter <= issued:
+            raise ValueError(f"reference {reference} has counter {counter}, already issued "
+                             f"(last {issued})")
+        write_mark(state_dir, counter - 1)
+
+    async def _lift_at_first_ring(self, lifted_at: list[float]) -> None:
+        """The shop: off-hook (SHK high) at the first rising edge of the ringer's RM pin;
+        appends the loop time to ``lifted_at``."""
         rm = self._factory.pin(self.config.handset.rm_pin)
         while not rm.state:  # noqa: ASYNC110 - a pin, polled like the sim agent hears it
             await asyncio.sleep(RING_POLL_S)
+        lifted_at.append(self._loop.time())
         self._shk().drive_high()
 
     async def voicemail_calls(self, call_s: float) -> list[CallFigures]:

@@ -8,11 +8,12 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from appliance.audio.pcm import FRAME_MS
+from appliance.bench import SECTIONS
 from appliance.bench.budget import measure_budget, priority
 from appliance.bench.calls import CallFigures, CpuHog, clean, run_bridged_calls, run_lines
 from appliance.bench.codecs import bytes_per_minute
@@ -109,8 +110,11 @@ def _lines_tested(levels: dict[int, list[CallFigures] | str]) -> dict[str, Any]:
 
 
 async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_calls: int,
-                    daemon_process: bool, progress: Progress) -> dict[str, Any]:
-    """Run every measurement; return the figures (see docs/performance.md for each key).
+                    daemon_process: bool, progress: Progress,
+                    only: Collection[str] | None = None) -> dict[str, Any]:
+    """Run every measurement (or the sections named in ``only``, of
+    :data:`~appliance.bench.SECTIONS`); return the figures (see docs/performance.md for each
+    key).
 
     A section that fails (e.g. the daemon refuses its configuration) is reported as
     ``<section>_error`` and the others still run, so one fault does not lose the whole run.
@@ -179,16 +183,19 @@ async def run_bench(work: Path, *, calls: int, lines: int, call_s: float, index_
         out.update(await asyncio.to_thread(measure_web, work / "index", index_calls,
                                            progress=progress))
 
-    sections: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-        ("calls", calls_section), ("time-to-human", human_section),
-        ("codecs", codecs_section), ("lines", lines_section),
-        ("lines-under-load", lines_under_load_section),
-        ("half-duplex", half_duplex_section), ("formats", formats_section),
-        ("index", index_section),
-        ("web", web_section)]
-    if daemon_process:
-        sections.insert(1, ("daemon", daemon_section))
-        sections.insert(2, ("pi-budget", budget_section))
+    runs: dict[str, Callable[[], Awaitable[None]]] = {
+        "calls": calls_section, "daemon": daemon_section, "pi-budget": budget_section,
+        "time-to-human": human_section, "codecs": codecs_section, "lines": lines_section,
+        "lines-under-load": lines_under_load_section, "half-duplex": half_duplex_section,
+        "formats": formats_section, "index": index_section,
+        # The owner's page reads the index the index section filled.
+        "web": web_section}
+    assert tuple(runs) == SECTIONS
+    skipped = set() if daemon_process else {"daemon", "pi-budget"}
+    if only is not None and "web" in only:
+        only = {*only, "index"}
+    sections = [(name, runs[name]) for name in SECTIONS
+                if name not in skipped and (only is None or name in only)]
     for name, section in sections:
         try:
             await section()

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from appliance.bench import SECTIONS
 from appliance.cli.context import fail
 
 
@@ -30,6 +31,9 @@ def _progress(message: str) -> None:
               help="Synthetic calls in the look-up index.")
 @click.option("--no-daemon-process", is_flag=True,
               help="Skip the CPU/RSS run of the daemon as a separate process.")
+@click.option("--only", "only", multiple=True, type=click.Choice(SECTIONS),
+              help="Run only this section of the benchmark (repeatable), e.g. "
+                   "`--only time-to-human`.")
 @click.option("--soak", "soak_minutes", type=float, default=None,
               help="Run the fault soak for this many minutes instead of the benchmark.")
 @click.option("--soak-faults", "soak_faults", default=None, metavar="FAULT,…",
@@ -52,9 +56,8 @@ def _progress(message: str) -> None:
 @click.option("--archive-restore-calls", default=10_000, show_default=True,
               help="Calls in the index whose Litestream restore --archive times.")
 def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_calls: int,
-          no_daemon_process: bool, soak_minutes: float | None, soak_faults: str | None,
-          echo_only: bool,
-          fuzz_streams: int | None,
+          no_daemon_process: bool, only: tuple[str, ...], soak_minutes: float | None,
+          soak_faults: str | None, echo_only: bool, fuzz_streams: int | None,
           keep: Path | None, force: bool, archive: bool, archive_restore_calls: int) -> None:
     """Measure the appliance on simulated hardware: latencies, CPU, memory, sample
     continuity, recording sizes, index look-ups, simultaneous lines (docs/design.md §9)."""
@@ -112,6 +115,7 @@ def bench(as_json: bool, calls: int, lines: int, call_seconds: float, index_call
             result = asyncio.run(run_bench(work, calls=calls, lines=lines, call_s=call_seconds,
                                            index_calls=index_calls,
                                            daemon_process=not no_daemon_process,
+                                           only=frozenset(only) or None,
                                            progress=_progress))
     finally:
         if keep is None:

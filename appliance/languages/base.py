@@ -44,6 +44,11 @@ class Grammar(Protocol):
         """A telephone key as ``{optout_key_phrase}`` / ``{details_key_phrase}`` say it."""
         ...
 
+    def key_word(self, key: str) -> str:
+        """A telephone key in one word, as ``{optout_key_word}`` / ``{details_key_word}`` say
+        it: the returning caller's short form, who heard the keys named in full before."""
+        ...
+
     def with_article(self, name: str) -> str:
         """``name`` with the article it takes (``{company_with_article}``)."""
         ...
@@ -55,8 +60,8 @@ class Grammar(Protocol):
 
 #: The functions a ``grammar.py`` must define (checked when the language is loaded).
 GRAMMAR_FUNCTIONS: Final[tuple[str, ...]] = (
-    "number_words", "digit_word", "duration", "key_name", "key_phrase", "with_article",
-    "spoken_time",
+    "number_words", "digit_word", "duration", "key_name", "key_phrase", "key_word",
+    "with_article", "spoken_time",
 )  # fmt: skip
 
 

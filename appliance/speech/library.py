@@ -37,21 +37,37 @@ import soundfile
 from appliance.errors import SpeechError
 from appliance.languages.registry import Registry
 from appliance.reference import spoken_groups
-from appliance.speech.condition import CONDITIONING_VERSION, PHONE_RATE_HZ, condition_for_phone
+from appliance.speech.condition import (
+    CONDITIONING_VERSION,
+    INT16_FULL_SCALE,
+    PHONE_RATE_HZ,
+    SILENCE_DBFS,
+    condition_for_phone,
+    dbfs_to_amplitude,
+)
 from appliance.speech.prompts import NOTICE_FIRST, NOTICE_LAYERS, digit_word
 from appliance.speech.tts import TtsEngine
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Pause between digits of one group.
+#: Pause between digits of one group. The digit clips and the intro are cut to their sound
+#: (:data:`SPOKEN_EDGE_DBFS`), so these pauses are the whole silence the caller hears between
+#: words (docs/speech.md "The reference, once").
 DIGIT_GAP_S: Final[float] = 0.150
 #: Pause between groups ("4 2 7 — 1 9 3 — 5 8"): the reference is read once, so each group
 #: gets time to be written down before the next one.
 GROUP_GAP_S: Final[float] = 0.450
-#: Pause after "Hívásazonosító:" before the first digit.
+#: Pause after the intro ("Azonosító:") before the first digit.
 INTRO_GAP_S: Final[float] = 0.200
+#: The parts of a spoken reference are cut where their sound starts and ends, at the level
+#: below which conditioning counts audio as silence (it keeps 30 ms of it at each end, which
+#: would add up to ≈ 0.4 s over an intro and eight digits).
+SPOKEN_EDGE_DBFS: Final[float] = SILENCE_DBFS
 #: Clip names of the digit words.
 DIGIT_CLIPS: Final[tuple[str, ...]] = tuple("0123456789")
+#: The clips only ever spoken as parts of a reference, between pauses of known length: kept
+#: cut to their sound (:func:`trim_edges`).
+REFERENCE_PARTS: Final[tuple[str, ...]] = ("reference_intro", *DIGIT_CLIPS)
 NOTICE_CLIP: Final[str] = NOTICE_FIRST
 #: The voicemail beep ("A sípszó után…"): generated, not synthesised, so always present.
 BEEP_CLIP: Final[str] = "beep"
@@ -78,6 +94,16 @@ ProgressCallback = Callable[[str, bool, float], None]
 
 def _silence(seconds: float) -> npt.NDArray[np.int16]:
     return np.zeros(round(seconds * PHONE_RATE_HZ), dtype=np.int16)
+
+
+def trim_edges(audio: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """Return ``audio`` without the samples at either end at or below
+    :data:`SPOKEN_EDGE_DBFS` (all of it when nothing is louder)."""
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32))
+                          > dbfs_to_amplitude(SPOKEN_EDGE_DBFS) * INT16_FULL_SCALE)
+    if loud.size == 0:
+        return audio
+    return audio[int(loud[0]) : int(loud[-1]) + 1]
 
 
 def beep() -> npt.NDArray[np.int16]:
@@ -222,6 +248,8 @@ class PromptLibrary:
         self._voice_id = voice_id
         self._notice_versions = dict(notice_versions)
         self._clips = dict(clips)
+        for name in REFERENCE_PARTS:
+            self._clips[name] = trim_edges(self._clips[name])
         self._clips.setdefault(BEEP_CLIP, beep())
         self._clips.setdefault(CUE_CLIP, connect_cue())
         for clip in self._clips.values():
@@ -294,6 +322,8 @@ class PromptLibrary:
                 audio = condition_for_phone(samples, rate)
                 write_clip(path, audio)
             _LOGGER.debug("Clip %s: %s (%s)", name, file_name, "reused" if reused else "rendered")
+            if name in REFERENCE_PARTS:
+                audio = trim_edges(audio)  # as the caller hears it (the cache keeps it whole)
             if progress is not None:
                 progress(name, reused, audio.size / PHONE_RATE_HZ)
             clips[name] = audio

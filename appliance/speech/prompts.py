@@ -48,6 +48,7 @@ NOTICE_LAYERS: Final[tuple[str, ...]] = (NOTICE_FIRST, NOTICE_DETAILS, NOTICE_SH
 NOTICE_PLACEHOLDERS: Final[tuple[str, ...]] = (
     "company", "company_with_article", "purpose", "legal_basis", "retention", "full_notice_at",
     "optout_key_phrase", "optout_key_name", "details_key_phrase", "details_key_name",
+    "optout_key_word", "details_key_word",
 )  # fmt: skip
 
 
@@ -132,6 +133,7 @@ def render_notice_texts(
         retention = grammar.duration(retention_days)
         names = {k: grammar.key_name(k) for k in keys}
         phrases = {k: grammar.key_phrase(k) for k in keys}
+        words = {k: grammar.key_word(k) for k in keys}
         company_with_article = grammar.with_article(company)
     except ValueError as exc:
         raise ConfigError(
@@ -148,6 +150,8 @@ def render_notice_texts(
         "optout_key_name": names[optout_key],
         "details_key_phrase": phrases[details_key],
         "details_key_name": names[details_key],
+        "optout_key_word": words[optout_key],
+        "details_key_word": words[details_key],
     }
     out: dict[str, str] = {}
     for layer in NOTICE_LAYERS:

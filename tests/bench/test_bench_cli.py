@@ -9,15 +9,43 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from appliance.bench import index
+from appliance.bench import human, index
 from appliance.cli.main import cli
+from appliance.reference import damm_check_digit, damm_valid
 
 
 def test_bench_is_registered_with_its_options() -> None:
     result = CliRunner().invoke(cli, ["bench", "--help"])
     assert result.exit_code == 0
-    for option in ("--json", "--calls", "--lines", "--soak"):
+    for option in ("--json", "--calls", "--lines", "--soak", "--only"):
         assert option in result.output
+
+
+def test_only_runs_the_named_section() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--json", "--only", "codecs"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["recording_bytes_per_call_minute_flac"] > 0
+    assert not [key for key in data if key.startswith(("time_to_human", "calls", "index_"))]
+    assert CliRunner().invoke(cli, ["bench", "--only", "nonsense"]).exit_code == 2
+
+
+def test_longest_references_are_the_longest_valid_ones(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Against every reference, with three-digit payloads (10^3 instead of 10^7)."""
+    monkeypatch.setattr(human, "_PAYLOAD_DIGITS", 3)
+    seconds = dict(zip("0123456789", (0.40, 0.27, 0.49, 0.51, 0.37, 0.23, 0.30, 0.35, 0.50,
+                                       0.53), strict=True))
+
+    def spoken_s(reference: str) -> float:
+        return sum(seconds[d] for d in reference)
+
+    every = [p + damm_check_digit(p) for p in (f"{n:03d}" for n in range(1000))]
+    longest = sorted(map(spoken_s, every), reverse=True)[:3]
+    found = human.longest_references(seconds, 3)
+    assert [spoken_s(r) for r in found] == pytest.approx(longest)
+    assert len(set(found)) == 3
+    assert all(damm_valid(r) for r in found)
 
 
 def test_index_figures_with_a_small_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch

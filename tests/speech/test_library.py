@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from appliance.errors import ReferenceFormatError, SpeechError
-from appliance.speech.condition import PHONE_RATE_HZ
+from appliance.speech.condition import PHONE_RATE_HZ, dbfs_to_amplitude
 from appliance.speech.library import (
     DIGIT_CLIPS,
     DIGIT_GAP_S,
     GROUP_GAP_S,
     INTRO_GAP_S,
+    REFERENCE_PARTS,
+    SPOKEN_EDGE_DBFS,
     PromptLibrary,
     clip_file_name,
     read_clip,
+    trim_edges,
 )
 from appliance.speech.prompts import NOTICE_LAYERS, load_prompt_texts, render_notice_texts
 from appliance.speech.tts import EspeakEngine, PiperEngine
@@ -197,6 +201,32 @@ def test_reference_audio_structure(hu_build: tuple[Path, PromptLibrary, list]) -
     start += sum(len(library.clip(d)) for d in "427") + 2 * _s(DIGIT_GAP_S)
     assert not audio[start : start + _s(GROUP_GAP_S)].any()
     assert np.array_equal(audio[start + _s(GROUP_GAP_S) :][:10], library.clip("1")[:10])
+
+
+def test_reference_parts_are_cut_to_their_sound(
+        hu_build: tuple[Path, PromptLibrary, list]) -> None:
+    """The pauses of a reference are exactly the gaps: its clips start and end with sound,
+    while the cache keeps each clip as conditioned (30 ms of silence at each end)."""
+    cache, library, _ = hu_build
+    edge = dbfs_to_amplitude(SPOKEN_EDGE_DBFS) * 32767
+    for name in REFERENCE_PARTS:
+        clip = library.clip(name)
+        assert abs(int(clip[0])) > edge, name
+        assert abs(int(clip[-1])) > edge, name
+    loaded = PromptLibrary.load(cache, lang="hu")
+    assert np.array_equal(loaded.clip("8"), library.clip("8"))
+    files = json.loads(PromptLibrary.manifest_path(cache, "hu").read_text("utf-8"))["clips"]
+    cached = read_clip(cache / files["8"])
+    assert cached is not None
+    assert cached.size > library.clip("8").size
+
+
+def test_trim_edges() -> None:
+    quiet, loud = 50, 2000
+    audio = np.array([0, quiet, -loud, 0, quiet, loud, -quiet, 0], np.int16)
+    assert trim_edges(audio).tolist() == [-loud, 0, quiet, loud]
+    silent = np.array([0, quiet, 0], np.int16)
+    assert trim_edges(silent) is silent
 
 
 def test_digits_audio_is_one_reading(hu_build: tuple[Path, PromptLibrary, list]) -> None:

@@ -14,6 +14,7 @@ from appliance.languages.hu.grammar import article as hu_article
 from appliance.languages.hu.grammar import duration as hu_duration
 from appliance.languages.hu.grammar import key_accusative as hu_key_phrase
 from appliance.languages.hu.grammar import key_name as hu_key_name
+from appliance.languages.hu.grammar import key_word as hu_key_word
 from appliance.languages.hu.grammar import number_words as hu_number_words
 from appliance.speech.prompts import PROMPT_NAMES, load_prompt_texts, render_notice_texts
 
@@ -174,7 +175,7 @@ def test_texts_define_exactly_the_prompt_names(lang: str) -> None:
 
 def test_hungarian_fixed_texts() -> None:
     texts = load_prompt_texts("hu")
-    assert texts["reference_intro"] == "Hívásazonosító:"
+    assert texts["reference_intro"] == "Azonosító:"
     assert texts["optout_confirm"] == "Rendben, ezt a hívást nem rögzítjük."
     assert texts["whisper_notice"] == "A hívó még a tájékoztatót hallja."
     assert texts["last_call"].format(reference="1", caller="2", time="3") == (
@@ -288,8 +289,8 @@ def test_layers_are_filled_separately() -> None:
         assert word in layers["notice_details"]
         assert word not in layers["notice"]
     assert "Példa Bolt" not in layers["notice_short"]
-    assert "kilences gomb" in layers["notice_short"]
-    assert "nullás gomb" in layers["notice_short"]
+    # The returning caller heard the keys named in full; the short form names them in a word.
+    assert layers["notice_short"] == "Rögzítjük, nélküle kilences, részletek nullás."
 
 
 def test_details_key_must_be_a_key() -> None:
@@ -303,3 +304,11 @@ def test_details_key_must_be_a_key() -> None:
                                            ("3", "hármas gomb")])
 def test_hu_key_name(key: str, name: str) -> None:
     assert hu_key_name(key) == name
+
+
+@pytest.mark.parametrize(("key", "word"), [("9", "kilences"), ("0", "nullás"),
+                                           ("#", "kettőskereszt")])
+def test_hu_key_word(key: str, word: str) -> None:
+    assert hu_key_word(key) == word
+    with pytest.raises(ValueError, match="telephone key"):
+        hu_key_word("10")

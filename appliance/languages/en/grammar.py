@@ -64,6 +64,11 @@ def key_name(key: str) -> str:
     return key_phrase(key)
 
 
+def key_word(key: str) -> str:
+    """The same as :func:`key_phrase` ("nine"): already one word."""
+    return key_phrase(key)
+
+
 def with_article(name: str) -> str:
     """A company name takes no article in English: ``name`` unchanged."""
     return name

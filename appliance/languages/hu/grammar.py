@@ -141,6 +141,16 @@ def key_name(key: str) -> str:
     return f"{_KEY_ADJECTIVES[key]} gomb"
 
 
+def key_word(key: str) -> str:
+    """Name a telephone key in one word, as a menu says it ("9" → "kilences").
+
+    Raises:
+        ValueError: ``key`` is not one of 0-9, ``*``, ``#``.
+    """
+    check_key(key)
+    return _KEY_ADJECTIVES[key]
+
+
 def digit_word(digit: str) -> str:
     """Return the word a single digit is read as in a call reference ("2" → "kettő")."""
     return _UNITS[digit_value(digit)]
