@@ -913,23 +913,35 @@ class InboundCall:
         media.unbridge()
         media.play_to_line("farewell", self._repeat_audio(), self.ports.prompts.clip("goodbye"))
         await self._event("farewell", "shop hung up first: reference and goodbye to the caller")
-        loop = asyncio.get_running_loop()
-        until = loop.time() + FAREWELL_TIMEOUT_S
-        while True:
-            event = await self._next(max(0.0, until - loop.time()))
-            if event is None or (isinstance(event, PlaybackDone) and event.token == "farewell"):
-                return
-            await self._common(event)
+        await self._last_words("farewell", FAREWELL_TIMEOUT_S)
 
     async def _say_goodbye(self) -> None:
         self.ports.media.play_to_line("goodbye", self.ports.prompts.clip("goodbye"))
+        await self._last_words("goodbye", GOODBYE_TIMEOUT_S)
+
+    async def _last_words(self, token: str, timeout_s: float) -> None:
+        """Return when the goodbye playing as ``token`` has been played out, or after
+        ``timeout_s``. The box still talks, so the repeat key works here too: the reference,
+        then the goodbye again (the caller may be writing the reference down)."""
+        media = self.ports.media
         loop = asyncio.get_running_loop()
-        until = loop.time() + GOODBYE_TIMEOUT_S
+        until = loop.time() + timeout_s
+        repeats = 0
         while True:
             event = await self._next(max(0.0, until - loop.time()))
-            if event is None or (isinstance(event, PlaybackDone) and event.token == "goodbye"):
+            if event is None or (isinstance(event, PlaybackDone) and event.token == token):
                 return
-            await self._common(event)
+            if await self._common(event) or not isinstance(event, KeyPressed):
+                continue
+            await self._event("dtmf", f"{event.digit} ({event.source})")
+            if event.digit == self.policy.repeat_key:
+                # A new token: the end of what is cut off must not end the goodbye.
+                repeats += 1
+                token = f"goodbye-repeat-{repeats}"
+                media.play_to_line(token, self._repeat_audio(),
+                                   self.ports.prompts.clip("goodbye"))
+                until = loop.time() + FAREWELL_TIMEOUT_S
+                await self._event("reference-repeated", "repeat key, before the goodbye")
 
     async def _voicemail(self, reason: str = "nobody answered") -> None:
         await self._stop_ringing()

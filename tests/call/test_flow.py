@@ -653,6 +653,41 @@ async def test_caller_hanging_up_during_the_farewell_ends_the_call() -> None:
     assert (await h.result()).outcome == "bridged"
 
 
+async def test_repeat_key_during_the_farewell_reads_the_reference_and_goodbye_again() -> None:
+    h = await bridged_then_shop_hangs_up()
+    await h.until_state("farewell")
+    h.post(KeyPressed("*"))
+    await h.until_state("reference-repeated")
+    assert h.media.line_plays[-1] == "goodbye-repeat-1"
+    h.post(PlaybackDone("farewell"))  # late: from the farewell the repeat cut off
+    await h.drain()
+    assert "line:hang_up" not in h.log.entries
+    h.post(PlaybackDone("goodbye-repeat-1"))
+    assert (await h.result()).outcome == "bridged"
+    assert ("reference-repeated", "repeat key, before the goodbye") in h.store.events
+
+
+async def test_repeat_key_during_the_no_answer_goodbye_reads_the_reference() -> None:
+    h = Harness(CallPolicy(agent_timeout_s=0.05, voicemail=False))
+    await h.until_state("notice")
+    h.finish_notice()
+    await h.until_state("no-answer")
+    assert h.media.line_plays[-1] == "goodbye"
+    h.post(KeyPressed("*"))
+    await h.until_state("reference-repeated")
+    assert h.media.line_plays[-1] == "goodbye-repeat-1"
+    h.post(KeyPressed("*"))  # again, while the first repeat plays
+    await h.drain()
+    assert h.media.line_plays[-1] == "goodbye-repeat-2"
+    h.post(PlaybackDone("goodbye"))
+    h.post(PlaybackDone("goodbye-repeat-1"))
+    await h.drain()
+    assert "line:hang_up" not in h.log.entries
+    h.post(PlaybackDone("goodbye-repeat-2"))
+    result = await h.result()
+    assert result.outcome == "missed"
+
+
 async def test_farewell_can_be_turned_off() -> None:
     h = await bridged_then_shop_hangs_up(call_policy(reference_at_end=False))
     assert (await h.result()).outcome == "bridged"
