@@ -668,7 +668,7 @@ async def test_repeat_key_during_the_farewell_reads_the_reference_and_goodbye_ag
 
 
 async def test_repeat_key_during_the_no_answer_goodbye_reads_the_reference() -> None:
-    h = Harness(CallPolicy(agent_timeout_s=0.05, voicemail=False))
+    h = Harness(call_policy(agent_timeout_s=0.05, voicemail=False))
     await h.until_state("notice")
     h.finish_notice()
     await h.until_state("no-answer")
