@@ -32,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import numpy as np
 
 from appliance.call.events import (
     AgentOffHook,
@@ -208,6 +211,10 @@ class OutboundPolicy:
     record: bool
     #: ``outbound.record_code``: the keys that ask for it (besides the front-panel button).
     record_code: str
+    #: ``call.optout_key``: the callee refuses recording (the notice names it, as inbound).
+    optout_key: str
+    #: ``call.details_key``: the callee asks for the second layer of the notice.
+    details_key: str
     #: The most digits a dialled number may have (:data:`MAX_DIALLED_DIGITS`).
     max_digits: int
     #: ``call.max_call_s``: the longest call, either direction.
@@ -227,6 +234,8 @@ class OutboundPolicy:
             failure_listen_s=outbound.failure_listen_s,
             record=outbound.record,
             record_code=outbound.record_code,
+            optout_key=config.call.optout_key,
+            details_key=config.call.details_key,
             max_digits=MAX_DIALLED_DIGITS,
             max_call_s=config.call.max_call_s,
             language=config.device.language,
@@ -286,6 +295,7 @@ class OutboundCall:
         self._result = "error"
         self._recording_requested = False
         self._notice_completed = False
+        self._declined = False
         self._keys = ""
 
     @property
@@ -498,34 +508,76 @@ class OutboundCall:
                     await self._record(self.policy.record_code)
 
     async def _record(self, source: str) -> None:
-        """Tell both sides first (notice + reference), then record."""
-        ports = self.ports
-        if not self.policy.record:
+        """Tell both sides first (the notice and the reference, then the second layer when the
+        callee pressed the details key), then record — unless the callee pressed the opt-out
+        key: the notice names both keys, and here they do what it says (docs/outbound.md)."""
+        ports, policy = self.ports, self.policy
+        if not policy.record:
             await self._event("record-refused", f"{source}: outbound recording is off")
+            return
+        if self._declined:
+            await self._event("record-refused", f"{source}: the callee refused recording")
             return
         if self._recording_requested:
             return
         self._recording_requested = True
         reference = self.reference or ""
+        prompts = ports.prompts
         await self._event("record-requested", source)
-        await self._update(notice_start_at=self._clock(),
-                           notice_version=ports.prompts.notice_version)
-        clips = (ports.prompts.notice, ports.prompts.reference_audio(reference))
+        await self._update(notice_start_at=self._clock(), notice_version=prompts.notice_version)
+        notice = {"layer": "notice", "version": prompts.layer_version("notice"), "played": "no"}
+        spoken = {"layer": "reference", "played": "no"}
+        layers = [notice, spoken]
         ports.media.unbridge()
-        ports.media.play_to_line("notice", *clips)
-        ports.media.play_to_handset("notice-shop", *clips)
+        playing = self._play_both("notice", prompts.notice, prompts.reference_audio(reference))
+        details: dict[str, str] | None = None
         while True:
             event = await self._next()
-            if isinstance(event, PlaybackDone) and event.token == "notice":
+            if isinstance(event, PlaybackDone) and event.token == playing:
+                if playing == "notice":
+                    notice["played"] = spoken["played"] = "full"
+                elif playing == "details" and details is not None:
+                    details["played"] = "full"
+                if playing == "notice" and details is not None:
+                    playing = self._play_both("details", prompts.notice_layer("notice_details"))
+                    continue
                 break
             if isinstance(event, AgentOnHook):
+                await self._save_layers(layers)
                 raise _CallOver("answered", "shop hung up during the notice")
-            if isinstance(event, CallerHungUp | LineLost):
+            if isinstance(event, CallerHungUp | LineLost) or (
+                    isinstance(event, LineProgress) and event.kind in _FAILED_PROGRESS):
+                await self._save_layers(layers)
                 raise _CallOver("answered", "callee hung up during the notice")
-            if isinstance(event, LineProgress) and event.kind in _FAILED_PROGRESS:
-                raise _CallOver("answered", "callee hung up during the notice")
-            if isinstance(event, KeyPressed):
-                await self._event("dtmf", f"{event.digit} ({event.source}) during the notice")
+            if not isinstance(event, KeyPressed):
+                continue
+            await self._event("dtmf", f"{event.digit} ({event.source}) during the notice")
+            if event.digit == policy.optout_key and not self._declined:
+                self._declined = True
+                await self._event("recording-declined", f"opt-out key during the {playing}")
+                cut = notice if playing == "notice" else details
+                if cut is not None:
+                    cut["played"] = "partial"  # (the reference too, when it was playing)
+                # Confirmed to both; the callee still gets the reference it has not heard.
+                clips = [prompts.clip("optout_confirm")]
+                if spoken["played"] != "full":
+                    clips.append(prompts.reference_audio(reference))
+                    spoken = {"layer": "reference", "played": "no"}
+                    layers.append(spoken)
+                playing = self._play_both("optout", *clips)
+            elif (event.digit == policy.details_key and details is None
+                  and not self._declined):
+                details = {"layer": "notice_details",
+                           "version": prompts.layer_version("notice_details"), "played": "no"}
+                layers.append(details)
+                await self._event("details-requested", "the second layer follows the reference")
+        if playing == "optout":
+            spoken["played"] = "full"
+        await self._save_layers(layers)
+        if self._declined:
+            await self._update(recording_decision="declined")
+            ports.media.bridge()
+            return
         self._notice_completed = True
         await self._update(notice_end_at=self._clock(), notice_completed=1)
         await ports.media.start_recording()
@@ -533,6 +585,18 @@ class OutboundCall:
         ports.media.bridge()
         await self._update(recording_decision="recorded", record_start_at=self._clock())
         await self._event("recording-started", "after the notice to both sides")
+
+    def _play_both(self, token: str, *clips: np.ndarray) -> str:
+        """Play ``clips`` to the callee and, as the same words, to the shop; ``token``'s
+        ``PlaybackDone`` comes from the line."""
+        self.ports.media.play_to_line(token, *clips)
+        self.ports.media.play_to_handset(f"{token}-shop", *clips)
+        return token
+
+    async def _save_layers(self, layers: list[dict[str, str]]) -> None:
+        """What the callee was told, as an inbound call stores it (docs/records.md)."""
+        await self._update(notice_form="full",
+                           notice_layers=json.dumps(layers, ensure_ascii=False))
 
     async def _finalize(self, outcome: str, reason: str) -> OutboundResult:
         ports = self.ports
@@ -559,6 +623,8 @@ class OutboundCall:
             decision = "recorded" if recording else "none"
             if self._recording_requested and recording is None:
                 decision = "failed" if self._notice_completed else "none"
+            if self._declined:
+                decision = "declined"
             duration = end_at - self._answer_at if self._answer_at is not None else 0.0
             fields: dict[str, object] = {
                 "end_at": end_at,

@@ -7,6 +7,7 @@ tests/system/test_outbound.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from appliance.call.events import (
     AgentOnHook,
     CallerHungUp,
     DigitDialled,
+    KeyPressed,
     LineProgress,
     OutboundEvent,
     PlaybackDone,
@@ -82,12 +84,15 @@ class Rig:
     # media
     def play_to_line(self, token: str, *clips: np.ndarray) -> None:
         self.log.append(f"media:line {token}")
+        self.changed.set()
 
     def play_to_handset(self, token: str, *clips: np.ndarray) -> None:
         self.log.append(f"media:handset {token}")
+        self.changed.set()
 
     def bridge(self) -> None:
         self.log.append("media:bridge")
+        self.changed.set()
 
     def unbridge(self) -> None:
         self.log.append("media:unbridge")
@@ -126,6 +131,12 @@ class Rig:
 
     def clip(self, name: str) -> np.ndarray:
         return np.zeros(8, dtype=np.int16)
+
+    def notice_layer(self, layer: str) -> np.ndarray:
+        return np.zeros(8, dtype=np.int16)
+
+    def layer_version(self, layer: str) -> str:
+        return f"{layer}-v1"
 
     def reference_audio(self, reference: str) -> np.ndarray:
         return np.zeros(8, dtype=np.int16)
@@ -342,6 +353,59 @@ async def test_recording_only_after_notice_to_both_sides(ask: str) -> None:
     assert row["notice_completed"] == 1
     assert row["record_start_at"] >= row["notice_end_at"] >= row["notice_start_at"]
     assert row["recording_sha256"] == "ab" * 32
+
+
+async def connected_and_asked_to_record(rig: Rig) -> tuple[OutboundCall,
+                                                             asyncio.Task[OutboundResult]]:
+    """An answered outbound call whose shop has asked for recording: the notice plays."""
+    call, task = rig.start(outbound_policy(interdigit_timeout_s=0.2, record=True))
+    rig.put(*digits("1"), DigitDialled("#"))
+    await rig.until(lambda: call.state is OutboundState.CALLING)
+    rig.put(LineProgress("answered", "inband"), RecordRequested("button"))
+    await rig.until(lambda: "media:line notice" in rig.log)
+    return call, task
+
+
+async def test_callee_opt_out_key_during_the_notice_means_no_recording() -> None:
+    """The notice tells the callee how to refuse; on an outbound call that key works too."""
+    rig = Rig()
+    _call, task = await connected_and_asked_to_record(rig)
+    rig.put(KeyPressed("9", "modem"))
+    await rig.until(lambda: "media:line optout" in rig.log)
+    assert "media:handset optout-shop" in rig.log  # the shop hears it was refused
+    rig.put(PlaybackDone("notice"))  # late: from the notice the refusal cut off
+    rig.put(PlaybackDone("optout"))
+    await rig.until(lambda: rig.log[-1] == "media:bridge")
+    rig.put(RecordRequested("button"))  # asking again does not override the callee
+    await rig.until(lambda: "record-refused" in rig.states())
+    rig.put(AgentOnHook())
+    result = await finish(task)
+    assert result.recording_decision == "declined"
+    assert "media:record" not in rig.log
+    row = rig.rows["12345678"]
+    assert row["recording_decision"] == "declined"
+    assert [(e["layer"], e["played"]) for e in json.loads(row["notice_layers"])] == [
+        ("notice", "partial"), ("reference", "no"), ("reference", "full")]
+
+
+async def test_callee_details_key_plays_the_second_layer_before_recording() -> None:
+    rig = Rig()
+    _call, task = await connected_and_asked_to_record(rig)
+    rig.put(KeyPressed("0", "modem"))
+    await rig.until(lambda: "details-requested" in rig.states())
+    rig.put(PlaybackDone("notice"))
+    await rig.until(lambda: "media:line details" in rig.log)
+    assert "media:handset details-shop" in rig.log
+    assert "media:record" not in rig.log, "the second layer is heard before recording"
+    rig.put(PlaybackDone("details"))
+    await rig.until(lambda: "media:record" in rig.log)
+    rig.put(AgentOnHook())
+    result = await finish(task)
+    assert result.recording_decision == "recorded"
+    layers = json.loads(rig.rows["12345678"]["notice_layers"])
+    assert [(e["layer"], e["played"]) for e in layers] == [
+        ("notice", "full"), ("reference", "full"), ("notice_details", "full")]
+    assert layers[2]["version"] == "notice_details-v1"
 
 
 async def test_shop_hangs_up_during_notice_nothing_recorded() -> None:

@@ -51,7 +51,8 @@ def test_the_call_policy_follows_every_key(tmp_path: Path) -> None:
 def test_the_outbound_policy_follows_every_key(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(
-        '[device]\nlanguage = "en"\n[call]\nmax_call_s = 13.0\n'
+        '[device]\nlanguage = "en"\n[call]\nmax_call_s = 13.0\noptout_key = "8"\n'
+        'details_key = "5"\n'
         '[outbound]\ninterdigit_timeout_s = 1.5\noffhook_warning_s = 2.5\nhowler_s = 3.5\n'
         'no_answer_s = 4.5\nfailure_listen_s = 5.5\nrecord = true\nrecord_code = "*7"\n',
         encoding="utf-8")
@@ -59,5 +60,5 @@ def test_the_outbound_policy_follows_every_key(tmp_path: Path) -> None:
     assert policy == OutboundPolicy(
         interdigit_timeout_s=1.5, offhook_warning_s=2.5, howler_s=3.5, no_answer_s=4.5,
         failure_listen_s=5.5, record=True, record_code="*7", max_digits=MAX_DIALLED_DIGITS,
-        max_call_s=13.0, language="en")
+        max_call_s=13.0, optout_key="8", details_key="5", language="en")
 
