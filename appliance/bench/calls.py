@@ -284,7 +284,7 @@ class BenchStack:
 
     def counter_of(self, reference: str) -> int:
         """The call counter this stack's device issues ``reference`` for."""
-        from appliance.daemon.app import load_or_create_key
+        from appliance.daemon.storage import load_or_create_key
         from appliance.reference import ReferenceCipher
 
         key = load_or_create_key(self.config.device.state_dir)
