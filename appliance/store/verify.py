@@ -143,14 +143,14 @@ def verify_records(store: Store, recordings_dir: Path, *, actor: str | None = No
 
     root = Path(recordings_dir)
     for path in _tree_files(root, report):
+        ref = path.name.split(".", 1)[0]
+        if path.name == f"{ref}.json" and ref in rows:
+            _check_record(report, path, rows[ref])  # recorded or not: the call's record
+            continue
         if path.resolve() in known:
             continue
-        ref = path.name.split(".", 1)[0]
         if ref in live:
             continue  # the recorder's .wav.partial / encoder's .tmp of a running call
-        if path.name == f"{ref}.json" and ref in rows:
-            _check_record(report, path, rows[ref])
-            continue
         what = ("an unfinished recording (the daemon recovers it at start-up)"
                 if path.name.endswith(PARTIAL_SUFFIX) else "a file the index does not know")
         report.problems.append(Problem(ref, ORPHAN, f"{path}: {what}"))
