@@ -94,8 +94,8 @@ TRANS_HYBRID_LOSS_DB: Final = 6.0
 ECHO_MARGIN_DB: Final = 3.0
 """A key must beat the worst-case echo at both its frequencies by this much."""
 ECHO_WINDOW_S: Final = 0.100
-"""How far back transmitted audio can still echo: covers the 3 × 20 ms transmit lead
-(daemon/media.py TX_LEAD_FRAMES), modem buffering and the line's round trip."""
+"""How far back transmitted audio can still echo: covers a transmit lead of up to
+3 × 20 ms (lines[].tx_lead_ms), modem buffering and the line's round trip."""
 
 _KEYS: Final = tuple(DTMF_KEYPAD[r][c] for r in range(4) for c in range(4))
 _NO_KEY: Final = -1

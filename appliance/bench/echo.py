@@ -372,16 +372,18 @@ def cross_talk(*, echo_cancel: bool, line: HybridSpec, handset: HybridSpec,
     import asyncio
 
     from appliance.audio.tones import tone_zone
+    from appliance.bench.benchconfig import bench_config
     from appliance.bench.codecs import conversation
     from appliance.daemon.media import CallMedia
 
     talk = conversation(seconds)
     sent: list[npt.NDArray[np.int16]] = []
     heard: list[npt.NDArray[np.int16]] = []
-    media = CallMedia("00000000", send_to_line=sent.append, play_to_earpiece=heard.append,
-                      events=asyncio.Queue(), tone_zone=tone_zone("hu"),
-                      recordings_dir=Path("/nonexistent"), line_echo_cancel=echo_cancel,
-                      handset_echo_cancel=echo_cancel)
+    # Nothing is recorded: the state directory is never written.
+    config = bench_config(Path("/nonexistent"), ["sim://"], echo_cancel=echo_cancel)
+    media = CallMedia.for_line("00000000", config, config.lines[0], send_to_line=sent.append,
+                               play_to_earpiece=heard.append, events=asyncio.Queue(),
+                               tone_zone=tone_zone("hu"))
     media.bridge()
     line_path, slic_path = Hybrid(line), Hybrid(handset)
     line_echo = [np.zeros(FRAME_SAMPLES)] * LINE_DELAY_FRAMES

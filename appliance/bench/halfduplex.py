@@ -20,6 +20,7 @@ import numpy as np
 
 from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.audio.tones import tone_zone
+from appliance.bench.benchconfig import bench_config
 from appliance.bench.probes import percentile_ms
 from appliance.call.events import CallEvent, PlaybackDone
 from appliance.daemon.halfduplex import HalfDuplexAudio
@@ -51,9 +52,11 @@ async def measure_half_duplex(prompt_s: float = 20.0) -> dict[str, Any]:
         await modem.answer()
         events: asyncio.Queue[CallEvent] = asyncio.Queue()
         with tempfile.TemporaryDirectory(prefix="appliance-bench-hd-") as tmp:
-            media = CallMedia("00000000", send_to_line=modem.send_audio,
-                              play_to_earpiece=lambda frame: None, events=events,
-                              tone_zone=tone_zone("hu"), recordings_dir=Path(tmp))
+            config = bench_config(Path(tmp), ["sim://"])
+            media = CallMedia.for_line("00000000", config, config.lines[0],
+                                       send_to_line=modem.send_audio,
+                                       play_to_earpiece=lambda frame: None, events=events,
+                                       tone_zone=tone_zone("hu"))
             media.use_host_clocked_transmit()
             t = np.arange(int(prompt_s * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
             # u8-exact values (multiples of 256), so arrival can be checked sample by sample.

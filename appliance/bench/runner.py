@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from appliance.audio.pcm import FRAME_MS
 from appliance.bench import SECTIONS
 from appliance.bench.budget import measure_budget, priority
 from appliance.bench.calls import CallFigures, CpuHog, clean, run_bridged_calls, run_lines
@@ -24,7 +23,7 @@ from appliance.bench.human import measure_time_to_human
 from appliance.bench.index import measure_index
 from appliance.bench.probes import percentile_ms
 from appliance.bench.web import measure_web
-from appliance.daemon.media import TX_LEAD_FRAMES
+from appliance.config import LINE_DEFAULTS, packaged_defaults
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +52,8 @@ def _calls_figures(figs: list[CallFigures]) -> dict[str, Any]:
     notice = [f.notice_latency_s for f in figs if f.notice_latency_s is not None]
     first = [f.first_tx_byte_s for f in figs if f.first_tx_byte_s is not None]
     l2h, h2l = flat("line_to_handset_s"), flat("handset_to_line_s")
-    lead_s = TX_LEAD_FRAMES * FRAME_MS / 1000
+    # The bench's lines keep the packaged transmit lead (bench_config sets no tx_lead_ms).
+    lead_s = packaged_defaults()[LINE_DEFAULTS]["tx_lead_ms"] / 1000
     channels = [f.caller_channel for f in figs] + [f.shop_channel for f in figs
                                                    if f.shop_channel is not None]
     measured_min = sum(f.measured_s for f in figs) / 60

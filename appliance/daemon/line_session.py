@@ -428,18 +428,12 @@ class LineSession:
         line_audio = (SoundDeviceAudio(self.line.audio.removeprefix("alsa:"),
                                        role=f"line {self.line.name}")
                       if self.line.audio else None)
-        media = CallMedia(
-            reference,
+        media = CallMedia.for_line(
+            reference, app.config, self.line,
             send_to_line=modem.send_audio if line_audio is None else line_audio.play,
             play_to_earpiece=functools.partial(app.earpiece, reference),
             events=events,
             tone_zone=app.tone_zone,
-            recordings_dir=app.config.recordings_dir,
-            codec=app.config.recording.codec,
-            fsync_interval_s=app.config.recording.fsync_interval_s,
-            tx_lead_frames=self.line.tx_lead_ms // 20,
-            line_echo_cancel=self.line.echo_cancel,
-            handset_echo_cancel=app.config.handset.echo_cancel,
             hear_hang_up=True,
         )
         info = CallerInfo(

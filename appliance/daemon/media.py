@@ -21,14 +21,14 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 from appliance.audio.buffers import ClipPlayer, FrameSource, JitterBuffer, Silence
 from appliance.audio.dtmf import DtmfDetector
 from appliance.audio.echo import EchoCancellerUnavailable, SpeexEchoCanceller
-from appliance.audio.pcm import FRAME_SAMPLES
+from appliance.audio.pcm import FRAME_MS, FRAME_SAMPLES
 from appliance.audio.tones import ToneGenerator, ToneZone
 from appliance.call.events import (
     CallerHungUp,
@@ -42,14 +42,11 @@ from appliance.errors import StoreError
 from appliance.line.progress import BusyCadenceDetector
 from appliance.store.recorder import Recorder
 
+if TYPE_CHECKING:
+    from appliance.config import Config, LineConfig
+
 _LOGGER = logging.getLogger(__name__)
 
-#: Frames kept ahead in the modem's transmit buffer (default lines[].tx_lead_ms = 20 ms).
-#: Transmit is clocked by receive, so the lead only has to cover the host's turnaround from
-#: a received frame to the next sent one (≈ 1 ms on a pty); every frame of lead is 20 ms of
-#: added shop→caller delay (docs/design.md §9 target: ≤ 30 ms). Raise it for a modem that reports
-#: <DLE>u underruns.
-TX_LEAD_FRAMES: Final = 1
 #: The same digit from the modem's report and the in-band detector within this window is one key.
 DTMF_DEDUP_S: Final = 0.6
 #: A frame quieter than this (RMS, dBFS) counts as silence for the end-of-call watch.
@@ -113,13 +110,23 @@ class CallMedia:
         events: asyncio.Queue[CallEvent],
         tone_zone: ToneZone,
         recordings_dir: Path,
-        codec: str = "flac",
-        fsync_interval_s: float = 1.0,
-        tx_lead_frames: int = TX_LEAD_FRAMES,
-        line_echo_cancel: bool = True,
-        handset_echo_cancel: bool = True,
+        codec: str,
+        fsync_interval_s: float,
+        tx_lead_frames: int,
+        line_echo_cancel: bool,
+        handset_echo_cancel: bool,
         hear_hang_up: bool = False,
     ) -> None:
+        """Route one call's audio; the daemon builds it with :meth:`for_line`.
+
+        ``codec``, ``fsync_interval_s``, ``tx_lead_frames`` and the two ``*_echo_cancel``
+        switches have no defaults here: they are the configuration's (``recording.*``,
+        ``lines[].tx_lead_ms``, ``lines[].echo_cancel``, ``handset.echo_cancel``).
+        ``tx_lead_frames`` frames are kept ahead in the modem's transmit buffer: transmit is
+        clocked by receive, so the lead only has to cover the host's turnaround from a received
+        frame to the next sent one (≈ 1 ms on a pty); every frame of lead is 20 ms of added
+        shop→caller delay (docs/design.md §9 target: ≤ 30 ms).
+        """
         self.reference = reference
         self._send = send_to_line
         self._earpiece = play_to_earpiece
@@ -161,6 +168,36 @@ class CallMedia:
         #: waits on it to leave its receive state (:mod:`appliance.daemon.halfduplex`).
         self.line_wanted = asyncio.Event()
         self.stats: dict[str, int] = {"rx_frames": 0, "tx_frames": 0, "recorded_frames": 0}
+
+    @classmethod
+    def for_line(
+        cls,
+        reference: str,
+        config: Config,
+        line: LineConfig,
+        *,
+        send_to_line: Callable[[np.ndarray], None],
+        play_to_earpiece: Callable[[np.ndarray], None],
+        events: asyncio.Queue[CallEvent],
+        tone_zone: ToneZone,
+        hear_hang_up: bool = False,
+    ) -> CallMedia:
+        """A call's media on ``line`` as ``config`` says: the one place an inbound or an
+        outbound call takes its codec, fsync interval, transmit lead and echo cancellers."""
+        return cls(
+            reference,
+            send_to_line=send_to_line,
+            play_to_earpiece=play_to_earpiece,
+            events=events,
+            tone_zone=tone_zone,
+            recordings_dir=config.recordings_dir,
+            codec=config.recording.codec,
+            fsync_interval_s=config.recording.fsync_interval_s,
+            tx_lead_frames=line.tx_lead_ms // FRAME_MS,
+            line_echo_cancel=line.echo_cancel,
+            handset_echo_cancel=config.handset.echo_cancel,
+            hear_hang_up=hear_hang_up,
+        )
 
     # -- clocked by the line ----------------------------------------------------------------
 

@@ -297,17 +297,14 @@ class _Session:
         if session is None or modem is None:
             return "failed"
         app = self.app
-        self.media.target = CallMedia(
-            reference,
+        # The line's own transmit lead too (lines[].tx_lead_ms): an outbound call once had
+        # the driver's 20 ms on a line configured for more.
+        self.media.target = CallMedia.for_line(
+            reference, app.config, session.line,
             send_to_line=self._send_to_line,
             play_to_earpiece=app.handset_audio.play,  # this session owns the handset
             events=self.events,  # type: ignore[arg-type]  # CallEvent ⊂ OutboundEvent
             tone_zone=app.tone_zone,
-            recordings_dir=app.config.recordings_dir,
-            codec=app.config.recording.codec,
-            fsync_interval_s=app.config.recording.fsync_interval_s,
-            line_echo_cancel=session.line.echo_cancel,
-            handset_echo_cancel=app.config.handset.echo_cancel,
         )
         try:
             result = _DIAL_RESULT[await modem.dial(number)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import soundfile
 from appliance.audio.pcm import decode_voice, encode_voice
 from appliance.audio.tones import tone_zone
 from appliance.call.events import CallEvent, PlaybackDone
+from appliance.config import load_config
 from appliance.daemon.halfduplex import TX_LEAD_S, HalfDuplexAudio
 from appliance.daemon.media import CallMedia
 from appliance.line.modem import Modem
@@ -46,9 +48,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     sim.ring("3612345678")
     await modem.answer()
     events: asyncio.Queue[CallEvent] = asyncio.Queue()
-    media = CallMedia("12345678", send_to_line=modem.send_audio,
-                      play_to_earpiece=lambda frame: None, events=events,
-                      tone_zone=tone_zone("hu"), recordings_dir=tmp_path)
+    config = load_config(Path(os.devnull), state_dir=tmp_path)
+    media = CallMedia.for_line("12345678", config, config.lines[0], send_to_line=modem.send_audio,
+                               play_to_earpiece=lambda frame: None, events=events,
+                               tone_zone=tone_zone("hu"))
     media.use_host_clocked_transmit()
     audio = HalfDuplexAudio(modem, media, "12345678")
     try:

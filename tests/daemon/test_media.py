@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
 
 from appliance.audio.tones import dtmf_samples, tone_zone
 from appliance.call.events import CallerHungUp, CallEvent, KeyPressed, PlaybackDone
-from appliance.daemon.media import TX_LEAD_FRAMES, CallMedia
+from appliance.config import Config, load_config
+from appliance.daemon.media import CallMedia
+
+
+def media_config(tmp_path: Path, *, echo_cancel: bool, **line: Any) -> Config:
+    """The default configuration, state in ``tmp_path``, both cancellers as the test needs and
+    ``line`` laid on its one line."""
+    table = {"name": "main", "device": "sim://", "country_code": "51",
+             "echo_cancel": echo_cancel, **line}
+    return load_config(Path(os.devnull), state_dir=tmp_path, overrides={
+        "lines": [table], "handset": {"echo_cancel": echo_cancel}})
 
 
 def make(tmp_path: Path, *, echo_cancel: bool = False, hear_hang_up: bool = False) -> tuple[
@@ -19,10 +31,10 @@ def make(tmp_path: Path, *, echo_cancel: bool = False, hear_hang_up: bool = Fals
     sent: list[np.ndarray] = []
     heard: list[np.ndarray] = []
     events: asyncio.Queue[CallEvent] = asyncio.Queue()
-    media = CallMedia("12345678", send_to_line=sent.append, play_to_earpiece=heard.append,
-                      events=events, tone_zone=tone_zone("hu"), recordings_dir=tmp_path,
-                      line_echo_cancel=echo_cancel, handset_echo_cancel=echo_cancel,
-                      hear_hang_up=hear_hang_up)
+    config = media_config(tmp_path, echo_cancel=echo_cancel)
+    media = CallMedia.for_line("12345678", config, config.lines[0], send_to_line=sent.append,
+                               play_to_earpiece=heard.append, events=events,
+                               tone_zone=tone_zone("hu"), hear_hang_up=hear_hang_up)
     return media, sent, heard, events
 
 
@@ -34,7 +46,7 @@ async def test_prompt_plays_then_signals_done(tmp_path: Path) -> None:
     media, sent, _, events = make(tmp_path)
     media.play_to_line("notice", np.full(800, 1234, dtype=np.int16))
     media.prime()
-    assert len(sent) == TX_LEAD_FRAMES
+    assert len(sent) == media_config(tmp_path, echo_cancel=False).lines[0].tx_lead_ms // 20
     for frame in frames(0, 5):
         media.on_line_audio(frame)
     played = np.concatenate(sent)
@@ -235,3 +247,15 @@ async def test_the_shop_channel_is_silent_until_the_shop_is_put_through(tmp_path
     assert not audio[:10 * 160, 1].any()
     assert np.all(audio[12 * 160 :, 1] == 700)
     assert np.all(audio[:, 0] == 300)
+
+
+async def test_the_line_s_transmit_lead_comes_from_the_configuration(tmp_path: Path) -> None:
+    # Inbound and outbound calls both build their media with for_line: a line configured for
+    # a longer lead (a modem that underruns) gets it on every call.
+    config = media_config(tmp_path, echo_cancel=True, tx_lead_ms=60)
+    sent: list[np.ndarray] = []
+    media = CallMedia.for_line("12345678", config, config.lines[0], send_to_line=sent.append,
+                               play_to_earpiece=lambda frame: None, events=asyncio.Queue(),
+                               tone_zone=tone_zone("hu"))
+    media.prime()
+    assert len(sent) == 3
