@@ -36,7 +36,7 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def render_library(cache_dir: str, lang: str, voice: str, wpm: int, texts: dict[str, str],
-                   notice_texts: dict[str, str], languages_dir: str = "") -> None:
+                   notice_texts: dict[str, str], languages_dir: str) -> None:
     """Render a prompt library into ``cache_dir`` (runs in a spawned child process).
 
     ``languages_dir`` is ``speech.languages_dir``: the child finds ``lang`` where the daemon did.
@@ -47,7 +47,7 @@ def render_library(cache_dir: str, lang: str, voice: str, wpm: int, texts: dict[
                         notice_texts=notice_texts, languages=languages)
 
 
-def render_text(lang: str, voice: str, wpm: int, text: str, languages_dir: str = "") -> np.ndarray:
+def render_text(lang: str, voice: str, wpm: int, text: str, languages_dir: str) -> np.ndarray:
     """Synthesize and condition one sentence (runs in a spawned child process)."""
     from appliance.speech.condition import condition_for_phone
 

@@ -62,13 +62,13 @@ HookKind = Literal["off_hook", "on_hook", "flash", "digit"]
 
 @dataclass(frozen=True, slots=True)
 class SlicPins:
-    """BCM GPIO numbers wired to the SLIC (defaults: the pin map in ``hw/``)."""
+    """BCM GPIO numbers wired to the SLIC (``handset.*_pin``; the pin map is in ``hw/``)."""
 
-    rm: int = 23
+    rm: int
     """Ringing mode output (H only during a ring burst)."""
-    fr: int = 24
+    fr: int
     """Forward/reverse output (H = forward; toggled to ring)."""
-    shk: int = 25
+    shk: int
     """Switch-hook input (H = off-hook)."""
 
 
@@ -141,7 +141,7 @@ class Slic:
         pins: SlicPins,
         *,
         pin_factory: Factory | None,
-        ring_hz: float = 25.0,
+        ring_hz: float,
         debounce_s: float = 0.010,
         on_hook_after_s: float = 0.5,
         pulse_max_break_s: float = 0.1,

@@ -123,13 +123,13 @@ def describe(pattern: LedPattern) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PanelPins:
-    """BCM GPIO numbers of the front panel."""
+    """BCM GPIO numbers of the front panel (``panel.*_pin``; the pin map is in ``hw/``)."""
 
-    ready: int = 5
-    line: int = 6
-    recording: int = 13
-    fault: int = 19
-    button: int = 26
+    ready: int
+    line: int
+    recording: int
+    fault: int
+    button: int
     """Push button to ground (internal pull-up; pressed = low)."""
 
 
@@ -159,7 +159,7 @@ class Panel:
         pins: PanelPins,
         *,
         pin_factory: Factory | None,
-        long_press_s: float = 3.0,
+        long_press_s: float,
         debounce_s: float = 0.05,
         fault_unit_s: float = FAULT_UNIT_S,
     ) -> None:

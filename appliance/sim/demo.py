@@ -184,7 +184,8 @@ async def run_demo(
             callers.append(ScriptedCaller(
                 servers[1].sim, world, "answered", number="+36209876543",
                 name="NAGY PETER", line=SECOND_LINE["name"],
-                speech={**speech, **second_speech}, optout_key=config.call.optout_key))
+                speech={**speech, **second_speech}, optout_key=config.call.optout_key,
+                details_key=config.call.details_key))
 
         async def second_caller() -> None:
             await asyncio.sleep(SECOND_CALLER_DELAY_S)

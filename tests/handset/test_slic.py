@@ -20,8 +20,11 @@ from appliance.handset.slic import (
     SlicPins,
 )
 from tests.conftest import TIMEOUT_S
+from tests.policies import default_config
 
-PINS = SlicPins()
+#: The default configuration's pin map and ringing frequency (the driver has no defaults).
+HANDSET = default_config().handset
+PINS = SlicPins(rm=HANDSET.rm_pin, fr=HANDSET.fr_pin, shk=HANDSET.shk_pin)
 DEBOUNCE_S = 0.005
 # The pulse windows have the production margins (a 20 ms pulse may come up to 80 ms late, a
 # digit's make up to 280 ms late) so a loaded machine cannot turn a pulse into a flash or
@@ -57,6 +60,7 @@ async def slic(mock_factory: MockFactory) -> AsyncIterator[Slic]:
     s = Slic(
         PINS,
         pin_factory=mock_factory,
+        ring_hz=HANDSET.ring_hz,
         debounce_s=DEBOUNCE_S,
         pulse_max_break_s=PULSE_MAX_S,
         flash_max_s=FLASH_MAX_S,
@@ -295,13 +299,14 @@ def test_bad_timings_rejected(mock_factory: MockFactory) -> None:
     with pytest.raises(ValueError, match="ring_hz"):
         Slic(PINS, pin_factory=mock_factory, ring_hz=50)
     with pytest.raises(ValueError, match="flash_max_s"):
-        Slic(PINS, pin_factory=mock_factory, flash_max_s=0.8, on_hook_after_s=0.5)
+        Slic(PINS, pin_factory=mock_factory, ring_hz=HANDSET.ring_hz, flash_max_s=0.8,
+             on_hook_after_s=0.5)
     with pytest.raises(ValueError, match="ring_trip_gap_s"):
-        Slic(PINS, pin_factory=mock_factory, ring_trip_gap_s=0.005)
+        Slic(PINS, pin_factory=mock_factory, ring_hz=HANDSET.ring_hz, ring_trip_gap_s=0.005)
 
 
 async def test_start_ringing_requires_start(mock_factory: MockFactory) -> None:
-    s = Slic(PINS, pin_factory=mock_factory)
+    s = Slic(PINS, pin_factory=mock_factory, ring_hz=HANDSET.ring_hz)
     with pytest.raises(RuntimeError):
         s.start_ringing()
 
@@ -376,7 +381,7 @@ async def test_two_digits_then_hang_up(slic: Slic, mock_factory: MockFactory) ->
 
 async def test_initially_off_hook_posts_event(mock_factory: MockFactory) -> None:
     pin(mock_factory, PINS.shk).drive_high()
-    s = Slic(PINS, pin_factory=mock_factory)
+    s = Slic(PINS, pin_factory=mock_factory, ring_hz=HANDSET.ring_hz)
     await s.start()
     try:
         assert s.off_hook

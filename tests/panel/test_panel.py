@@ -20,8 +20,12 @@ from appliance.panel.panel import (
     describe,
 )
 from tests.conftest import TIMEOUT_S
+from tests.policies import default_config
 
-PINS = PanelPins()
+#: The default configuration's pin map (the driver has no defaults).
+_PANEL = default_config().panel
+PINS = PanelPins(ready=_PANEL.ready_pin, line=_PANEL.line_pin, recording=_PANEL.recording_pin,
+                 fault=_PANEL.fault_pin, button=_PANEL.button_pin)
 LONG_PRESS_S = 0.3
 DEBOUNCE_S = 0.01
 FAULT_UNIT_S = 0.02
@@ -174,13 +178,13 @@ def test_describe() -> None:
 
 
 async def test_show_requires_start(mock_factory: MockFactory) -> None:
-    p = Panel(PINS, pin_factory=mock_factory)
+    p = Panel(PINS, pin_factory=mock_factory, long_press_s=LONG_PRESS_S)
     with pytest.raises(RuntimeError):
         p.show(PanelState.IDLE)
 
 
 async def test_close_turns_leds_off(mock_factory: MockFactory) -> None:
-    p = Panel(PINS, pin_factory=mock_factory)
+    p = Panel(PINS, pin_factory=mock_factory, long_press_s=LONG_PRESS_S)
     await p.start()
     p.show(PanelState.IN_CALL)
     p.set_recording(True)
