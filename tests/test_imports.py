@@ -19,7 +19,7 @@ PACKAGE_DIR = Path(appliance.__file__).parent
 LOWER_ROOMS = ("line", "handset", "panel", "audio", "speech", "store")
 UPPER_ROOMS = ("daemon", "call", "cli", "sim", "bench")
 #: Modules at the package top that every room may import: they import only one another.
-SHARED_LEAVES = ("appliance.errors", "appliance.text", "appliance.reference")
+SHARED_LEAVES = ("appliance.errors", "appliance.text", "appliance.reference", "appliance.files")
 
 
 def _module_name(path: Path) -> str:

@@ -38,6 +38,7 @@ from appliance.archive.s3 import (
     key_backup_key,
 )
 from appliance.config import Config
+from appliance.files import write_atomically
 from appliance.store.db import COUNTER_KEY, Store, _connect
 from appliance.store.highwater import REFERENCE_KEY_FILE, write_mark
 from appliance.store.recorder import DIR_MODE, FILE_MODE, sha256_file
@@ -109,14 +110,7 @@ def download_decrypt(client: S3Client, bucket: str, key: str, identities: list[A
         plain = pyrage.decrypt(cipher, identities)
     except pyrage.DecryptError as exc:
         raise ArchiveError(f"cannot decrypt {key} with the identity given: {exc}") from exc
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        os.write(fd, plain)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
+    write_atomically(target, plain, FILE_MODE)
 
 
 def restore_box(config: Config, credentials: Credentials, prefix: str, to: Path, *,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from appliance.errors import StoreError
+from appliance.files import write_atomically
 from appliance.reference import COUNTER_SPACE, make_reference
 from appliance.store.audit import record_config
 from appliance.store.callrecord import CallRecords
@@ -60,14 +61,7 @@ def load_or_create_key(state_dir: Path) -> bytes:
     except FileNotFoundError:
         pass
     key = secrets.token_bytes(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomically(path, key, 0o600)
     return key
 
 

@@ -15,12 +15,12 @@ write that cannot leave a half-written number.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Final
 
 from appliance.errors import StoreError
+from appliance.files import write_atomically
 
 #: The device's reference key in the state directory (made at first start, never replaced).
 REFERENCE_KEY_FILE: Final = "reference.key"
@@ -72,7 +72,7 @@ def write_mark(state_dir: Path, counter: int) -> None:
         try:
             fd = os.open(path, os.O_WRONLY)
         except FileNotFoundError:
-            _create(path, data)
+            write_atomically(path, data, MARK_FILE_MODE)
             return
         try:
             os.pwrite(fd, data, 0)
@@ -81,24 +81,3 @@ def write_mark(state_dir: Path, counter: int) -> None:
             os.close(fd)
     except OSError as exc:
         raise StoreError(f"cannot record the reference counter in {path}: {exc}") from exc
-
-
-def _create(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, MARK_FILE_MODE)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

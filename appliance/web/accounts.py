@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from appliance.errors import ApplianceError
+from appliance.files import write_atomically
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -268,16 +268,6 @@ def _account(name: str, raw: dict[str, Any]) -> Account:
 
 
 def _write_atomic(path: Path, value: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync, rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, USERS_FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(value, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Replace ``path`` by ``value`` as JSON, all at once (:func:`write_atomically`)."""
+    write_atomically(path, json.dumps(value, indent=1, sort_keys=True).encode("utf-8"),
+                     USERS_FILE_MODE)
