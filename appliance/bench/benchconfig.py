@@ -18,30 +18,37 @@ from appliance.config import Config, load_config
 BENCH_NOTICE: Final = "Tájékoztatjuk, hogy a hívást rögzítjük."
 
 
-def bench_config(state_dir: Path, devices: list[str], *, codec: str = "flac",
-                 agent_timeout_s: float = 30.0, voicemail_max_s: float = 120.0,
-                 notice: str | None = BENCH_NOTICE, returning_caller_days: int = 0,
-                 echo_cancel: bool = True, line_extra: dict[str, Any] | None = None,
+def bench_config(state_dir: Path, devices: list[str], *, codec: str | None = None,
+                 agent_timeout_s: float | None = None, voicemail_max_s: float | None = None,
+                 notice: str | None = BENCH_NOTICE, returning_caller_days: int | None = None,
+                 echo_cancel: bool | None = None, line_extra: dict[str, Any] | None = None,
                  recording_extra: dict[str, Any] | None = None) -> Config:
     """Packaged defaults + simulated hardware + the benchmark's short notice (``notice``;
     None: the packaged notice, as a shop with the default configuration speaks it).
     ``line_extra`` and ``recording_extra`` are laid on every ``[[lines]]`` table and on
-    ``[recording]``.
+    ``[recording]``. Every other argument left None keeps the packaged default
+    (appliance/defaults.toml: the bench measures what a shop runs unless told otherwise).
 
     ``echo_cancel=False`` turns both cancellers off: a canceller reshapes the caller's
     samples, so a recording can be compared sample for sample only without it.
     """
+    cancel = _given(echo_cancel=echo_cancel)
     overrides: dict[str, Any] = {
         "lines": [{"name": f"line{i + 1}", "device": d, "country_code": "51",
-                   "echo_cancel": echo_cancel, **(line_extra or {})}
+                   **cancel, **(line_extra or {})}
                   for i, d in enumerate(devices)],
-        "handset": {"audio": "sim://", "echo_cancel": echo_cancel},
+        "handset": {"audio": "sim://", **cancel},
         "gpio": {"pin_factory": "mock"},
-        "call": {"cid_wait_s": 0.0, "answer_after_rings": 1, "agent_timeout_s": agent_timeout_s,
-                 "voicemail_max_s": voicemail_max_s},
+        "call": {"cid_wait_s": 0.0, "answer_after_rings": 1,
+                 **_given(agent_timeout_s=agent_timeout_s, voicemail_max_s=voicemail_max_s)},
         # espeak-ng, not Piper: the prompt library is rebuilt in every fresh state dir.
         "speech": {"voice": "espeak", "texts": {} if notice is None else {"notice": notice}},
-        "recording": {"codec": codec, **(recording_extra or {})},
-        "notice": {"returning_caller_days": returning_caller_days},
+        "recording": {**_given(codec=codec), **(recording_extra or {})},
+        "notice": _given(returning_caller_days=returning_caller_days),
     }
     return load_config(Path("/dev/null"), state_dir=state_dir, overrides=overrides)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The keys whose value is not None (None: the packaged default stays)."""
+    return {key: value for key, value in values.items() if value is not None}

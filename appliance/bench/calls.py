@@ -107,10 +107,11 @@ class BenchStack:
     :meth:`voicemail_calls`.
     """
 
-    def __init__(self, state_dir: Path, *, lines: int = 1, codec: str = "flac",
-                 agent_timeout_s: float = 30.0, voicemail_max_s: float = 120.0,
-                 notice: str | None = BENCH_NOTICE, returning_caller_days: int = 0,
-                 echo_cancel: bool = True) -> None:
+    def __init__(self, state_dir: Path, *, lines: int = 1, codec: str | None = None,
+                 agent_timeout_s: float | None = None, voicemail_max_s: float | None = None,
+                 notice: str | None = BENCH_NOTICE, returning_caller_days: int | None = None,
+                 echo_cancel: bool | None = None) -> None:
+        """Arguments left None keep the packaged default (see ``bench_config``)."""
         self.state_dir = state_dir
         self.n_lines = lines
         self.codec = codec
