@@ -60,6 +60,7 @@ def speechlike(seconds: float, seed: int) -> npt.NDArray[np.int16]:
 async def _finalize_call(store: Any, recordings_dir: Path, counter: int,
                          seconds: float) -> tuple[str, float]:
     """One call finalized as the daemon does it; return (reference, finalized-at epoch)."""
+    from appliance.bench.benchconfig import FSYNC_INTERVAL_S
     from appliance.reference import make_reference
     from appliance.store.recorder import Recorder
 
@@ -68,7 +69,8 @@ async def _finalize_call(store: Any, recordings_dir: Path, counter: int,
     await store.create_call(ref, line="main", direction="in", caller_number="+36305550000",
                             ring_at=now - seconds, recording_decision="pending",
                             outcome="in_progress", created_at=now - seconds)
-    recorder = Recorder(recordings_dir, ref, now=dt.datetime.now(dt.UTC))
+    recorder = Recorder(recordings_dir, ref, now=dt.datetime.now(dt.UTC),
+                        fsync_interval_s=FSYNC_INTERVAL_S)
     block = SAMPLE_RATE_HZ * 10
     audio = speechlike(seconds, counter)
     for start in range(0, len(audio), block):

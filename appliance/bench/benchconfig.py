@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.config import Config, load_config
+from appliance.config import Config, load_config, packaged_defaults
 
 #: A short notice keeps each benchmark call short; the off-hook → first-byte figure does not
 #: depend on the notice's length (the reference is still spoken, as in production). The time
 #: to a person is measured with the default notice instead (appliance/bench/human.py).
 BENCH_NOTICE: Final = "Tájékoztatjuk, hogy a hívást rögzítjük."
+#: ``recording.fsync_interval_s`` as packaged, for the recorders the bench runs outside a daemon.
+FSYNC_INTERVAL_S: Final = float(packaged_defaults()["recording"]["fsync_interval_s"])
 
 
 def bench_config(state_dir: Path, devices: list[str], *, codec: str | None = None,

@@ -14,6 +14,7 @@ from typing import Any, Final
 import numpy as np
 
 from appliance.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from appliance.bench.benchconfig import FSYNC_INTERVAL_S
 from appliance.config import CODECS
 from appliance.sim.world import LINES_HU, render_speech
 from appliance.store.recorder import Recorder
@@ -48,7 +49,8 @@ async def bytes_per_minute(work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, codec in enumerate(CODECS):
         recorder = Recorder(work / "codecs", f"9999999{i}",
-                            now=dt.datetime.now().astimezone())
+                            now=dt.datetime.now().astimezone(),
+                            fsync_interval_s=FSYNC_INTERVAL_S)
         for start in range(0, len(audio), FRAME_SAMPLES):
             recorder.write(audio[start : start + FRAME_SAMPLES])
         result = await recorder.finalize(codec)

@@ -32,6 +32,7 @@ from appliance.audio.pcm import (
     encode_voice,
     float_to_int16,
 )
+from appliance.bench.benchconfig import FSYNC_INTERVAL_S
 from appliance.line.commands import DEFAULT_FORMAT_PREFERENCE, parse_vsm_list
 from appliance.line.modem import Modem
 from appliance.sim.modem.emulator import SimModem
@@ -153,7 +154,7 @@ async def measure_format(fmt: str, profile: str, level_dbfs: float, work: Path,
         await modem.close()
     rx = np.concatenate(received)
     recorder = Recorder(work, f"{abs(hash((fmt, level_dbfs))) % 10**8:08d}",
-                        now=dt.datetime.now().astimezone())
+                        now=dt.datetime.now().astimezone(), fsync_interval_s=FSYNC_INTERVAL_S)
     for start in range(0, len(rx), FRAME_SAMPLES):
         frame = rx[start : start + FRAME_SAMPLES]
         recorder.write(np.stack([frame, np.zeros_like(frame)], axis=1))

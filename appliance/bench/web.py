@@ -29,6 +29,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from appliance.audio.pcm import SAMPLE_RATE_HZ
+from appliance.bench.benchconfig import FSYNC_INTERVAL_S
 from appliance.bench.index import synthetic_reference
 from appliance.bench.probes import percentile_ms
 from appliance.store.recorder import Recorder
@@ -133,7 +134,8 @@ class _Client:
 def _add_recording(state_dir: Path, reference: str) -> None:
     """A real FLAC recording of :data:`RECORDING_S` for the newest synthetic call."""
     recordings = state_dir / "recordings"
-    recorder = Recorder(recordings, reference, now=dt.datetime.now(dt.UTC))
+    recorder = Recorder(recordings, reference, now=dt.datetime.now(dt.UTC),
+                        fsync_interval_s=FSYNC_INTERVAL_S)
     rng = np.random.default_rng(7)
     frames = int(RECORDING_S * SAMPLE_RATE_HZ)
     recorder.write(rng.integers(-3000, 3000, size=(frames, 2), dtype=np.int16))

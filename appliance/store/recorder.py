@@ -144,7 +144,7 @@ class Recorder:
     """
 
     def __init__(self, recordings_dir: Path, reference: str, *, now: dt.datetime,
-                 fsync_interval_s: float = 1.0) -> None:
+                 fsync_interval_s: float) -> None:
         """Create ``<recordings_dir>/YYYY/MM/DD/<reference>.wav.partial`` and start the writer.
 
         Args:
@@ -152,7 +152,8 @@ class Recorder:
             reference: the call reference (file stem).
             now: the call's start time; picks the date directories and the sidecar's
                 ``created``.
-            fsync_interval_s: the most audio a power cut may lose.
+            fsync_interval_s: the most audio a power cut may lose
+                (``recording.fsync_interval_s``; no default here, the configuration's).
 
         Raises:
             StoreError: the file cannot be created (e.g. it already exists).

@@ -17,6 +17,8 @@ from appliance.store.callrecord import write_call_record
 from appliance.store.db import Store
 from appliance.store.recorder import Recorder
 
+from ..policies import default_config
+
 #: A fixed device key so references are stable across runs.
 KEY = b"records-test-key"
 DAY_S = 86400.0
@@ -67,7 +69,8 @@ async def make_call(store: Store, recordings_dir: Path, counter: int, *, ring_at
     sha: str | None = None
     if record_s is not None:
         recorder = Recorder(recordings_dir, ref,
-                            now=dt.datetime.fromtimestamp(ring_at, tz=dt.UTC))
+                            now=dt.datetime.fromtimestamp(ring_at, tz=dt.UTC),
+                            fsync_interval_s=default_config().recording.fsync_interval_s)
         recorder.write(audio(record_s, counter))
         result = await recorder.finalize("flac")
         recording, sha = result.path, result.sha256

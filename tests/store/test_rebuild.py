@@ -22,9 +22,12 @@ from appliance.store.highwater import read_mark, write_mark
 from appliance.store.rebuild import rebuild_index
 from appliance.store.recorder import PARTIAL_SUFFIX, Recorder, finalize_partial, sha256_file
 
+from ..policies import default_config
 from .callfactory import KEY, NAME, NUMBER, make_calls, state_paths
 
 NOW = dt.datetime(2025, 3, 14, 9, 26, 53, tzinfo=dt.UTC)
+#: The configured fsync interval (``recording.fsync_interval_s``; the recorder has none of its own).
+FSYNC_S = default_config().recording.fsync_interval_s
 
 
 def _drop_index(state: Path) -> None:
@@ -60,16 +63,16 @@ async def test_counter_never_goes_below_the_mark(tmp_path: Path) -> None:
 
 
 async def test_a_recording_is_never_overwritten(tmp_path: Path) -> None:
-    first = Recorder(tmp_path, "60444644", now=NOW)
+    first = Recorder(tmp_path, "60444644", now=NOW, fsync_interval_s=FSYNC_S)
     first.write(np.full((8000, 2), 1000, dtype=np.int16))
     result = await first.finalize("flac")
     digest = sha256_file(result.path)
     # A second recorder under the same reference refuses to start…
     with pytest.raises(StoreError, match="exists"):
-        Recorder(tmp_path, "60444644", now=NOW)
+        Recorder(tmp_path, "60444644", now=NOW, fsync_interval_s=FSYNC_S)
     # …and a partial that turns up anyway is never renamed over the first file.
     partial = result.path.with_name("60444644" + PARTIAL_SUFFIX)
-    other = Recorder(tmp_path, "99999990", now=NOW)
+    other = Recorder(tmp_path, "99999990", now=NOW, fsync_interval_s=FSYNC_S)
     other.write(np.full((4000, 2), -500, dtype=np.int16))
     await other._stop_writer()
     os.rename(other.partial_path, partial)
@@ -81,7 +84,7 @@ async def test_a_recording_is_never_overwritten(tmp_path: Path) -> None:
 
 
 async def test_finalize_rerun_after_a_crash_keeps_its_own_file(tmp_path: Path) -> None:
-    recorder = Recorder(tmp_path, "12345674", now=NOW)
+    recorder = Recorder(tmp_path, "12345674", now=NOW, fsync_interval_s=FSYNC_S)
     recorder.write(np.full((8000, 2), 700, dtype=np.int16))
     await recorder._stop_writer()
     saved = recorder.partial_path.read_bytes()

@@ -33,8 +33,11 @@ from appliance.store.recorder import (
 )
 
 from ..conftest import TIMEOUT_S
+from ..policies import default_config
 
 NOW = dt.datetime(2025, 3, 14, 9, 26, 53, tzinfo=dt.UTC)
+#: The configured fsync interval (``recording.fsync_interval_s``; the recorder has none of its own).
+FSYNC_S = default_config().recording.fsync_interval_s
 RATE_HZ = 8000
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +54,7 @@ async def test_round_trip_flac_in_random_blocks(tmp_path: Path) -> None:
     frames = int(3.3 * RATE_HZ)
     audio = pattern(0, frames)
     rng = np.random.default_rng(1234)
-    rec = Recorder(tmp_path, "42719038", now=NOW)
+    rec = Recorder(tmp_path, "42719038", now=NOW, fsync_interval_s=FSYNC_S)
     assert rec.partial_path == tmp_path / "2025" / "03" / "14" / ("42719038" + PARTIAL_SUFFIX)
     assert stat.S_IMODE(rec.partial_path.stat().st_mode) == 0o640
     pos = 0
@@ -91,7 +94,7 @@ async def test_round_trip_flac_in_random_blocks(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("codec", "ext"), [("wav", "wav"), ("opus", "opus")])
 async def test_other_codecs(tmp_path: Path, codec: str, ext: str) -> None:
     audio = pattern(0, RATE_HZ)
-    rec = Recorder(tmp_path, "1", now=NOW)
+    rec = Recorder(tmp_path, "1", now=NOW, fsync_interval_s=FSYNC_S)
     rec.write(audio)
     result = await rec.finalize(codec)
     assert result.path.name == f"1.{ext}"
@@ -106,7 +109,7 @@ async def test_other_codecs(tmp_path: Path, codec: str, ext: str) -> None:
 
 
 async def test_write_does_no_io_on_the_caller_thread(tmp_path: Path) -> None:
-    rec = Recorder(tmp_path, "1", now=NOW)
+    rec = Recorder(tmp_path, "1", now=NOW, fsync_interval_s=FSYNC_S)
     names: set[str] = set()
     original = rec._sf.write
 
@@ -135,7 +138,7 @@ async def test_live_file_header_is_valid_while_recording(tmp_path: Path) -> None
 
 
 async def test_abort_deletes_everything(tmp_path: Path) -> None:
-    rec = Recorder(tmp_path, "1", now=NOW)
+    rec = Recorder(tmp_path, "1", now=NOW, fsync_interval_s=FSYNC_S)
     rec.write(pattern(0, 1000))
     await rec.abort()
     assert list(rec.directory.iterdir()) == []
@@ -144,7 +147,7 @@ async def test_abort_deletes_everything(tmp_path: Path) -> None:
 
 
 async def test_write_rejects_bad_blocks(tmp_path: Path) -> None:
-    rec = Recorder(tmp_path, "1", now=NOW)
+    rec = Recorder(tmp_path, "1", now=NOW, fsync_interval_s=FSYNC_S)
     with pytest.raises(ValueError):
         rec.write(np.zeros((10,), dtype=np.int16))
     with pytest.raises(ValueError):
@@ -153,14 +156,14 @@ async def test_write_rejects_bad_blocks(tmp_path: Path) -> None:
 
 
 async def test_existing_partial_is_not_overwritten(tmp_path: Path) -> None:
-    rec = Recorder(tmp_path, "1", now=NOW)
+    rec = Recorder(tmp_path, "1", now=NOW, fsync_interval_s=FSYNC_S)
     with pytest.raises(StoreError):
-        Recorder(tmp_path, "1", now=NOW)
+        Recorder(tmp_path, "1", now=NOW, fsync_interval_s=FSYNC_S)
     await rec.abort()
 
 
 async def test_empty_recording_finalizes(tmp_path: Path) -> None:
-    rec = Recorder(tmp_path, "1", now=NOW)
+    rec = Recorder(tmp_path, "1", now=NOW, fsync_interval_s=FSYNC_S)
     result = await rec.finalize()
     assert result.frames == 0
     assert result.codec == "wav"  # no valid empty FLAC exists
