@@ -40,6 +40,7 @@ import soundfile as sf
 
 from appliance.audio.pcm import SAMPLE_RATE_HZ
 from appliance.errors import StoreError
+from appliance.files import write_atomically
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -556,30 +557,15 @@ def _write_sidecar(path: Path, result: RecordingResult, created: dt.datetime) ->
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` durably: a 0640 temp file, fsync, rename over
-    ``path``, fsync of the directory. Escapes everything outside ASCII, so a caller name full
-    of control bytes reads safely in a terminal.
+    """Write ``data`` as JSON to ``path`` durably and whole (``appliance.files.write_atomically``,
+    mode 0640). Escapes everything outside ASCII, so a caller name full of control bytes reads
+    safely in a terminal.
 
     Raises:
         OSError: it cannot be written; TypeError/ValueError: ``data`` is not JSON.
     """
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    fd = _create_file(tmp, exclusive=False)
-    try:
-        try:
-            rest = memoryview(text.encode("utf-8"))
-            while rest:  # a short write (a disk filling up) is not the whole file
-                rest = rest[os.write(fd, rest):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(path, text.encode("utf-8"), FILE_MODE)
 
 
 def recover_leftovers(recordings_dir: Path, codec: str = "flac") -> list[RecordingResult]:
