@@ -20,20 +20,9 @@ settings.register_profile("appliance", deadline=None)
 settings.load_profile("appliance")
 
 
-#: Tests that run a whole daemon, browser or server for tens of seconds each. They are handed
-#: out first, so pytest-xdist's workers do not end the run waiting on one of them (the
-#: suite's wall time is bounded by its last long test, not by the sum).
-LONG_RUNNING_FIRST = ("tests/system/", "tests/languages/test_added_language.py",
-                      "tests/daemon/test_no_duplex.py", "tests/cli/test_sounds.py",
-                      "tests/web/test_browser.py", "tests/web/test_demo_web.py",
-                      "tests/archive/", "tests/line/test_vgetty.py", "tests/line/test_dial.py")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Hand the long-running tests out first; skip ``@pytest.mark.unprivileged`` tests as root
-    (root reads any file, so a denied read cannot be staged); ``./setup.sh test`` as root runs
-    them again as an unprivileged user."""
-    items.sort(key=lambda item: not item.nodeid.startswith(LONG_RUNNING_FIRST))
+    """Skip ``@pytest.mark.unprivileged`` tests as root (root reads any file, so a denied read
+    cannot be staged); ``./setup.sh test`` as root runs them again as an unprivileged user."""
     if os.geteuid() != 0:
         return
     skip = pytest.mark.skip(reason="root reads any file; ./setup.sh test runs this as an "
