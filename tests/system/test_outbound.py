@@ -155,8 +155,9 @@ async def test_dial_tone_then_dtmf_call_answered(rig: Any) -> None:
     sim.set_callee(SimCallee("answer", rings=1, source=talker(4.0)))
     shop.lift()
     await until(lambda: shop.first_sound_at is not None)
-    # The latency itself is a bench figure (dial_tone_latency_ms); here only "at once".
-    assert shop.first_sound_at - shop.lifted_at < 1.0, "dial tone at once"
+    # The latency itself is a bench figure (dial_tone_latency_ms); here only that nothing is
+    # waited for (a loaded CI machine may stall the loop for a second, so the bound is wide).
+    assert shop.first_sound_at - shop.lifted_at < 5.0, "dial tone at once"
     await until(lambda: len(shop.frames) > 20)
     assert shop.level_db(10, (425.0,)) > -20, "the dial tone is 425 Hz (hu zone)"
     await shop.dial("0612#")
