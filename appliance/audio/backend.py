@@ -56,8 +56,8 @@ class SimHandsetAudio:
     """
 
     def __init__(self, *, echo: HybridSpec | None = None) -> None:
-        self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "frames": 0}
-        self._playback = JitterBuffer()
+        self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "shed": 0, "frames": 0}
+        self._playback = JitterBuffer(name="earpiece")
         self._mouth: FrameSource | None = None
         self._ear: Callable[[np.ndarray], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -117,6 +117,7 @@ class SimHandsetAudio:
         self.stats["frames"] += 1
         self.stats["underruns"] = self._playback.underruns
         self.stats["overruns"] = self._playback.overruns
+        self.stats["shed"] = self._playback.shed
         if self._on_capture is not None:
             self._on_capture(frame)
 
@@ -138,8 +139,9 @@ class SoundDeviceAudio:
     def __init__(self, device: str, *, role: str = "handset") -> None:
         self.device = device
         self.role = role
-        self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "frames": 0, "status": 0}
-        self._ring = SampleRing(PLAYBACK_RING_SAMPLES)
+        self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "shed": 0, "frames": 0,
+                                      "status": 0}
+        self._ring = SampleRing(PLAYBACK_RING_SAMPLES, name=f"{role} playback")
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_capture: CaptureCallback | None = None
@@ -205,6 +207,7 @@ class SoundDeviceAudio:
         self._ring.write(frame)
         self.stats["underruns"] = self._ring.underruns
         self.stats["overruns"] = self._ring.overruns
+        self.stats["shed"] = self._ring.shed
 
     async def stop(self) -> None:
         if self._stream is not None:

@@ -7,17 +7,131 @@ sounddevice callback contract: no allocation, no logging, no blocking in the cal
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import numpy as np
 
-from appliance.audio.pcm import FRAME_SAMPLES
+from appliance.audio.pcm import FRAME_MS, FRAME_SAMPLES
+
+_LOGGER = logging.getLogger(__name__)
 
 #: Frames a jitter buffer holds before it drops the oldest (5 × 20 ms = 100 ms).
 JITTER_MAX_FRAMES: Final = 5
+#: Level control (docs/audio.md "Jitter buffers"): when a buffer's level at every read of a
+#: window this long stood STANDING_FRAMES or more above what the read takes, one frame is shed.
+#: A loop stall bursts one clock's frames into the buffer and nothing else brings the level
+#: down again: each stall would add its frames to the latency for the rest of the call.
+LEVEL_WINDOW_MS: Final = 1000
+#: Frames of excess that must stand for the whole window before one is shed.
+STANDING_FRAMES: Final = 1
+#: Once a shed is due, a quiet frame is waited for this long (speech pauses often); then the
+#: quietest frame goes, its gap crossfaded.
+SHED_QUIET_WAIT_MS: Final = 1000
+#: A frame at most this loud (RMS, dBFS) is quiet: it is shed whole, with no crossfade.
+SHED_QUIET_DBFS: Final = -45.0
+#: A shed frame that is not quiet leaves a gap crossfaded over this many samples (5 ms): the
+#: next frame fades in from where the shed one started, so the waveform does not jump.
+SHED_FADE_SAMPLES: Final = 40
+
+_QUIET_SUM_SQ: Final = FRAME_SAMPLES * (32767.0 * 10 ** (SHED_QUIET_DBFS / 20)) ** 2
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPolicy:
+    """When a buffer sheds a frame (the module's constants; tests inject their own).
+
+    Attributes:
+        window_frames: reads (one frame each) over which the level must stand.
+        standing_frames: the excess, in frames, that must stand at every read of the window.
+        quiet_wait_frames: reads a due shed waits for a quiet frame.
+        quiet_sum_sq: a frame whose sum of squares (int16 units) is at most this is quiet.
+        fade_samples: the crossfade over a gap left by a frame that was not quiet.
+    """
+
+    window_frames: int = LEVEL_WINDOW_MS // FRAME_MS
+    standing_frames: int = STANDING_FRAMES
+    quiet_wait_frames: int = SHED_QUIET_WAIT_MS // FRAME_MS
+    quiet_sum_sq: float = _QUIET_SUM_SQ
+    fade_samples: int = SHED_FADE_SAMPLES
+
+
+def _sum_sq(frame: np.ndarray) -> float:
+    x = frame.astype(np.float32)
+    return float(x @ x)
+
+
+def _log_shed(name: str, how: str, policy: LevelPolicy, count: int) -> None:
+    _LOGGER.info("%s: shed one %s frame (the level had stood %d frame(s) above the reads for "
+                 "%d ms); %d shed so far", name, how, policy.standing_frames,
+                 policy.window_frames * FRAME_MS, count)
+
+
+def crossfade(shed: np.ndarray, following: np.ndarray, fade_samples: int) -> np.ndarray:
+    """``following`` with its first ``fade_samples`` faded in from ``shed``'s (a new array).
+
+    ``shed`` continues what was heard before it, ``following`` what comes after: the fade
+    joins the two without a step in the waveform.
+    """
+    out = following.copy()
+    n = min(fade_samples, len(shed), len(following))
+    if n:
+        ramp = (np.arange(n, dtype=np.float32) + 0.5) / n
+        mixed = shed[:n] * (1 - ramp) + following[:n] * ramp
+        out[:n] = np.rint(mixed).astype(np.int16)
+    return out
+
+
+class LevelControl:
+    """Decides when a buffer between two clocks sheds a frame (:class:`LevelPolicy`).
+
+    The owner calls :meth:`observe` with its level (in frames, excess over what the read takes)
+    once per frame read; it returns True when a shed is due: the level stood at or above
+    ``standing_frames`` at every read of a whole window, and has not fallen since. The owner
+    then sheds (a quiet frame, else after ``quiet_wait_frames`` the quietest) and calls
+    :meth:`shed`. Deterministic: it counts reads, never looks at a clock.
+    """
+
+    def __init__(self, policy: LevelPolicy | None = None) -> None:
+        self.policy = policy or LevelPolicy()
+        self._reads = 0
+        self._min_excess: int | None = None
+        self._due_reads: int | None = None
+
+    def reset(self) -> None:
+        self._reads, self._min_excess, self._due_reads = 0, None, None
+
+    def observe(self, excess: int) -> bool:
+        """One read at ``excess`` frames above what it takes; True while a shed is due."""
+        policy = self.policy
+        if self._due_reads is not None:
+            if excess < policy.standing_frames:
+                self.reset()  # the level came down by itself (an underrun, a slower clock)
+                return False
+            self._due_reads += 1
+            return True
+        self._reads += 1
+        self._min_excess = excess if self._min_excess is None else min(self._min_excess, excess)
+        if self._reads >= policy.window_frames:
+            stood = self._min_excess >= policy.standing_frames
+            self.reset()
+            if stood:
+                self._due_reads = 0
+                return True
+        return False
+
+    @property
+    def waited_out(self) -> bool:
+        """A due shed has waited ``quiet_wait_frames`` for a quiet frame: shed the quietest."""
+        return self._due_reads is not None and self._due_reads >= self.policy.quiet_wait_frames
+
+    def shed(self) -> None:
+        """The owner shed a frame: start a new window."""
+        self.reset()
 
 
 class FrameSource(Protocol):
@@ -90,15 +204,27 @@ class JitterBuffer:
     """A bounded FIFO of frames between two clocks (loop-side only).
 
     ``push`` drops the oldest frame when full (counted as an overrun); ``read`` pads with
-    silence when empty (counted as an underrun once audio has flowed).
+    silence when empty (counted as an underrun once audio has flowed). A level that stands a
+    frame above what the reads take sheds a frame (:class:`LevelControl`, counted in
+    :attr:`shed` and logged under ``name``): a loop stall costs its latency for about a
+    second, not for the rest of the call.
+
+    Args:
+        max_frames: the most frames held.
+        name: what the buffer is, for the log (``"call 1234-5678 capture"``).
+        level: when to shed (:class:`LevelPolicy`; the module's constants by default).
     """
 
-    def __init__(self, max_frames: int = JITTER_MAX_FRAMES) -> None:
+    def __init__(self, max_frames: int = JITTER_MAX_FRAMES, *, name: str = "jitter buffer",
+                 level: LevelPolicy | None = None) -> None:
         self._frames: deque[np.ndarray] = deque()
         self._max = max_frames
         self._started = False
+        self._level = LevelControl(level)
+        self.name = name
         self.underruns = 0
         self.overruns = 0
+        self.shed = 0
 
     def push(self, frame: np.ndarray) -> None:
         if len(self._frames) >= self._max:
@@ -113,8 +239,11 @@ class JitterBuffer:
     def clear(self) -> None:
         self._frames.clear()
         self._started = False
+        self._level.reset()
 
     def read(self, n: int = FRAME_SAMPLES) -> np.ndarray:
+        if self._started and self._level.observe(len(self._frames) - 1):
+            self._shed_one()
         if self._frames:
             frame = self._frames.popleft()
             if len(frame) == n:
@@ -126,28 +255,64 @@ class JitterBuffer:
             self.underruns += 1
         return silence(n)
 
+    def _shed_one(self) -> None:
+        """Shed the oldest quiet frame; none quiet and waited out: the quietest, crossfaded."""
+        frames, policy = self._frames, self._level.policy
+        sums = [_sum_sq(f) for f in frames]
+        quiet = next((i for i, s in enumerate(sums) if s <= policy.quiet_sum_sq), None)
+        if quiet is not None:
+            del frames[quiet]
+            how = "quiet"
+        elif self._level.waited_out and len(frames) >= 2:
+            # The frame after the shed one is there to fade into (the level stands ≥ 2).
+            i = min(range(len(frames) - 1), key=sums.__getitem__)
+            shed = frames[i]
+            del frames[i]
+            frames[i] = crossfade(shed, frames[i], policy.fade_samples)
+            how = "crossfaded"
+        else:
+            return
+        self.shed += 1
+        self._level.shed()
+        _log_shed(self.name, how, policy, self.shed)
+
 
 class SampleRing:
     """Preallocated single-producer/single-consumer sample ring for a real-time callback.
 
     The producer (event loop) writes with :meth:`write`; the consumer (PortAudio thread) reads
     into its output buffer with :meth:`read_into`, padding with silence on underrun and
-    counting it. The lock guards only the index arithmetic and copy.
+    counting it. The lock guards only the index arithmetic and copy. The level is controlled
+    on the producer's side, as :class:`JitterBuffer`'s is (the callback only copies): a frame
+    written while a frame's worth of samples has stood unread at every write of a window is
+    shed (counted in :attr:`shed`, logged under ``name``).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, name: str = "sample ring",
+                 level: LevelPolicy | None = None) -> None:
         self._buf = np.zeros(capacity, dtype=np.int16)
         self._cap = capacity
         self._read = 0
         self._count = 0
         self._lock = threading.Lock()
+        self._level = LevelControl(level)
+        self._fade_from: np.ndarray | None = None
+        self.name = name
         self.underruns = 0
         self.overruns = 0
+        self.shed = 0
 
     def __len__(self) -> int:
         return self._count
 
     def write(self, samples: np.ndarray) -> None:
+        if self._fade_from is not None:
+            samples = crossfade(self._fade_from, samples, self._level.policy.fade_samples)
+            self._fade_from = None
+        # The unread samples before this write: what stands beyond the reads (loop side; an
+        # int read needs no lock).
+        if self._level.observe(self._count // FRAME_SAMPLES) and self._shed(samples):
+            return
         with self._lock:
             n = len(samples)
             if n > self._cap:
@@ -164,6 +329,22 @@ class SampleRing:
             self._buf[start : start + first] = samples[:first]
             self._buf[: n - first] = samples[first:]
             self._count += n
+
+    def _shed(self, samples: np.ndarray) -> bool:
+        """Shed ``samples`` (not written) if quiet, or if the wait for a quiet one is over
+        (then the next write fades in from them); False: written as usual."""
+        policy = self._level.policy
+        if _sum_sq(samples) <= policy.quiet_sum_sq * len(samples) / FRAME_SAMPLES:
+            how = "quiet"
+        elif self._level.waited_out:
+            self._fade_from = samples
+            how = "crossfaded"
+        else:
+            return False
+        self.shed += 1
+        self._level.shed()
+        _log_shed(self.name, how, policy, self.shed)
+        return True
 
     def read_into(self, out: np.ndarray) -> None:
         """Fill ``out`` (int16, preallocated) — called from the audio callback thread."""

@@ -80,6 +80,10 @@ class CallFigures:
     earpiece_overruns: int = 0
     capture_underruns: int = 0
     capture_overruns: int = 0
+    #: Frames the level control shed (audio/buffers.py): each is 160 samples the shop's
+    #: recorded channel (capture) or the earpiece lacks, on purpose.
+    earpiece_shed: int = 0
+    capture_shed: int = 0
     measured_s: float = 0.0
     recording_bytes: int | None = None
     recording_s: float | None = None
@@ -384,6 +388,8 @@ class BenchStack:
             "earpiece_overruns": self.handset.stats["overruns"],
             "capture_underruns": capture.get("underruns", 0),
             "capture_overruns": capture.get("overruns", 0),
+            "earpiece_shed": self.handset.stats["shed"],
+            "capture_shed": capture.get("shed", 0),
         }
 
     @staticmethod

@@ -85,6 +85,8 @@ def _calls_figures(figs: list[CallFigures]) -> dict[str, Any]:
         "earpiece_overruns": sum(f.earpiece_overruns for f in figs),
         "capture_underruns": sum(f.capture_underruns for f in figs),
         "capture_overruns": sum(f.capture_overruns for f in figs),
+        "earpiece_shed_frames": sum(f.earpiece_shed for f in figs),
+        "capture_shed_frames": sum(f.capture_shed for f in figs),
     }
 
 

@@ -482,10 +482,10 @@ class LineSession:
                 or media["overruns"])
         _LOGGER.log(logging.WARNING if lost else logging.INFO,
                     "call %s: audio %d frames in, %d out; modem underruns %d, dropped %d bytes, "
-                    "garbage lines %d, resyncs %d; handset buffer underruns %d, overruns %d",
-                    active.call.reference, media["rx_frames"], media["tx_frames"],
+                    "garbage lines %d, resyncs %d; handset buffer underruns %d, overruns %d, "
+                    "shed %d", active.call.reference, media["rx_frames"], media["tx_frames"],
                     delta["tx_underruns"], delta["tx_dropped_bytes"], delta["garbage_lines"],
-                    delta["resyncs"], media["underruns"], media["overruns"])
+                    delta["resyncs"], media["underruns"], media["overruns"], media["shed"])
 
     def _no_duplex(self) -> None:
         """The modem has no full duplex: the line becomes an answering machine.

@@ -138,7 +138,7 @@ class CallMedia:
         self._tx_lead_frames = tx_lead_frames
         self._line_source: FrameSource = Silence()
         self._handset_source: FrameSource = Silence()
-        self._capture = JitterBuffer()
+        self._capture = JitterBuffer(name=f"call {reference}: handset capture")
         self._bridged = False
         self._recorder: Recorder | None = None
         self._recording_failed = False
@@ -370,7 +370,8 @@ class CallMedia:
 
     @property
     def capture_stats(self) -> dict[str, int]:
-        return {"underruns": self._capture.underruns, "overruns": self._capture.overruns}
+        return {"underruns": self._capture.underruns, "overruns": self._capture.overruns,
+                "shed": self._capture.shed}
 
     # -- MediaPort --------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from appliance.audio.buffers import SHED_FADE_SAMPLES
+from appliance.audio.pcm import FRAME_SAMPLES
 from appliance.bench import human, index
 from appliance.cli.main import cli
 from appliance.reference import damm_check_digit, damm_valid
@@ -85,7 +87,11 @@ def test_bench_one_call_json_keys() -> None:
     assert 0 < data["notice_latency_ms_p50"] < 1000
     assert 0 < data["line_to_handset_latency_ms_p50"] < 500
     assert 0 < data["handset_to_line_latency_ms_p50"] < 500
-    assert data["dropped_samples"] == data["duplicated_samples"] == 0
+    # A loop stall may leave a capture frame standing, which the level control sheds: the
+    # shop's channel then lacks it (and the crossfade's samples), counted (audio/buffers.py).
+    shed = data["capture_shed_frames"]
+    assert data["dropped_samples"] <= shed * (FRAME_SAMPLES + SHED_FADE_SAMPLES)
+    assert data["duplicated_samples"] == 0
     assert data["channels_aligned"]
     assert data["cpu_s_per_call_minute"] > 0
     assert data["daemon_rss_peak_mb"] > 0

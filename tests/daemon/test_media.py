@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile
 
+from appliance.audio.buffers import LEVEL_WINDOW_MS
+from appliance.audio.pcm import FRAME_MS
 from appliance.audio.tones import dtmf_samples, tone_zone
 from appliance.call.events import CallerHungUp, CallEvent, KeyPressed, PlaybackDone
 from appliance.config import Config, load_config
@@ -70,6 +74,25 @@ async def test_bridge_routes_both_ways_and_records_aligned(tmp_path: Path) -> No
     assert audio.shape == (50 * 160, 2)
     assert np.array_equal(audio[::160, 0], [-(100 + i) for i in range(50)])
     assert np.array_equal(audio[::160, 1], [100 + i for i in range(50)])
+
+
+async def test_a_standing_capture_frame_is_shed_counted_and_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A loop stall left one mouthpiece frame more in the capture buffer than the line's reads
+    # take: after the level control's window it is shed (a quiet one: whole), the shop is
+    # back to the normal latency, and the call's log says so.
+    media, sent, _, _ = make(tmp_path)
+    media.bridge()
+    media.on_handset_capture(np.zeros(160, dtype=np.int16))
+    with caplog.at_level(logging.INFO, logger="appliance.audio.buffers"):
+        for i in range(2 * LEVEL_WINDOW_MS // FRAME_MS):
+            media.on_handset_capture(np.full(160, 1000 + i, dtype=np.int16) if i % 2
+                                     else np.zeros(160, dtype=np.int16))
+            media.on_line_audio(np.zeros(160, dtype=np.int16))
+    assert media.capture_stats == {"underruns": 0, "overruns": 0, "shed": 1}
+    assert int(sent[-1][0]) == 1000 + 2 * LEVEL_WINDOW_MS // FRAME_MS - 1  # no frame behind
+    assert any(r.getMessage().startswith("call 12345678: handset capture: shed one quiet")
+               for r in caplog.records)
 
 
 async def test_whisper_reaches_only_the_earpiece(tmp_path: Path) -> None:
