@@ -525,14 +525,19 @@ class AtProtocol(asyncio.Protocol):
                 stop.set_result(None)
                 return
             self._stop_tail = window[-8:]
-        self._rx_audio += audio
         frame_bytes = FRAME_SAMPLES * bytes_per_sample(self.voice_format)
         buf = self._rx_audio
-        n_frames = len(buf) // frame_bytes
-        if not n_frames:
-            return
-        whole = bytes(buf[: n_frames * frame_bytes])
-        del buf[: n_frames * frame_bytes]
+        if not buf and len(audio) % frame_bytes == 0:
+            # Whole frames with nothing left over (a modem writing 20 ms at a time): decoded
+            # straight from the chunk, not through the reassembly buffer.
+            n_frames, whole = len(audio) // frame_bytes, audio
+        else:
+            buf += audio
+            n_frames = len(buf) // frame_bytes
+            if not n_frames:
+                return
+            whole = bytes(buf[: n_frames * frame_bytes])
+            del buf[: n_frames * frame_bytes]
         samples = decode_voice(whole, self.voice_format)
         for k in range(n_frames):
             self.stats["rx_frames"] += 1

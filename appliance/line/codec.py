@@ -273,6 +273,9 @@ class VoiceDecoder:
         """Decode ``data``; see the class docstring for the contract."""
         if self._ended:
             return VoiceChunk(b"", [], True, bytes(data))
+        if not self._after_dle and DLE not in data:
+            # Most 20 ms chunks hold no DLE at all: no copy into a bytearray and back.
+            return VoiceChunk(bytes(data))
         out = bytearray()
         events: list[str] = []
         n = len(data)

@@ -211,12 +211,15 @@ class BusyCadenceDetector:
 
     def feed(self, frame: npt.ArrayLike) -> bool:
         """Consume one 20 ms frame; True the first time the busy cadence is recognised."""
-        x = np.asarray(frame).reshape(-1)[:FRAME_SAMPLES].astype(np.float32)
-        if x.size < FRAME_SAMPLES:
-            return False
+        if isinstance(frame, np.ndarray) and frame.shape == (FRAME_SAMPLES,):
+            x = frame.astype(np.float32)  # the line's frames: no reshape, no slice
+        else:
+            x = np.asarray(frame).reshape(-1)[:FRAME_SAMPLES].astype(np.float32)
+            if x.size < FRAME_SAMPLES:
+                return False
         n = FRAME_SAMPLES
         power = float(x @ x) / (n * 32767.0**2)
-        re, im = (float(v) for v in self._basis @ x)
+        re, im = (self._basis @ x).tolist()
         tone = 2.0 * (re * re + im * im) / (n * n)
         tonal = tone >= self._quiet and tone >= TONE_FRACTION * power
         level_db = 10.0 * math.log10(tone) if tone > 0 else -200.0
