@@ -97,6 +97,10 @@ SHADOW_SMOOTHING: Final = 0.5
 ERLE_FAR_MIN_DBFS: Final = -45.0
 #: Smoothing of the ERLE estimate (per frame): about half a second of memory.
 ERLE_SMOOTHING: Final = 0.96
+#: The audio history (sent and received) lives in buffers this many frames longer than the
+#: history itself: each frame is written after the last, and the history is moved back to
+#: the buffers' start once every HISTORY_SLACK_FRAMES + 1 frames instead of every frame.
+HISTORY_SLACK_FRAMES: Final = 16
 
 _SAMPLES_PER_MS: Final = SAMPLE_RATE_HZ // 1000
 _SPEEX_ECHO_SET_SAMPLING_RATE: Final = 24
@@ -217,20 +221,33 @@ class SpeexEchoCanceller:
         self._max_delay = MAX_BULK_DELAY_MS * SAMPLE_RATE_HZ // 1000
         self._window = DELAY_WINDOW_MS * SAMPLE_RATE_HZ // 1000
         # The sent audio of the last window plus the longest delay, and the received audio of
-        # the last window: the delay line and the estimator's input. Allocated once and
-        # shifted in place, so the library can be given fixed addresses into them.
-        self._sent = np.zeros(self._window + self._max_delay, dtype=np.int16)
-        self._received = np.zeros(self._window, dtype=np.int16)
+        # the last window: the delay line and the estimator's input. ``_sent`` and
+        # ``_received`` are views of that history into two buffers allocated once, starting
+        # at ``_start`` (:meth:`_push`); the library is given addresses into the buffers.
+        slack = HISTORY_SLACK_FRAMES * FRAME_SAMPLES
+        self._sent_buf = np.zeros(self._window + self._max_delay + slack, dtype=np.int16)
+        self._received_buf = np.zeros(self._window + slack, dtype=np.int16)
+        self._sent_base = int(self._sent_buf.ctypes.data)
+        self._received_base = int(self._received_buf.ctypes.data)
+        self._start = 0
+        self._sent = self._sent_buf[: self._window + self._max_delay]
+        self._received = self._received_buf[: self._window]
         self._out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        self._sent_addr = int(self._sent.ctypes.data)
-        self._near_addr = int(self._received.ctypes.data) + 2 * (self._window - FRAME_SAMPLES)
         self._out_addr = int(self._out.ctypes.data)
         # The reference's delay (samples) and whether it is measured for good.
         self._delay = 0
         self._confirmed = False
         self._tries = 0
-        # Which of the window's frames had far-end speech in them.
+        # Which of the window's frames had far-end speech in them (a ring: frame n at
+        # n % its length), and how many.
         self._far_active = np.zeros(self._window // FRAME_SAMPLES, dtype=bool)
+        self._far_count = 0
+        # The estimator's fixed parts: FFT size, the telephone band, the lags' indices.
+        n, lags = self._window, self._max_delay
+        self._fft_size = size = 1 << (2 * n + lags - 1).bit_length()
+        freq = np.fft.rfftfreq(size, 1 / SAMPLE_RATE_HZ)
+        self._out_of_band = (freq < 300.0) | (freq > 3400.0)
+        self._lag_index = (np.arange(lags + 1) - lags) % size
         # Recent estimates (frame, delay): one counts when a later window agrees.
         self._candidates: collections.deque[tuple[int, int]] = collections.deque(
             maxlen=4 * len(self._far_active))
@@ -272,17 +289,19 @@ class SpeexEchoCanceller:
 
     def _estimate_delay(self) -> int | None:
         """The bulk delay (samples) by the phase-transform cross-correlation, or None."""
-        n, lags = self._window, self._max_delay
-        size = 1 << (2 * n + lags - 1).bit_length()
+        if not self._received.any():
+            # Digital silence received (a muted or absent microphone): the correlation is
+            # zero everywhere, which the test below turns down anyway; no FFTs for it.
+            return None
+        size = self._fft_size
         spectrum = (np.fft.rfft(self._received.astype(np.float64), size)
                     * np.conj(np.fft.rfft(self._sent.astype(np.float64), size)))
         spectrum /= np.maximum(np.abs(spectrum), 1e-9)
         # Only the telephone band: outside it there is line noise and no echo.
-        freq = np.fft.rfftfreq(size, 1 / SAMPLE_RATE_HZ)
-        spectrum[(freq < 300.0) | (freq > 3400.0)] = 0.0
+        spectrum[self._out_of_band] = 0.0
         corr = np.abs(np.fft.irfft(spectrum, size))
         # received[i] lines up with sent[i + lags - lag]: correlation index lag - lags.
-        by_lag = corr[(np.arange(lags + 1) - lags) % size]
+        by_lag = corr[self._lag_index]
         peak, mean = int(np.argmax(by_lag)), float(np.mean(by_lag))
         if mean <= 0.0 or by_lag[peak] < DELAY_CONFIDENCE * mean:  # silence, or no clear echo
             return None
@@ -321,34 +340,35 @@ class SpeexEchoCanceller:
         """The near-end frame with the echo of ``far`` (and of earlier frames) removed."""
         if self._echo is None:
             raise RuntimeError("echo canceller used after close()")
-        sent, received = self._sent, self._received
-        sent[:-FRAME_SAMPLES] = sent[FRAME_SAMPLES:]
-        sent[-FRAME_SAMPLES:] = far
-        received[:-FRAME_SAMPLES] = received[FRAME_SAMPLES:]
-        received[-FRAME_SAMPLES:] = near
+        start = self._push(near, far)
+        sent = self._sent
         far32 = sent[-FRAME_SAMPLES:].astype(np.float32)
         far_power = float(far32 @ far32) / (FRAME_SAMPLES * 32767.0**2)
         far_active = _db(far_power) > ERLE_FAR_MIN_DBFS
         history = self._far_active
-        history[:-1] = history[1:]
-        history[-1] = far_active
+        slot = self.frames % len(history)
+        self._far_count += int(far_active) - int(history[slot])
+        history[slot] = far_active
         if (not self._confirmed and self.frames * FRAME_SAMPLES >= len(sent)
-                and np.count_nonzero(history) >= 0.6 * len(history)):
+                and self._far_count >= 0.6 * len(history)):
             self._tries += 1
             # Each try costs ≈ 100 µs: every frame at first, then every tenth (a path with
             # no echo to find never confirms one); none once the delay is confirmed.
             if self._tries <= DELAY_EAGER_TRIES or self._tries % 10 == 0:
                 self._update_delay()
         lib, step = self._lib, 2 * SUBFRAME_SAMPLES  # bytes
+        # Addresses of this frame in the buffers: the received frame, and the sent audio's
+        # end less a frame (the reference is that, less the delay).
+        near_addr = self._received_base + 2 * (start + len(self._received) - FRAME_SAMPLES)
+        sent_addr = self._sent_base + 2 * (start + len(sent) - FRAME_SAMPLES)
         for k in range(FRAME_SAMPLES // SUBFRAME_SAMPLES):
             # The delay may change between sub-frames (a shadow on another delay took over).
-            ref_addr = self._sent_addr + 2 * (len(sent) - self._delay - FRAME_SAMPLES)
-            lib.speex_echo_cancellation(self._echo, self._near_addr + k * step,
+            ref_addr = sent_addr - 2 * self._delay
+            lib.speex_echo_cancellation(self._echo, near_addr + k * step,
                                         ref_addr + k * step, self._out_addr + k * step)
             if self._shadow is not None:
-                shadow_ref = self._sent_addr + 2 * (len(sent) - self._shadow_delay
-                                                    - FRAME_SAMPLES)
-                lib.speex_echo_cancellation(self._shadow, self._near_addr + k * step,
+                shadow_ref = sent_addr - 2 * self._shadow_delay
+                lib.speex_echo_cancellation(self._shadow, near_addr + k * step,
                                             shadow_ref + k * step,
                                             self._shadow_addr + k * step)
                 self._shadow_frames += 1
@@ -360,11 +380,33 @@ class SpeexEchoCanceller:
         cleaned = self._out.copy()
         if far_active:
             a = ERLE_SMOOTHING
-            near32 = received[-FRAME_SAMPLES:].astype(np.float32)
+            near32 = self._received[-FRAME_SAMPLES:].astype(np.float32)
             out32 = cleaned.astype(np.float32)
             self._in_power = a * self._in_power + (1 - a) * float(near32 @ near32) / FRAME_SAMPLES
             self._out_power = a * self._out_power + (1 - a) * float(out32 @ out32) / FRAME_SAMPLES
         return cleaned
+
+    def _push(self, near: npt.NDArray[np.int16], far: npt.NDArray[np.int16]) -> int:
+        """Append a frame to the sent and received history; return where the history (the
+        views ``_sent`` and ``_received``) now starts in the buffers.
+
+        The history moves back to the buffers' start only when the next frame would not fit
+        after it (once every HISTORY_SLACK_FRAMES + 1 frames); otherwise the views step on.
+        """
+        sent_len, received_len = len(self._sent), len(self._received)
+        start = self._start + FRAME_SAMPLES
+        if start + sent_len > len(self._sent_buf):
+            keep = sent_len - FRAME_SAMPLES
+            self._sent_buf[:keep] = self._sent_buf[start : start + keep]
+            keep = received_len - FRAME_SAMPLES
+            self._received_buf[:keep] = self._received_buf[start : start + keep]
+            start = 0
+        self._start = start
+        self._sent = self._sent_buf[start : start + sent_len]
+        self._received = self._received_buf[start : start + received_len]
+        self._sent[-FRAME_SAMPLES:] = far
+        self._received[-FRAME_SAMPLES:] = near
+        return start
 
     def _watch_path(self, offset: int) -> None:
         """The echo path watch (SHADOW_* above), on this sub-frame's linear outputs."""
@@ -478,10 +520,14 @@ class SpeexEchoCanceller:
         if self._echo is not None:
             self._lib.speex_echo_state_reset(self._echo)
         self._in_power = self._out_power = 0.0
-        self._sent[:] = 0
-        self._received[:] = 0
+        self._sent_buf[:] = 0
+        self._received_buf[:] = 0
+        self._start = 0
+        self._sent = self._sent_buf[: len(self._sent)]
+        self._received = self._received_buf[: len(self._received)]
         self._delay, self._confirmed, self._tries, self.frames = 0, False, 0, 0
         self._far_active[:] = False
+        self._far_count = 0
         self._candidates.clear()
         if self._shadow is not None:
             self._lib.speex_echo_state_destroy(self._shadow)
