@@ -74,6 +74,10 @@ _ULAW_SEG_END_14: Final = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF
 _ALAW_SEG_END_13: Final = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF])
 
 
+#: The wire's 16-bit sample type, built once (a dtype string is parsed on every use).
+_S16LE: Final = np.dtype("<i2")
+
+
 def _check_fmt(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown voice format {fmt!r}; known: {sorted(FORMATS)}")
@@ -199,7 +203,7 @@ def decode_voice(data: bytes, fmt: str) -> npt.NDArray[np.int16]:
         return _decode_table("alaw")[raw]
     if len(data) % 2:
         raise ValueError(f"s16le data must have an even length, got {len(data)} bytes")
-    return np.frombuffer(data, dtype="<i2").astype(np.int16)
+    return np.frombuffer(data, dtype=_S16LE).astype(np.int16)
 
 
 def _as_int16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
@@ -242,7 +246,8 @@ def encode_voice(samples: npt.ArrayLike, fmt: str) -> bytes:
         return _encode_table("ulaw")[x.astype(np.int32) + 32768].tobytes()
     if fmt == "alaw":
         return _encode_table("alaw")[x.astype(np.int32) + 32768].tobytes()
-    return x.astype("<i2").tobytes()
+    # Little-endian hosts (the Pi, x86) need no conversion: the samples' own bytes.
+    return x.astype(_S16LE, copy=False).tobytes()
 
 
 # --- float <-> int16 and levels -----------------------------------------------------------

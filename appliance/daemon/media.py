@@ -64,6 +64,10 @@ _MONITOR_GAIN: Final = 10 ** (MONITOR_GAIN_DB / 20)
 #: hears waits for it. A crash loses at most this much more audio than the writer's own fsync
 #: interval (the staged frames never reached the file).
 RECORD_HANDOFF_FRAMES: Final = 10
+#: Frames the in-band DTMF detector is given at once (40 ms) before the shop answers: half
+#: its calls, each a chain of numpy operations, for a key reported at most one frame later
+#: (a key needs ≥ 25.5 ms of tone to count at all, audio/dtmf.py).
+DTMF_BATCH_FRAMES: Final = 2
 #: Sum of squares (int16 units) of a frame at SILENCE_DBFS RMS.
 _QUIET_SUM_SQ: Final = FRAME_SAMPLES * (32767.0 * 10 ** (SILENCE_DBFS / 20)) ** 2
 
@@ -143,6 +147,11 @@ class CallMedia:
         self._recorder: Recorder | None = None
         self._recording_failed = False
         self._dtmf = DtmfDetector()
+        # The frames received (and, without a line canceller, sent) since the detector was
+        # last fed: DTMF_BATCH_FRAMES of them, filled in place.
+        self._dtmf_rx = np.zeros(DTMF_BATCH_FRAMES * FRAME_SAMPLES, dtype=np.int16)
+        self._dtmf_tx = np.zeros(DTMF_BATCH_FRAMES * FRAME_SAMPLES, dtype=np.int16)
+        self._dtmf_frames = 0
         self._last_key: tuple[str, float] = ("", 0.0)
         self._primed = False
         self._whisper: ClipPlayer | None = None
@@ -264,9 +273,7 @@ class CallMedia:
             # to 7 of 31 quiet keys: docs/performance.md). Without a canceller, the echo gate:
             # a key counts only when clearly louder than the prompt's echo could be
             # (audio/dtmf.py, trans-hybrid loss ≥ 6 dB).
-            reference = None if self._line_aec is not None else sent_before
-            for digit in self._dtmf.feed(frame, reference=reference):
-                self.key_reported(digit, "inband")
+            self._detect_keys(frame, sent_before)
         if self._bridged:
             earpiece = frame
         elif self._monitor and not self._handset_busy():
@@ -290,6 +297,23 @@ class CallMedia:
         if self._silence_limit:
             self._watch_silence(frame, shop)
         self._watch_far_end(frame)
+
+    def _detect_keys(self, frame: np.ndarray, sent: np.ndarray) -> None:
+        """Stage ``frame`` (and ``sent``, for the echo gate) for the DTMF detector; feed it
+        every DTMF_BATCH_FRAMES frames."""
+        n = self._dtmf_frames
+        self._dtmf_rx[n * FRAME_SAMPLES : (n + 1) * FRAME_SAMPLES] = frame
+        cancelled = self._line_aec is not None
+        if not cancelled:
+            self._dtmf_tx[n * FRAME_SAMPLES : (n + 1) * FRAME_SAMPLES] = sent
+        n += 1
+        if n == DTMF_BATCH_FRAMES:
+            n = 0
+            # The detector copies what it is given: the staging buffers are reused.
+            for digit in self._dtmf.feed(self._dtmf_rx,
+                                         reference=None if cancelled else self._dtmf_tx):
+                self.key_reported(digit, "inband")
+        self._dtmf_frames = n
 
     def _on_received_only(self, frame: np.ndarray) -> None:
         # Half duplex, receive state: the caller (and whoever else is on the copper) is
