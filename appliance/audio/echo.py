@@ -239,8 +239,8 @@ class SpeexEchoCanceller:
         self._confirmed = False
         self._tries = 0
         # Which of the window's frames had far-end speech in them (a ring: frame n at
-        # n % its length), and how many.
-        self._far_active = np.zeros(self._window // FRAME_SAMPLES, dtype=bool)
+        # n % its length; bytes, read and written without numpy), and how many.
+        self._far_active = bytearray(self._window // FRAME_SAMPLES)
         self._far_count = 0
         # The estimator's fixed parts: FFT size, the telephone band, the lags' indices.
         n, lags = self._window, self._max_delay
@@ -347,7 +347,7 @@ class SpeexEchoCanceller:
         far_active = _db(far_power) > ERLE_FAR_MIN_DBFS
         history = self._far_active
         slot = self.frames % len(history)
-        self._far_count += int(far_active) - int(history[slot])
+        self._far_count += far_active - history[slot]
         history[slot] = far_active
         if (not self._confirmed and self.frames * FRAME_SAMPLES >= len(sent)
                 and self._far_count >= 0.6 * len(history)):
@@ -526,7 +526,7 @@ class SpeexEchoCanceller:
         self._sent = self._sent_buf[: len(self._sent)]
         self._received = self._received_buf[: len(self._received)]
         self._delay, self._confirmed, self._tries, self.frames = 0, False, 0, 0
-        self._far_active[:] = False
+        self._far_active[:] = bytes(len(self._far_active))
         self._far_count = 0
         self._candidates.clear()
         if self._shadow is not None:
