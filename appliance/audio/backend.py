@@ -13,21 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import numpy as np
 
-from appliance.audio.buffers import FrameSource, JitterBuffer, SampleRing, silence
+from appliance.audio.buffers import (
+    JITTER_MAX_FRAMES,
+    CaptureFramer,
+    FrameSource,
+    SampleRing,
+    silence,
+)
 from appliance.audio.hybrid import Hybrid, HybridSpec, add_echo
 from appliance.audio.pcm import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 from appliance.errors import AudioError
 
 _LOGGER = logging.getLogger(__name__)
 
-FRAME_S: Final = FRAME_MS / 1000
 #: Playback ring for the real device: 200 ms is ample and bounds the added latency.
 PLAYBACK_RING_SAMPLES: Final = SAMPLE_RATE_HZ // 5
+#: The handset sound card's period (PortAudio blocksize). The earpiece takes the caller's voice
+#: from the playback ring this often, so a frame from the line waits less than this for it;
+#: and the capture is cut into frames at the block boundary just before the line's tick
+#: (:class:`~appliance.audio.buffers.CaptureFramer`). A 20 ms period left either direction
+#: waiting up to a whole frame (docs/performance.md, "Latency"). 5 ms periods are routine for
+#: USB audio on ALSA; the callback then runs 200 times a second, each only copying a block
+#: (the loop still gets one capture frame per 20 ms).
+HANDSET_PERIOD_MS: Final = 5
 
 CaptureCallback = Callable[[np.ndarray], None]
 
@@ -45,23 +59,41 @@ class HandsetAudio(Protocol):
 
 
 class SimHandsetAudio:
-    """``sim://``: an in-memory handset on its own 20 ms clock.
+    """``sim://``: an in-memory handset on its own clock, a sound card of ``period_ms``.
 
     The simulated shop assistant plugs in with :meth:`connect_user`: its *mouth* is a frame
-    source read once per tick, its *ear* receives each frame played to the earpiece.
+    source read once per captured frame, its *ear* receives each block the earpiece takes
+    (``period_ms`` of audio; a frame at the default 20 ms).
+
+    With a period shorter than a frame it models :class:`SoundDeviceAudio`'s card: the
+    earpiece takes a block per period from the playback ring, and a captured frame is cut at
+    the period boundary just before the line's tick (:class:`CaptureFramer`; the mouth
+    simply speaks its next frame a block later, as the card's newest samples would be).
 
     Args:
         echo: the SLIC's hybrid (what the earpiece plays returns in the mouthpiece capture,
             :mod:`appliance.audio.hybrid`); None: no echo.
+        period_ms: the card's period; it must divide 20 ms. The 20 ms default costs one
+            timer a frame (the daemon on ``sim://``); the bench models the handset's card
+            (HANDSET_PERIOD_MS).
     """
 
-    def __init__(self, *, echo: HybridSpec | None = None) -> None:
+    def __init__(self, *, echo: HybridSpec | None = None, period_ms: int = FRAME_MS) -> None:
+        if period_ms <= 0 or FRAME_MS % period_ms:
+            raise ValueError(f"period_ms must divide {FRAME_MS} ms, not {period_ms}")
         self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "shed": 0, "frames": 0}
-        self._playback = JitterBuffer(name="earpiece")
+        self._period_s = period_ms / 1000
+        self._block = period_ms * SAMPLE_RATE_HZ // 1000
+        self._playback = SampleRing(JITTER_MAX_FRAMES * FRAME_SAMPLES, name="earpiece")
+        self._framer = CaptureFramer(self._block)
+        self._captured = 0  # samples the card has captured since the last frame was cut
+        self._capturing = False  # in on_capture: a frame played now is this clock's
+        self._heard = np.zeros(FRAME_SAMPLES, dtype=np.int16)  # the earpiece's last 20 ms
         self._mouth: FrameSource | None = None
         self._ear: Callable[[np.ndarray], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._on_capture: CaptureCallback | None = None
         self.hybrid: Hybrid | None = None
         self._echo: np.ndarray | None = None
@@ -88,11 +120,17 @@ class SimHandsetAudio:
     async def start(self, on_capture: CaptureCallback) -> None:
         self._on_capture = on_capture
         loop = asyncio.get_running_loop()
-        self._next_tick = loop.time() + FRAME_S
+        self._loop = loop
+        self._next_tick = loop.time() + self._period_s
         self._timer = loop.call_at(self._next_tick, self._tick, loop)
 
     def play(self, frame: np.ndarray) -> None:
-        self._playback.push(frame)
+        if self._loop is not None and not self._capturing:
+            # The line's tick: the call plays the earpiece's frame as it takes the mouthpiece's.
+            # A frame played from within the capture callback is paced by this card's own
+            # clock (the idle player, the dial tone) and says nothing about the line's.
+            self._framer.line_tick(self._loop.time())
+        self._playback.write(frame)
 
     async def stop(self) -> None:
         if self._timer is not None:
@@ -100,26 +138,43 @@ class SimHandsetAudio:
             self._timer = None
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A timer callback per 20 ms, not a task sleeping: one loop turn per tick instead of
+        # A timer callback per period, not a task sleeping: one loop turn per tick instead of
         # two (the sleep's timer, then the task's wake-up). Scheduled on absolute times so the
         # simulated clock does not drift with load, and before the work so that a failing
         # callback (logged by the loop) does not stop the clock.
-        self._next_tick += FRAME_S
+        now = self._next_tick
+        self._next_tick += self._period_s
         self._timer = loop.call_at(self._next_tick, self._tick, loop)
-        out = self._playback.read(FRAME_SAMPLES)
+        block = self._block
+        out = np.empty(block, dtype=np.int16)
+        self._playback.read_into(out)
         if self._ear is not None:
             self._ear(out)
-        frame = self._mouth.read(FRAME_SAMPLES) if self._mouth is not None else silence()
-        if self.hybrid is not None:
-            # The earpiece's previous frame returns through the SLIC's hybrid now.
-            frame = add_echo(frame, self._echo)
-            self._echo = self.hybrid.echo(out)
-        self.stats["frames"] += 1
+        heard = self._heard
+        if block == FRAME_SAMPLES:
+            heard = out
+        else:
+            heard[:-block] = heard[block:]
+            heard[-block:] = out
         self.stats["underruns"] = self._playback.underruns
         self.stats["overruns"] = self._playback.overruns
         self.stats["shed"] = self._playback.shed
+        self._captured += block
+        if not self._framer.due(now, self._captured):
+            return
+        self._captured = 0
+        frame = self._mouth.read(FRAME_SAMPLES) if self._mouth is not None else silence()
+        if self.hybrid is not None:
+            # The earpiece's previous 20 ms return through the SLIC's hybrid now.
+            frame = add_echo(frame, self._echo)
+            self._echo = self.hybrid.echo(heard.copy())
+        self.stats["frames"] += 1
         if self._on_capture is not None:
-            self._on_capture(frame)
+            self._capturing = True
+            try:
+                self._on_capture(frame)
+            finally:
+                self._capturing = False
 
 
 class SoundDeviceAudio:
@@ -142,6 +197,15 @@ class SoundDeviceAudio:
         self.stats: dict[str, int] = {"underruns": 0, "overruns": 0, "shed": 0, "frames": 0,
                                       "status": 0}
         self._ring = SampleRing(PLAYBACK_RING_SAMPLES, name=f"{role} playback")
+        # The handset's card runs short periods, its capture cut into frames aligned to the
+        # line's clock; a line's own card clocks the call itself: a frame per period.
+        period_ms = HANDSET_PERIOD_MS if role == "handset" else FRAME_MS
+        self._block = period_ms * SAMPLE_RATE_HZ // 1000
+        self._framer = CaptureFramer(self._block) if self._block < FRAME_SAMPLES else None
+        # Captured samples not yet cut into a frame (callback thread only; preallocated).
+        self._captured = np.zeros(2 * FRAME_SAMPLES, dtype=np.int16)
+        self._captured_n = 0
+        self._capturing = False
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_capture: CaptureCallback | None = None
@@ -184,7 +248,7 @@ class SoundDeviceAudio:
                 samplerate=SAMPLE_RATE_HZ,
                 channels=1,
                 dtype="int16",
-                blocksize=FRAME_SAMPLES,
+                blocksize=self._block,
                 callback=self._callback,
             )
             self._stream.start()
@@ -192,7 +256,7 @@ class SoundDeviceAudio:
             raise AudioError(f"cannot open {self.role} audio {self.device!r}: {exc}") from exc
         _LOGGER.info("%s audio open on %s", self.role, self.device)
 
-    def _callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time: Any,
+    def _callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info: Any,
                   status: Any) -> None:
         # Real-time thread: no logging, no allocation beyond the capture copy handed over.
         if status:
@@ -200,10 +264,38 @@ class SoundDeviceAudio:
         self._ring.read_into(outdata[:, 0])
         self.stats["frames"] += 1
         loop = self._loop
-        if loop is not None and self._on_capture is not None:
-            loop.call_soon_threadsafe(self._on_capture, indata[:, 0].copy())
+        if loop is None or self._on_capture is None:
+            return
+        framer = self._framer
+        if framer is None:
+            loop.call_soon_threadsafe(self._deliver, indata[:, 0].copy())
+            return
+        captured, n, block = self._captured, self._captured_n, len(indata)
+        if n + block > len(captured):  # keep the newest (a frame cut late skips the oldest)
+            keep = len(captured) - block
+            captured[:keep] = captured[n - keep : n]
+            n = keep
+        captured[n : n + block] = indata[:, 0]
+        n += block
+        if framer.due(time.monotonic(), n):
+            loop.call_soon_threadsafe(self._deliver, captured[n - FRAME_SAMPLES : n].copy())
+            n = 0
+        self._captured_n = n
+
+    def _deliver(self, frame: np.ndarray) -> None:
+        """One captured frame to ``on_capture`` (on the loop)."""
+        if self._on_capture is not None:
+            self._capturing = True
+            try:
+                self._on_capture(frame)
+            finally:
+                self._capturing = False
 
     def play(self, frame: np.ndarray) -> None:
+        if self._framer is not None and not self._capturing:
+            # The line's tick (the loop's clock); not a frame played from within on_capture,
+            # paced by this card's own clock (SimHandsetAudio.play says why).
+            self._framer.line_tick(time.monotonic())
         self._ring.write(frame)
         self.stats["underruns"] = self._ring.underruns
         self.stats["overruns"] = self._ring.overruns

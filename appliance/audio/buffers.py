@@ -8,6 +8,7 @@ sounddevice callback contract: no allocation, no logging, no blocking in the cal
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Final, Protocol
 
 import numpy as np
 
-from appliance.audio.pcm import FRAME_MS, FRAME_SAMPLES
+from appliance.audio.pcm import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE_HZ
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,6 +38,17 @@ SHED_QUIET_DBFS: Final = -45.0
 #: A shed frame that is not quiet leaves a gap crossfaded over this many samples (5 ms): the
 #: next frame fades in from where the shed one started, so the waveform does not jump.
 SHED_FADE_SAMPLES: Final = 40
+
+#: A capture frame is cut so that it reaches the call at least this long before the line's next
+#: tick is expected (the ticks are seen late by the loop's own jitter; a frame that misses its
+#: tick is an underrun, and then a shed).
+CAPTURE_MARGIN_MS: Final = 2
+#: The capture is aligned to the line's clock only once this many of its ticks came in a row
+#: (half a second of a call), and no longer after a pause of CAPTURE_PAUSE_MS without one.
+CAPTURE_ALIGN_TICKS: Final = 25
+CAPTURE_PAUSE_MS: Final = 100
+#: The ticks' phase is re-estimated over this many ticks (both clocks drift).
+CAPTURE_PHASE_WINDOW_TICKS: Final = 50
 
 _QUIET_SUM_SQ: Final = FRAME_SAMPLES * (32767.0 * 10 ** (SHED_QUIET_DBFS / 20)) ** 2
 
@@ -200,6 +212,71 @@ class ClipPlayer:
         return out
 
 
+class CaptureFramer:
+    """When to cut the next 20 ms capture frame from a sound card's blocks (docs/audio.md §6).
+
+    The handset's card and the line run on two clocks. A frame cut as soon as it is complete
+    waits in the call's capture buffer for the line's next tick: 0–20 ms more latency, fixed
+    for the call by the phase between the clocks. Told when the line takes its frames
+    (:meth:`line_tick`: the earpiece's frame is played in the same step), the framer holds a
+    complete frame back block by block while the next block would still come in before the
+    line's tick (less ``margin_ms``): the frame then waits between the margin and a block more.
+    A frame complete only within the margin of a tick is held for the next one. On a card the
+    held-back block is skipped (the frame cut is always the newest 160 samples), once when
+    the call starts and again only as the two clocks drift apart by a block.
+
+    Times are the loop's clock (``time.monotonic``) in seconds; deterministic given them.
+    """
+
+    def __init__(self, block_samples: int, *, margin_ms: float = CAPTURE_MARGIN_MS,
+                 align_ticks: int = CAPTURE_ALIGN_TICKS) -> None:
+        self._block_s = block_samples / SAMPLE_RATE_HZ
+        self._frame_s = FRAME_MS / 1000
+        self._margin_s = margin_ms / 1000
+        self._align_ticks = align_ticks
+        #: Samples a frame may be held to: up to one frame's blocks less one (a frame period
+        #: covers every phase).
+        self._hold_max = 2 * FRAME_SAMPLES - block_samples
+        self._ref: float | None = None  # a line tick, as early as any seen lately
+        self._last = -math.inf
+        self._ticks = 0
+        self._min_phase = math.inf
+
+    def line_tick(self, t: float) -> None:
+        """The line took (or is about to take) a frame at ``t``."""
+        ref = self._ref
+        if ref is None or t - self._last > CAPTURE_PAUSE_MS / 1000:
+            self._ref, self._ticks, self._min_phase = t, 1, 0.0
+        else:
+            frame_s = self._frame_s
+            phase = t - ref - round((t - ref) / frame_s) * frame_s
+            if phase < 0:  # seen earlier than expected: the ticks are at least that early
+                ref, phase = ref + phase, 0.0
+            self._min_phase = min(self._min_phase, phase)
+            self._ticks += 1
+            if self._ticks % CAPTURE_PHASE_WINDOW_TICKS == 0:
+                # Every tick of the window was seen this much later: the clocks drifted.
+                ref += self._min_phase
+                self._min_phase = math.inf
+            self._ref = ref
+        self._last = t
+
+    def due(self, t: float, samples: int) -> bool:
+        """At a block boundary at ``t`` with ``samples`` captured since the last frame was
+        cut: cut one now (the newest FRAME_SAMPLES)?"""
+        if samples < FRAME_SAMPLES:
+            return False
+        ref = self._ref
+        if (ref is None or self._ticks < self._align_ticks
+                or t - self._last > CAPTURE_PAUSE_MS / 1000 or samples >= self._hold_max):
+            return True
+        frame_s = self._frame_s
+        wait = ref + math.ceil((t - ref) / frame_s) * frame_s - t
+        # Closer to the tick than the margin: held to the next tick's last block (the line
+        # would likely not find it in time anyway).
+        return self._margin_s <= wait < self._block_s + self._margin_s
+
+
 class JitterBuffer:
     """A bounded FIFO of frames between two clocks (loop-side only).
 
@@ -297,6 +374,7 @@ class SampleRing:
         self._lock = threading.Lock()
         self._level = LevelControl(level)
         self._fade_from: np.ndarray | None = None
+        self._written = False  # no underrun counts before the first audio
         self.name = name
         self.underruns = 0
         self.overruns = 0
@@ -329,6 +407,7 @@ class SampleRing:
             self._buf[start : start + first] = samples[:first]
             self._buf[: n - first] = samples[first:]
             self._count += n
+            self._written = True
 
     def _shed(self, samples: np.ndarray) -> bool:
         """Shed ``samples`` (not written) if quiet, or if the wait for a quiet one is over
@@ -358,4 +437,5 @@ class SampleRing:
             self._count -= take
             if take < n:
                 out[take:] = 0
-                self.underruns += 1
+                if self._written:
+                    self.underruns += 1

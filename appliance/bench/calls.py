@@ -28,7 +28,7 @@ from typing import Any, Final
 import numpy as np
 import soundfile
 
-from appliance.audio.backend import SimHandsetAudio
+from appliance.audio.backend import HANDSET_PERIOD_MS, SimHandsetAudio
 from appliance.bench.benchconfig import BENCH_NOTICE, bench_config
 from appliance.bench.probes import (
     BenchModem,
@@ -149,7 +149,9 @@ class BenchStack:
                                    returning_caller_days=self._returning_caller_days,
                                    echo_cancel=self._echo_cancel)
         self._factory = MockFactory(pin_class=MockPWMPin)
-        self.handset = SimHandsetAudio()
+        # The handset modelled as its sound card runs (short periods, capture aligned to the
+        # line's clock), not as the daemon's 20 ms sim:// timer.
+        self.handset = SimHandsetAudio(period_ms=HANDSET_PERIOD_MS)
         self.app = Application(self.config, pin_factory=self._factory,
                                handset_audio=self.handset)
         self.app.observers.append(self._observe)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from appliance.audio.backend import SimHandsetAudio, open_handset_audio
+from appliance.audio.buffers import CAPTURE_ALIGN_TICKS
 from appliance.audio.tones import dtmf_samples
 from appliance.errors import AudioError
 
@@ -56,6 +57,59 @@ async def test_sim_backend_delivers_capture_and_plays_to_the_ear() -> None:
     await backend.stop()
     assert all(np.all(frame == 1000) for frame in captured)
     assert any(np.all(frame == 7) for frame in heard)
+
+
+async def test_sim_backend_with_a_short_period_models_the_card() -> None:
+    # A 5 ms card: the ear gets 5 ms blocks, the call still gets whole 20 ms frames.
+    backend = SimHandsetAudio(period_ms=5)
+    heard: list[np.ndarray] = []
+    captured: list[np.ndarray] = []
+    got_enough = asyncio.Event()
+
+    class Mouth:
+        def read(self, n: int) -> np.ndarray:
+            return np.full(n, 1000, dtype=np.int16)
+
+    def on_capture(frame: np.ndarray) -> None:
+        captured.append(frame)
+        if len(captured) >= 5:
+            got_enough.set()
+
+    backend.connect_user(Mouth(), heard.append)
+    await backend.start(on_capture)
+    backend.play(np.full(160, 7, dtype=np.int16))
+    await asyncio.wait_for(got_enough.wait(), TIMEOUT_S)
+    await backend.stop()
+    assert all(len(frame) == 160 and np.all(frame == 1000) for frame in captured)
+    assert {len(block) for block in heard} == {40}
+    assert sum(int(np.count_nonzero(block == 7)) for block in heard) == 160
+
+
+async def test_frames_played_from_the_capture_callback_do_not_move_the_capture() -> None:
+    # The idle player and the dial tone play one frame per captured frame: paced by the
+    # card's own clock, they must not be taken for the line's ticks (the capture would hold
+    # frames back to align to itself, and the earpiece would run dry between them).
+    backend = SimHandsetAudio(period_ms=5)
+    captured: list[np.ndarray] = []
+    got_enough = asyncio.Event()
+
+    def on_capture(frame: np.ndarray) -> None:
+        captured.append(frame)
+        backend.play(np.full(160, 500, dtype=np.int16))
+        if len(captured) >= 2 * CAPTURE_ALIGN_TICKS:
+            got_enough.set()
+
+    await backend.start(on_capture)
+    await asyncio.wait_for(got_enough.wait(), TIMEOUT_S)
+    await backend.stop()
+    assert backend.stats["underruns"] == 0
+    # One frame per 20 ms of the card: four 5 ms periods each.
+    assert backend.stats["frames"] == len(captured)
+
+
+def test_sim_backend_period_must_divide_a_frame() -> None:
+    with pytest.raises(ValueError, match="divide"):
+        SimHandsetAudio(period_ms=7)
 
 
 def test_unknown_url_is_a_clear_error() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.audio.buffers import (
+    CAPTURE_ALIGN_TICKS,
+    CaptureFramer,
     JitterBuffer,
     LevelControl,
     LevelPolicy,
@@ -229,3 +233,78 @@ def test_sample_ring_with_blocks_smaller_than_a_frame_keeps_its_level() -> None:
         for _ in range(4):
             ring.read_into(out)
     assert (ring.shed, ring.underruns) == (0, 0)
+
+
+BLOCK = 40  # a 5 ms card period
+MS = 1e-3
+
+
+def aligned_framer(first_tick_s: float = 0.0) -> CaptureFramer:
+    """A framer that has seen the line tick every 20 ms long enough to align to it."""
+    framer = CaptureFramer(BLOCK, margin_ms=2)
+    for k in range(CAPTURE_ALIGN_TICKS):
+        framer.line_tick(first_tick_s + k * 20 * MS)
+    return framer
+
+
+def cut_times(framer: CaptureFramer, start_s: float, blocks: int,
+              ticks_from_s: float | None = None) -> list[float]:
+    """Feed ``blocks`` card blocks from ``start_s``, the line ticking every 20 ms from
+    ``ticks_from_s``; return when frames were cut."""
+    cuts, samples = [], 0
+    for b in range(blocks):
+        t = start_s + b * 5 * MS
+        if ticks_from_s is not None:
+            k = math.floor((t - ticks_from_s) / (20 * MS) + 1e-9)
+            framer.line_tick(ticks_from_s + k * 20 * MS)
+        samples += BLOCK
+        if framer.due(t, samples):
+            cuts.append(t)
+            samples = 0
+    return cuts
+
+
+@pytest.mark.parametrize("card_phase_ms", [0.0, 1.0, 2.5, 3.3, 4.9])
+def test_capture_frames_are_cut_just_before_the_line_s_tick(card_phase_ms: float) -> None:
+    framer = aligned_framer()
+    start = CAPTURE_ALIGN_TICKS * 20 * MS + card_phase_ms * MS
+    cuts = cut_times(framer, start, 400, ticks_from_s=0.0)
+    steady = cuts[4:]
+    assert len(steady) > 80  # of 100 frame periods
+    for t in steady:
+        wait = (math.ceil(t / (20 * MS) - 1e-9) * 20 * MS) - t
+        assert 2 * MS - 1e-9 <= wait < 7 * MS + 1e-9  # the margin, less than a block more
+    assert all(abs(b - a - 20 * MS) < 1e-9 for a, b in itertools.pairwise(steady))
+
+
+def test_capture_is_cut_at_once_before_the_line_s_clock_is_known() -> None:
+    framer = CaptureFramer(BLOCK, margin_ms=2)
+    framer.line_tick(0.0)  # one tick: not yet a clock to align to
+    assert not framer.due(0.001, 120)
+    assert framer.due(0.001, 160)
+    framer = aligned_framer()
+    # A pause in the line's ticks (no call any more): no holding back.
+    assert framer.due(2.0, 160)
+
+
+def test_capture_is_never_held_a_whole_frame() -> None:
+    framer = aligned_framer()
+    t = CAPTURE_ALIGN_TICKS * 20 * MS - 19 * MS  # just after a tick: holding would pay
+    assert not framer.due(t, 160)
+    assert not framer.due(t, 240)
+    assert framer.due(t, 280)  # 160 + the three blocks a frame period can need
+
+
+def test_capture_follows_ticks_seen_late_by_their_earliest() -> None:
+    # The loop sees each tick 0–3 ms late: the framer goes by the earliest, so the frames
+    # are cut for the tick's true time.
+    framer = CaptureFramer(BLOCK, margin_ms=2)
+    rng = np.random.default_rng(3)
+    for k in range(CAPTURE_ALIGN_TICKS + 20):
+        framer.line_tick(k * 20 * MS + float(rng.uniform(0, 3)) * MS)
+    start = (CAPTURE_ALIGN_TICKS + 19) * 20 * MS + 1 * MS  # within the pause the ticks may take
+    cuts = cut_times(framer, start, 16)[1:]
+    assert cuts
+    for t in cuts:
+        wait = math.ceil(t / (20 * MS) - 1e-9) * 20 * MS - t
+        assert 2 * MS - 1e-9 <= wait < 7 * MS
