@@ -75,22 +75,30 @@ ECHO_SUPPRESS_ACTIVE_DB: Final = -15
 NOISE_SUPPRESS_DB: Final = -1
 #: The echo path watch (two paths, docs/audio.md "Echo cancellation"). Once the main filter
 #: has taken SHADOW_CONVERGED_DB out of what comes back, a fall below SHADOW_SUSPECT_DB while
-#: the far end speaks (a path change, or the near end talking) has the bulk delay measured
-#: again; a moved delay starts a fresh shadow filter on it, and so does a main filter adding
-#: more than SHADOW_HARM_DB to what comes back (its path is gone: a held call, a handset put
-#: down). The shadow takes over when its error is SHADOW_SWAP_DB below the main filter's for
-#: SHADOW_SWAP_MS of far-end speech in a row, once it has heard SHADOW_MIN_MS of it (a young
-#: filter gives the residual echo suppressor nothing to work from; a harmful main filter is
-#: replaced at once), and is dropped after SHADOW_MAX_S. A path that merely changed is left
-#: to the main filter: over the bench's 30 path changes a fresh filter taking over was
-#: 2–3 dB worse on average than letting the main one re-adapt (docs/performance.md).
+#: the far end speaks (a path change, or the near end talking) starts a fresh shadow filter
+#: beside it on the same delay and has the bulk delay measured again; a moved delay starts
+#: the shadow on the new one instead, and so does a main filter adding more than
+#: SHADOW_HARM_DB to what comes back (its path is gone: a held call, a handset put down).
+#: While the shadow's error is SHADOW_LEAD_DB below the main filter's, its output is the one
+#: passed on (back to the main filter's once it is no lower), but the residual echo suppressor
+#: keeps working from the main filter's state: a young filter's state gives it nothing to
+#: work from, the main one's echo estimate still has the far end's spectrum and level. Over
+#: the bench's 30 path changes this is 9 dB better on average 0.5–1 s after the change than
+#: the main filter re-adapting alone, and than a fresh filter taking over
+#: (docs/performance.md). The shadow takes over for good when its error is SHADOW_SWAP_DB
+#: below the main filter's for SHADOW_SWAP_MS of far-end speech in a row, once it has heard
+#: SHADOW_MIN_MS of it (a harmful main filter is replaced at once) — a shadow started on a
+#: mere fall only if its output is still the one in use at SHADOW_MAX_S (a takeover after
+#: double talk lost more than it won) — and is dropped otherwise after SHADOW_MAX_S.
 SHADOW_CONVERGED_DB: Final = 12.0
 SHADOW_SUSPECT_DB: Final = 6.0
 SHADOW_HARM_DB: Final = -10.0
+SHADOW_LEAD_DB: Final = 3.0
 SHADOW_SWAP_DB: Final = 3.0
 SHADOW_SWAP_MS: Final = 60
 SHADOW_MIN_MS: Final = 400
 SHADOW_MAX_S: Final = 2.0
+SHADOW_TRIAL_MS: Final = 400
 #: Smoothing (per far-end sub-frame) of the powers the watch compares: a few frames of memory.
 SHADOW_SMOOTHING: Final = 0.5
 #: A reference frame quieter than this (dBFS) does not count towards the ERLE estimate.
@@ -264,6 +272,13 @@ class SpeexEchoCanceller:
         self._shadow_heard = 0
         self._moved_delay: int | None = None
         self._suspect_frames = 0
+        # Whether the shadow was started on a mere fall (not a moved delay or a path gone),
+        # whether its error leads the main filter's, and whether its output is passed on.
+        self._shadow_suspected = False
+        self._shadow_leads = False
+        self._passing_shadow = False
+        self._shadow_idle = 0
+        self._armed = False
         self._shadow_out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._shadow_addr = int(self._shadow_out.ctypes.data)
         self._watch = [0.0, 0.0, 0.0]
@@ -409,14 +424,17 @@ class SpeexEchoCanceller:
         return start
 
     def _watch_path(self, offset: int) -> None:
-        """The echo path watch (SHADOW_* above), on this sub-frame's linear outputs."""
+        """The echo path watch (SHADOW_* above), on this sub-frame's linear outputs; picks the
+        linear output passed on to the residual echo suppressor."""
         part = slice(offset, offset + SUBFRAME_SAMPLES)
         end = len(self._sent) - self._delay - FRAME_SAMPLES + offset
         ref32 = self._sent[end : end + SUBFRAME_SAMPLES].astype(np.float32)
         if float(ref32 @ ref32) / (SUBFRAME_SAMPLES * 32767.0**2) <= 10 ** (
                 ERLE_FAR_MIN_DBFS / 10):
-            self._age_shadow()
-            return  # no far-end speech for this sub-frame's echo: nothing to judge by
+            # No far-end speech for this sub-frame's echo: nothing to judge by.
+            self._age_shadow(part)
+            self._pass_on(part)
+            return
         a, watch = SHADOW_SMOOTHING, self._watch
         near = len(self._received) - FRAME_SAMPLES + offset
         near32 = self._received[near : near + SUBFRAME_SAMPLES].astype(np.float32)
@@ -425,27 +443,61 @@ class SpeexEchoCanceller:
         watch[1] = a * watch[1] + (1 - a) * float(main32 @ main32)
         removed_db = _db(watch[0]) - _db(watch[1])
         if removed_db >= SHADOW_CONVERGED_DB:
-            self._converged = True
+            self._converged = self._armed = True
         if removed_db < SHADOW_SUSPECT_DB:
             self._follow_delay()
+            if self._armed and (self._shadow is None or (self._shadow_suspected
+                                                         and self._shadow_frames > 0
+                                                         and not self._shadow_leads)):
+                # The path changed, or the near end talks: a fresh filter shows which (one
+                # from an earlier fall has learnt the old path). One per fall: the next only
+                # once the main filter has converged again.
+                self._start_shadow(self._delay, suspected=True)
+                self._armed = False
         if self._shadow is None and self._converged and removed_db < SHADOW_HARM_DB:
             self._start_shadow(self._delay)
         if self._shadow is None or self._shadow_frames == 0:
-            return  # none running, or one just started: it has no output to judge yet
+            # None running, or one just started (it has no output to judge yet; one it
+            # replaced may have been passed on).
+            self._pass_on(part)
+            return
         shadow32 = self._shadow_out[part].astype(np.float32)
         watch[2] = a * watch[2] + (1 - a) * float(shadow32 @ shadow32)
         self._shadow_heard += 1
-        better = _db(watch[1]) - _db(watch[2]) >= SHADOW_SWAP_DB
-        self._shadow_wins = self._shadow_wins + 1 if better else 0
+        lead_db = _db(watch[1]) - _db(watch[2])
+        self._shadow_leads = lead_db >= (0.0 if self._shadow_leads else SHADOW_LEAD_DB)
+        self._shadow_idle = 0 if self._shadow_leads else self._shadow_idle + 1
+        self._shadow_wins = self._shadow_wins + 1 if lead_db >= SHADOW_SWAP_DB else 0
+        if (self._shadow_suspected and removed_db >= SHADOW_HARM_DB
+                and self._shadow_idle * SUBFRAME_SAMPLES >= SHADOW_TRIAL_MS * _SAMPLES_PER_MS):
+            # Not better for a while: the near end talks (or the main filter has caught up).
+            self._drop_shadow()
+            self._pass_on(part)
+            return
         # A young filter has not started tracking its own echo estimate yet (which the
         # residual echo suppressor works from): it takes over early only from a main
-        # filter that adds more than it removes.
-        ready = (self._shadow_heard * SUBFRAME_SAMPLES >= SHADOW_MIN_MS * _SAMPLES_PER_MS
-                 or removed_db < SHADOW_HARM_DB)
+        # filter that adds more than it removes, and one started on a mere fall only at
+        # the end of its time (_age_shadow).
+        ready = (removed_db < SHADOW_HARM_DB
+                 or (not self._shadow_suspected
+                     and self._shadow_heard * SUBFRAME_SAMPLES >= SHADOW_MIN_MS * _SAMPLES_PER_MS))
         if ready and self._shadow_wins * SUBFRAME_SAMPLES >= SHADOW_SWAP_MS * _SAMPLES_PER_MS:
             self._swap(part)
-        else:
-            self._age_shadow()
+            return
+        self._age_shadow(part)
+        self._pass_on(part)
+
+    def _pass_on(self, part: slice) -> None:
+        """Put the shadow's output in the main filter's place while the shadow leads, fading
+        over this sub-frame when that changes (no click)."""
+        leads = self._shadow is not None and self._shadow_leads
+        if leads and self._passing_shadow:
+            self._out[part] = self._shadow_out[part]
+        elif leads != self._passing_shadow:
+            ramp = self._ramp if leads else 1 - self._ramp
+            mixed = self._out[part] * (1 - ramp) + self._shadow_out[part] * ramp
+            self._out[part] = np.rint(mixed)
+        self._passing_shadow = leads
 
     def _follow_delay(self) -> None:
         """While the main filter removes little, measure the bulk delay again (about one
@@ -470,29 +522,45 @@ class SpeexEchoCanceller:
         else:
             self._moved_delay = found
 
-    def _start_shadow(self, delay: int) -> None:
+    def _start_shadow(self, delay: int, *, suspected: bool = False) -> None:
         if self._shadow is not None:
             self._lib.speex_echo_state_destroy(self._shadow)
         self._shadow = self._new_state()
         self._shadow_delay, self._shadow_frames, self._shadow_wins = delay, 0, 0
-        self._shadow_heard = 0
+        self._shadow_heard = self._shadow_idle = 0
+        self._shadow_suspected = suspected
+        self._shadow_leads = False
         self._moved_delay = None
         # Until it has learnt anything the shadow passes what comes back through.
         self._watch[2] = self._watch[0]
 
-    def _age_shadow(self) -> None:
-        if (self._shadow is not None
-                and self._shadow_frames * SUBFRAME_SAMPLES >= SHADOW_MAX_S * SAMPLE_RATE_HZ):
-            self._lib.speex_echo_state_destroy(self._shadow)
-            self._shadow = None
+    def _age_shadow(self, part: slice) -> None:
+        """At SHADOW_MAX_S: a shadow whose output is in use takes over, another is dropped."""
+        if (self._shadow is None
+                or self._shadow_frames * SUBFRAME_SAMPLES < SHADOW_MAX_S * SAMPLE_RATE_HZ):
+            return
+        if self._shadow_wins * SUBFRAME_SAMPLES >= SHADOW_SWAP_MS * _SAMPLES_PER_MS:
+            self._swap(part)
+            return
+        self._drop_shadow()
+
+    def _drop_shadow(self) -> None:
+        assert self._shadow is not None
+        self._lib.speex_echo_state_destroy(self._shadow)
+        self._shadow = None
+        self._shadow_leads = False
 
     def _swap(self, part: slice) -> None:
         """The shadow takes over: its output fades in over this sub-frame (no click)."""
         shadow = self._shadow
         assert shadow is not None
         assert self._echo is not None
-        mixed = self._out[part] * (1 - self._ramp) + self._shadow_out[part] * self._ramp
-        self._out[part] = np.rint(mixed)
+        if not self._passing_shadow:
+            mixed = self._out[part] * (1 - self._ramp) + self._shadow_out[part] * self._ramp
+            self._out[part] = np.rint(mixed)
+        else:
+            self._out[part] = self._shadow_out[part]
+        self._passing_shadow = self._shadow_leads = False
         self._lib.speex_echo_state_destroy(self._echo)
         self._echo, self._shadow = shadow, None
         self._delay = self._shadow_delay
@@ -505,6 +573,11 @@ class SpeexEchoCanceller:
         self.swaps += 1
         self.last_swap_frame = self.frames
         _LOGGER.debug("echo path changed: the shadow filter took over (%d)", self.swaps)
+
+    @property
+    def passing_shadow(self) -> bool:
+        """True while the shadow filter's output is the one passed on (it leads)."""
+        return self._passing_shadow
 
     @property
     def erle_db(self) -> float | None:
@@ -533,7 +606,8 @@ class SpeexEchoCanceller:
             self._lib.speex_echo_state_destroy(self._shadow)
             self._shadow = None
         self._watch = [0.0, 0.0, 0.0]
-        self._converged = False
+        self._converged = self._armed = False
+        self._shadow_leads = self._passing_shadow = False
         self.swaps, self.last_swap_frame = 0, None
         self._moved_delay, self._suspect_frames = None, 0
 
