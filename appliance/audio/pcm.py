@@ -207,6 +207,8 @@ def decode_voice(data: bytes, fmt: str) -> npt.NDArray[np.int16]:
 
 
 def _as_int16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
+    if isinstance(samples, np.ndarray) and samples.dtype == np.int16 and samples.ndim == 1:
+        return samples  # a frame as the daemon sends it (every 20 ms): nothing to convert
     arr = np.asarray(samples)
     if arr.dtype == np.int16:
         return np.asarray(arr.reshape(-1), dtype=np.int16)
