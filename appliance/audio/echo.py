@@ -584,6 +584,11 @@ class SpeexEchoCanceller:
         _LOGGER.debug("echo path changed: the shadow filter took over (%d)", self.swaps)
 
     @property
+    def shadow_running(self) -> bool:
+        """True while a shadow filter runs beside the main one (a second filter's cost)."""
+        return self._shadow is not None
+
+    @property
     def passing_shadow(self) -> bool:
         """True while the shadow filter's output is the one passed on (it leads)."""
         return self._passing_shadow
