@@ -49,6 +49,10 @@ CAPTURE_ALIGN_TICKS: Final = 25
 CAPTURE_PAUSE_MS: Final = 100
 #: The ticks' phase is re-estimated over this many ticks (both clocks drift).
 CAPTURE_PHASE_WINDOW_TICKS: Final = 50
+#: A line tick with no frame cut since the one before (the line found none: the loop was late)
+#: widens the margin by a block, up to a frame less a block; this many ticks (10 s) without
+#: one narrow it again by a block, down to CAPTURE_MARGIN_MS.
+CAPTURE_CALM_TICKS: Final = 500
 
 _QUIET_SUM_SQ: Final = FRAME_SAMPLES * (32767.0 * 10 ** (SHED_QUIET_DBFS / 20)) ** 2
 
@@ -221,9 +225,10 @@ class CaptureFramer:
     (:meth:`line_tick`: the earpiece's frame is played in the same step), the framer holds a
     complete frame back block by block while the next block would still come in before the
     line's tick (less ``margin_ms``): the frame then waits between the margin and a block more.
-    A frame complete only within the margin of a tick is held for the next one. On a card the
-    held-back block is skipped (the frame cut is always the newest 160 samples), once when
-    the call starts and again only as the two clocks drift apart by a block.
+    A frame complete only within the margin of a tick is held for the next one; a tick that
+    finds no frame (the loop ran late) widens the margin by a block (CAPTURE_CALM_TICKS). On
+    a card the held-back block is skipped (the frame cut is always the newest 160 samples),
+    once when the call starts and again only as the two clocks drift apart by a block.
 
     Times are the loop's clock (``time.monotonic``) in seconds; deterministic given them.
     """
@@ -237,17 +242,31 @@ class CaptureFramer:
         #: Samples a frame may be held to: up to one frame's blocks less one (a frame period
         #: covers every phase).
         self._hold_max = 2 * FRAME_SAMPLES - block_samples
+        self._base_margin_s = self._margin_s
         self._ref: float | None = None  # a line tick, as early as any seen lately
         self._last = -math.inf
         self._ticks = 0
         self._min_phase = math.inf
+        self._cut = True  # a frame was cut since the last tick
+        self._calm = 0  # ticks since the last one that found no frame
+        #: Ticks that found no frame cut for them since the framer aligned (each widened the
+        #: margin).
+        self.misses = 0
+
+    @property
+    def margin_ms(self) -> float:
+        """The margin now (ms): CAPTURE_MARGIN_MS, wider after ticks the line missed."""
+        return self._margin_s * 1000
 
     def line_tick(self, t: float) -> None:
         """The line took (or is about to take) a frame at ``t``."""
         ref = self._ref
         if ref is None or t - self._last > CAPTURE_PAUSE_MS / 1000:
             self._ref, self._ticks, self._min_phase = t, 1, 0.0
+            self._margin_s, self._calm = self._base_margin_s, 0
         else:
+            if self._ticks > self._align_ticks + 1:  # aligned (its one hold is over)
+                self._watch_misses()
             frame_s = self._frame_s
             phase = t - ref - round((t - ref) / frame_s) * frame_s
             if phase < 0:  # seen earlier than expected: the ticks are at least that early
@@ -260,6 +279,19 @@ class CaptureFramer:
                 self._min_phase = math.inf
             self._ref = ref
         self._last = t
+        self._cut = False
+
+    def _watch_misses(self) -> None:
+        widest = self._frame_s - self._block_s
+        if not self._cut:
+            self.misses += 1
+            self._calm = 0
+            self._margin_s = min(self._margin_s + self._block_s, widest)
+        else:
+            self._calm += 1
+            if self._calm >= CAPTURE_CALM_TICKS and self._margin_s > self._base_margin_s:
+                self._calm = 0
+                self._margin_s = max(self._margin_s - self._block_s, self._base_margin_s)
 
     def due(self, t: float, samples: int) -> bool:
         """At a block boundary at ``t`` with ``samples`` captured since the last frame was
@@ -269,12 +301,16 @@ class CaptureFramer:
         ref = self._ref
         if (ref is None or self._ticks < self._align_ticks
                 or t - self._last > CAPTURE_PAUSE_MS / 1000 or samples >= self._hold_max):
+            self._cut = True
             return True
         frame_s = self._frame_s
         wait = ref + math.ceil((t - ref) / frame_s) * frame_s - t
         # Closer to the tick than the margin: held to the next tick's last block (the line
         # would likely not find it in time anyway).
-        return self._margin_s <= wait < self._block_s + self._margin_s
+        if self._margin_s <= wait < self._block_s + self._margin_s:
+            self._cut = True
+            return True
+        return False
 
 
 class JitterBuffer:

@@ -251,12 +251,14 @@ def cut_times(framer: CaptureFramer, start_s: float, blocks: int,
               ticks_from_s: float | None = None) -> list[float]:
     """Feed ``blocks`` card blocks from ``start_s``, the line ticking every 20 ms from
     ``ticks_from_s``; return when frames were cut."""
-    cuts, samples = [], 0
+    cuts, samples, last_k = [], 0, None
     for b in range(blocks):
         t = start_s + b * 5 * MS
         if ticks_from_s is not None:
             k = math.floor((t - ticks_from_s) / (20 * MS) + 1e-9)
-            framer.line_tick(ticks_from_s + k * 20 * MS)
+            if k != last_k:  # the line's tick since the last block
+                framer.line_tick(ticks_from_s + k * 20 * MS)
+                last_k = k
         samples += BLOCK
         if framer.due(t, samples):
             cuts.append(t)
@@ -297,14 +299,33 @@ def test_capture_is_never_held_a_whole_frame() -> None:
 
 def test_capture_follows_ticks_seen_late_by_their_earliest() -> None:
     # The loop sees each tick 0–3 ms late: the framer goes by the earliest, so the frames
-    # are cut for the tick's true time.
+    # are cut for the tick's true time, and none is missed.
     framer = CaptureFramer(BLOCK, margin_ms=2)
     rng = np.random.default_rng(3)
-    for k in range(CAPTURE_ALIGN_TICKS + 20):
-        framer.line_tick(k * 20 * MS + float(rng.uniform(0, 3)) * MS)
-    start = (CAPTURE_ALIGN_TICKS + 19) * 20 * MS + 1 * MS  # within the pause the ticks may take
-    cuts = cut_times(framer, start, 16)[1:]
-    assert cuts
-    for t in cuts:
+    cuts, samples, next_k = [], 0, 0
+    for b in range(400):
+        t = 1 * MS + b * 5 * MS
+        while next_k * 20 * MS + 3 * MS <= t:  # every tick seen by now (0–3 ms late)
+            framer.line_tick(next_k * 20 * MS + float(rng.uniform(0, 3)) * MS)
+            next_k += 1
+        samples += BLOCK
+        if framer.due(t, samples):
+            cuts.append(t)
+            samples = 0
+    steady = [t for t in cuts if t > 1.0]
+    assert len(steady) == 50
+    for t in steady:
         wait = math.ceil(t / (20 * MS) - 1e-9) * 20 * MS - t
-        assert 2 * MS - 1e-9 <= wait < 7 * MS
+        assert 2 * MS - 1e-9 <= wait < 7 * MS + 1e-9
+    assert framer.misses == 0
+
+
+def test_a_tick_that_finds_no_frame_widens_the_margin() -> None:
+    framer = aligned_framer()
+    start = CAPTURE_ALIGN_TICKS * 20 * MS + 1 * MS
+    cut_times(framer, start, 40, ticks_from_s=0.0)
+    assert framer.misses == 0
+    framer.line_tick((CAPTURE_ALIGN_TICKS + 10) * 20 * MS)  # a tick with no frame cut for it
+    framer.line_tick((CAPTURE_ALIGN_TICKS + 11) * 20 * MS)
+    assert framer.misses >= 1
+    assert framer.margin_ms > 2
