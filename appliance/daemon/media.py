@@ -294,9 +294,7 @@ class CallMedia:
             # another call's (a held call gets the handset the moment the other one ends,
             # while the shop may still be speaking), so its channel holds silence.
             self._record(frame, shop if self._bridged else self._silent)
-        if self._silence_limit:
-            self._watch_silence(frame, shop)
-        self._watch_far_end(frame)
+        self._watch(frame, shop)
 
     def _detect_keys(self, frame: np.ndarray, sent: np.ndarray) -> None:
         """Stage ``frame`` (and ``sent``, for the echo gate) for the DTMF detector; feed it
@@ -323,9 +321,7 @@ class CallMedia:
         silent = self._silent
         if self._recorder is not None:
             self._record(frame, silent)
-        if self._silence_limit:
-            self._watch_silence(frame, silent)
-        self._watch_far_end(frame)
+        self._watch(frame, silent)
 
     def _record(self, caller: np.ndarray, shop: np.ndarray) -> None:
         """One stereo frame to the recorder (staged, handed over every
@@ -352,21 +348,34 @@ class CallMedia:
             recorder.write(self._staged[: self._staged_frames * FRAME_SAMPLES])
         self._staged_frames = 0
 
-    def _watch_silence(self, frame: np.ndarray, shop: np.ndarray) -> None:
+    def _watch(self, frame: np.ndarray, shop: np.ndarray) -> None:
+        """The end-of-call watches on the line's frame: silence (when asked) and the busy
+        tone, sharing the frame's float32 copy and level."""
+        watch_silence, watch_far_end = bool(self._silence_limit), not self._far_end_gone
+        if not (watch_silence or watch_far_end):
+            return
+        x = frame.astype(np.float32)
+        sum_sq = float(x @ x)
+        if watch_silence:
+            self._watch_silence(sum_sq < _QUIET_SUM_SQ, shop)
+        if not watch_far_end:
+            return
+        heard = (self._far_end.feed_float32(x, sum_sq) if len(x) == FRAME_SAMPLES
+                 else self._far_end.feed(frame))
+        if heard:
+            self._far_end_gone = True
+            _LOGGER.info("call %s: busy tone heard on the line", self.reference)
+            self._events.put_nowait(CallerHungUp("busy (in-band)"))
+
+    def _watch_silence(self, line_quiet: bool, shop: np.ndarray) -> None:
         # Some chips ignore +VSD and report no hang-up at all (docs/v253.md §10 #3): prolonged
         # silence on the line itself (and from the shop, when bridged) ends the call.
-        if _quiet(frame) and (not self._bridged or _quiet(shop)):
+        if line_quiet and (not self._bridged or _quiet(shop)):
             self._quiet_frames += 1
             if self._quiet_frames == self._silence_limit:
                 self._events.put_nowait(CallerHungUp("silence"))
         else:
             self._quiet_frames = 0
-
-    def _watch_far_end(self, frame: np.ndarray) -> None:
-        if not self._far_end_gone and self._far_end.feed(frame):
-            self._far_end_gone = True
-            _LOGGER.info("call %s: busy tone heard on the line", self.reference)
-            self._events.put_nowait(CallerHungUp("busy (in-band)"))
 
     def on_handset_capture(self, frame: np.ndarray) -> None:
         self._capture.push(frame)

@@ -217,8 +217,14 @@ class BusyCadenceDetector:
             x = np.asarray(frame).reshape(-1)[:FRAME_SAMPLES].astype(np.float32)
             if x.size < FRAME_SAMPLES:
                 return False
+        return self.feed_float32(x, float(x @ x))
+
+    def feed_float32(self, x: npt.NDArray[np.float32], sum_sq: float) -> bool:
+        """:meth:`feed` for a frame of FRAME_SAMPLES already in float32 (int16 scale), with
+        its sum of squares ``float(x @ x)``: a caller watching the same frame's level itself
+        computes both once."""
         n = FRAME_SAMPLES
-        power = float(x @ x) / (n * 32767.0**2)
+        power = sum_sq / (n * 32767.0**2)
         re, im = (self._basis @ x).tolist()
         tone = 2.0 * (re * re + im * im) / (n * n)
         tonal = tone >= self._quiet and tone >= TONE_FRACTION * power
