@@ -58,6 +58,22 @@ class HandsetAudio(Protocol):
     async def stop(self) -> None: ...
 
 
+class _CaptureSink(Protocol):
+    _on_capture: CaptureCallback | None
+    _capturing: bool
+
+
+def _deliver_capture(backend: _CaptureSink, frame: np.ndarray) -> None:
+    """Hand ``frame`` to the backend's ``on_capture``, marking the call so that a frame played
+    from inside it (the idle player, the dial tone) is not taken for the line's clock."""
+    if backend._on_capture is not None:
+        backend._capturing = True
+        try:
+            backend._on_capture(frame)
+        finally:
+            backend._capturing = False
+
+
 class SimHandsetAudio:
     """``sim://``: an in-memory handset on its own clock, a sound card of ``period_ms``.
 
@@ -169,12 +185,7 @@ class SimHandsetAudio:
             frame = add_echo(frame, self._echo)
             self._echo = self.hybrid.echo(heard.copy())
         self.stats["frames"] += 1
-        if self._on_capture is not None:
-            self._capturing = True
-            try:
-                self._on_capture(frame)
-            finally:
-                self._capturing = False
+        _deliver_capture(self, frame)
 
 
 class SoundDeviceAudio:
@@ -284,12 +295,7 @@ class SoundDeviceAudio:
 
     def _deliver(self, frame: np.ndarray) -> None:
         """One captured frame to ``on_capture`` (on the loop)."""
-        if self._on_capture is not None:
-            self._capturing = True
-            try:
-                self._on_capture(frame)
-            finally:
-                self._capturing = False
+        _deliver_capture(self, frame)
 
     def play(self, frame: np.ndarray) -> None:
         if self._framer is not None and not self._capturing:

@@ -32,54 +32,40 @@ def portaudio_available() -> bool:
     return ctypes.util.find_library("portaudio") is not None
 
 
-async def test_sim_backend_delivers_capture_and_plays_to_the_ear() -> None:
-    backend = SimHandsetAudio()
+class _ConstantMouth:
+    def read(self, n: int) -> np.ndarray:
+        return np.full(n, 1000, dtype=np.int16)
+
+
+async def _play_one_frame_and_capture_five(
+        backend: SimHandsetAudio) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Play one frame of 7s while the mouth says 1000s; return (heard, captured)."""
     heard: list[np.ndarray] = []
     captured: list[np.ndarray] = []
     got_enough = asyncio.Event()
-
-    class Mouth:
-        def read(self, n: int) -> np.ndarray:
-            return np.full(n, 1000, dtype=np.int16)
-
-    def ear(frame: np.ndarray) -> None:
-        heard.append(frame)
 
     def on_capture(frame: np.ndarray) -> None:
         captured.append(frame)
         if len(captured) >= 5:
             got_enough.set()
 
-    backend.connect_user(Mouth(), ear)
+    backend.connect_user(_ConstantMouth(), heard.append)
     await backend.start(on_capture)
     backend.play(np.full(160, 7, dtype=np.int16))
     await asyncio.wait_for(got_enough.wait(), TIMEOUT_S)
     await backend.stop()
+    return heard, captured
+
+
+async def test_sim_backend_delivers_capture_and_plays_to_the_ear() -> None:
+    heard, captured = await _play_one_frame_and_capture_five(SimHandsetAudio())
     assert all(np.all(frame == 1000) for frame in captured)
     assert any(np.all(frame == 7) for frame in heard)
 
 
 async def test_sim_backend_with_a_short_period_models_the_card() -> None:
     # A 5 ms card: the ear gets 5 ms blocks, the call still gets whole 20 ms frames.
-    backend = SimHandsetAudio(period_ms=5)
-    heard: list[np.ndarray] = []
-    captured: list[np.ndarray] = []
-    got_enough = asyncio.Event()
-
-    class Mouth:
-        def read(self, n: int) -> np.ndarray:
-            return np.full(n, 1000, dtype=np.int16)
-
-    def on_capture(frame: np.ndarray) -> None:
-        captured.append(frame)
-        if len(captured) >= 5:
-            got_enough.set()
-
-    backend.connect_user(Mouth(), heard.append)
-    await backend.start(on_capture)
-    backend.play(np.full(160, 7, dtype=np.int16))
-    await asyncio.wait_for(got_enough.wait(), TIMEOUT_S)
-    await backend.stop()
+    heard, captured = await _play_one_frame_and_capture_five(SimHandsetAudio(period_ms=5))
     assert all(len(frame) == 160 and np.all(frame == 1000) for frame in captured)
     assert {len(block) for block in heard} == {40}
     assert sum(int(np.count_nonzero(block == 7)) for block in heard) == 160
