@@ -39,20 +39,21 @@ SHED_QUIET_DBFS: Final = -45.0
 #: next frame fades in from where the shed one started, so the waveform does not jump.
 SHED_FADE_SAMPLES: Final = 40
 
-#: A capture frame is cut so that it reaches the call at least this long before the line's next
-#: tick is expected (the ticks are seen late by the loop's own jitter; a frame that misses its
-#: tick is an underrun, and then a shed).
+#: At the line's tick the handset's capture is taken from the card's ring (CapturePuller): a
+#: call that starts takes the newest complete frame unless its last block came in less than
+#: this before the tick (the next tick, seen a little earlier or with the card's block a little
+#: later, would then not find the block that continues the frame).
 CAPTURE_MARGIN_MS: Final = 2
-#: The capture is aligned to the line's clock only once this many of its ticks came in a row
-#: (half a second of a call), and no longer after a pause of CAPTURE_PAUSE_MS without one.
-CAPTURE_ALIGN_TICKS: Final = 25
+#: A line that has not taken a frame for this long no longer drives the capture: the card's
+#: own clock hands frames over again, and the next pull aligns afresh.
 CAPTURE_PAUSE_MS: Final = 100
-#: The ticks' phase is re-estimated over this many ticks (both clocks drift).
+#: The capture taken at the line's ticks is moved a block newer when, over this many ticks, it
+#: was always at least a block (and the margin) older than it needed to be: the two crystals
+#: drifted a block apart (≈ 100 s at 50 ppm).
 CAPTURE_PHASE_WINDOW_TICKS: Final = 50
-#: A line tick with no frame cut since the one before (the line found none: the loop was late)
-#: widens the margin by a block, up to a frame less a block; this many ticks (10 s) without
-#: one narrow it again by a block, down to CAPTURE_MARGIN_MS.
-CAPTURE_CALM_TICKS: Final = 500
+#: The card's capture ring (250 ms): what the line has not taken survives a loop stall this
+#: long without a gap in the shop's voice.
+CAPTURE_RING_SAMPLES: Final = SAMPLE_RATE_HZ // 4
 
 _QUIET_SUM_SQ: Final = FRAME_SAMPLES * (32767.0 * 10 ** (SHED_QUIET_DBFS / 20)) ** 2
 
@@ -216,101 +217,133 @@ class ClipPlayer:
         return out
 
 
-class CaptureFramer:
-    """When to cut the next 20 ms capture frame from a sound card's blocks (docs/audio.md §6).
+class CapturePuller:
+    """Which 20 ms of a sound card's capture the line takes at its tick (docs/audio.md §6).
 
-    The handset's card and the line run on two clocks. A frame cut as soon as it is complete
-    waits in the call's capture buffer for the line's next tick: 0–20 ms more latency, fixed
-    for the call by the phase between the clocks. Told when the line takes its frames
-    (:meth:`line_tick`: the earpiece's frame is played in the same step), the framer holds a
-    complete frame back block by block while the next block would still come in before the
-    line's tick (less ``margin_ms``): the frame then waits between the margin and a block more.
-    A frame complete only within the margin of a tick is held for the next one; a tick that
-    finds no frame (the loop ran late) widens the margin by a block (CAPTURE_CALM_TICKS). On
-    a card the held-back block is skipped (the frame cut is always the newest 160 samples),
-    once when the call starts and again only as the two clocks drift apart by a block.
+    The handset's card and the line run on two clocks. The card's blocks (a period each) go
+    into a ring as they come; at each line tick the call takes one frame from it
+    (:meth:`take`): the frame that continues the one taken at the tick before, so the shop's
+    voice has no gap and no repeat. The first tick of a call (or after a pause) takes the
+    newest complete frame, or the one a block older when the newest block came in less than
+    ``margin_ms`` before the tick. From then on the frame taken was complete between the
+    margin and a block more before the tick: a frame waits at most that long for the line.
+    What the two clocks' drift and jitter do to it:
 
-    Times are the loop's clock (``time.monotonic``) in seconds; deterministic given them.
+    * a tick that finds the continuing frame not yet complete (the tick came early, the card's
+      block late) takes the newest frame instead: a part of a block is repeated (counted in
+      :attr:`repeats`), and the frames then end a block earlier than the tick;
+    * when, over CAPTURE_PHASE_WINDOW_TICKS ticks, every frame taken was complete at least a
+      block and the margin before its tick, the next one is taken a block newer (one block of
+      the shop's voice skipped, counted in :attr:`skips`).
+
+    Deterministic given the times (seconds on one monotonic clock); loop-side only.
     """
 
     def __init__(self, block_samples: int, *, margin_ms: float = CAPTURE_MARGIN_MS,
-                 align_ticks: int = CAPTURE_ALIGN_TICKS) -> None:
+                 capacity: int = CAPTURE_RING_SAMPLES) -> None:
+        self._block = block_samples
         self._block_s = block_samples / SAMPLE_RATE_HZ
-        self._frame_s = FRAME_MS / 1000
         self._margin_s = margin_ms / 1000
-        self._align_ticks = align_ticks
-        #: Samples a frame may be held to: up to one frame's blocks less one (a frame period
-        #: covers every phase).
-        self._hold_max = 2 * FRAME_SAMPLES - block_samples
-        self._base_margin_s = self._margin_s
-        self._ref: float | None = None  # a line tick, as early as any seen lately
-        self._last = -math.inf
-        self._ticks = 0
-        self._min_phase = math.inf
-        self._cut = True  # a frame was cut since the last tick
-        self._calm = 0  # ticks since the last one that found no frame
-        #: Ticks that found no frame cut for them since the framer aligned (each widened the
-        #: margin).
-        self.misses = 0
+        self._capacity = capacity
+        self._end: int | None = None  # where the last frame taken ended (capture position)
+        self._last_t = -math.inf
+        self._pulls = 0
+        self._min_slack = math.inf
+        #: Ticks that started taking afresh (a call, or a pause over).
+        self.aligns = 0
+        #: Ticks that found the continuing frame incomplete and took the newest one.
+        self.repeats = 0
+        #: Blocks skipped to follow the clocks' drift.
+        self.skips = 0
 
-    @property
-    def margin_ms(self) -> float:
-        """The margin now (ms): CAPTURE_MARGIN_MS, wider after ticks the line missed."""
-        return self._margin_s * 1000
+    def take(self, t: float, captured: int, newest_t: float) -> int | None:
+        """The line's tick at ``t``: where the frame to take ends (a capture position), or
+        None when there is none (the card has captured nothing since the last frame).
 
-    def line_tick(self, t: float) -> None:
-        """The line took (or is about to take) a frame at ``t``."""
-        ref = self._ref
-        if ref is None or t - self._last > CAPTURE_PAUSE_MS / 1000:
-            self._ref, self._ticks, self._min_phase = t, 1, 0.0
-            self._margin_s, self._calm = self._base_margin_s, 0
+        Args:
+            t: the tick's time.
+            captured: samples the card has captured since it started (the ring's position).
+            newest_t: when its newest block came in.
+        """
+        if captured < FRAME_SAMPLES:
+            return None
+        end = self._end
+        if (end is None or t - self._last_t > CAPTURE_PAUSE_MS / 1000
+                or captured - end > self._capacity - FRAME_SAMPLES):
+            end = captured
+            if t - newest_t < self._margin_s and end - self._block >= FRAME_SAMPLES:
+                end -= self._block
+            self.aligns += 1
+            self._new_window()
+        elif captured <= end:
+            self._last_t = t
+            return None
         else:
-            if self._ticks > self._align_ticks + 1:  # aligned (its one hold is over)
-                self._watch_misses()
-            frame_s = self._frame_s
-            phase = t - ref - round((t - ref) / frame_s) * frame_s
-            if phase < 0:  # seen earlier than expected: the ticks are at least that early
-                ref, phase = ref + phase, 0.0
-            self._min_phase = min(self._min_phase, phase)
-            self._ticks += 1
-            if self._ticks % CAPTURE_PHASE_WINDOW_TICKS == 0:
-                # Every tick of the window was seen this much later: the clocks drifted.
-                ref += self._min_phase
-                self._min_phase = math.inf
-            self._ref = ref
-        self._last = t
-        self._cut = False
+            end += FRAME_SAMPLES
+            if end > captured:
+                self.repeats += 1
+                end = captured
+                self._new_window()
+            else:
+                # How long before the tick the frame's last sample came in.
+                slack = t - newest_t + (captured - end) / SAMPLE_RATE_HZ
+                self._min_slack = min(self._min_slack, slack)
+                self._pulls += 1
+                if self._pulls >= CAPTURE_PHASE_WINDOW_TICKS:
+                    if (self._min_slack >= self._block_s + self._margin_s
+                            and end + self._block <= captured):
+                        end += self._block
+                        self.skips += 1
+                    self._new_window()
+        self._end = end
+        self._last_t = t
+        return end
 
-    def _watch_misses(self) -> None:
-        widest = self._frame_s - self._block_s
-        if not self._cut:
-            self.misses += 1
-            self._calm = 0
-            self._margin_s = min(self._margin_s + self._block_s, widest)
-        else:
-            self._calm += 1
-            if self._calm >= CAPTURE_CALM_TICKS and self._margin_s > self._base_margin_s:
-                self._calm = 0
-                self._margin_s = max(self._margin_s - self._block_s, self._base_margin_s)
+    def _new_window(self) -> None:
+        self._pulls = 0
+        self._min_slack = math.inf
 
-    def due(self, t: float, samples: int) -> bool:
-        """At a block boundary at ``t`` with ``samples`` captured since the last frame was
-        cut: cut one now (the newest FRAME_SAMPLES)?"""
-        if samples < FRAME_SAMPLES:
-            return False
-        ref = self._ref
-        if (ref is None or self._ticks < self._align_ticks
-                or t - self._last > CAPTURE_PAUSE_MS / 1000 or samples >= self._hold_max):
-            self._cut = True
-            return True
-        frame_s = self._frame_s
-        wait = ref + math.ceil((t - ref) / frame_s) * frame_s - t
-        # Closer to the tick than the margin: held to the next tick's last block (the line
-        # would likely not find it in time anyway).
-        if self._margin_s <= wait < self._block_s + self._margin_s:
-            self._cut = True
-            return True
-        return False
+
+class CaptureRing:
+    """A sound card's capture, preallocated, between its callback thread and the loop.
+
+    The callback appends each block with :meth:`write` (a copy under a lock, no allocation);
+    the loop reads where the card stands with :meth:`position` and copies a frame out with
+    :meth:`frame`. Positions count samples since the card started.
+    """
+
+    def __init__(self, capacity: int = CAPTURE_RING_SAMPLES) -> None:
+        self._buf = np.zeros(capacity, dtype=np.int16)
+        self._cap = capacity
+        self._written = 0
+        self._newest_t = -math.inf
+        self._lock = threading.Lock()
+
+    def write(self, block: np.ndarray, t: float) -> None:
+        """Append ``block`` (shorter than the ring), which came in at ``t``."""
+        n = len(block)
+        with self._lock:
+            start = self._written % self._cap
+            first = min(n, self._cap - start)
+            self._buf[start : start + first] = block[:first]
+            self._buf[: n - first] = block[first:]
+            self._written += n
+            self._newest_t = t
+
+    def position(self) -> tuple[int, float]:
+        """(samples captured so far, when the newest block came in)."""
+        with self._lock:
+            return self._written, self._newest_t
+
+    def frame(self, end: int) -> np.ndarray:
+        """A copy of the FRAME_SAMPLES ending at position ``end`` (within the ring's reach)."""
+        out = np.empty(FRAME_SAMPLES, dtype=np.int16)
+        with self._lock:
+            start = (end - FRAME_SAMPLES) % self._cap
+            first = min(FRAME_SAMPLES, self._cap - start)
+            out[:first] = self._buf[start : start + first]
+            out[first:] = self._buf[: FRAME_SAMPLES - first]
+        return out
 
 
 class JitterBuffer:
@@ -460,6 +493,13 @@ class SampleRing:
         self._level.shed()
         _log_shed(self.name, how, policy, self.shed)
         return True
+
+    def skip(self, n: int) -> None:
+        """Drop the oldest ``n`` unread samples (fewer if fewer are unread); loop side."""
+        with self._lock:
+            n = min(n, self._count)
+            self._read = (self._read + n) % self._cap
+            self._count -= n
 
     def read_into(self, out: np.ndarray) -> None:
         """Fill ``out`` (int16, preallocated) — called from the audio callback thread."""

@@ -8,8 +8,9 @@ marker bursts and listens for the shop's markers; the shop lifts when its handse
 (during the notice), sends its own noise and markers and listens for the caller's.
 
 Clock: every time stamp is the event loop's clock (``time.monotonic``) at the moment an
-endpoint hands a frame over (emulator tick, handset tick), so the two directions are measured
-the same way. A frame's first sample is taken to play at that moment.
+endpoint hands a frame over (emulator tick, handset card block — the simulated card's time for
+that block, :meth:`SimHandsetAudio.time`), so the two directions are measured the same way. A
+frame's first sample is taken to play at that moment.
 """
 
 from __future__ import annotations
@@ -206,9 +207,11 @@ class BenchStack:
         self._reset_line(line)
         fig = CallFigures(line=line)
         caller = TestSignal(101, clock)
-        shop = TestSignal(202, clock, noise=False)
+        # The shop's side on its card's clock: a block is spoken/heard at the card's time for
+        # it, however late the loop runs the simulated card (a line pulling catches it up).
+        shop = TestSignal(202, self.handset.time, noise=False)
         line_ear = MarkerDetector(clock)
-        shop_ear = MarkerDetector(clock)
+        shop_ear = MarkerDetector(self.handset.time)
         modem.set_caller_audio(caller.read)
         modem.add_tx_listener(line_ear.feed)
         self.handset.connect_user(shop, shop_ear.feed)

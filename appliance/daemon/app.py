@@ -299,6 +299,10 @@ class Application:
         """A call's frame for the earpiece: heard only if that call has the handset."""
         self.shop.earpiece(reference, frame)
 
+    def mouthpiece(self, reference: str) -> None:
+        """A call's line tick: the mouthpiece's frame, if that call has the handset."""
+        self.shop.mouthpiece(reference)
+
     @property
     def announce_on_lift(self) -> str | None:
         """What the shop was rung to hear when lifting (then a lift is not a dial-out)."""

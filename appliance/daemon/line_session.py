@@ -88,6 +88,8 @@ class LineHost(Protocol):
     def storage(self) -> Storage: ...
     def prompts_for(self, line: LineConfig) -> Prompts: ...
     def earpiece(self, reference: str, frame: np.ndarray) -> None: ...
+    def mouthpiece(self, reference: str) -> None:
+        """The call's line tick: it takes the mouthpiece's frame now (if it has the handset)."""
     def observe(self, reference: str, state: str, detail: str) -> None: ...
     def clock_synced(self) -> bool | None: ...
     def line_ready(self, session: LineSession) -> None:
@@ -432,6 +434,7 @@ class LineSession:
             reference, app.config, self.line,
             send_to_line=modem.send_audio if line_audio is None else line_audio.play,
             play_to_earpiece=functools.partial(app.earpiece, reference),
+            take_from_mouthpiece=functools.partial(app.mouthpiece, reference),
             events=events,
             tone_zone=app.tone_zone,
             hear_hang_up=True,

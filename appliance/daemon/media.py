@@ -3,10 +3,13 @@
 The modem's codec clock is the master clock of a call: every 20 ms frame received from the
 line (``on_line_audio``) moves exactly one frame everywhere else — one frame to the line
 (prompt, ringback or the shop's voice), one to the earpiece (whisper, tone or the caller's
-voice) and one stereo frame to the recorder. Clocking transmit from receive keeps the modem's
+voice) and one stereo frame to the recorder; the handset's capture is taken at the same tick
+(``take_from_mouthpiece``: the handset's card hands over its freshest frame then, and wakes
+the loop for nothing else while a line drives). Clocking transmit from receive keeps the modem's
 buffer level constant for hours (a host-clock sender drifts by the two crystals' difference,
 ≈ 180 ms/h at 50 ppm) and keeps the two recorded channels sample-aligned by construction. The
-handset runs on its own clock; its capture meets the line clock in a small jitter buffer.
+handset's card runs on its own clock; its capture meets the line's in the card's ring
+(docs/audio.md §6), and frames it hands over by itself wait in a small jitter buffer.
 
 Two echo cancellers per call (:mod:`appliance.audio.echo`) take out what the hybrids return:
 the line's (the shop's voice coming back in the caller channel) and the SLIC's (the caller's
@@ -120,8 +123,14 @@ class CallMedia:
         line_echo_cancel: bool,
         handset_echo_cancel: bool,
         hear_hang_up: bool = False,
+        take_from_mouthpiece: Callable[[], None] | None = None,
     ) -> None:
         """Route one call's audio; the daemon builds it with :meth:`for_line`.
+
+        ``take_from_mouthpiece`` is called at each line frame, before the mouthpiece's frame is
+        read: the handset backend's ``pull`` (when this call has the handset), which hands the
+        frame to :meth:`on_handset_capture` there and then. None: frames come only by
+        :meth:`on_handset_capture`.
 
         ``codec``, ``fsync_interval_s``, ``tx_lead_frames`` and the two ``*_echo_cancel``
         switches have no defaults here: they are the configuration's (``recording.*``,
@@ -134,6 +143,7 @@ class CallMedia:
         self.reference = reference
         self._send = send_to_line
         self._earpiece = play_to_earpiece
+        self._pull = take_from_mouthpiece
         self._events = events
         self._zone = tone_zone
         self._recordings_dir = recordings_dir
@@ -190,6 +200,7 @@ class CallMedia:
         events: asyncio.Queue[CallEvent],
         tone_zone: ToneZone,
         hear_hang_up: bool = False,
+        take_from_mouthpiece: Callable[[], None] | None = None,
     ) -> CallMedia:
         """A call's media on ``line`` as ``config`` says: the one place an inbound or an
         outbound call takes its codec, fsync interval, transmit lead and echo cancellers."""
@@ -206,6 +217,7 @@ class CallMedia:
             line_echo_cancel=line.echo_cancel,
             handset_echo_cancel=config.handset.echo_cancel,
             hear_hang_up=hear_hang_up,
+            take_from_mouthpiece=take_from_mouthpiece,
         )
 
     # -- clocked by the line ----------------------------------------------------------------
@@ -253,6 +265,13 @@ class CallMedia:
             self._on_received_only(frame)
             return
         sent_before = self._last_tx
+        if self._pull is not None:
+            # The handset's freshest frame, into the capture buffer now. Anything there before
+            # was handed over by the card's own clock while no line took the capture (a
+            # pause): older than this frame, it would stand a frame of latency for a second.
+            if len(self._capture):
+                self._capture.clear()
+            self._pull()
         shop = self._capture.read(FRAME_SAMPLES)
         if self._handset_aec is not None:
             # The mouthpiece returns what the earpiece played (the SLIC's hybrid).

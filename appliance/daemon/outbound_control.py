@@ -303,6 +303,7 @@ class _Session:
             reference, app.config, session.line,
             send_to_line=self._send_to_line,
             play_to_earpiece=app.handset_audio.play,  # this session owns the handset
+            take_from_mouthpiece=app.handset_audio.pull,
             events=self.events,  # type: ignore[arg-type]  # CallEvent ⊂ OutboundEvent
             tone_zone=app.tone_zone,
         )

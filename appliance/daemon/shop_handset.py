@@ -7,7 +7,9 @@ while that call owns it. When nobody does, the front-panel button speaks to the 
 press says the last call, a long press the box's health (rendered in a child process, never
 played to a caller); on-hook the handset first rings briefly and the sentence waits for the
 lift. ``appliance play`` (the control socket's ``play``) puts a recording into the earpiece
-the same way. Outside calls the handset's own capture clock paces what the earpiece hears.
+the same way. A call that has the handset takes the mouthpiece's frames at its line's ticks
+(:meth:`ShopHandset.mouthpiece`); outside calls the handset's own capture clock paces what the
+earpiece hears.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ class ShopHandset:
         """A call's frame for the earpiece: heard only if that call has the handset."""
         if self._host.handset.owner == reference:
             self._host.handset_audio.play(frame)
+
+    def mouthpiece(self, reference: str) -> None:
+        """A call's line tick: if that call has the handset, its card hands the mouthpiece's
+        freshest frame over now (to :meth:`on_handset_capture`); the line clocks the capture."""
+        if self._host.handset.owner == reference:
+            self._host.handset_audio.pull()
 
     def owner(self) -> ActiveCall | None:
         """The call that has the handset, if any."""

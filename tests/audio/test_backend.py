@@ -9,17 +9,20 @@ process because PortAudio reads the ALSA configuration once, when sounddevice is
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from appliance.audio.backend import SimHandsetAudio, open_handset_audio
-from appliance.audio.buffers import CAPTURE_ALIGN_TICKS
+from appliance.audio.backend import SimHandsetAudio, SoundDeviceAudio, open_handset_audio
+from appliance.audio.buffers import CAPTURE_PHASE_WINDOW_TICKS
 from appliance.audio.tones import dtmf_samples
 from appliance.errors import AudioError
 
@@ -82,7 +85,7 @@ async def test_frames_played_from_the_capture_callback_do_not_move_the_capture()
     def on_capture(frame: np.ndarray) -> None:
         captured.append(frame)
         backend.play(np.full(160, 500, dtype=np.int16))
-        if len(captured) >= 2 * CAPTURE_ALIGN_TICKS:
+        if len(captured) >= CAPTURE_PHASE_WINDOW_TICKS:
             got_enough.set()
 
     await backend.start(on_capture)
@@ -91,6 +94,131 @@ async def test_frames_played_from_the_capture_callback_do_not_move_the_capture()
     assert backend.stats["underruns"] == 0
     # One frame per 20 ms of the card: four 5 ms periods each.
     assert backend.stats["frames"] == len(captured)
+
+
+class _CountingMouth:
+    """Says frame k as 160 samples of k (k = 1, 2, …)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def read(self, n: int) -> np.ndarray:
+        self.frames += 1
+        return np.full(n, self.frames, dtype=np.int16)
+
+
+async def test_a_line_pulling_takes_the_capture_at_its_ticks_with_no_timer_per_frame() -> None:
+    backend = SimHandsetAudio(period_ms=5)
+    mouth = _CountingMouth()
+    heard_at: list[float] = []
+    heard: list[np.ndarray] = []
+
+    def ear(block: np.ndarray) -> None:
+        heard_at.append(backend.time())
+        heard.append(block)
+
+    captured: list[np.ndarray] = []
+    backend.connect_user(mouth, ear)
+    await backend.start(captured.append)
+    loop = asyncio.get_running_loop()
+    ticks = 60
+    per_pull: list[int] = []
+    timers_while_pulled: list[bool] = []
+    done = asyncio.Event()
+    t0 = loop.time() + 0.05
+
+    def tick(k: int) -> None:
+        # As CallMedia does at a line frame: take the mouthpiece's frame, play the earpiece's.
+        before = len(captured)
+        backend.pull()
+        per_pull.append(len(captured) - before)
+        backend.play(np.full(160, 7, dtype=np.int16))
+        timers_while_pulled.append(backend._timer is None)
+        if k + 1 < ticks:
+            loop.call_at(t0 + (k + 1) * 0.02, tick, k + 1)
+        else:
+            done.set()
+
+    loop.call_at(t0, tick, 0)
+    await asyncio.wait_for(done.wait(), TIMEOUT_S)
+    # Each tick took exactly one frame, the mouth's next; nothing came between the ticks,
+    # and the card's own clock (a timer per block) did not run.
+    assert per_pull == [1] * ticks
+    first = len(captured) - ticks
+    assert [int(f[0]) for f in captured[first:]] == list(range(first + 1, len(captured) + 1))
+    assert all(timers_while_pulled)
+    # The ear heard every block on the card's clock, 5 ms apart, and each 7 played.
+    assert all(abs(b - a - 0.005) < 1e-6 for a, b in itertools.pairwise(heard_at))
+    sevens = sum(int(np.count_nonzero(block == 7)) for block in heard)
+    assert 160 * (ticks - 2) <= sevens <= 160 * ticks
+    # The line stopped: the card's own clock hands frames over again.
+    resumed = len(captured) + 3
+
+    async def resumes() -> None:
+        while len(captured) < resumed:  # noqa: ASYNC110 - frames from the card's own timer
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(resumes(), TIMEOUT_S)
+    await backend.stop()
+
+
+class _FakeStream:
+    """sounddevice.Stream as the backend uses it; the test runs its callback."""
+
+    last: _FakeStream | None = None
+
+    def __init__(self, *, callback: Any, blocksize: int, **_: Any) -> None:
+        self.callback = callback
+        self.blocksize = blocksize
+        _FakeStream.last = self
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def test_the_card_s_callback_only_fills_the_ring_while_a_line_pulls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_sd = types.SimpleNamespace(check_input_settings=lambda **_: None,
+                                    check_output_settings=lambda **_: None, Stream=_FakeStream)
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sd)
+    backend = SoundDeviceAudio("fake")
+    captured: list[np.ndarray] = []
+    await backend.start(captured.append)
+    stream = _FakeStream.last
+    assert stream is not None
+    assert stream.blocksize == 40
+    source = np.arange(1, 8001, dtype=np.int16)
+    pos = 0
+    out = np.zeros((40, 1), dtype=np.int16)
+
+    def card(blocks: int) -> None:
+        nonlocal pos
+        for _ in range(blocks):
+            stream.callback(source[pos : pos + 40].reshape(40, 1), out, 40, None, None)
+            pos += 40
+
+    # No line: the card's own clock posts a frame per 20 ms to the loop.
+    card(8)
+    async with asyncio.timeout(TIMEOUT_S):
+        while len(captured) < 2:  # noqa: ASYNC110 - posted by call_soon_threadsafe
+            await asyncio.sleep(0)
+    assert np.array_equal(np.concatenate(captured), source[:320])
+    # A line pulls at its ticks: one frame each, continuous, nothing posted in between.
+    captured.clear()
+    backend.pull()
+    for _ in range(10):
+        card(4)
+        await asyncio.sleep(0)  # anything posted would run now
+        backend.pull()
+    assert len(captured) == 11
+    taken = np.concatenate(captured)
+    start = int(taken[0]) - 1
+    assert np.array_equal(taken, source[start : start + len(taken)])
+    assert backend.stats["capture_repeats"] == 0
+    await backend.stop()
 
 
 def test_sim_backend_period_must_divide_a_frame() -> None:

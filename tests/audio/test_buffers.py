@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.audio.buffers import (
-    CAPTURE_ALIGN_TICKS,
-    CaptureFramer,
+    CapturePuller,
+    CaptureRing,
     JitterBuffer,
     LevelControl,
     LevelPolicy,
@@ -239,93 +239,83 @@ BLOCK = 40  # a 5 ms card period
 MS = 1e-3
 
 
-def aligned_framer(first_tick_s: float = 0.0) -> CaptureFramer:
-    """A framer that has seen the line tick every 20 ms long enough to align to it."""
-    framer = CaptureFramer(BLOCK, margin_ms=2)
-    for k in range(CAPTURE_ALIGN_TICKS):
-        framer.line_tick(first_tick_s + k * 20 * MS)
-    return framer
-
-
-def cut_times(framer: CaptureFramer, start_s: float, blocks: int,
-              ticks_from_s: float | None = None) -> list[float]:
-    """Feed ``blocks`` card blocks from ``start_s``, the line ticking every 20 ms from
-    ``ticks_from_s``; return when frames were cut."""
-    cuts, samples, last_k = [], 0, None
-    for b in range(blocks):
-        t = start_s + b * 5 * MS
-        if ticks_from_s is not None:
-            k = math.floor((t - ticks_from_s) / (20 * MS) + 1e-9)
-            if k != last_k:  # the line's tick since the last block
-                framer.line_tick(ticks_from_s + k * 20 * MS)
-                last_k = k
-        samples += BLOCK
-        if framer.due(t, samples):
-            cuts.append(t)
-            samples = 0
-    return cuts
+def pull_ends(puller: CapturePuller, ticks: list[float], card_phase_s: float,
+              card_rate: float = 1.0) -> list[tuple[float, int, float]]:
+    """The line ticks at ``ticks``; the card's blocks come every 5 ms (scaled by
+    ``card_rate``) from ``card_phase_s``. Returns (tick, frame end, slack) per frame taken,
+    slack being how long before the tick the frame's last sample came in."""
+    out = []
+    for t in ticks:
+        blocks = math.floor((t - card_phase_s) / (5 * MS / card_rate) + 1e-9) + 1
+        newest_t = card_phase_s + (blocks - 1) * 5 * MS / card_rate
+        end = puller.take(t, blocks * BLOCK, newest_t)
+        if end is not None:
+            slack = t - newest_t + (blocks * BLOCK - end) / 8000 / card_rate
+            out.append((t, end, slack))
+    return out
 
 
 @pytest.mark.parametrize("card_phase_ms", [0.0, 1.0, 2.5, 3.3, 4.9])
-def test_capture_frames_are_cut_just_before_the_line_s_tick(card_phase_ms: float) -> None:
-    framer = aligned_framer()
-    start = CAPTURE_ALIGN_TICKS * 20 * MS + card_phase_ms * MS
-    cuts = cut_times(framer, start, 400, ticks_from_s=0.0)
-    steady = cuts[4:]
-    assert len(steady) > 80  # of 100 frame periods
-    for t in steady:
-        wait = (math.ceil(t / (20 * MS) - 1e-9) * 20 * MS) - t
-        assert 2 * MS - 1e-9 <= wait < 7 * MS + 1e-9  # the margin, less than a block more
-    assert all(abs(b - a - 20 * MS) < 1e-9 for a, b in itertools.pairwise(steady))
+def test_the_line_takes_continuous_frames_completed_just_before_its_tick(
+        card_phase_ms: float) -> None:
+    puller = CapturePuller(BLOCK, margin_ms=2)
+    rng = np.random.default_rng(int(card_phase_ms * 10))
+    # The line's ticks, seen by the loop 0–1 ms late.
+    ticks = [1.0 + k * 20 * MS + float(rng.uniform(0, 1)) * MS for k in range(300)]
+    taken = pull_ends(puller, ticks, card_phase_ms * MS)
+    assert len(taken) == 300
+    ends = [end for _, end, _ in taken]
+    # Every frame continues the one before: no gap, no repeat.
+    assert all(b - a == FRAME_SAMPLES for a, b in itertools.pairwise(ends))
+    # Each was complete between the margin and a block before the tick, give or take the
+    # loop's lateness (the first tick's and this one's).
+    assert all(1 * MS - 1e-9 <= slack < 8 * MS for _, _, slack in taken)
+    assert (puller.aligns, puller.repeats, puller.skips) == (1, 0, 0)
 
 
-def test_capture_is_cut_at_once_before_the_line_s_clock_is_known() -> None:
-    framer = CaptureFramer(BLOCK, margin_ms=2)
-    framer.line_tick(0.0)  # one tick: not yet a clock to align to
-    assert not framer.due(0.001, 120)
-    assert framer.due(0.001, 160)
-    framer = aligned_framer()
-    # A pause in the line's ticks (no call any more): no holding back.
-    assert framer.due(2.0, 160)
+def test_a_tick_before_the_frame_is_complete_takes_the_newest() -> None:
+    puller = CapturePuller(BLOCK, margin_ms=2)
+    first = puller.take(1.0, 8000, 1.0 - 3 * MS)
+    assert first == 8000  # the newest: its block came 3 ms before the tick
+    # The next tick comes early: a block short of the continuing frame.
+    assert puller.take(1.019, 8000 + 120, 1.0 + 12 * MS) == 8000 + 120
+    assert puller.repeats == 1
+    # From there it continues.
+    assert puller.take(1.039, 8000 + 280, 1.0 + 32 * MS) == 8000 + 280
 
 
-def test_capture_is_never_held_a_whole_frame() -> None:
-    framer = aligned_framer()
-    t = CAPTURE_ALIGN_TICKS * 20 * MS - 19 * MS  # just after a tick: holding would pay
-    assert not framer.due(t, 160)
-    assert not framer.due(t, 240)
-    assert framer.due(t, 280)  # 160 + the three blocks a frame period can need
+def test_a_newest_block_within_the_margin_is_left_for_the_next_tick() -> None:
+    puller = CapturePuller(BLOCK, margin_ms=2)
+    assert puller.take(1.0, 8000, 1.0 - 1 * MS) == 8000 - BLOCK
 
 
-def test_capture_follows_ticks_seen_late_by_their_earliest() -> None:
-    # The loop sees each tick 0–3 ms late: the framer goes by the earliest, so the frames
-    # are cut for the tick's true time, and none is missed.
-    framer = CaptureFramer(BLOCK, margin_ms=2)
-    rng = np.random.default_rng(3)
-    cuts, samples, next_k = [], 0, 0
-    for b in range(400):
-        t = 1 * MS + b * 5 * MS
-        while next_k * 20 * MS + 3 * MS <= t:  # every tick seen by now (0–3 ms late)
-            framer.line_tick(next_k * 20 * MS + float(rng.uniform(0, 3)) * MS)
-            next_k += 1
-        samples += BLOCK
-        if framer.due(t, samples):
-            cuts.append(t)
-            samples = 0
-    steady = [t for t in cuts if t > 1.0]
-    assert len(steady) == 50
-    for t in steady:
-        wait = math.ceil(t / (20 * MS) - 1e-9) * 20 * MS - t
-        assert 2 * MS - 1e-9 <= wait < 7 * MS + 1e-9
-    assert framer.misses == 0
+def test_drift_skips_a_block_and_a_pause_realigns() -> None:
+    puller = CapturePuller(BLOCK, margin_ms=2)
+    # The card runs 0.1 % fast: every 250 ticks it is a block further ahead.
+    ticks = [1.0 + k * 20 * MS for k in range(2000)]
+    taken = pull_ends(puller, ticks, 2.5 * MS, card_rate=1.001)
+    assert puller.skips >= 6
+    assert puller.repeats == 0
+    # Never more than a window's drift beyond a block and the margin.
+    assert max(slack for _, _, slack in taken) < 10 * MS
+    # No tick for longer than CAPTURE_PAUSE_MS: the next one starts afresh at the newest.
+    aligns = puller.aligns
+    assert puller.take(100.0, 10**6, 100.0 - 3 * MS) == 10**6
+    assert puller.aligns == aligns + 1
 
 
-def test_a_tick_that_finds_no_frame_widens_the_margin() -> None:
-    framer = aligned_framer()
-    start = CAPTURE_ALIGN_TICKS * 20 * MS + 1 * MS
-    cut_times(framer, start, 40, ticks_from_s=0.0)
-    assert framer.misses == 0
-    framer.line_tick((CAPTURE_ALIGN_TICKS + 10) * 20 * MS)  # a tick with no frame cut for it
-    framer.line_tick((CAPTURE_ALIGN_TICKS + 11) * 20 * MS)
-    assert framer.misses >= 1
-    assert framer.margin_ms > 2
+def test_nothing_new_captured_gives_no_frame() -> None:
+    puller = CapturePuller(BLOCK, margin_ms=2)
+    assert puller.take(1.0, 120, 1.0) is None  # not a frame captured yet
+    assert puller.take(1.0, 800, 0.99) == 800
+    assert puller.take(1.02, 800, 0.99) is None  # the card stopped
+
+
+def test_capture_ring_returns_the_frame_ending_where_asked_across_its_wrap() -> None:
+    ring = CaptureRing(capacity=1000)
+    stream = np.arange(3000, dtype=np.int16)
+    for i in range(0, 3000, BLOCK):
+        ring.write(stream[i : i + BLOCK], i / 8000)
+    assert ring.position() == (3000, 2960 / 8000)
+    for end in (2200, 2999, 3000):
+        assert np.array_equal(ring.frame(end), stream[end - FRAME_SAMPLES : end])
