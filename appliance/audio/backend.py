@@ -83,7 +83,6 @@ class EarpieceTrim:
             self.trims += 1
 
 
-
 class HandsetAudio(Protocol):
     """The shop handset's audio path (see module docstring for the contract)."""
 

@@ -21,8 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from appliance.audio.backend import SimHandsetAudio, SoundDeviceAudio, open_handset_audio
-from appliance.audio.buffers import CAPTURE_PHASE_WINDOW_TICKS
+from appliance.audio.backend import (
+    EarpieceTrim,
+    SimHandsetAudio,
+    SoundDeviceAudio,
+    open_handset_audio,
+)
+from appliance.audio.buffers import CAPTURE_PHASE_WINDOW_TICKS, SampleRing
 from appliance.audio.tones import dtmf_samples
 from appliance.errors import AudioError
 
@@ -219,6 +224,29 @@ async def test_the_card_s_callback_only_fills_the_ring_while_a_line_pulls(
     assert np.array_equal(taken, source[start : start + len(taken)])
     assert backend.stats["capture_repeats"] == 0
     await backend.stop()
+
+
+def test_a_block_standing_in_the_earpiece_ring_for_a_second_is_skipped() -> None:
+    ring = SampleRing(1600)
+    trim = EarpieceTrim(40)
+    out = np.zeros(160, dtype=np.int16)
+    ring.write(np.zeros(40, dtype=np.int16))  # a late write once left a block standing
+    for i in range(49):
+        trim.before_write(ring)
+        ring.write(np.full(160, i, dtype=np.int16))
+        ring.read_into(out)
+    assert (trim.trims, len(ring)) == (0, 40)
+    trim.before_write(ring)  # the 50th write of the window: the block has stood a second
+    assert (trim.trims, len(ring)) == (1, 0)
+    # A level that dips to nothing within the window is left alone.
+    ring.write(np.zeros(40, dtype=np.int16))
+    for i in range(60):
+        trim.before_write(ring)
+        ring.write(np.full(160, i, dtype=np.int16))
+        ring.read_into(out)
+        if i == 30:
+            ring.read_into(out[:40])
+    assert trim.trims == 1
 
 
 def test_sim_backend_period_must_divide_a_frame() -> None:
