@@ -11,8 +11,10 @@ systemd/appliance.service and by the benchmark's daemon child) keeps its memory 
   lives here, in the first module any ``appliance`` process imports.
 * ``OPENBLAS_NUM_THREADS=1``: numpy's OpenBLAS starts no worker threads (the daemon's matrix
   products are a few hundred samples; a Pi would otherwise get three idle threads).
-* ``MALLOC_ARENA_MAX=2``: the recorder's, gpiozero's and the executor's threads share two
-  malloc arenas instead of one each.
+* ``MALLOC_ARENA_MAX=1``: every thread (the event loop's, the recorder's, gpiozero's, the
+  executor's) allocates from glibc's one main arena: no second arena beside it (≈ 0.7 MB of
+  the peak). The loop thread is the only busy allocator, and glibc's per-thread
+  cache serves small blocks without the arena's lock, so sharing costs no measurable CPU.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ __version__ = "0.1.0"
 #: The switch that keeps OpenSSL out of the process (see the module docstring).
 NO_OPENSSL_ENV = "APPLIANCE_NO_OPENSSL"
 #: The daemon's environment; systemd/appliance.service sets the same (a test compares them).
-DAEMON_ENVIRONMENT = {NO_OPENSSL_ENV: "1", "OPENBLAS_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+DAEMON_ENVIRONMENT = {NO_OPENSSL_ENV: "1", "OPENBLAS_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
 
 if _os.environ.get(NO_OPENSSL_ENV) == "1":
     # None in sys.modules makes `import ssl` raise ImportError, which asyncio, hashlib, hmac
