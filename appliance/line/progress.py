@@ -87,6 +87,7 @@ class CallProgressDetector:
         self._echo_ratio = 10.0 ** ((ECHO_MARGIN_DB - ECHO_LOSS_DB) / 10.0)
         self._tx_powers: deque[float] = deque(maxlen=ECHO_FRAMES)
         self._kind = "quiet"
+        self._held: str | None = None
         self._run_s = 0.0
         self._last_tone_s = 0.0
         self._last_gap_s = 0.0
@@ -125,19 +126,39 @@ class CallProgressDetector:
         return "other"
 
     def feed(self, frame: npt.ArrayLike, *, reference: npt.ArrayLike | None = None) -> list[str]:
-        """Consume one received frame (``reference``: the frame sent meanwhile); return reports."""
+        """Consume one received frame (``reference``: the frame sent meanwhile); return reports.
+
+        A single frame that is not tone inside a tone burst (a frame lost to a late reader, a
+        click) does not split the burst: the frame is held, and counted as tone if the next
+        one is tone again. A burst's end is therefore known one frame (20 ms) later; the
+        cadences' gaps are 15 frames and more, so none of them is bridged.
+        """
         self.frames += 1
         kind = self.classify(frame, reference)
         reports: list[str] = []
+        held, self._held = self._held, None
+        if held is not None:
+            self._extend("tone" if kind == "tone" else held, reports)
+        if self._kind == "tone" and kind != "tone":
+            self._held = kind
+        else:
+            self._extend(kind, reports)
+        self._recent.append(kind)
+        others = self._recent.count("other")
+        if others == 0:
+            self._reported.discard("voice")
+        if kind == "other" and others * FRAME_S >= VOICE_MIN_S - 1e-9:
+            self._report("voice", reports)
+            self._busy_cycles = 0
+        return reports
+
+    def _extend(self, kind: str, reports: list[str]) -> None:
+        """One more frame of ``kind``: end the current run if it differs, report tones."""
         if kind != self._kind:
             self._run_ended(self._kind, self._run_s, reports)
             self._kind = kind
             self._run_s = 0.0
         self._run_s += FRAME_S
-        self._recent.append(kind)
-        others = self._recent.count("other")
-        if others == 0:
-            self._reported.discard("voice")
         if kind == "tone":
             if self._run_s >= DIALTONE_MIN_S - 1e-9:
                 self._report("dialtone", reports)
@@ -145,10 +166,6 @@ class CallProgressDetector:
                 self._reported.add("ringback-run")
                 reports.append("ringback")
                 self._reported.discard("busy")
-        elif kind == "other" and others * FRAME_S >= VOICE_MIN_S - 1e-9:
-            self._report("voice", reports)
-            self._busy_cycles = 0
-        return reports
 
     def _report(self, what: str, reports: list[str]) -> None:
         if what not in self._reported:

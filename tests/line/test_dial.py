@@ -229,6 +229,24 @@ def test_speech_is_voice_never_a_tone(f0: float, seed: int) -> None:
     assert not set(got) & {"ringback", "busy", "dialtone"}
 
 
+@settings(max_examples=25, deadline=None)
+@given(at=st.integers(1, 60), zeroed=st.booleans())
+def test_one_lost_frame_does_not_split_a_ringback_burst(at: int, zeroed: bool) -> None:
+    # A frame the reader lost (zeros) or a click inside the 1.25 s burst (62 frames).
+    signal = tone("ringback", 2.0)
+    frame = signal[at * 160 : (at + 1) * 160]
+    frame[:] = 0 if zeroed else np.random.default_rng(at).integers(-20000, 20000, 160)
+    assert reports(signal) == ["ringback"]
+
+
+@pytest.mark.parametrize("gap_frames", [2, 3])
+def test_a_longer_gap_splits_the_burst(gap_frames: int) -> None:
+    # 0.6 s of tone, a gap, 0.6 s: neither half is a ringback burst (≥ 1 s).
+    signal = tone("dial", 1.2 + gap_frames * 0.02)
+    signal[30 * 160 : (30 + gap_frames) * 160] = 0
+    assert "ringback" not in reports(signal)
+
+
 def test_continuous_tone_is_dialtone() -> None:
     assert reports(tone("dial", 3.0)) == ["ringback", "dialtone"]
 
