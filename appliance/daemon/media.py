@@ -280,7 +280,6 @@ class CallMedia:
         self._last_tx = tx
         self._send(tx)
         self.stats["tx_frames"] += 1
-        received = frame
         if self._line_aec is not None:
             # The line returns what we send (the modem's hybrid): the notice before the shop
             # answers, so the filter has converged by the time the two talk.
@@ -314,7 +313,7 @@ class CallMedia:
             # another call's (a held call gets the handset the moment the other one ends,
             # while the shop may still be speaking), so its channel holds silence.
             self._record(frame, shop if self._bridged else self._silent)
-        self._watch(frame, shop, received)
+        self._watch(frame, shop)
 
     def _detect_keys(self, frame: np.ndarray, sent: np.ndarray) -> None:
         """Stage ``frame`` (and ``sent``, for the echo gate) for the DTMF detector; feed it
@@ -341,7 +340,7 @@ class CallMedia:
         silent = self._silent
         if self._recorder is not None:
             self._record(frame, silent)
-        self._watch(frame, silent, frame)
+        self._watch(frame, silent)
 
     def _record(self, caller: np.ndarray, shop: np.ndarray) -> None:
         """One stereo frame to the recorder (staged, handed over every
@@ -368,18 +367,9 @@ class CallMedia:
             recorder.write(self._staged[: self._staged_frames * FRAME_SAMPLES])
         self._staged_frames = 0
 
-    def _watch(self, frame: np.ndarray, shop: np.ndarray, received: np.ndarray) -> None:
-        """The end-of-call watches: silence (when asked) on the line's frame as passed on,
-        the busy tone on the frame as ``received`` from the modem (before the line's echo
-        canceller), sharing the float32 copy and level when they are the same frame.
-
-        Why the busy tone is watched before the canceller: bridged, the tone comes back
-        through both hybrids and is in the canceller's reference too, so the filter can take
-        part of a burst out — in about one call in thirty in the system test it cut 80 ms
-        from the middle of every 300 ms burst, and the cadence went unrecognised for seconds
-        (:class:`BusyCadenceDetector` judges the level against the tone's recent peak, which
-        copes with the echo in the gaps).
-        """
+    def _watch(self, frame: np.ndarray, shop: np.ndarray) -> None:
+        """The end-of-call watches on the line's frame: silence (when asked) and the busy
+        tone, sharing the frame's float32 copy and level."""
         watch_silence, watch_far_end = bool(self._silence_limit), not self._far_end_gone
         if not (watch_silence or watch_far_end):
             return
@@ -389,11 +379,8 @@ class CallMedia:
             self._watch_silence(sum_sq < _QUIET_SUM_SQ, shop)
         if not watch_far_end:
             return
-        if received is not frame:
-            x = received.astype(np.float32)
-            sum_sq = float(x @ x)
         heard = (self._far_end.feed_float32(x, sum_sq) if len(x) == FRAME_SAMPLES
-                 else self._far_end.feed(received))
+                 else self._far_end.feed(frame))
         if heard:
             self._far_end_gone = True
             _LOGGER.info("call %s: busy tone heard on the line", self.reference)
